@@ -1,0 +1,1 @@
+"""kvmpy: the Linux KVM hypervisor re-implemented in Python."""
