@@ -1,0 +1,161 @@
+"""Architectural state of one software x86-64 logical processor.
+
+This is the "silicon's" register file: what VMX keeps in the guest-state area of
+the VMCS, or SVM in the VMCB save area.  The kernel (``kvmpy.kernel.x86``) reads
+and writes it for ``KVM_GET/SET_REGS`` and friends; the execution engine
+(``kvmpy.hw.cpu``) runs guest code against it.
+
+General-purpose registers are kept in x86 *encoding* order (RAX RCX RDX RBX RSP
+RBP RSI RDI R8..R15), because that is how the decoder indexes them; the kernel
+converts to ``struct kvm_regs`` order.  Arithmetic flags are kept lazily (see
+``kvmpy.hw.flags``): ``get_rflags()`` materialises them, ``set_rflags()``
+makes them eager again.
+"""
+
+from __future__ import annotations
+
+from . import flags as lazy
+
+RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
+ES, CS, SS, DS, FS, GS = range(6)
+SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
+
+# RFLAGS bits
+CF, PF, AF, ZF, SF, TF, IF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800
+IOPL, NT, RF, VM, AC, VIF, VIP, ID = 0x3000, 0x4000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000
+ARITH_FLAGS = CF | PF | AF | ZF | SF | OF
+# Bits software can change through POPF/IRET/set_rflags (bit 1 always reads 1).
+RFLAGS_WRITABLE = ARITH_FLAGS | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID
+
+# Control register bits
+CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1, 2, 4, 8, 0x10, 0x20
+CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
+CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80
+CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP, CR4_LA57 = 0x100, 0x200, 0x400, 0x800, 0x1000
+CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 21
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+
+MP_STATE_RUNNABLE, MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED, MP_STATE_HALTED, MP_STATE_SIPI_RECEIVED = range(5)
+
+
+class Segment:
+    """A segment register with its hidden descriptor cache (kvm_segment's fields)."""
+
+    __slots__ = ("selector", "base", "limit", "type", "present", "dpl", "db", "s", "l", "g", "avl", "unusable")
+
+    def __init__(self, selector=0, base=0, limit=0xFFFF, type=3, present=1, dpl=0, db=0, s=1, l=0, g=0, avl=0,
+                 unusable=0):
+        self.selector = selector
+        self.base = base
+        self.limit = limit
+        self.type = type
+        self.present = present
+        self.dpl = dpl
+        self.db = db
+        self.s = s
+        self.l = l
+        self.g = g
+        self.avl = avl
+        self.unusable = unusable
+
+    def copy(self) -> "Segment":
+        s = Segment.__new__(Segment)
+        for k in Segment.__slots__:
+            setattr(s, k, getattr(self, k))
+        return s
+
+    def __eq__(self, other):
+        return isinstance(other, Segment) and all(getattr(self, k) == getattr(other, k) for k in Segment.__slots__)
+
+    def __repr__(self):
+        return "Segment(%s)" % ", ".join("%s=%#x" % (k, getattr(self, k)) for k in Segment.__slots__)
+
+
+class FPUState:
+    """x87/SSE state in the shape of FXSAVE (and of struct kvm_fpu)."""
+
+    __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top")
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self):
+        # st[i] is the 80-bit physical register i (not ST(i)): (mantissa u64, sign_exponent u16)
+        self.st = [0] * 8          # 80-bit values as ints
+        self.fcw = 0x37F
+        self.fsw = 0
+        self.ftw = 0               # abridged tag word (FXSAVE format): bit i set = register i valid
+        self.top = 0
+        self.fop = 0
+        self.fip = 0
+        self.fdp = 0
+        self.xmm = [0] * 16        # 128-bit ints
+        self.mxcsr = 0x1F80
+
+
+class CPUState:
+    """Every architectural register of one logical processor."""
+
+    def __init__(self):
+        self.regs = [0] * 16
+        self.rip = 0
+        self.flags = 2             # RFLAGS bits that are not kept lazily (see get_rflags)
+        self.cc_op = lazy.CC_EAGER  # lazy arithmetic flags: operation, result, source
+        self.cc_dst = 0
+        self.cc_src = 0
+        self.cc_aux = 0
+        self.seg = [Segment() for _ in range(6)]
+        self.tr = Segment(type=11, s=0)
+        self.ldtr = Segment(type=2, s=0)
+        self.gdt_base = self.gdt_limit = 0
+        self.idt_base = 0
+        self.idt_limit = 0xFFFF
+        self.cr0 = 0x60000010
+        self.cr2 = self.cr3 = self.cr4 = 0
+        self.cr8 = 0
+        self.efer = 0
+        self.xcr0 = 1
+        self.dr = [0, 0, 0, 0, 0xFFFF0FF0, 0x400, 0xFFFF0FF0, 0x400]   # dr4/dr5 alias dr6/dr7
+        self.apic_base = 0xFEE00000 | 0x800 | 0x100
+        self.msrs = {}             # MSRs with no dedicated field (PAT, STAR, MTRRs, ...)
+        self.tsc = 0
+        self.fpu = FPUState()
+        self.mp_state = MP_STATE_RUNNABLE
+        self.interrupt_shadow = 0  # 1 = STI blocking, 2 = MOV SS blocking
+        self.nmi_masked = False
+        self.halted = False
+
+    # --- flags ---------------------------------------------------------------------------
+    def get_rflags(self) -> int:
+        """Materialise RFLAGS from the lazy-flags fields."""
+        if self.cc_op == lazy.CC_EAGER:
+            return self.flags
+        return (self.flags & ~ARITH_FLAGS) | lazy.compute(self.cc_op, self.cc_dst, self.cc_src, self.cc_aux)
+
+    def set_rflags(self, value: int) -> None:
+        self.flags = (value & RFLAGS_WRITABLE) | 2
+        self.cc_op = lazy.CC_EAGER
+
+    # --- modes ---------------------------------------------------------------------------
+    @property
+    def cpl(self) -> int:
+        if not self.cr0 & CR0_PE:
+            return 0
+        if self.flags & VM:
+            return 3
+        return self.seg[CS].dpl
+
+    def long_mode_active(self) -> bool:
+        return bool(self.efer & EFER_LMA)
+
+    def reset(self):
+        """Power-on/INIT state (Intel SDM vol. 3 table 9-1; KVM's kvm_vcpu_reset)."""
+        keep_apic = self.apic_base
+        self.__init__()
+        self.apic_base = keep_apic
+        self.regs[RDX] = 0x600   # family/model/stepping signature
+        cs = self.seg[CS]
+        cs.selector, cs.base, cs.limit, cs.type = 0xF000, 0xFFFF0000, 0xFFFF, 0xB
+        for i in (ES, SS, DS, FS, GS):
+            self.seg[i].type = 3
+        self.rip = 0xFFF0
