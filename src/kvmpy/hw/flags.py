@@ -42,6 +42,8 @@ def compute(op: int, dst: int, src: int, aux: int) -> int:
     if kind == K_LOGIC:
         return _szp(dst, sign)
     if kind == K_ADD or kind == K_ADC:
+        if kind == K_ADD:
+            aux = 0         # plain ADD/SUB do not record a carry-in
         a = (dst - src - aux) & mask
         f = _szp(dst, sign) | ((a ^ src ^ dst) & AF)
         if dst < a or (aux and dst == a):
@@ -50,6 +52,8 @@ def compute(op: int, dst: int, src: int, aux: int) -> int:
             f |= OF
         return f
     if kind == K_SUB or kind == K_SBB:
+        if kind == K_SUB:
+            aux = 0
         a = (dst + src + aux) & mask
         f = _szp(dst, sign) | ((a ^ src ^ dst) & AF)
         if a < src + aux:

@@ -1,0 +1,71 @@
+"""Guest memory: anonymous host memory the VMM hands to KVM (the vm-memory role).
+
+As with KVM, guest RAM is ordinary user memory: the VMM maps it, passes its host address
+to ``KVM_SET_USER_MEMORY_REGION``, and both the VMM and the (real or soft) kernel access it
+in place. The mapping must outlive every VM that uses it, so close it only afterwards.
+"""
+
+import ctypes
+import mmap
+
+PAGE_SIZE = 4096
+
+
+class GuestMemoryError(ValueError):
+    """An access outside the region."""
+
+
+class GuestMemory:
+    """One contiguous region of guest RAM at guest-physical ``base``."""
+
+    def __init__(self, size, base=0):
+        if size <= 0 or size % PAGE_SIZE:
+            raise ValueError(f"guest memory size must be a positive multiple of {PAGE_SIZE}")
+        self.base = base
+        self.size = size
+        self._map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+                              prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        anchor = ctypes.c_char.from_buffer(self._map)
+        self.host_addr = ctypes.addressof(anchor)
+        del anchor  # the export would keep the mapping from closing
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def close(self):
+        self._map.close()
+
+    def contains(self, gpa, length=1):
+        return self.base <= gpa and gpa + length <= self.base + self.size
+
+    def _offset(self, gpa, length):
+        if length < 0 or not self.contains(gpa, length):
+            raise GuestMemoryError(
+                f"guest-physical {gpa:#x}+{length:#x} is outside RAM "
+                f"[{self.base:#x}, {self.base + self.size:#x})")
+        return gpa - self.base
+
+    def read(self, gpa, length):
+        """``length`` bytes at guest-physical ``gpa``."""
+        off = self._offset(gpa, length)
+        return self._map[off:off + length]
+
+    def write(self, gpa, data):
+        """Copy ``data`` to guest-physical ``gpa``."""
+        off = self._offset(gpa, len(data))
+        self._map[off:off + len(data)] = data
+
+    def fill(self, gpa, length, byte=0):
+        """Set ``length`` bytes at ``gpa`` to ``byte``."""
+        self.write(gpa, bytes([byte]) * length)
+
+    def read_int(self, gpa, size):
+        """A little-endian unsigned integer of ``size`` bytes."""
+        return int.from_bytes(self.read(gpa, size), "little")
+
+    def write_int(self, gpa, size, value):
+        """Store ``value`` as a little-endian integer of ``size`` bytes."""
+        self.write(gpa, (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))

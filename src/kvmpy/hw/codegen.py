@@ -1,0 +1,400 @@
+"""Translation of x86 basic blocks into Python functions.
+
+This is the processor's fast path and the single definition of instruction
+semantics.  A block of decoded instructions (``kvmpy.hw.decoder``) becomes the
+source of one Python function, compiled once and cached by the processor; the
+emulator (``kvmpy.kernel.x86.emulate``) translates single instructions with
+the same code into a namespace whose memory and I/O callbacks go to the MMIO
+path instead of guest RAM.
+
+Conventions of the generated code (its namespace is built by the processor):
+
+- ``R`` is the register list (encoding order), ``SB`` the six segment bases,
+  ``cpu`` the processor, ``HM`` a byte view of host memory, ``TR``/``TW`` the
+  software TLBs (linear page -> host address delta) for reads and writes.
+- ``rd(a, n)`` / ``wr(a, n, v)`` are the slow paths (page walks, faults, MMIO).
+- Every instruction first reads, then computes, then stores to memory, then
+  writes registers and flags: a fault or VM exit raised by any read or store
+  leaves the instruction without architectural effects, so it restarts cleanly.
+  The processor maps the exception's line number back to the instruction.
+- Arithmetic flags are lazy (``kvmpy.hw.flags``); when a conditional jump
+  follows its flag-setting instruction in the same block the condition is
+  computed from that instruction's local values directly.
+"""
+
+from __future__ import annotations
+
+from . import flags as F
+from .decoder import Insn
+
+M = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
+SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
+KEEP = {1: 0xFFFFFFFFFFFFFF00, 2: 0xFFFFFFFFFFFF0000}
+UNPACK = {2: "U16", 4: "U32", 8: "U64"}
+PACK = {1: "P8", 2: "P16", 4: "P32", 8: "P64"}
+
+EMITTERS: dict = {}        # opcode -> emitter(g, ins); filled by kvmpy.hw.insn modules
+BLOCK_ENDERS: set = set()  # opcodes after which a block always ends (branches, exits, mode changes)
+
+
+class Unsupported(Exception):
+    """An opcode the processor does not implement: raises #UD in the guest."""
+
+
+def emitter(*opcodes, ends_block=False):
+    """Register an emitter for the given opcodes."""
+    def deco(fn):
+        for op in opcodes:
+            EMITTERS[op] = fn
+            if ends_block:
+                BLOCK_ENDERS.add(op)
+        return fn
+    return deco
+
+
+class Mode:
+    """What a translation depends on besides the bytes: sizes, paging mode, CPL."""
+
+    __slots__ = ("code", "stack", "long", "cpl", "pe", "vm86", "key")
+
+    def __init__(self, code, stack, long, cpl, pe, vm86):
+        self.code, self.stack, self.long, self.cpl, self.pe, self.vm86 = code, stack, long, cpl, pe, vm86
+        self.key = (code, stack, long, cpl, pe, vm86)
+
+
+class Gen:
+    """Builds the source of one block function."""
+
+    def __init__(self, mode: Mode, emulating: bool = False):
+        self.mode = mode
+        self.emulating = emulating
+        self.lines: list[str] = []
+        self.line_insn: list[int] = []     # instruction index of each line
+        self.ind = 2
+        self.n = 0
+        self.idx = 0                       # index of the instruction being emitted
+        self.ins: Insn | None = None
+        self.ended = False                 # the current instruction ended the block
+        self.flags = None                  # statically known last flag producer
+        self.ea_var = None
+        self.loop_target = None            # hex RIP of the block start (for self-loops)
+        self.looped = False
+
+    # --- text ----------------------------------------------------------------------------
+    def emit(self, line: str) -> None:
+        self.lines.append("    " * self.ind + line)
+        self.line_insn.append(self.idx)
+
+    def tmp(self, prefix="t") -> str:
+        self.n += 1
+        return "%s%d" % (prefix, self.n)
+
+    def indent(self):
+        self.ind += 1
+
+    def dedent(self):
+        self.ind -= 1
+
+    # --- block exits ---------------------------------------------------------------------
+    def exit_to(self, target_expr: str, count: int | None = None) -> None:
+        """Leave the block continuing at RIP ``target_expr``.
+
+        A constant jump back to the block's first instruction becomes a Python
+        loop (``continue``), bounded by LOOP_LIMIT retired instructions so the
+        processor still returns regularly to check for events.
+        """
+        k = self.idx + 1 if count is None else count
+        if target_expr == self.loop_target:
+            self.emit("n += %d" % k)
+            self.emit("if n < %d: continue" % LOOP_LIMIT)
+            self.emit("cpu.rip = %s" % target_expr)
+            self.emit("return n")
+            self.looped = True
+            return
+        self.emit("cpu.rip = %s" % target_expr)
+        self.emit("return n + %d" % k)
+
+    def end(self) -> None:
+        """The current instruction falls through and ends the block."""
+        self.exit_to(hex(self.ins.next_ip))
+        self.ended = True
+
+    # --- registers -----------------------------------------------------------------------
+    def reg(self, r: int, size: int) -> str:
+        if size == 8:
+            return "R[%d]" % r
+        if size == 1 and not self.ins.rex and 4 <= r <= 7:
+            return "((R[%d] >> 8) & 0xff)" % (r - 4)
+        return "(R[%d] & %#x)" % (r, M[size])
+
+    def set_reg(self, r: int, size: int, val: str) -> None:
+        """Write an already-masked value to a register (32-bit writes zero-extend)."""
+        if size == 8 or size == 4:
+            self.emit("R[%d] = %s" % (r, val))
+        elif size == 1 and not self.ins.rex and 4 <= r <= 7:
+            self.emit("R[%d] = (R[%d] & 0xffffffffffff00ff) | (%s << 8)" % (r - 4, r - 4, val))
+        else:
+            self.emit("R[%d] = (R[%d] & %#x) | %s" % (r, r, KEEP[size], val))
+
+    # --- memory --------------------------------------------------------------------------
+    def ea_offset(self, ins: Insn | None = None) -> str:
+        """Expression for the effective address (offset within the segment) of ModRM memory."""
+        ins = ins or self.ins
+        if ins.base == -2:
+            return "%#x" % ((ins.next_ip + ins.disp) & M[8])
+        parts = []
+        if ins.base >= 0:
+            parts.append("R[%d]" % ins.base)
+        if ins.index >= 0:
+            parts.append("(R[%d] << %d)" % (ins.index, ins.scale) if ins.scale else "R[%d]" % ins.index)
+        if ins.disp:
+            parts.append("%#x" % (ins.disp & M[ins.adsize]))
+        if not parts:
+            return "0"
+        if len(parts) == 1 and (parts[0][0] == "0" or (ins.adsize == 8 and ins.base >= 0)):
+            return parts[0]
+        return "((%s) & %#x)" % (" + ".join(parts), M[ins.adsize])
+
+    def ea(self, ins: Insn | None = None) -> str:
+        """Expression for the linear address of the ModRM memory operand."""
+        ins = ins or self.ins
+        seg = ins.seg
+        if seg < 0:
+            seg = 2 if ins.base in (4, 5) else 3
+        return self.seg_addr(seg, self.ea_offset(ins))
+
+    def seg_addr(self, seg: int, off: str) -> str:
+        if self.mode.long and self.mode.code == 8:
+            if seg >= 4:
+                return "((SB[%d] + %s) & 0xffffffffffffffff)" % (seg, off)
+            return off
+        return "((SB[%d] + %s) & 0xffffffff)" % (seg, off)
+
+    def load(self, addr: str, size: int, dest: str | None = None) -> str:
+        """Emit a guest memory read; returns the local holding the value."""
+        dest = dest or self.tmp("v")
+        d = self.tmp("d")
+        if self.emulating:
+            self.emit("%s = rd(%s, %d)" % (dest, addr, size))
+            return dest
+        a = addr if addr.isidentifier() else self.tmp("a")
+        if a != addr:
+            self.emit("%s = %s" % (a, addr))
+        self.emit("%s = TR.get(%s >> 12)" % (d, a))
+        if size == 1:
+            self.emit("%s = HM[%s + %s] if %s is not None else rd(%s, 1)" % (dest, a, d, d, a))
+        else:
+            self.emit("%s = %s(HM, %s + %s)[0] if %s is not None and (%s & 4095) <= %d else rd(%s, %d)"
+                      % (dest, UNPACK[size], a, d, d, a, 4096 - size, a, size))
+        return dest
+
+    def store(self, addr: str, size: int, val: str) -> None:
+        if self.emulating:
+            self.emit("wr(%s, %d, %s)" % (addr, size, val))
+            return
+        a = addr if addr.isidentifier() else self.tmp("a")
+        if a != addr:
+            self.emit("%s = %s" % (a, addr))
+        d = self.tmp("d")
+        self.emit("%s = TW.get(%s >> 12)" % (d, a))
+        if size == 1:
+            self.emit("if %s is not None: HM[%s + %s] = %s" % (d, a, d, val))
+        else:
+            self.emit("if %s is not None and (%s & 4095) <= %d: %s(HM, %s + %s, %s)"
+                      % (d, a, 4096 - size, PACK[size], a, d, val))
+        self.emit("else: wr(%s, %d, %s)" % (a, size, val))
+
+    # --- ModRM operands --------------------------------------------------------------------
+    def rm_read(self, size: int, ins: Insn | None = None) -> str:
+        ins = ins or self.ins
+        if ins.mod == 3:
+            v = self.tmp()
+            self.emit("%s = %s" % (v, self.reg(ins.rm, size)))
+            return v
+        self.ea_var = self.tmp("ea")
+        self.emit("%s = %s" % (self.ea_var, self.ea(ins)))
+        return self.load(self.ea_var, size)
+
+    def rm_write(self, size: int, val: str, ins: Insn | None = None, reuse_ea: bool = False) -> None:
+        ins = ins or self.ins
+        if ins.mod == 3:
+            self.set_reg(ins.rm, size, val)
+            return
+        if not reuse_ea:
+            self.ea_var = self.tmp("ea")
+            self.emit("%s = %s" % (self.ea_var, self.ea(ins)))
+        self.store(self.ea_var, size, val)
+
+    # --- stack ---------------------------------------------------------------------------
+    def sp_mask(self) -> int:
+        return M[self.mode.stack]
+
+    def push(self, vals: list[str], size: int) -> None:
+        """Push values (first pushed first); RSP is updated only after all stores."""
+        sm = self.sp_mask()
+        sp = self.tmp("sp")
+        self.emit("%s = R[4]" % sp)
+        addrs = []
+        for k, _ in enumerate(vals, 1):
+            addrs.append(self.seg_addr(2, "((%s - %d) & %#x)" % (sp, size * k, sm)))
+        if len(vals) > 1 and not self.emulating:
+            self.emit("probe_w(%s, %d)" % (addrs[-1], size * len(vals)))
+        for a, v in zip(addrs, vals):
+            self.store(a, size, v)
+        self.set_sp("(%s - %d) & %#x" % (sp, size * len(vals), sm), sp)
+
+    def pop(self, size: int, count: int = 1) -> tuple[list[str], str]:
+        """Read ``count`` stack values; returns them and the new-RSP expression (not yet set)."""
+        sm = self.sp_mask()
+        sp = self.tmp("sp")
+        self.emit("%s = R[4]" % sp)
+        vals = [self.load(self.seg_addr(2, "((%s + %d) & %#x)" % (sp, size * k, sm)) if k else
+                          self.seg_addr(2, "(%s & %#x)" % (sp, sm)), size) for k in range(count)]
+        return vals, "(%s + %d) & %#x" % (sp, size * count, sm)
+
+    def set_sp(self, expr: str, old: str | None = None) -> None:
+        st = self.mode.stack
+        if st == 8 or st == 4:
+            self.emit("R[4] = %s" % expr)
+        else:
+            self.emit("R[4] = (R[4] & 0xffffffffffff0000) | (%s)" % expr)
+
+    # --- flags ---------------------------------------------------------------------------
+    def set_flags(self, kind: int, size: int, dst: str, src: str = "0", aux: str | None = None,
+                  a: str | None = None) -> None:
+        line = "cpu.cc_op = %d; cpu.cc_dst = %s; cpu.cc_src = %s" % (F.cc(kind, size), dst, src)
+        if aux is not None:
+            line += "; cpu.cc_aux = %s" % aux
+        self.emit(line)
+        self.flags = (kind, size, dst, src, a, self.idx)
+
+    def rflags(self) -> str:
+        """Emit code materialising RFLAGS into a local; returns its name."""
+        v = self.tmp("fl")
+        self.emit("%s = cpu.get_rflags()" % v)
+        return v
+
+    def carry(self) -> str:
+        """Expression (0/1) for the current CF, using static knowledge when possible."""
+        known = self.flags
+        if known and known[5] == self.idx - 1:
+            kind, size, dst, src, a, _ = known
+            if kind == F.K_LOGIC:
+                return "0"
+            if kind == F.K_ADD and a:
+                return "(1 if %s < %s else 0)" % (dst, a)
+            if kind == F.K_SUB and a:
+                return "(1 if %s < %s else 0)" % (a, src)
+        c = self.tmp("cf")
+        self.emit("%s = cpu.get_rflags() & 1" % c)
+        return c
+
+    def cond(self, cc: int) -> str:
+        """Python boolean expression for condition code ``cc`` (0..15, as in Jcc)."""
+        known = self.flags
+        if known and known[5] == self.idx - 1:
+            expr = _static_cond(cc, *known[:5])
+            if expr:
+                return expr
+        fl = self.rflags()
+        return _FLAG_COND[cc] % {"f": fl}
+
+
+def _static_cond(cc, kind, size, dst, src, a):
+    neg, base = cc & 1, cc >> 1
+    sign = SIGN[size]
+    e = None
+    if kind in (F.K_SUB,) and a:
+        e = {0: None, 1: "%s < %s" % (a, src), 2: "%s == 0" % dst, 3: "%s <= %s" % (a, src),
+             4: "%s & %#x" % (dst, sign), 5: None,
+             6: "(%s ^ %#x) < (%s ^ %#x)" % (a, sign, src, sign),
+             7: "(%s ^ %#x) <= (%s ^ %#x)" % (a, sign, src, sign)}[base]
+    elif kind == F.K_LOGIC:
+        e = {0: "False", 1: "False", 2: "%s == 0" % dst, 3: "%s == 0" % dst, 4: "%s & %#x" % (dst, sign),
+             5: None, 6: "%s & %#x" % (dst, sign), 7: "(%s == 0 or %s & %#x)" % (dst, dst, sign)}[base]
+    elif kind in (F.K_ADD, F.K_INC, F.K_DEC, F.K_ADC, F.K_SBB, F.K_NEG):
+        e = {2: "%s == 0" % dst, 4: "%s & %#x" % (dst, sign)}.get(base)
+    if e is None:
+        return None
+    return "not (%s)" % e if neg else "(%s)" % e
+
+
+_FLAG_COND = [
+    "%(f)s & 0x800", "not %(f)s & 0x800", "%(f)s & 1", "not %(f)s & 1", "%(f)s & 0x40", "not %(f)s & 0x40",
+    "%(f)s & 0x41", "not %(f)s & 0x41", "%(f)s & 0x80", "not %(f)s & 0x80", "%(f)s & 4", "not %(f)s & 4",
+    "((%(f)s >> 7) ^ (%(f)s >> 11)) & 1", "not ((%(f)s >> 7) ^ (%(f)s >> 11)) & 1",
+    "(%(f)s & 0x40 or ((%(f)s >> 7) ^ (%(f)s >> 11)) & 1)",
+    "not (%(f)s & 0x40 or ((%(f)s >> 7) ^ (%(f)s >> 11)) & 1)",
+]
+
+
+class Block:
+    """A translated block: its function, instructions and the pages its bytes came from."""
+
+    __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
+                 "epoch", "source")
+
+    def __init__(self):
+        self.epoch = -1
+
+
+MAX_BLOCK_INSNS = 48
+LOOP_LIMIT = 20000
+BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
+
+
+def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, emulating: bool = False,
+              max_insns: int = MAX_BLOCK_INSNS) -> Block:
+    """Decode and translate instructions starting at ``rip`` (linear ``cs_base + rip``).
+
+    ``decode_at(rip)`` returns the Insn at that instruction pointer.  Translation
+    stops after a block-ending instruction, at a page boundary, or after
+    ``max_insns`` instructions.
+    """
+    g = Gen(mode, emulating)
+    g.loop_target = hex(rip)
+    insns = []
+    addr = rip
+    lin = cs_base + rip
+    while True:
+        try:
+            ins = decode_at(addr)
+        except Exception:
+            if insns:       # let the faulting fetch happen when execution gets there
+                g.idx = len(insns) - 1
+                g.loop_target = None
+                g.exit_to(hex(addr))
+                break
+            raise
+        insns.append(ins)
+        g.idx = len(insns) - 1
+        g.ins = ins
+        g.ended = False
+        g.ea_var = None
+        em = EMITTERS.get(ins.opc)
+        if em is None:
+            g.emit("raise_ud()")
+            g.ended = True
+        else:
+            em(g, ins)
+        addr = ins.next_ip
+        if g.ended or ins.opc in BLOCK_ENDERS:
+            if not g.ended:
+                g.end()
+            break
+        if emulating or len(insns) >= max_insns or ((cs_base + addr) >> 12) != (lin >> 12):
+            g.exit_to(hex(addr))
+            break
+    src = "def _blk():\n    n = 0\n    while True:\n" + "\n".join(g.lines) + "\n"
+    code = compile(src, "<block %#x>" % lin, "exec")
+    exec(code, namespace)
+    b = Block()
+    b.fn = namespace.pop("_blk")
+    b.insns = insns
+    b.line_insn = g.line_insn
+    b.rip = rip
+    b.cs_base = cs_base
+    b.lin = lin
+    b.mode_key = mode.key
+    b.source = src
+    return b

@@ -1,0 +1,431 @@
+"""The software x86-64 processor: kvmpy's "silicon".
+
+``Processor.run(budget)`` is VM entry: it injects a pending event, executes
+guest code until something the hypervisor must see happens, and returns that VM
+exit in the vendor's format (``kvmpy.hw.vmx`` / ``kvmpy.hw.svm``), exactly as
+VMX non-root operation or SVM guest mode would.
+
+Execution is block by block: code is translated once into Python functions
+(``kvmpy.hw.codegen``) cached by RIP and checked against CS base, mode and
+physical address; guest memory is reached through software TLBs filled from
+either the guest page tables plus KVM's second-level table (TDP: ``ept``), or
+from KVM's shadow page table alone (``shadow``).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import codegen, insn  # noqa: F401  (insn registers the emitters)
+from . import memory as hm
+from . import paging
+from .decoder import DecodeError, decode
+from .events import CONTRIBUTORY, HAS_ERROR_CODE, Fault, Intercept
+from .segments import SegmentUnit
+from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
+                    RFLAGS_WRITABLE, SS, CS)
+
+EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX interruption types
+
+
+class Processor(CPUState, SegmentUnit):
+    """One logical processor.  ``exit_format`` is the vendor's VM-exit encoder."""
+
+    def __init__(self, exit_format):
+        super().__init__()
+        self.exit_format = exit_format
+        # --- controls set by the vendor module (VMCS/VMCB execution controls) ---
+        self.tdp = True                 # EPT/NPT enabled: walk guest tables + second level
+        self.ept = {}                   # gfn -> host address of the page (KVM's TDP table)
+        self.ept_ro = set()             # gfns mapped read-only (read-only slots, dirty logging)
+        self.shadow = {}                # lpn -> (host page, writable, user) (shadow paging)
+        self.exception_bitmap = 0
+        self.intercept_cr3 = False
+        self.intercept_invlpg = False
+        self.intercept_cr0_cr4 = False
+        self.intr_window_exiting = False
+        self.pending_event = None       # (type, vector, error_code) injected on entry
+        # --- internal ---
+        self.icount = 0
+        self.sbase = [0] * 6
+        self.tlb_r, self.tlb_w, self.tlb_x = {}, {}, {}
+        self.tlb_supervisor = False
+        self.code = {}                  # rip -> Block
+        self.code_pages = {}            # gfn -> set of block rips translated from it
+        self.epoch = 0
+        self.modes = {}
+        self.mode = None
+        self.paging_key = None
+        self.delivering = []            # vectors being delivered (double-fault detection)
+        self.ns = self._namespace()
+        self.refresh()
+
+    # ------------------------------------------------------------------ namespace
+    def _namespace(self) -> dict:
+        """Globals of translated code: registers, TLBs and the slow-path helpers."""
+        return {
+            "cpu": self, "R": self.regs, "SB": self.sbase, "HM": hm.HOST, "TR": self.tlb_r, "TW": self.tlb_w,
+            "U16": hm.U16, "U32": hm.U32, "U64": hm.U64, "P8": hm.P8, "P16": hm.P16, "P32": hm.P32,
+            "P64": hm.P64, "rd": self.read_slow, "wr": self.write_slow, "probe_w": self.probe_write,
+            "raise_ud": self.raise_ud, "raise_fault": self.raise_fault, "setfl": self.set_some_flags,
+            "pushf_value": self.pushf_value, "popf_value": self.popf_value, "load_seg": self.load_seg,
+            "far_jump": self.far_jump, "far_call": self.far_call, "far_ret": self.far_ret, "iret": self.iret,
+            "enter": self.enter, "software_interrupt": self.software_interrupt, "intercept": self.intercept,
+            "io_in": self.io_in, "io_out": self.io_out, "sys": self.system,
+        }
+
+    # ------------------------------------------------------------------ state sync
+    def refresh(self):
+        """Recompute what translated code depends on, after any change of state."""
+        for i in range(6):
+            self.sbase[i] = self.seg[i].base
+        cs, ss = self.seg[CS], self.seg[SS]
+        lma = bool(self.efer & EFER_LMA)
+        pe = bool(self.cr0 & CR0_PE)
+        vm86 = pe and bool(self.flags & VM)
+        code = 8 if lma and cs.l else (4 if pe and not vm86 and cs.db else 2)
+        stack = 8 if code == 8 else (4 if pe and not vm86 and ss.db else 2)
+        cpl = (3 if vm86 else cs.dpl) if pe else 0
+        key = (code, stack, lma, cpl, pe, vm86)
+        mode = self.modes.get(key)
+        if mode is None:
+            mode = self.modes[key] = codegen.Mode(*key)
+        if self.mode is not None and cpl == 3 and self.mode.cpl != 3 and self.tlb_supervisor:
+            self.flush_tlb()
+        self.mode = mode
+        pk = (self.cr0 & 0x80010001, self.cr3, self.cr4, self.efer, self.tdp)
+        if pk != self.paging_key:
+            self.paging_key = pk
+            self.flush_tlb()
+
+    def flush_tlb(self):
+        self.tlb_r.clear()
+        self.tlb_w.clear()
+        self.tlb_x.clear()
+        self.tlb_supervisor = False
+
+    def flush_code(self):
+        self.code.clear()
+        self.code_pages.clear()
+        self.flush_tlb()
+
+    # ------------------------------------------------------------------ flags helpers
+    def set_some_flags(self, mask, bits):
+        fl = self.get_rflags()
+        self.set_rflags((fl & ~mask) | (bits & mask))
+
+    def pushf_value(self, size):
+        v = self.get_rflags() & ~(VM | RF)
+        return v & 0xFFFF if size == 2 else v
+
+    def popf_value(self, v, size):
+        old = self.get_rflags()
+        mask = RFLAGS_WRITABLE & ~(VM | RF | 0x180000)   # VM, RF, VIF, VIP are never changed by POPF
+        if self.cr0 & CR0_PE:
+            if self.mode.cpl > 0:
+                mask &= ~0x3000                        # IOPL
+            if self.mode.cpl > (old >> 12) & 3:
+                mask &= ~IF
+        if size == 2:
+            mask &= 0xFFFF
+        self.set_rflags((old & ~mask) | (v & mask))
+
+    # ------------------------------------------------------------------ faults
+    def raise_ud(self):
+        raise Fault(6)
+
+    def raise_fault(self, vector, error_code=None):
+        raise Fault(vector, error_code)
+
+    def intercept(self, kind, **info):
+        raise Intercept(kind, **info)
+
+    # ------------------------------------------------------------------ translation
+    def _gpa_host(self, gpa, write, gla):
+        """Guest-physical -> host address through KVM's second-level table (EPT/NPT)."""
+        host = self.ept.get(gpa >> 12)
+        if host is None or (write and (gpa >> 12) in self.ept_ro):
+            raise Intercept("ept_violation", gpa=gpa, gla=gla, write=bool(write), fetch=False,
+                            present=host is not None)
+        return host + (gpa & 0xFFF)
+
+    def _read_pte(self, gpa, size):
+        return hm.read(self._gpa_host(gpa, False, None), size)
+
+    def _write_pte(self, gpa, size, value):
+        host = self._gpa_host(gpa, True, None)
+        self._note_write(gpa >> 12)
+        hm.write(host, size, value)
+
+    def translate(self, lin, access):
+        """Linear -> (host page address, guest-physical page, writable) for one access.
+
+        Fills the software TLB; raises Fault(14)/Intercept on failure.
+        """
+        user = self.mode.cpl == 3
+        if user:
+            access |= paging.PFERR_USER
+        lpn = lin >> 12
+        if not self.tdp:
+            ent = self.shadow.get(lpn)
+            if ent is None or (access & paging.PFERR_WRITE and not ent[1]) or (user and not ent[2]):
+                raise Fault(14, (access & 0x17) | (1 if ent is not None else 0), cr2=lin)
+            host, writable, uok, gfn = ent
+            gpa = gfn << 12
+        else:
+            if self.cr0 & CR0_PG:
+                t = paging.walk(lin, access, self.cr0, self.cr3, self.cr4, self.efer, self._read_pte,
+                                self._write_pte)
+                gpa = t.gpa
+                writable = t.writable or (not user and not self.cr0 & 0x10000)
+                uok = t.user
+            else:
+                gpa = lin & (0xFFFFFFFFFFFFF000 if self.efer & EFER_LMA else 0xFFFFF000)
+                writable = uok = True
+            gfn = gpa >> 12
+            host = self.ept.get(gfn)
+            if host is None or (access & paging.PFERR_WRITE and gfn in self.ept_ro):
+                raise Intercept("ept_violation", gpa=gpa | (lin & 0xFFF), gla=lin,
+                                write=bool(access & paging.PFERR_WRITE), fetch=bool(access & paging.PFERR_FETCH),
+                                present=host is not None)
+            if gfn in self.ept_ro:
+                writable = False
+        delta = host - (lpn << 12)
+        if not uok:
+            self.tlb_supervisor = True
+        if access & paging.PFERR_FETCH:
+            self.tlb_x[lpn] = gpa
+        self.tlb_r[lpn] = delta
+        if writable and (access & paging.PFERR_WRITE) and gfn not in self.code_pages:
+            self.tlb_w[lpn] = delta
+        return host, gpa
+
+    def read_slow(self, a, size):
+        if (a & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (a & 0xFFF)
+            return self.read_slow(a, lo) | (self.read_slow(a + lo, size - lo) << (8 * lo))
+        d = self.tlb_r.get(a >> 12)
+        if d is None:
+            host, _ = self.translate(a & ~0xFFF, 0)
+            d = host - (a & ~0xFFF)
+        return hm.read(a + d, size)
+
+    def write_slow(self, a, size, v):
+        if (a & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (a & 0xFFF)
+            self.probe_write(a, size)
+            self.write_slow(a, lo, v)
+            self.write_slow(a + lo, size - lo, v >> (8 * lo))
+            return
+        host, gpa = self.translate(a & ~0xFFF, paging.PFERR_WRITE)
+        self._note_write(gpa >> 12)
+        hm.write(host + (a & 0xFFF), size, v)
+
+    def probe_write(self, a, size):
+        """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
+        for page in range(a >> 12, ((a + size - 1) >> 12) + 1):
+            if page not in self.tlb_w:
+                self.translate(page << 12, paging.PFERR_WRITE)
+
+    def _note_write(self, gfn):
+        """A write to a page holding translated code invalidates that code (SMC)."""
+        rips = self.code_pages.pop(gfn, None)
+        if rips:
+            for rip in rips:
+                self.code.pop(rip, None)
+
+    # ------------------------------------------------------------------ code fetch
+    def fetch_byte(self, lin):
+        d = self.tlb_r.get(lin >> 12)
+        if d is None or (lin >> 12) not in self.tlb_x:
+            host, _ = self.translate(lin & ~0xFFF, paging.PFERR_FETCH)
+            d = host - (lin & ~0xFFF)
+        return hm.HOST[lin + d]
+
+    def lookup_block(self):
+        rip = self.rip
+        csb = self.sbase[CS]
+        lin = (csb + rip) & (0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF)
+        gpa = self.tlb_x.get(lin >> 12)
+        if gpa is None:
+            _, gpa = self.translate(lin & ~0xFFF, paging.PFERR_FETCH)
+        phys = gpa | (lin & 0xFFF)
+        b = self.code.get(rip)
+        if b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys:
+            if b.epoch == self.epoch:
+                return b
+            if self._raw_at(b) == b.raw:
+                b.epoch = self.epoch
+                return b
+        return self._translate_block(rip, csb, lin, phys)
+
+    def _raw_at(self, b):
+        try:
+            return bytes(self.fetch_byte(b.lin + i) for i in range(len(b.raw)))
+        except (Fault, Intercept):
+            return None
+
+    def _translate_block(self, rip, csb, lin, phys):
+        mode = self.mode
+        mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
+
+        def decode_at(r):
+            base = (csb + r) & mask
+            return decode(lambda i: self.fetch_byte((base + i) & mask), mode.code, r)
+
+        b = codegen.translate(decode_at, rip, csb, mode, self.ns)
+        b.phys = phys
+        b.raw = b"".join(i.raw for i in b.insns)
+        b.epoch = self.epoch
+        for off in (0, len(b.raw) - 1):
+            gfn = (self.tlb_x.get(((lin + off) & mask) >> 12, phys) >> 12)
+            if gfn not in self.code_pages:
+                self.code_pages[gfn] = set()
+                self._unmap_writes(gfn)
+            self.code_pages[gfn].add(rip)
+        self.code[rip] = b
+        return b
+
+    def _unmap_writes(self, gfn):
+        host = self.ept.get(gfn) if self.tdp else None
+        for lpn, delta in list(self.tlb_w.items()):
+            if host is None or delta + (lpn << 12) == host:
+                del self.tlb_w[lpn]
+
+    # ------------------------------------------------------------------ VM entry
+    def run(self, budget: int):
+        """Enter the guest; return the vendor-formatted VM exit."""
+        self.epoch += 1
+        self.refresh()
+        limit = self.icount + budget
+        try:
+            if self.pending_event is not None:
+                ev, self.pending_event = self.pending_event, None
+                self.deliver(ev[1], ev[0], ev[2])
+            while True:
+                if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
+                    raise Intercept("interrupt_window")
+                if self.icount >= limit:
+                    raise Intercept("preemption")
+                self._run_blocks(limit)
+        except Intercept as e:
+            return self.exit_format.format(self, e)
+
+    def _run_blocks(self, limit):
+        """Execute blocks until the budget is used; faults are delivered here."""
+        while self.icount < limit:
+            try:
+                b = self.lookup_block()
+                self.icount += b.fn()
+                self.interrupt_shadow = 0
+            except Fault as f:
+                self._at_fault_insn(b if self._raised_in_block() else None)
+                self.raise_event(f)
+            except DecodeError as d:
+                self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
+            except Intercept:
+                if self._raised_in_block():
+                    self._at_fault_insn(b)
+                raise
+            except (RecursionError, MemoryError):
+                raise
+            except Exception as e:      # a bug in kvmpy must not escape KVM_RUN as a traceback
+                raise Intercept("internal", error=repr(e)) from e
+
+    def _raised_in_block(self):
+        tb = sys.exc_info()[2]
+        while tb is not None:
+            if tb.tb_frame.f_code.co_name == "_blk":
+                self._fault_tb = tb
+                return True
+            tb = tb.tb_next
+        return False
+
+    def _at_fault_insn(self, b):
+        """Roll RIP/icount to the instruction that raised (it left no partial state)."""
+        if b is None:
+            return
+        tb = self._fault_tb
+        idx = b.line_insn[tb.tb_lineno - codegen.BODY_FIRST_LINE]
+        n = tb.tb_frame.f_locals.get("n", 0)
+        self.rip = b.insns[idx].start
+        self.icount += n + idx
+        self._fault_tb = None
+
+    # ------------------------------------------------------------------ events
+    def raise_event(self, f: Fault):
+        """Deliver a fault raised by an instruction (or exit if the vendor intercepts it)."""
+        self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+
+    def deliver(self, vector, kind, error_code=None, cr2=None, next_ip=None):
+        """Deliver an event through the IDT/IVT, with double- and triple-fault rules."""
+        if kind == HW_EXC and self.exception_bitmap >> vector & 1:
+            raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2)
+        if kind == HW_EXC and self.delivering:
+            prev = self.delivering[-1]
+            if prev == 8:
+                raise Intercept("triple_fault")
+            if (prev in CONTRIBUTORY and vector in CONTRIBUTORY) or (prev == 14 and (vector == 14 or vector in
+                                                                                     CONTRIBUTORY)):
+                vector, error_code, cr2 = 8, 0, None
+        if kind == HW_EXC and vector == 14 and cr2 is not None:
+            self.cr2 = cr2
+        if kind == HW_EXC and vector in HAS_ERROR_CODE and error_code is None:
+            error_code = 0
+        if kind != HW_EXC:
+            error_code = None
+        self.delivering.append(vector)
+        try:
+            self.refresh()
+            self.enter_handler(vector, kind, error_code, next_ip)
+        except Fault as f:
+            self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+        finally:
+            self.delivering.pop()
+        self.refresh()
+
+    def software_interrupt(self, vector, next_ip, kind):
+        t = {"swint": SW_INT, "swexc": SW_EXC, "privsw": PRIV_SW_EXC}[kind]
+        if self.mode.vm86 and t == SW_INT and (self.flags >> 12) & 3 < 3:
+            raise Fault(13, 0)
+        self.deliver(vector, t, next_ip=next_ip)
+
+    # ------------------------------------------------------------------ I/O and system
+    def io_in(self, port, size, insn_len, string=False, rep=False):
+        self.check_io(port, size)
+        raise Intercept("io", port=port, size=size, input=True, string=string, rep=rep, insn_len=insn_len)
+
+    def io_out(self, port, size, insn_len, string=False, rep=False):
+        self.check_io(port, size)
+        raise Intercept("io", port=port, size=size, input=False, string=string, rep=rep, insn_len=insn_len)
+
+    def check_io(self, port, size):
+        """IOPL and TSS I/O-bitmap check (done before the VM exit, as on hardware)."""
+        if not self.cr0 & CR0_PE or self.mode.cpl <= (self.flags >> 12) & 3 and not self.mode.vm86:
+            return
+        tr = self.tr
+        if tr.limit < 0x67:
+            raise Fault(13, 0)
+        base = self.read_slow(tr.base + 0x66, 2)
+        off = base + (port >> 3)
+        if off + 1 > tr.limit:
+            raise Fault(13, 0)
+        bits = self.read_slow(tr.base + off, 2)
+        if (bits >> (port & 7)) & ((1 << size) - 1):
+            raise Fault(13, 0)
+
+    def system(self, name, *args):
+        from . import system
+        return getattr(system, name)(self, *args)
+
+    def set_cr0_mode(self):
+        """LMA follows CR0.PG when EFER.LME is set (SDM 9.8.5)."""
+        if self.cr0 & CR0_PG and self.efer & EFER_LME and self.cr4 & CR4_PAE:
+            self.efer |= EFER_LMA
+        elif not self.cr0 & CR0_PG:
+            self.efer &= ~EFER_LMA
+
+
+# Flags cleared on interrupt/exception delivery
+DELIVERY_CLEARS = TF | NT | RF | VM | AC
+__all__ = ["Processor", "CF", "DELIVERY_CLEARS"]

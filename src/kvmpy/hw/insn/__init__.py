@@ -1,0 +1,7 @@
+"""Instruction semantics, one module per group; importing registers the emitters."""
+
+from . import alu, control, io, mov, system  # noqa: F401
+from . import shift  # noqa: F401
+from . import bits  # noqa: F401
+from . import string  # noqa: F401
+from . import atomic  # noqa: F401

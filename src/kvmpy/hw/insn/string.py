@@ -1,0 +1,176 @@
+"""String instructions: MOVS, CMPS, STOS, LODS, SCAS, with REP/REPE/REPNE.
+
+RSI, RDI and RCX are used at the address size (16/32/64 bits); the destination
+is always ES:rDI, the source's segment (DS) may be overridden.  DF in the eager
+``cpu.flags`` gives the direction.
+
+A repeated instruction runs as a loop of at most ``REP_BUDGET`` iterations per
+execution.  Each iteration reads, stores, then updates RSI/RDI/RCX, so a fault
+in iteration k leaves the registers after k-1 iterations and the instruction
+restarts where it stopped; when the budget runs out the block is left with RIP
+still at the instruction, which lets the processor take interrupts and VM exits
+in the middle of a long copy.  Forward REP MOVS/STOS of bytes or dwords copy
+whole runs within a page through ``HM`` slices when both pages are in the TLB.
+"""
+
+from .. import flags as F
+from ..codegen import M, emitter
+
+REP_BUDGET = 4096
+RSI, RDI, RCX = 6, 7, 1
+
+
+class _Regs:
+    """Locals holding rSI/rDI/rCX at the address size, and the code to write them back."""
+
+    def __init__(self, g, ins, used):
+        self.g, self.am, self.used = g, M[ins.adsize], used
+        self.names = {}
+        for r in used:
+            self.names[r] = g.tmp({RSI: "si", RDI: "di", RCX: "n"}[r])
+            g.emit("%s = R[%d] & %#x" % (self.names[r], r, self.am))
+
+    def __getitem__(self, r):
+        return self.names[r]
+
+    def advance(self, step):
+        """Move rSI/rDI by ``step`` (an expression) and count rCX down, in the locals."""
+        parts = ["%s = (%s + %s) & %#x" % (self.names[r], self.names[r], step, self.am)
+                 for r in (RSI, RDI) if r in self.used]
+        if RCX in self.used:
+            parts.append("%s -= 1" % self.names[RCX])
+        self.g.emit("; ".join(parts))
+
+    def commit(self):
+        for r in self.used:
+            v = self.names[r]
+            if self.am == 0xFFFF:
+                self.g.emit("R[%d] = (R[%d] & 0xffffffffffff0000) | %s" % (r, r, v))
+            else:
+                self.g.emit("R[%d] = %s" % (r, v))
+
+
+def _src(g, ins, regs):
+    return g.seg_addr(ins.seg if ins.seg >= 0 else 3, regs[RSI])
+
+
+def _dst(g, regs):
+    return g.seg_addr(0, regs[RDI])
+
+
+def _element(g, ins, kind, size, regs, step):
+    """One iteration: reads, store, register and flag updates.  Returns (a, b) compared."""
+    a = b = None
+    if kind == "movs":
+        v = g.load(_src(g, ins, regs), size)
+        g.store(_dst(g, regs), size, v)
+    elif kind == "stos":
+        g.store(_dst(g, regs), size, g.reg(0, size))
+    elif kind == "lods":
+        v = g.load(_src(g, ins, regs), size)
+    elif kind == "cmps":
+        a = g.load(_src(g, ins, regs), size)
+        b = g.load(_dst(g, regs), size)
+    else:   # scas
+        a = g.tmp()
+        g.emit("%s = %s" % (a, g.reg(0, size)))
+        b = g.load(_dst(g, regs), size)
+    regs.advance(step)
+    regs.commit()
+    if kind == "lods":
+        g.set_reg(0, size, v)
+    elif a is not None:
+        d = g.tmp("r")
+        g.emit("%s = (%s - %s) & %#x" % (d, a, b, M[size]))
+        g.set_flags(F.K_SUB, size, d, b, None, a)
+    return a, b
+
+
+def _fast_run(g, ins, kind, size, regs, step):
+    """Copy/fill a run of elements inside one page with a slice of HM, when possible.
+
+    Only forward, only when the TLB has both pages, and for MOVS only when the
+    destination does not overlap the source ahead of it (where element-by-element
+    copying would replicate data, unlike a slice copy).
+    """
+    dst = g.tmp("ld")
+    g.emit("%s = %s" % (dst, _dst(g, regs)))
+    hd = g.tmp("hd")
+    g.emit("%s = TW.get(%s >> 12) if %s > 0 else None" % (hd, dst, step))
+    limits = ["%s" % regs[RCX], "(4096 - (%s & 4095)) // %d" % (dst, size)]
+    if kind == "movs":
+        src, hs = g.tmp("ls"), g.tmp("hs")
+        g.emit("%s = %s" % (src, _src(g, ins, regs)))
+        g.emit("%s = TR.get(%s >> 12) if %s is not None else None" % (hs, src, hd))
+        ok = "%s is not None" % hs
+        limits.append("(4096 - (%s & 4095)) // %d" % (src, size))
+    else:
+        ok = "%s is not None" % hd
+    if regs.am != M[8]:     # the offsets wrap at the address size
+        limits += ["(%#x - %s) // %d" % (regs.am + 1, regs[r], size) for r in (RSI, RDI) if r in regs.used]
+    k, nb = g.tmp("k"), g.tmp("nb")
+    hosts = "%s += %s; %s += %s; " % (hs, src, hd, dst) if kind == "movs" else "%s += %s; " % (hd, dst)
+    g.emit("if %s: %s%s = min(%s)" % (ok, hosts, k, ", ".join(limits)))
+    g.emit("else: %s = 0" % k)
+    g.emit("%s = %s * %d" % (nb, k, size))
+    cond = "%s > 1" % k
+    if kind == "movs":
+        cond += " and (%s <= %s or %s + %s <= %s)" % (hd, hs, hs, nb, hd)
+    g.emit("if %s:" % cond)
+    g.indent()
+    if kind == "movs":
+        g.emit("HM[%s:%s + %s] = HM[%s:%s + %s]" % (hd, hd, nb, hs, hs, nb))
+    else:
+        g.emit("HM[%s:%s + %s] = %s.to_bytes(%d, 'little') * %s" % (hd, hd, nb, g.reg(0, size), size, k))
+    parts = ["%s = (%s + %s) & %#x" % (regs[r], regs[r], nb, regs.am) for r in (RSI, RDI) if r in regs.used]
+    parts.append("%s -= %s" % (regs[RCX], k))
+    g.emit("; ".join(parts))
+    regs.commit()
+    g.dedent()
+    g.emit("else:")
+    g.indent()
+
+
+def string_op(g, ins, kind, size):
+    used = {"movs": (RSI, RDI), "cmps": (RSI, RDI), "stos": (RDI,), "lods": (RSI,), "scas": (RDI,)}[kind]
+    step = g.tmp("st")
+    g.emit("%s = %d if cpu.flags & 0x400 else %d" % (step, -size, size))
+    if not ins.rep:
+        _element(g, ins, kind, size, _Regs(g, ins, used), step)
+        return
+    regs = _Regs(g, ins, used + (RCX,))
+    fast = kind in ("movs", "stos") and size in (1, 4) and not g.emulating
+    budget = g.tmp("bu")
+    g.emit("%s = %d" % (budget, REP_BUDGET))
+    g.emit("while %s:" % regs[RCX])
+    g.indent()
+    if fast:
+        _fast_run(g, ins, kind, size, regs, step)
+    a, b = _element(g, ins, kind, size, regs, step)
+    if fast:
+        g.dedent()
+    if a is not None:       # REPE stops on a difference, REPNE on equality
+        g.emit("if %s %s %s: break" % (a, "!=" if ins.rep == 0xF3 else "==", b))
+    g.emit("%s -= 1" % budget)
+    g.emit("if %s and not %s:" % (regs[RCX], budget))
+    g.indent()
+    target, g.loop_target = g.loop_target, None     # a Python `continue` here would resume our loop
+    g.exit_to(hex(ins.start), g.idx)
+    g.loop_target = target
+    g.dedent()
+    g.dedent()
+    g.flags = None          # with a zero count the flags stay the previous instruction's
+    g.end()
+
+
+def _emitter_for(kind, opcodes):
+    @emitter(*opcodes)
+    def emit(g, ins):
+        string_op(g, ins, kind, 1 if ins.opc & 1 == 0 else ins.opsize)
+    emit.__name__ = "_" + kind
+    return emit
+
+
+for _kind, _opcodes in (("movs", (0xA4, 0xA5)), ("cmps", (0xA6, 0xA7)), ("stos", (0xAA, 0xAB)),
+                        ("lods", (0xAC, 0xAD)), ("scas", (0xAE, 0xAF))):
+    _emitter_for(_kind, _opcodes)

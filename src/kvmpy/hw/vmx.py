@@ -1,0 +1,86 @@
+"""VMX's face of the processor: VM exits as basic exit reasons and qualifications.
+
+Intel SDM vol. 3 appendix C (exit reasons) and section 28.2.1 (exit
+qualifications).  ``VmxExit`` is what the VMCS exit fields would hold.
+"""
+
+EXIT_REASON_EXCEPTION_NMI = 0
+EXIT_REASON_EXTERNAL_INTERRUPT = 1
+EXIT_REASON_TRIPLE_FAULT = 2
+EXIT_REASON_INTERRUPT_WINDOW = 7
+EXIT_REASON_CPUID = 10
+EXIT_REASON_HLT = 12
+EXIT_REASON_INVLPG = 14
+EXIT_REASON_VMCALL = 18
+EXIT_REASON_CR_ACCESS = 28
+EXIT_REASON_IO_INSTRUCTION = 30
+EXIT_REASON_MSR_READ = 31
+EXIT_REASON_MSR_WRITE = 32
+EXIT_REASON_INVALID_STATE = 33
+EXIT_REASON_EPT_VIOLATION = 48
+EXIT_REASON_PREEMPTION_TIMER = 52
+EXIT_REASON_XSETBV = 55
+
+INTR_INFO_VALID = 1 << 31
+INTR_INFO_DELIVER_CODE = 1 << 11
+INTR_TYPE_HARD_EXCEPTION = 3 << 8
+
+_REASONS = {
+    "hlt": EXIT_REASON_HLT, "cpuid": EXIT_REASON_CPUID, "rdmsr": EXIT_REASON_MSR_READ,
+    "wrmsr": EXIT_REASON_MSR_WRITE, "cr": EXIT_REASON_CR_ACCESS, "invlpg": EXIT_REASON_INVLPG,
+    "exception": EXIT_REASON_EXCEPTION_NMI, "ept_violation": EXIT_REASON_EPT_VIOLATION,
+    "triple_fault": EXIT_REASON_TRIPLE_FAULT, "preemption": EXIT_REASON_PREEMPTION_TIMER,
+    "interrupt_window": EXIT_REASON_INTERRUPT_WINDOW, "vmcall": EXIT_REASON_VMCALL,
+    "xsetbv": EXIT_REASON_XSETBV, "io": EXIT_REASON_IO_INSTRUCTION, "internal": EXIT_REASON_INVALID_STATE,
+}
+
+
+class VmxExit:
+    """The exit-information fields of the VMCS."""
+
+    __slots__ = ("reason", "qualification", "instruction_len", "guest_linear", "guest_physical",
+                 "intr_info", "intr_error_code", "detail")
+
+    def __init__(self, reason, qualification=0, instruction_len=0, guest_linear=0, guest_physical=0,
+                 intr_info=0, intr_error_code=0, detail=None):
+        self.reason = reason
+        self.qualification = qualification
+        self.instruction_len = instruction_len
+        self.guest_linear = guest_linear
+        self.guest_physical = guest_physical
+        self.intr_info = intr_info
+        self.intr_error_code = intr_error_code
+        self.detail = detail
+
+    def __repr__(self):
+        return "VmxExit(reason=%d, qual=%#x, len=%d)" % (self.reason, self.qualification, self.instruction_len)
+
+
+class VmxExitFormat:
+    """Encodes the processor's intercepts as VMX exits."""
+
+    def format(self, cpu, e):
+        i = e.info
+        k = e.kind
+        x = VmxExit(_REASONS[k], instruction_len=i.get("insn_len", 0), detail=i)
+        if k == "io":
+            x.qualification = ((i["size"] - 1) | (8 if i["input"] else 0) | (16 if i["string"] else 0) |
+                               (32 if i["rep"] else 0) | (i["port"] << 16))
+        elif k == "cr":
+            x.qualification = i["cr"] | ((0 if i["write"] else 1) << 4) | (i["reg"] << 8)
+        elif k == "invlpg":
+            x.qualification = i["addr"]
+        elif k == "ept_violation":
+            x.qualification = ((2 if i["write"] else 1) if not i["fetch"] else 4) | (8 if i["present"] else 0)
+            x.guest_physical = i["gpa"]
+            if i["gla"] is not None:
+                x.guest_linear = i["gla"]
+                x.qualification |= 0x180
+        elif k == "exception":
+            x.intr_info = INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | i["vector"]
+            if i["error_code"] is not None:
+                x.intr_info |= INTR_INFO_DELIVER_CODE
+                x.intr_error_code = i["error_code"]
+            if i["vector"] == 14:
+                x.qualification = i["cr2"] or 0
+        return x

@@ -1,0 +1,623 @@
+"""Generic KVM (virt/kvm/kvm_main.c): the device, VMs, vCPUs, memslots and their files.
+
+The seed's chains live here with the kernel's names (seed steps 1-6):
+
+* ``kvm_init(ops)`` -> ``kvm_arch_init`` -> ``kvm_irqfd_init`` -> ``kvm_arch_hardware_setup``
+  -> ``misc_register(kvm_dev)``: ``/dev/kvm`` exists, its file operations are
+  ``kvm_chardev_ops`` (``kvm_dev_ioctl``).
+* ``KVM_CREATE_VM`` -> ``kvm_dev_ioctl_create_vm`` -> ``kvm_create_vm`` (``kvm_arch_init_vm``,
+  ``hardware_enable_all``, ``kvm_arch_post_init_vm``, add to ``vm_list``) ->
+  ``anon_inode_getfile("kvm-vm", kvm_vm_fops)``.
+* ``KVM_CREATE_VCPU`` -> ``kvm_vm_ioctl_create_vcpu`` -> ``kvm_arch_vcpu_precreate`` ->
+  ``kvm_vcpu_init`` -> ``kvm_arch_vcpu_create`` -> ``kvm_get_kvm`` -> ``create_vcpu_fd`` ->
+  ``kvm_arch_vcpu_postcreate``; the vCPU file (``kvm_vcpu_fops``) maps ``kvm_run``.
+
+Everything architecture-specific is delegated to ``kvmpy.kernel.x86.x86`` under the
+``kvm_arch_*`` names the kernel uses.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import errno
+import mmap as _mmap
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from .. import uapi
+from . import fs
+from .fs import kernel_error
+from .trace import traced
+from .x86 import x86 as arch
+
+__all__ = [
+    "KVM_MINOR", "KVM_ADDRESS_SPACE_NUM", "KVM_MEM_MAX_NR_PAGES", "Kvm", "KvmVcpu", "KvmMemorySlot",
+    "vm_list", "kvm_lock", "kvm_dev", "kvm_chardev_ops", "kvm_vm_fops", "kvm_vcpu_fops",
+    "kvm_init", "kvm_exit", "kvm_irqfd_init", "kvm_dev_ioctl", "kvm_dev_ioctl_create_vm",
+    "kvm_create_vm", "kvm_destroy_vm", "hardware_enable_all", "hardware_disable_all",
+    "kvm_get_kvm", "kvm_put_kvm", "kvm_vm_ioctl", "kvm_vm_release", "kvm_vm_ioctl_create_vcpu",
+    "kvm_vcpu_init", "create_vcpu_fd", "kvm_vcpu_ioctl", "kvm_vcpu_mmap", "kvm_vcpu_release",
+    "kvm_vm_ioctl_check_extension_generic", "kvm_vm_ioctl_set_memory_region",
+    "kvm_set_memory_region", "kvm_vm_ioctl_get_dirty_log", "gfn_to_memslot", "kvm_get_vcpu",
+    "kvm_get_vcpu_by_id", "mark_page_dirty", "mark_page_dirty_in_slot", "kvm_vcpu_mmap_size",
+]
+
+KVM_MINOR = 232
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+KVM_ADDRESS_SPACE_NUM = 1          # no SMM: one address space (KVM_CAP_MULTI_ADDRESS_SPACE = 0)
+KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
+TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
+KVM_VALID_MEM_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
+KVM_X86_DEFAULT_VM = 0
+RUN_PAGES = 3                       # kvm_run, PIO data page, coalesced MMIO ring
+
+
+def kvm_vcpu_mmap_size() -> int:
+    return RUN_PAGES * PAGE_SIZE
+
+
+vm_list: list = []                  # every live VM, like the kernel's vm_list
+kvm_lock = threading.RLock()
+kvm_usage_count = 0
+irqfd_cleanup_wq: ThreadPoolExecutor | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Objects
+# --------------------------------------------------------------------------------------
+class KvmMemorySlot:
+    """struct kvm_memory_slot: a range of guest frames backed by user memory, in place.
+
+    ``mem`` is a writable memoryview of the user's pages (no copy).  It is made on first use,
+    after checking in /proc/self/maps that the range is mapped with the needed access: KVM
+    itself accepts any user address at KVM_SET_USER_MEMORY_REGION time and only faults when
+    the guest touches the memory, and kvmpy must never touch an unmapped page.
+    """
+
+    __slots__ = ("id", "as_id", "base_gfn", "npages", "userspace_addr", "flags", "dirty_bitmap",
+                 "_mem")
+
+    def __init__(self, id, as_id, base_gfn, npages, userspace_addr, flags):
+        self.id = id
+        self.as_id = as_id
+        self.base_gfn = base_gfn
+        self.npages = npages
+        self.userspace_addr = userspace_addr
+        self.flags = flags
+        self.dirty_bitmap = bytearray((npages + 7) // 8) if flags & uapi.KVM_MEM_LOG_DIRTY_PAGES else None
+        self._mem = None
+
+    @property
+    def mem(self) -> memoryview:
+        """The slot's memory; EFAULT if the user range is not (or no longer) mapped."""
+        if self._mem is None:
+            size = self.npages << PAGE_SHIFT
+            need = "r" if self.flags & uapi.KVM_MEM_READONLY else "rw"
+            if not user_range_mapped(self.userspace_addr, size, need):
+                raise kernel_error(errno.EFAULT)
+            self._mem = memoryview((ctypes.c_char * size).from_address(self.userspace_addr)).cast("B")
+        return self._mem
+
+    @property
+    def end_gfn(self) -> int:
+        return self.base_gfn + self.npages
+
+    def __repr__(self):
+        return "<memslot %d gfn %#x+%#x at %#x flags %d>" % (
+            self.id, self.base_gfn, self.npages, self.userspace_addr, self.flags)
+
+
+def user_range_mapped(addr: int, size: int, perms: str) -> bool:
+    """True when [addr, addr+size) is covered by mappings of this process with ``perms``."""
+    need = addr
+    end = addr + size
+    with open("/proc/self/maps") as f:
+        for line in f:
+            rng, mode = line.split(None, 2)[:2]
+            lo, hi = (int(x, 16) for x in rng.split("-"))
+            if hi <= need or lo > need:
+                continue
+            if any(p not in mode for p in perms):
+                return False
+            need = hi
+            if need >= end:
+                return True
+    return False
+
+
+class Kvm:
+    """struct kvm: one virtual machine."""
+
+    def __init__(self, vm_type: int):
+        self.vm_type = vm_type
+        self.users_count = 1
+        self.lock = threading.RLock()
+        self.slots_lock = threading.RLock()
+        self.vcpus: list = []                  # by vcpu_idx (creation order)
+        self.created_vcpus = 0
+        self.online_vcpus = 0
+        self.max_vcpus = uapi.KVM_MAX_VCPUS
+        self.memslots: dict[int, KvmMemorySlot] = {}
+        self.memslots_generation = 0
+        self._slots_by_gfn: list = []          # sorted (base_gfn, slot) for gfn_to_memslot
+        self.nr_memslot_pages = 0
+        self.stat: dict = {}
+        self.arch = None                       # set by kvm_arch_init_vm
+        self.destroyed = False
+
+    def __repr__(self):
+        return "<kvm %#x vcpus=%d slots=%d>" % (id(self), self.online_vcpus, len(self.memslots))
+
+
+class RunArea:
+    """The vCPU's shared pages (kvm_run, PIO data, coalesced MMIO ring) in a memfd.
+
+    The kernel maps the memfd once; user space maps the vCPU descriptor, a duplicate of the
+    same memfd, so both see the same bytes as with the kernel's page.
+    """
+
+    __slots__ = ("memfd", "map", "run")
+
+    def __init__(self, name: str):
+        self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.memfd, RUN_PAGES * PAGE_SIZE)
+        self.map = _mmap.mmap(self.memfd, RUN_PAGES * PAGE_SIZE, _mmap.MAP_SHARED,
+                              _mmap.PROT_READ | _mmap.PROT_WRITE)
+        self.run = uapi.kvm_run.from_buffer(self.map)
+
+    def page(self, n: int) -> memoryview:
+        return memoryview(self.map)[n * PAGE_SIZE:(n + 1) * PAGE_SIZE]
+
+    def free(self) -> None:
+        self.run = None
+        os.close(self.memfd)
+
+
+class KvmVcpu:
+    """struct kvm_vcpu: generic per-vCPU state; ``arch`` holds the x86 part."""
+
+    def __init__(self):
+        self.kvm = None
+        self.vcpu_id = 0
+        self.vcpu_idx = -1
+        self.run_area: RunArea | None = None
+        self.run = None                 # the kernel's view of kvm_run (ctypes over run_area)
+        self.pio_data = None            # page 1 (io.data_offset = 4096)
+        self.mutex = threading.RLock()
+        self.sigset = None
+        self.stat: dict = {}
+        self.arch = None
+        self.guest_debug = 0
+
+    def __repr__(self):
+        return "<vcpu %d>" % self.vcpu_id
+
+
+# --------------------------------------------------------------------------------------
+# Module init (seed step 1) and the device file (step 2)
+# --------------------------------------------------------------------------------------
+@traced
+def kvm_irqfd_init() -> None:
+    """Create the workqueue that shuts irqfds down outside the caller's context."""
+    global irqfd_cleanup_wq
+    irqfd_cleanup_wq = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kvm-irqfd-cleanup")
+
+
+def kvm_irqfd_exit() -> None:
+    global irqfd_cleanup_wq
+    if irqfd_cleanup_wq is not None:
+        irqfd_cleanup_wq.shutdown(wait=True)
+        irqfd_cleanup_wq = None
+
+
+@traced
+def kvm_init(vendor_ops) -> None:
+    """Load KVM with a vendor module's ops (called by vmx_init / svm_init)."""
+    if fs.misc_is_registered(kvm_dev.nodename):
+        raise kernel_error(errno.EEXIST)       # "already loaded vendor module"
+    arch.kvm_arch_init(vendor_ops)
+    try:
+        kvm_irqfd_init()
+        arch.kvm_arch_hardware_setup()
+        fs.misc_register(kvm_dev)
+    except BaseException:
+        kvm_irqfd_exit()
+        arch.kvm_arch_exit()
+        raise
+
+
+def kvm_exit() -> None:
+    """Unload: EBUSY while a VM still exists (the module is in use)."""
+    with kvm_lock:
+        if vm_list:
+            raise kernel_error(errno.EBUSY)
+        fs.misc_deregister(kvm_dev)
+        kvm_irqfd_exit()
+        arch.kvm_arch_exit()
+
+
+@traced
+def kvm_dev_ioctl(file, cmd: int, arg):
+    """unlocked_ioctl of /dev/kvm."""
+    if cmd == uapi.KVM_GET_API_VERSION:
+        if arg:
+            raise kernel_error(errno.EINVAL)
+        return uapi.KVM_API_VERSION
+    if cmd == uapi.KVM_CREATE_VM:
+        return kvm_dev_ioctl_create_vm(arg)
+    if cmd == uapi.KVM_CHECK_EXTENSION:
+        return kvm_vm_ioctl_check_extension_generic(None, arg)
+    if cmd == uapi.KVM_GET_VCPU_MMAP_SIZE:
+        if arg:
+            raise kernel_error(errno.EINVAL)
+        return kvm_vcpu_mmap_size()
+    return arch.kvm_arch_dev_ioctl(file, cmd, arg)
+
+
+kvm_chardev_ops = fs.FileOperations("kvm_chardev_ops", unlocked_ioctl=kvm_dev_ioctl,
+                                    compat_ioctl=kvm_dev_ioctl, llseek=fs.noop_llseek)
+kvm_dev = fs.MiscDevice(KVM_MINOR, "kvm", kvm_chardev_ops)
+
+
+def kvm_vm_ioctl_check_extension_generic(kvm, arg: int) -> int:
+    """KVM_CHECK_EXTENSION: what kvmpy implements (answers truthfully, 0 otherwise)."""
+    generic = {
+        uapi.KVM_CAP_USER_MEMORY: 1,
+        uapi.KVM_CAP_DESTROY_MEMORY_REGION_WORKS: 1,
+        uapi.KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: 1,
+        uapi.KVM_CAP_INTERNAL_ERROR_DATA: 1,
+        uapi.KVM_CAP_CHECK_EXTENSION_VM: 1,
+        uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
+        uapi.KVM_CAP_MULTI_ADDRESS_SPACE: KVM_ADDRESS_SPACE_NUM if KVM_ADDRESS_SPACE_NUM > 1 else 0,
+    }
+    arg &= 0xFFFFFFFFFFFFFFFF
+    if arg in generic:
+        return generic[arg]
+    return arch.kvm_vm_ioctl_check_extension(kvm, arg)
+
+
+# --------------------------------------------------------------------------------------
+# VMs (seed steps 3-4)
+# --------------------------------------------------------------------------------------
+@traced
+def hardware_enable_all() -> None:
+    """Turn virtualisation on in the processor when the first VM is created."""
+    global kvm_usage_count
+    with kvm_lock:
+        kvm_usage_count += 1
+        if kvm_usage_count == 1:
+            arch.kvm_arch_hardware_enable()
+
+
+def hardware_disable_all() -> None:
+    global kvm_usage_count
+    with kvm_lock:
+        kvm_usage_count -= 1
+        if kvm_usage_count == 0:
+            arch.kvm_arch_hardware_disable()
+
+
+@traced
+def kvm_create_vm(vm_type: int) -> Kvm:
+    kvm = Kvm(vm_type)
+    arch.kvm_arch_init_vm(kvm, vm_type)
+    hardware_enable_all()
+    try:
+        arch.kvm_arch_post_init_vm(kvm)
+    except BaseException:
+        hardware_disable_all()
+        raise
+    with kvm_lock:
+        vm_list.append(kvm)
+    return kvm
+
+
+@traced
+def kvm_dev_ioctl_create_vm(vm_type: int) -> int:
+    kvm = kvm_create_vm(vm_type)
+    try:
+        fd = fs.get_unused_fd_flags(os.O_CLOEXEC, "kvm-vm")
+    except BaseException:
+        kvm_put_kvm(kvm)
+        raise
+    file = fs.anon_inode_getfile("kvm-vm", kvm_vm_fops, kvm, os.O_RDWR)
+    fs.fd_install(fd, file)
+    return fd
+
+
+@traced
+def kvm_get_kvm(kvm: Kvm) -> None:
+    with kvm_lock:
+        kvm.users_count += 1
+
+
+def kvm_put_kvm(kvm: Kvm) -> None:
+    with kvm_lock:
+        kvm.users_count -= 1
+        last = kvm.users_count == 0
+    if last:
+        kvm_destroy_vm(kvm)
+
+
+@traced
+def kvm_destroy_vm(kvm: Kvm) -> None:
+    with kvm_lock:
+        if kvm in vm_list:
+            vm_list.remove(kvm)
+    arch.kvm_arch_destroy_vm(kvm)           # destroys the vCPUs
+    for vcpu in kvm.vcpus:
+        if vcpu.run_area is not None:
+            vcpu.run = vcpu.pio_data = None
+            vcpu.run_area.free()
+            vcpu.run_area = None
+    kvm.vcpus = []
+    _replace_memslots(kvm, {})
+    hardware_disable_all()
+    kvm.destroyed = True
+
+
+def kvm_vm_release(inode, file) -> int:
+    kvm_put_kvm(file.private_data)
+    return 0
+
+
+@traced
+def kvm_vm_ioctl(file, cmd: int, arg):
+    """unlocked_ioctl of a VM file."""
+    kvm: Kvm = file.private_data
+    if cmd == uapi.KVM_CREATE_VCPU:
+        return kvm_vm_ioctl_create_vcpu(kvm, arg)
+    if cmd == uapi.KVM_SET_USER_MEMORY_REGION:
+        region = uapi.kvm_userspace_memory_region.from_buffer_copy(
+            fs.copy_from_user(arg, ctypes.sizeof(uapi.kvm_userspace_memory_region)))
+        return kvm_vm_ioctl_set_memory_region(kvm, region)
+    if cmd == uapi.KVM_GET_DIRTY_LOG:
+        log = uapi.kvm_dirty_log.from_buffer_copy(fs.copy_from_user(arg, ctypes.sizeof(uapi.kvm_dirty_log)))
+        return kvm_vm_ioctl_get_dirty_log(kvm, log)
+    if cmd == uapi.KVM_CHECK_EXTENSION:
+        return kvm_vm_ioctl_check_extension_generic(kvm, arg)
+    return arch.kvm_arch_vm_ioctl(file, cmd, arg)
+
+
+kvm_vm_fops = fs.FileOperations("kvm_vm_fops", release=kvm_vm_release, unlocked_ioctl=kvm_vm_ioctl,
+                                compat_ioctl=kvm_vm_ioctl, llseek=fs.noop_llseek)
+
+
+# --------------------------------------------------------------------------------------
+# Memslots
+# --------------------------------------------------------------------------------------
+def _replace_memslots(kvm: Kvm, slots: dict) -> None:
+    """Publish a new set of memslots and bump the generation (the MMU drops its caches)."""
+    with kvm.slots_lock:
+        kvm.memslots = slots
+        kvm._slots_by_gfn = sorted(((s.base_gfn, s.id, s) for s in slots.values()), key=lambda t: t[0])
+        kvm.nr_memslot_pages = sum(s.npages for s in slots.values())
+        kvm.memslots_generation += 1
+    arch.kvm_arch_memslots_updated(kvm, kvm.memslots_generation)
+
+
+def gfn_to_memslot(kvm: Kvm, gfn: int) -> KvmMemorySlot | None:
+    """The memslot containing guest frame ``gfn``, or None (an MMIO gap)."""
+    table = kvm._slots_by_gfn
+    i = bisect.bisect_right(table, gfn, key=lambda t: t[0]) - 1
+    if i >= 0:
+        slot = table[i][2]
+        if gfn < slot.base_gfn + slot.npages:
+            return slot
+    return None
+
+
+def _check_memory_region_flags(flags: int) -> None:
+    if flags & ~KVM_VALID_MEM_FLAGS:
+        raise kernel_error(errno.EINVAL)
+
+
+@traced
+def kvm_set_memory_region(kvm: Kvm, mem) -> int:
+    """__kvm_set_memory_region: validate, then create, delete, move or change flags."""
+    _check_memory_region_flags(mem.flags)
+    as_id, slot_id = mem.slot >> 16, mem.slot & 0xFFFF
+    size, gpa, hva = mem.memory_size, mem.guest_phys_addr, mem.userspace_addr
+    if size & (PAGE_SIZE - 1) or gpa & (PAGE_SIZE - 1):
+        raise kernel_error(errno.EINVAL)
+    if hva & (PAGE_SIZE - 1) or hva + size > TASK_SIZE_MAX + PAGE_SIZE:   # access_ok
+        raise kernel_error(errno.EINVAL)
+    if as_id >= KVM_ADDRESS_SPACE_NUM or slot_id >= uapi.KVM_USER_MEM_SLOTS:
+        raise kernel_error(errno.EINVAL)
+    if gpa + size >= 1 << 64:
+        raise kernel_error(errno.EINVAL)
+    if (size >> PAGE_SHIFT) > KVM_MEM_MAX_NR_PAGES:
+        raise kernel_error(errno.EINVAL)
+
+    with kvm.slots_lock:
+        old = kvm.memslots.get(mem.slot)
+        slots = dict(kvm.memslots)
+        if size == 0:
+            if old is None:
+                raise kernel_error(errno.EINVAL)
+            del slots[mem.slot]
+            arch.kvm_arch_flush_shadow_memslot(kvm, old)
+            _replace_memslots(kvm, slots)
+            return 0
+        base_gfn, npages = gpa >> PAGE_SHIFT, size >> PAGE_SHIFT
+        if old is not None:
+            if hva != old.userspace_addr or npages != old.npages or (mem.flags ^ old.flags) & uapi.KVM_MEM_READONLY:
+                raise kernel_error(errno.EINVAL)
+            if base_gfn == old.base_gfn and mem.flags == old.flags:
+                return 0
+        moved = old is None or base_gfn != old.base_gfn
+        if moved:
+            for s in kvm.memslots.values():
+                if s.id != mem.slot and s.as_id == as_id and base_gfn < s.end_gfn and s.base_gfn < base_gfn + npages:
+                    raise kernel_error(errno.EEXIST)
+        arch.kvm_arch_prepare_memory_region(kvm, base_gfn, npages, mem.flags)
+        new = KvmMemorySlot(mem.slot, as_id, base_gfn, npages, hva, mem.flags)
+        if old is not None and old.dirty_bitmap is not None and new.dirty_bitmap is not None:
+            new.dirty_bitmap[:] = old.dirty_bitmap
+        if old is not None and moved:
+            arch.kvm_arch_flush_shadow_memslot(kvm, old)
+        slots[mem.slot] = new
+        _replace_memslots(kvm, slots)
+    return 0
+
+
+def kvm_vm_ioctl_set_memory_region(kvm: Kvm, mem) -> int:
+    return kvm_set_memory_region(kvm, mem)
+
+
+def mark_page_dirty_in_slot(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> None:
+    """Record a guest write for the dirty log (no-op unless the slot logs)."""
+    if slot is not None and slot.dirty_bitmap is not None:
+        rel = gfn - slot.base_gfn
+        slot.dirty_bitmap[rel >> 3] |= 1 << (rel & 7)
+
+
+def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
+    mark_page_dirty_in_slot(kvm, gfn_to_memslot(kvm, gfn), gfn)
+
+
+@traced
+def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, log) -> int:
+    """Copy the slot's dirty bitmap to user space and clear it (pages are write-protected
+    again by the arch, so the next write is caught)."""
+    with kvm.slots_lock:
+        slot = kvm.memslots.get(log.slot)
+        if slot is None or slot.dirty_bitmap is None or log.slot >> 16 >= KVM_ADDRESS_SPACE_NUM:
+            raise kernel_error(errno.ENOENT)
+        n = ((slot.npages + 63) // 64) * 8        # the user bitmap is in longs
+        snapshot = bytes(slot.dirty_bitmap).ljust(n, b"\0")
+        slot.dirty_bitmap[:] = bytes(len(slot.dirty_bitmap))
+        dirty = [slot.base_gfn + i * 8 + b for i, byte in enumerate(snapshot) if byte
+                 for b in range(8) if byte >> b & 1]
+        if dirty:
+            arch.kvm_arch_mmu_enable_log_dirty(kvm, slot, dirty)
+    fs.copy_to_user(log.dirty_bitmap or 0, snapshot)
+    return 0
+
+
+# --------------------------------------------------------------------------------------
+# vCPUs (seed steps 5-6)
+# --------------------------------------------------------------------------------------
+def kvm_get_vcpu(kvm: Kvm, idx: int):
+    return kvm.vcpus[idx] if 0 <= idx < len(kvm.vcpus) else None
+
+
+def kvm_get_vcpu_by_id(kvm: Kvm, vcpu_id: int):
+    for v in kvm.vcpus:
+        if v.vcpu_id == vcpu_id:
+            return v
+    return None
+
+
+@traced
+def kvm_vcpu_init(vcpu: KvmVcpu, kvm: Kvm, vcpu_id: int) -> None:
+    vcpu.kvm = kvm
+    vcpu.vcpu_id = vcpu_id
+    vcpu.run_area = RunArea("kvm-vcpu:%d" % vcpu_id)
+    vcpu.run = vcpu.run_area.run
+    vcpu.pio_data = vcpu.run_area.page(uapi.KVM_PIO_PAGE_OFFSET)
+
+
+@traced
+def create_vcpu_fd(vcpu: KvmVcpu) -> int:
+    """The vCPU's file; its descriptor maps the vCPU's kvm_run pages."""
+    return fs.anon_inode_getfd("kvm-vcpu:%d" % vcpu.vcpu_id, kvm_vcpu_fops, vcpu,
+                               os.O_RDWR | os.O_CLOEXEC, share_fd=vcpu.run_area.memfd)
+
+
+@traced
+def kvm_vm_ioctl_create_vcpu(kvm: Kvm, vcpu_id: int) -> int:
+    if vcpu_id >= uapi.KVM_MAX_VCPU_IDS:
+        raise kernel_error(errno.EINVAL)
+    with kvm.lock:
+        if kvm.created_vcpus >= kvm.max_vcpus:
+            raise kernel_error(errno.EINVAL)
+        kvm.created_vcpus += 1
+    vcpu = None
+    try:
+        arch.kvm_arch_vcpu_precreate(kvm, vcpu_id)
+        vcpu = KvmVcpu()
+        kvm_vcpu_init(vcpu, kvm, vcpu_id)
+        arch.kvm_arch_vcpu_create(vcpu)
+        with kvm.lock:
+            if kvm_get_vcpu_by_id(kvm, vcpu_id) is not None:
+                raise kernel_error(errno.EEXIST)
+            vcpu.vcpu_idx = len(kvm.vcpus)
+            kvm.vcpus.append(vcpu)
+        kvm_get_kvm(kvm)
+        try:
+            fd = create_vcpu_fd(vcpu)
+        except BaseException:
+            with kvm.lock:
+                kvm.vcpus.remove(vcpu)
+            kvm_put_kvm(kvm)
+            raise
+    except BaseException:
+        with kvm.lock:
+            kvm.created_vcpus -= 1
+        if vcpu is not None and vcpu not in kvm.vcpus:
+            if vcpu.arch is not None:
+                arch.kvm_arch_vcpu_destroy(vcpu)
+            if vcpu.run_area is not None:
+                vcpu.run = vcpu.pio_data = None
+                vcpu.run_area.free()
+        raise
+    with kvm.lock:
+        kvm.online_vcpus += 1
+    arch.kvm_arch_vcpu_postcreate(vcpu)
+    return fd
+
+
+def kvm_vcpu_release(inode, file) -> int:
+    kvm_put_kvm(file.private_data.kvm)
+    return 0
+
+
+def kvm_vcpu_mmap(file, length: int, offset: int, flags: int, prot: int, access: int):
+    """Map the vCPU's kvm_run pages (the same memory the kernel writes)."""
+    vcpu: KvmVcpu = file.private_data
+    return _mmap.mmap(vcpu.run_area.memfd, length, flags, prot, access, offset)
+
+
+def _vcpu_ioctl_run(vcpu: KvmVcpu, arg) -> int:
+    if arg:
+        raise kernel_error(errno.EINVAL)
+    try:
+        from .x86 import run as x86_run
+    except ImportError as e:
+        if e.name != __package__ + ".x86.run":
+            raise
+        raise kernel_error(errno.ENOSYS) from None
+    return x86_run.kvm_arch_vcpu_ioctl_run(vcpu)
+
+
+def _vcpu_ioctl_set_signal_mask(vcpu: KvmVcpu, arg) -> int:
+    if not arg:
+        vcpu.sigset = None
+        return 0
+    hdr = uapi.kvm_signal_mask.from_buffer_copy(fs.copy_from_user(arg, 4))
+    if hdr.len != 8:                         # sizeof(sigset_t) in the kernel
+        raise kernel_error(errno.EINVAL)
+    mask = int.from_bytes(fs.copy_from_user(arg + 4, 8), "little")
+    vcpu.sigset = {s for s in range(1, 65) if mask >> (s - 1) & 1}
+    return 0
+
+
+@traced
+def kvm_vcpu_ioctl(file, cmd: int, arg):
+    """unlocked_ioctl of a vCPU file."""
+    vcpu: KvmVcpu = file.private_data
+    with vcpu.mutex:
+        if cmd == uapi.KVM_RUN:
+            return _vcpu_ioctl_run(vcpu, arg)
+        if cmd == uapi.KVM_SET_SIGNAL_MASK:
+            return _vcpu_ioctl_set_signal_mask(vcpu, arg)
+        return arch.kvm_arch_vcpu_ioctl(file, cmd, arg)
+
+
+kvm_vcpu_fops = fs.FileOperations("kvm_vcpu_fops", release=kvm_vcpu_release,
+                                  unlocked_ioctl=kvm_vcpu_ioctl, compat_ioctl=kvm_vcpu_ioctl,
+                                  mmap=kvm_vcpu_mmap, llseek=fs.noop_llseek)

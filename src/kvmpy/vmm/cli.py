@@ -1,0 +1,183 @@
+"""``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
+
+    kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [-m MIB]
+              [--format auto|flat|elf] [--trace] [--max-insns N] [--timeout S]
+    kvmpy version
+
+Exit status of ``kvmpy run``:
+
+* the isa-debug-exit status ``(v << 1) | 1`` when the guest wrote ``v`` to port 0xf4,
+  as QEMU reports it — except for the built-in demo guest (no IMAGE), whose convention
+  (``src/kvmpy/guests/demo.S``) is "value 0 means success": its status 1 maps to 0;
+* 0 when the guest halts with interrupts disabled, or resets the machine (i8042);
+* 1 with a message on stderr when the run fails: triple fault, internal error, failed
+  entry, HLT with interrupts enabled (nothing could wake it), timeout, a backend error;
+* 2 with a message on stderr for bad options and unusable image files.
+
+Errors are one line on stderr, never a traceback (``KVMPY_DEBUG=1`` shows the traceback of
+an unexpected error, which would be a bug in kvmpy).
+"""
+
+import argparse
+import contextlib
+import os
+import sys
+
+from kvmpy.vmm.loader import LoadError
+
+DEMO = "demo"
+#: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
+MMU_MODES = {"tdp": True, "shadow": False}
+
+
+class UsageError(Exception):
+    """A bad option combination (exit status 2)."""
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="kvmpy", description="The Linux KVM hypervisor re-implemented in Python.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="boot a guest image",
+                         description="Boot a guest image (the demo guest if none is given).")
+    run.add_argument("image", nargs="?", metavar="IMAGE",
+                     help="flat binary (loaded at 0x7c00, real mode) or ELF executable")
+    run.add_argument("--accel", choices=("soft", "host"), default="soft",
+                     help="soft: kvmpy's own KVM (default); host: the machine's /dev/kvm")
+    run.add_argument("--mmu", choices=tuple(MMU_MODES),
+                     help="soft KVM's MMU: two-dimensional paging or shadow paging")
+    run.add_argument("--vendor", choices=("vmx", "svm"),
+                     help="soft KVM's vendor module")
+    run.add_argument("-m", "--memory", type=int, default=16, metavar="MIB",
+                     help="guest RAM in MiB (default 16)")
+    run.add_argument("--format", choices=("auto", "flat", "elf"), default="auto",
+                     help="image format (default: ELF if the file starts with its magic)")
+    run.add_argument("--trace", action="store_true",
+                     help="print the soft kernel's call chains to stderr")
+    run.add_argument("--max-insns", type=int, metavar="N",
+                     help="stop the soft processor after N guest instructions")
+    run.add_argument("--timeout", type=float, metavar="S",
+                     help="stop the guest after S seconds of wall time")
+    sub.add_parser("version", help="print kvmpy's version")
+    return parser
+
+
+def _soft_params(args):
+    """Module parameters for the soft kernel; errors if soft-only options meet --accel host."""
+    soft_only = {"--mmu": args.mmu, "--vendor": args.vendor, "--trace": args.trace or None,
+                 "--max-insns": args.max_insns}
+    if args.accel == "host":
+        given = [name for name, value in soft_only.items() if value is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only for --accel soft")
+        return None
+    params = {}
+    if args.mmu is not None:
+        params["ept"] = MMU_MODES[args.mmu]
+    if args.vendor is not None:
+        params["vendor"] = args.vendor
+    if args.max_insns is not None:
+        params["max_insns"] = args.max_insns
+    return params
+
+
+def _check_args(args):
+    if args.memory < 1:
+        raise UsageError(f"-m {args.memory}: guest memory must be at least 1 MiB")
+    if args.timeout is not None and args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout}: must be positive")
+    if args.max_insns is not None and args.max_insns <= 0:
+        raise UsageError(f"--max-insns {args.max_insns}: must be positive")
+
+
+@contextlib.contextmanager
+def _tracing(enabled):
+    """Record the soft kernel's call chains for the run and print them to stderr."""
+    if not enabled:
+        yield
+        return
+    from kvmpy.kernel import trace
+    trace.start()
+    try:
+        yield
+    finally:
+        text = trace.format_records(trace.stop())
+        if text:
+            print(text, file=sys.stderr)
+
+
+def _exit_status(result, demo):
+    if result.reason == "debug-exit":
+        if demo and result.status == 1:
+            return 0
+        return result.status
+    if result.reason == "hlt":
+        return 0
+    if result.reason == "reset":
+        print(f"kvmpy: {result.message}", file=sys.stderr)
+        return 0
+    print(f"kvmpy: {result.reason}: {result.message}", file=sys.stderr)
+    return 1
+
+
+def cmd_run(args):
+    from kvmpy.vmm.machine import MMIO_HOLE, MIB, Machine
+
+    _check_args(args)
+    if args.memory * MIB > MMIO_HOLE:
+        raise UsageError(f"-m {args.memory}: at most {MMIO_HOLE // MIB} MiB")
+    params = _soft_params(args)
+    demo = args.image is None
+    if demo:
+        from kvmpy import guests
+        try:
+            image = guests.image_path(DEMO)
+        except FileNotFoundError as e:
+            raise LoadError(str(e)) from None
+    else:
+        image = args.image
+    with _tracing(args.trace):
+        try:
+            machine = Machine(image, accel=args.accel, memory_mib=args.memory,
+                              fmt=args.format, params=params)
+        except OSError as e:
+            print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
+            return 1
+        with machine:
+            result = machine.run(timeout=args.timeout)
+    return _exit_status(result, demo)
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "version":
+            from importlib.metadata import PackageNotFoundError, version
+            try:
+                print(f"kvmpy {version('kvmpy')}")
+            except PackageNotFoundError:
+                print("kvmpy (not installed: version unknown)")
+            return 0
+        parser.print_help(sys.stderr)
+        return 2
+    except (UsageError, LoadError) as e:
+        parser.exit(2, f"kvmpy: error: {e}\n")
+    except OSError as e:
+        print(f"kvmpy: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("kvmpy: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug in kvmpy: one line, unless asked for the traceback
+        if os.environ.get("KVMPY_DEBUG"):
+            raise
+        print(f"kvmpy: internal error: {type(e).__name__}: {e} "
+              f"(set KVMPY_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

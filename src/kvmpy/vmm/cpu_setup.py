@@ -1,0 +1,76 @@
+"""Initial vCPU state for the images the loaders produce.
+
+* flat binaries start like a boot sector: real mode, CS:IP = 0:load address;
+* ELF executables start in 32-bit protected mode with flat 4 GiB code and data segments
+  from a three-entry GDT the VMM writes into guest memory (paging off), at the ELF entry
+  point — the state a multiboot loader hands to a kernel.
+"""
+
+from kvmpy.vmm.loader import LoadError
+
+GDT_ADDR = 0x500
+GDT_ENTRIES = (
+    0x0000000000000000,  # null
+    0x00CF9A000000FFFF,  # 0x08: code, base 0, limit 4 GiB, 32-bit, execute/read
+    0x00CF92000000FFFF,  # 0x10: data, base 0, limit 4 GiB, 32-bit, read/write
+)
+CODE_SELECTOR, DATA_SELECTOR = 0x08, 0x10
+CR0_PE = 1 << 0
+RFLAGS_RESERVED = 1 << 1
+
+
+def setup_real_mode(vcpu, entry):
+    """CS:IP = 0:entry, everything else as after reset."""
+    sregs = vcpu.get_sregs()
+    sregs.cs.selector = 0
+    sregs.cs.base = 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = entry
+    regs.rflags = RFLAGS_RESERVED
+    vcpu.set_regs(regs)
+
+
+def _flat_segment(seg, selector, type_):
+    seg.base = 0
+    seg.limit = 0xFFFFFFFF
+    seg.selector = selector
+    seg.type = type_
+    seg.present = 1
+    seg.dpl = 0
+    seg.db = 1
+    seg.s = 1
+    seg.l = 0
+    seg.g = 1
+    seg.avl = 0
+    seg.unusable = 0
+
+
+def setup_protected_mode(vcpu, memory, image):
+    """Flat 32-bit protected mode at ``image.entry``, GDT at :data:`GDT_ADDR`."""
+    gdt_size = 8 * len(GDT_ENTRIES)
+    for start, size in image.segments:
+        if start < GDT_ADDR + gdt_size and GDT_ADDR < start + size:
+            raise LoadError(f"the image overlaps the VMM's GDT at {GDT_ADDR:#x}")
+    for i, descriptor in enumerate(GDT_ENTRIES):
+        memory.write_int(GDT_ADDR + 8 * i, 8, descriptor)
+    sregs = vcpu.get_sregs()
+    sregs.gdt.base = GDT_ADDR
+    sregs.gdt.limit = gdt_size - 1
+    _flat_segment(sregs.cs, CODE_SELECTOR, 0xB)  # code, execute/read, accessed
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _flat_segment(seg, DATA_SELECTOR, 0x3)  # data, read/write, accessed
+    sregs.cr0 |= CR0_PE
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = image.entry
+    regs.rflags = RFLAGS_RESERVED
+    vcpu.set_regs(regs)
+
+
+def setup_boot_state(vcpu, memory, image):
+    """The entry state that fits ``image`` (a :class:`~kvmpy.vmm.loader.LoadedImage`)."""
+    if image.kind == "flat":
+        setup_real_mode(vcpu, image.entry)
+    else:
+        setup_protected_mode(vcpu, memory, image)

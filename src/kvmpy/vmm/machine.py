@@ -1,0 +1,216 @@
+"""The machine: guest RAM, one vCPU, the PC devices, and the run loop.
+
+``Machine`` builds a VM on either backend, loads an image, sets the vCPU's entry state and
+CPUID, maps the devices, then :meth:`Machine.run` loops on ``KVM_RUN``, handing port and
+MMIO exits to the buses until something ends the run. The layout:
+
+=====================  ============================================================
+RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
+COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
+i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
+CMOS/RTC               ports 0x70-0x71
+isa-debug-exit         port 0xf4; a write of v ends the run with status (v << 1) | 1
+kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes are
+                       recorded (the demo guest checks an MMIO round trip with it)
+=====================  ============================================================
+"""
+
+import signal
+import threading
+from dataclasses import dataclass
+
+from kvmpy.api import GuestMemory, Kvm, VcpuExit
+from kvmpy.api.exits import IoDirection
+from kvmpy.uapi import kvm as uapi
+from kvmpy.vmm import loader
+from kvmpy.vmm.cpu_setup import setup_boot_state
+from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
+from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
+from kvmpy.vmm.devices.serial import stdout_sink
+
+MIB = 1 << 20
+MMIO_HOLE = 0xD0000000  # RAM must end below the test device
+TEST_DEVICE_SIZE = 0x1000
+TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
+RFLAGS_IF = 1 << 9
+#: after a timeout has asked the vCPU to stop, how long to wait before forcing it
+TIMEOUT_GRACE = 0.5
+
+
+class RunTimeout(Exception):
+    """Raised out of a run that ignored the request to stop after a timeout."""
+
+
+@dataclass
+class RunResult:
+    """Why the run ended.
+
+    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
+    "internal-error", "fail-entry", "system-event", "timeout", "unhandled-exit".
+    ``status`` is the isa-debug-exit status for "debug-exit", else None.
+    """
+
+    reason: str
+    message: str
+    status: int | None = None
+    exits: int = 0
+
+
+class Machine:
+    """One-vCPU PC-like machine. Use as a context manager, or call :meth:`close`."""
+
+    def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
+                 serial_sink=stdout_sink, clock=None):
+        if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
+            raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
+        self.memory = GuestMemory(memory_mib * MIB)
+        self.kvm = self.vm = self.vcpu = None
+        self._stop = None
+        try:
+            self.image = loader.load(self.memory, image, fmt)
+            self.kvm = Kvm(accel, params)
+            self.vm = self.kvm.create_vm()
+            if self.vm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
+                self.vm.set_tss_address(TSS_ADDR)
+            self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
+            self.vcpu = self.vm.create_vcpu(0)
+            self.vcpu.set_cpuid2(self.kvm.get_supported_cpuid())
+            setup_boot_state(self.vcpu, self.memory, self.image)
+            self._create_devices(serial_sink, clock)
+        except BaseException:
+            self.close()
+            raise
+
+    def _create_devices(self, serial_sink, clock):
+        self.pio = PioBus()
+        self.mmio = MmioBus()
+        self.serial = Serial(sink=serial_sink)
+        self.pio.register(serial.COM1_PORT, 8, self.serial)
+        self.debug_exit = DebugExit(on_exit=lambda status: self._end(
+            RunResult("debug-exit", f"guest wrote to isa-debug-exit: status {status}",
+                      status)))
+        self.pio.register(debug_exit.DEBUG_EXIT_PORT, 1, self.debug_exit)
+        self.i8042 = I8042(on_reset=lambda: self._end(
+            RunResult("reset", "guest asked the i8042 to reset the machine")))
+        self.pio.register(i8042.DATA_PORT, 1, self.i8042, offset=i8042.DATA)
+        self.pio.register(i8042.COMMAND_PORT, 1, self.i8042, offset=i8042.COMMAND)
+        self.cmos = Cmos(clock) if clock else Cmos()
+        self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
+        self.test_device = ConstantDevice()
+        self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
+
+    def close(self):
+        for obj in (self.vcpu, self.vm, self.kvm):
+            if obj is not None:
+                obj.close()
+        self.memory.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the run loop ---------------------------------------------------------
+
+    def _end(self, result):
+        if self._stop is None:
+            self._stop = result
+
+    def run(self, timeout=None):
+        """Run until the guest ends; returns a :class:`RunResult`."""
+        self._stop = None
+        self._timed_out = False
+        exits = 0
+        with _Alarm(self, timeout):
+            try:
+                while self._stop is None:
+                    try:
+                        exit_ = self.vcpu.run()
+                    except InterruptedError:
+                        exit_ = VcpuExit.Intr()
+                    exits += 1
+                    self._dispatch(exit_)
+            except RunTimeout:
+                pass
+        if self._stop is None:
+            self._stop = RunResult("timeout", f"stopped after {timeout} s")
+        self._stop.exits = exits
+        return self._stop
+
+    def _dispatch(self, exit_):
+        match exit_:
+            case VcpuExit.Io():
+                self._handle_io(exit_)
+            case VcpuExit.Mmio():
+                self._handle_mmio(exit_)
+            case VcpuExit.Hlt():
+                if self.vcpu.get_regs().rflags & RFLAGS_IF:
+                    self._end(RunResult("hlt-interrupts-on",
+                                        "guest halted with interrupts enabled, and this "
+                                        "machine has no interrupt source: stopping"))
+                else:
+                    self._end(RunResult("hlt", "guest halted"))
+            case VcpuExit.Shutdown():
+                self._end(RunResult("shutdown", "guest shut down (triple fault)"))
+            case VcpuExit.InternalError():
+                self._end(RunResult("internal-error", exit_.describe()))
+            case VcpuExit.FailEntry():
+                self._end(RunResult(
+                    "fail-entry", f"VM entry failed: hardware reason "
+                    f"{exit_.hardware_entry_failure_reason:#x} on cpu {exit_.cpu}"))
+            case VcpuExit.SystemEvent():
+                self._end(RunResult("system-event", f"system event type {exit_.type}"))
+            case VcpuExit.Intr() | VcpuExit.IrqWindowOpen():
+                if self._timed_out:
+                    raise RunTimeout
+            case _:
+                self._end(RunResult("unhandled-exit", f"unhandled exit {exit_.name}: {exit_}"))
+
+    def _handle_io(self, exit_):
+        size = exit_.size
+        if exit_.direction == IoDirection.OUT:
+            for i in range(exit_.count):
+                chunk = exit_.data[i * size:(i + 1) * size]
+                self.pio.write(exit_.port, size, int.from_bytes(chunk, "little"))
+        else:
+            exit_.set_data(b"".join(
+                self.pio.read(exit_.port, size).to_bytes(size, "little")
+                for _ in range(exit_.count)))
+
+    def _handle_mmio(self, exit_):
+        if exit_.is_write:
+            self.mmio.write(exit_.addr, exit_.size, exit_.value)
+        else:
+            exit_.set_data(self.mmio.read(exit_.addr, exit_.size))
+
+
+class _Alarm:
+    """Context manager: after ``timeout`` s ask the vCPU to stop (``immediate_exit``, and
+    SIGALRM interrupts a KVM_RUN in progress); if it is still running ``TIMEOUT_GRACE``
+    later, raise :class:`RunTimeout` out of it."""
+
+    def __init__(self, machine, timeout):
+        self.machine = machine
+        self.timeout = timeout
+
+    def _fire(self, signum, frame):
+        if self.machine._timed_out:
+            raise RunTimeout
+        self.machine._timed_out = True
+        self.machine.vcpu.immediate_exit = True
+
+    def __enter__(self):
+        if self.timeout is None:
+            return
+        if threading.current_thread() is not threading.main_thread():
+            raise ValueError("a run timeout needs the main thread (it uses SIGALRM)")
+        self.previous = signal.signal(signal.SIGALRM, self._fire)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout, TIMEOUT_GRACE)
+
+    def __exit__(self, *exc):
+        if self.timeout is None:
+            return
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, self.previous)
+        self.machine.vcpu.immediate_exit = False

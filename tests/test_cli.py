@@ -1,0 +1,203 @@
+"""``kvmpy`` on the command line: option errors, image errors, and real runs on the host."""
+
+import subprocess
+import sys
+
+import pytest
+
+from elfgen import make_elf
+from kvmpy.api import Vcpu, VcpuExit
+from kvmpy.vmm.cli import main
+
+
+def run_main(capsys, *argv):
+    """(exit status, stdout, stderr) of ``kvmpy argv``, whether main returns or exits."""
+    try:
+        status = main(list(argv))
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err
+
+
+@pytest.fixture
+def image(tmp_path):
+    """Write a flat image (real mode at 0x7c00) and return its path."""
+    def write(code, name="guest.bin"):
+        path = tmp_path / name
+        path.write_bytes(bytes(code))
+        return str(path)
+    return write
+
+
+# -- option and file errors (no VM needed) -----------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["run", "--accel", "qemu"], "invalid choice"),
+    (["run", "--mmu", "nested"], "invalid choice"),
+    (["run", "-m", "lots"], "invalid int value"),
+    (["run", "-m", "0"], "at least 1 MiB"),
+    (["run", "-m", "100000"], "at most 3328 MiB"),
+    (["run", "--timeout", "-1"], "must be positive"),
+    (["run", "--accel", "host", "--mmu", "shadow"], "--mmu: only for --accel soft"),
+    (["run", "--accel", "host", "--vendor", "svm", "--trace"],
+     "--vendor, --trace: only for --accel soft"),
+    (["run", "--accel", "host", "--max-insns", "10"], "--max-insns: only for --accel soft"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_options_exit_2(capsys, argv, message):
+    status, out, err = run_main(capsys, *argv)
+    assert status == 2
+    assert message in err
+
+
+def test_no_command_prints_usage(capsys):
+    status, out, err = run_main(capsys)
+    assert status == 2 and "usage: kvmpy" in err
+
+
+def test_missing_image(capsys, tmp_path):
+    status, _, err = run_main(capsys, "run", str(tmp_path / "none.bin"), "--accel", "host")
+    assert status == 2
+    assert err.strip().endswith("none.bin: no such file")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_empty_image(capsys, image):
+    status, _, err = run_main(capsys, "run", image(b""), "--accel", "host")
+    assert (status, err.count("\n")) == (2, 1) and "file is empty" in err
+
+
+def test_flat_image_forced_to_elf(capsys, image):
+    status, _, err = run_main(capsys, "run", image(b"\xf4"), "--format", "elf")
+    assert status == 2 and "not an ELF file" in err
+
+
+def test_version(capsys):
+    status, out, _ = run_main(capsys, "version")
+    assert status == 0 and out.startswith("kvmpy ")
+
+
+def test_help():
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--help"],
+                            capture_output=True, text=True, timeout=20)
+    assert result.returncode == 0
+    for option in ("--accel", "--mmu", "--vendor", "--format", "--trace", "--max-insns",
+                   "--timeout"):
+        assert option in result.stdout
+
+
+# -- runs on the host's /dev/kvm --------------------------------------------------
+
+OUT_COM1 = [0xBA, 0xF8, 0x03, 0xB0, ord("!"), 0xEE]  # mov dx,0x3f8; mov al,'!'; out dx,al
+
+
+@pytest.mark.host
+def test_demo_on_host_prints_and_exits_0():
+    from kvmpy.guests import image_path
+    try:
+        image_path("demo")
+    except FileNotFoundError:
+        pytest.skip("demo.bin not built")
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--accel", "host"],
+                            capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert b"mmio read 0xd0000000 = 0x12345678" in result.stdout
+    assert b"demo ok" in result.stdout
+    assert result.stderr == b""
+
+
+@pytest.mark.host
+def test_hlt_with_interrupts_off_exits_0(capsys, image):
+    status, out, err = run_main(capsys, "run", image(OUT_COM1 + [0xFA, 0xF4]), "--accel", "host")
+    assert (status, out, err) == (0, "!", "")
+
+
+@pytest.mark.host
+def test_debug_exit_status(capsys, image):
+    code = [0xB0, 0x21, 0xE6, 0xF4, 0xF4]  # mov al,0x21; out 0xf4,al; hlt
+    status, _, _ = run_main(capsys, "run", image(code), "--accel", "host")
+    assert status == (0x21 << 1) | 1
+
+
+@pytest.mark.host
+def test_hlt_with_interrupts_on_stops_and_says_so(capsys, image):
+    status, _, err = run_main(capsys, "run", image([0xFB, 0xF4]), "--accel", "host")
+    assert status == 1 and "interrupts enabled" in err
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("exit_,message", [
+    (VcpuExit.Shutdown(), "shutdown: guest shut down (triple fault)"),
+    (VcpuExit.InternalError(1, (0x1, 0xDA0F)),
+     "internal error: suberror 1 (emulation failure), data [0x1 0xda0f]"),
+    (VcpuExit.FailEntry(0x7, 0), "VM entry failed: hardware reason 0x7 on cpu 0"),
+])
+def test_fatal_exits_are_reported(capsys, image, monkeypatch, exit_, message):
+    # The host's emulator cannot always produce these on demand: inject them at the API.
+    monkeypatch.setattr(Vcpu, "run", lambda self: exit_)
+    status, _, err = run_main(capsys, "run", image([0xF4]), "--accel", "host")
+    assert status == 1
+    assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.host
+def test_i8042_reset_ends_the_run(capsys, image):
+    code = [0xB0, 0xFE, 0xE6, 0x64, 0xEB, 0xFE]  # mov al,0xfe; out 0x64,al; jmp $
+    status, _, err = run_main(capsys, "run", image(code), "--accel", "host")
+    assert status == 0 and "reset" in err
+
+
+@pytest.mark.host
+def test_timeout_stops_a_spinning_guest(capsys, image):
+    status, _, err = run_main(capsys, "run", image([0xEB, 0xFE]), "--accel", "host",
+                              "--timeout", "0.3")
+    assert status == 1 and "timeout" in err
+
+
+@pytest.mark.host
+def test_elf_guest_starts_in_protected_mode(capsys, tmp_path):
+    code = bytes([
+        0x0F, 0x20, 0xC0,        # mov eax, cr0
+        0xA8, 0x01,              # test al, 1   (PE must be set)
+        0x74, 0x0B,              # jz fail
+        0x66, 0xBA, 0xF8, 0x03,  # mov dx, 0x3f8
+        0xB0, ord("P"), 0xEE,    # mov al,'P'; out dx,al
+        0xB0, 0x05, 0xE6, 0xF4,  # mov al,5; out 0xf4,al
+        0xB0, 0x07, 0xE6, 0xF4,  # fail: mov al,7; out 0xf4,al
+    ])
+    path = tmp_path / "k.elf"
+    path.write_bytes(make_elf(code, 0x100000))
+    status, out, _ = run_main(capsys, "run", str(path), "--accel", "host")
+    assert (status, out) == ((5 << 1) | 1, "P")
+
+
+# -- runs on kvmpy's soft KVM -------------------------------------------------------
+
+
+def _soft_available():
+    try:
+        import kvmpy.kernel.x86.run  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+soft = pytest.mark.skipif(not _soft_available(), reason="soft KVM not built yet")
+
+
+@soft
+def test_demo_on_soft_kvm_exits_0():
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--timeout", "60"],
+                            capture_output=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert b"demo ok" in result.stdout
+
+
+@soft
+def test_trace_prints_the_kernel_call_chain(capsys, image):
+    status, out, err = run_main(capsys, "run", image(OUT_COM1 + [0xFA, 0xF4]), "--trace")
+    assert (status, out) == (0, "!")
+    assert "kvm_create_vm()" in err

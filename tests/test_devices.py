@@ -1,0 +1,233 @@
+"""The VMM's devices and buses, driven the way a guest drives them (no KVM needed)."""
+
+import datetime
+
+import pytest
+
+from kvmpy.vmm.devices import (Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus,
+                               Serial)
+from kvmpy.vmm.devices.bus import BusError
+
+# -- buses -------------------------------------------------------------------------
+
+
+class Recorder:
+    def __init__(self):
+        self.log = []
+
+    def read(self, offset, size):
+        self.log.append(("r", offset, size))
+        return 0x1122334455667788
+
+    def write(self, offset, size, value):
+        self.log.append(("w", offset, size, value))
+
+
+def test_bus_routes_by_offset_and_masks_to_size():
+    bus, dev = PioBus(), Recorder()
+    bus.register(0x100, 8, dev)
+    assert bus.read(0x103, 2) == 0x7788
+    bus.write(0x107, 1, 0xAB)
+    assert dev.log == [("r", 3, 2), ("w", 7, 1, 0xAB)]
+
+
+def test_bus_unhandled_reads_all_ones_and_is_recorded():
+    bus = MmioBus()
+    bus.register(0x1000, 0x100, Recorder())
+    assert bus.read(0x2000, 4) == 0xFFFFFFFF
+    assert bus.read(0xFFF, 1) == 0xFF
+    bus.write(0x1100, 2, 5)
+    assert [(a.addr, a.size, a.is_write) for a in bus.unhandled] == [
+        (0x2000, 4, False), (0xFFF, 1, False), (0x1100, 2, True)]
+    assert bus.unhandled_count == 3
+
+
+def test_bus_rejects_overlaps_and_bad_ranges():
+    bus = PioBus()
+    bus.register(0x10, 0x10, Recorder())
+    bus.register(0x20, 0x10, Recorder())  # adjacent is fine
+    for base, length in ((0x1F, 2), (0x0, 0x11), (0x18, 1), (0x2F, 1)):
+        with pytest.raises(BusError):
+            bus.register(base, length, Recorder())
+    with pytest.raises(BusError):
+        bus.register(0xFFFF, 2, Recorder())  # past the 64 KiB port space
+    with pytest.raises(BusError):
+        bus.register(0x100, 0, Recorder())
+
+
+def test_bus_offset_lets_one_device_own_two_ranges():
+    bus, dev = PioBus(), Recorder()
+    bus.register(0x60, 1, dev)
+    bus.register(0x64, 1, dev, offset=4)
+    bus.read(0x64, 1)
+    bus.read(0x60, 1)
+    assert bus.read(0x62, 1) == 0xFF
+    assert dev.log == [("r", 4, 1), ("r", 0, 1)]
+
+
+# -- 8250 UART --------------------------------------------------------------------
+
+THR, IER, IIR, LCR, MCR, LSR, MSR, SCR = range(8)
+
+
+def make_uart():
+    out, irqs = bytearray(), []
+    return Serial(sink=out.extend, irq=irqs.append), out, irqs
+
+
+def test_serial_output_and_line_status():
+    uart, out, _ = make_uart()
+    for ch in b"hi\n":
+        assert uart.read(LSR, 1) & 0x60 == 0x60  # THRE | TEMT: always ready
+        uart.write(THR, 1, ch)
+    assert bytes(out) == b"hi\n"
+    assert uart.read(LSR, 1) & 0x01 == 0  # no data ready
+
+
+def test_serial_divisor_latch_and_scratch():
+    uart, out, _ = make_uart()
+    uart.write(LCR, 1, 0x83)  # DLAB on
+    uart.write(THR, 1, 0x01)
+    uart.write(IER, 1, 0x00)
+    assert (uart.read(THR, 1), uart.read(IER, 1)) == (0x01, 0x00)
+    uart.write(LCR, 1, 0x03)  # DLAB off: THR is the data register again
+    uart.write(THR, 1, ord("x"))
+    assert bytes(out) == b"x" and uart.divisor == 1
+    uart.write(SCR, 1, 0x5A)
+    assert uart.read(SCR, 1) == 0x5A
+    assert uart.read(LCR, 1) == 0x03
+
+
+def test_serial_input_sets_data_ready_and_interrupt():
+    uart, _, irqs = make_uart()
+    assert uart.read(IIR, 1) == 0x01  # no interrupt pending
+    uart.write(IER, 1, 0x01)          # received-data interrupt
+    uart.enqueue_input(b"ok")
+    assert irqs == [True]
+    assert uart.read(IIR, 1) == 0x04
+    assert uart.read(LSR, 1) & 0x01
+    assert (uart.read(THR, 1), uart.read(THR, 1)) == (ord("o"), ord("k"))
+    assert irqs == [True, False]
+    assert uart.read(LSR, 1) & 0x01 == 0
+    assert uart.read(THR, 1) == 0  # empty: reads 0
+
+
+def test_serial_thr_empty_interrupt_raised_and_acknowledged():
+    uart, _, irqs = make_uart()
+    uart.write(IER, 1, 0x02)
+    assert irqs == [True] and uart.read(IIR, 1) == 0x02
+    assert irqs == [True, False]       # reading IIR acknowledged it
+    assert uart.read(IIR, 1) == 0x01
+    uart.write(THR, 1, 0x41)           # the byte leaves at once: THR empty again
+    assert irqs == [True, False, True]
+
+
+def test_serial_loopback_echoes_and_mirrors_modem_lines():
+    uart, out, _ = make_uart()
+    uart.write(MCR, 1, 0x10 | 0x0B)    # loop, OUT2, RTS, DTR
+    uart.write(THR, 1, 0x99)
+    assert out == b"" and uart.read(THR, 1) == 0x99
+    assert uart.read(MSR, 1) == 0x80 | 0x10 | 0x20  # DCD, CTS, DSR
+    uart.write(MCR, 1, 0x08)
+    assert uart.read(MSR, 1) == 0xB0
+
+
+# -- isa-debug-exit ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value,status", [(0, 1), (1, 3), (0x7F, 0xFF)])
+def test_debug_exit_status(value, status):
+    seen = []
+    dev = DebugExit(on_exit=seen.append)
+    dev.write(0, 1, value)
+    assert seen == [status] and dev.status == status
+
+
+# -- i8042 ------------------------------------------------------------------------
+
+
+def test_i8042_reset_command():
+    resets = []
+    kbd = I8042(on_reset=lambda: resets.append(1))
+    assert kbd.read(4, 1) & 0x01 == 0 and kbd.read(4, 1) & 0x04  # empty, POST passed
+    kbd.write(4, 1, 0xFE)
+    assert resets == [1] and kbd.reset_requested
+
+
+def test_i8042_reset_through_output_port():
+    resets = []
+    kbd = I8042(on_reset=lambda: resets.append(1))
+    kbd.write(4, 1, 0xD1)
+    kbd.write(0, 1, 0x03)  # bit 0 set: no reset
+    assert resets == []
+    kbd.write(4, 1, 0xD1)
+    kbd.write(0, 1, 0x02)
+    assert resets == [1]
+
+
+def test_i8042_command_byte_and_self_test():
+    kbd = I8042()
+    kbd.write(4, 1, 0x60)
+    kbd.write(0, 1, 0x47)
+    kbd.write(4, 1, 0x20)
+    assert kbd.read(4, 1) & 0x01
+    assert kbd.read(0, 1) == 0x47
+    kbd.write(4, 1, 0xAA)
+    assert kbd.read(0, 1) == 0x55
+    kbd.write(0, 1, 0xF4)  # a keyboard command is acknowledged
+    assert kbd.read(0, 1) == 0xFA
+    assert not kbd.read(4, 1) & 0x01
+
+
+# -- CMOS / RTC -------------------------------------------------------------------
+
+FIXED = datetime.datetime(2024, 2, 29, 13, 5, 9)  # a Thursday
+
+
+def cmos_reg(cmos, index):
+    cmos.write(0, 1, index)
+    return cmos.read(1, 1)
+
+
+def test_cmos_time_in_bcd():
+    cmos = Cmos(clock=lambda: FIXED)
+    assert [cmos_reg(cmos, i) for i in (0, 2, 4, 6, 7, 8, 9, 0x32)] == [
+        0x09, 0x05, 0x13, 0x05, 0x29, 0x02, 0x24, 0x20]
+    assert cmos_reg(cmos, 0x0D) & 0x80  # valid RAM and time
+    assert cmos_reg(cmos, 0x0A) & 0x80 == 0  # no update in progress
+
+
+def test_cmos_binary_and_12_hour_modes():
+    cmos = Cmos(clock=lambda: FIXED)
+    cmos.write(0, 1, 0x0B)
+    cmos.write(1, 1, 0x04)  # binary, 12-hour
+    assert cmos_reg(cmos, 0) == 9
+    assert cmos_reg(cmos, 4) == 0x80 | 1  # 1 pm
+    assert cmos_reg(cmos, 9) == 24
+
+
+def test_cmos_nvram_and_nmi_bit():
+    cmos = Cmos(clock=lambda: FIXED)
+    cmos.write(0, 1, 0x80 | 0x40)  # NMI off, index 0x40
+    cmos.write(1, 1, 0xA5)
+    assert cmos.nmi_disabled
+    assert cmos_reg(cmos, 0x40) == 0xA5
+    assert cmos.read(0, 1) == 0xFF  # index port is write-only
+
+
+def test_cmos_live_clock_by_default():
+    now = datetime.datetime.now(datetime.timezone.utc)
+    year = cmos_reg(Cmos(), 9)
+    assert year in (((now.year % 100) // 10) << 4 | now.year % 10,
+                    (((now.year + 1) % 100) // 10) << 4 | (now.year + 1) % 10)
+
+
+# -- kvmpy test device ------------------------------------------------------------
+
+
+def test_constant_device_answers_and_records():
+    dev = ConstantDevice()
+    assert dev.read(0, 4) == 0x12345678
+    assert dev.read(0, 2) == 0x5678
+    dev.write(0, 4, 0xCAFEF00D)
+    assert dev.writes == [(0, 4, 0xCAFEF00D)]
