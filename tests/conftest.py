@@ -19,3 +19,14 @@ def pytest_runtest_setup(item):
     """Tests marked ``host`` need the host's /dev/kvm: skip them cleanly where it is absent."""
     if item.get_closest_marker("host") and not host_kvm_usable():
         pytest.skip("needs the host's /dev/kvm")
+
+
+# --- kvmpy's soft kernel (added with tests/test_kernel_files.py) -----------------------------
+@pytest.fixture(scope="session")
+def soft_kvm():
+    """Make sure kvmpy's /dev/kvm is registered (vmx_init, like modprobe kvm-intel)."""
+    from kvmpy.kernel import fs, kvm_main
+    if not fs.misc_is_registered("/dev/kvm"):
+        from kvmpy.kernel.x86 import vmx
+        vmx.vmx_init()
+    return kvm_main

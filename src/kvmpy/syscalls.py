@@ -148,6 +148,8 @@ def mmap(fd, length: int, flags: int = _mmap.MAP_SHARED,
     Only the vCPU file can be mapped (its kvm_run pages, shared with the kernel); the other
     kvmpy files have no mmap, ENODEV, as on the host.
     """
+    if fd == -1:                             # anonymous memory, e.g. guest RAM
+        return _mmap.mmap(-1, length, flags, prot, access, offset)
     fd = _fileno(fd)
     file = fs.lookup_file(fd)
     if file is None:

@@ -395,7 +395,7 @@ class Processor(CPUState, SegmentUnit):
         self.check_io(port, size)
         raise Intercept("io", port=port, size=size, input=True, string=string, rep=rep, insn_len=insn_len)
 
-    def io_out(self, port, size, insn_len, string=False, rep=False):
+    def io_out(self, port, size, insn_len, value=None, string=False, rep=False):
         self.check_io(port, size)
         raise Intercept("io", port=port, size=size, input=False, string=string, rep=rep, insn_len=insn_len)
 

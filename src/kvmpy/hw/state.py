@@ -98,6 +98,11 @@ class CPUState:
 
     def __init__(self):
         self.regs = [0] * 16
+        self._power_on()
+
+    def _power_on(self):
+        """Architectural power-on values (the register list is kept: code holds it)."""
+        self.regs[:] = [0] * 16
         self.rip = 0
         self.flags = 2             # RFLAGS bits that are not kept lazily (see get_rflags)
         self.cc_op = lazy.CC_EAGER  # lazy arithmetic flags: operation, result, source
@@ -151,7 +156,7 @@ class CPUState:
     def reset(self):
         """Power-on/INIT state (Intel SDM vol. 3 table 9-1; KVM's kvm_vcpu_reset)."""
         keep_apic = self.apic_base
-        self.__init__()
+        self._power_on()
         self.apic_base = keep_apic
         self.regs[RDX] = 0x600   # family/model/stepping signature
         cs = self.seg[CS]

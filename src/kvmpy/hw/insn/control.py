@@ -11,7 +11,7 @@ def _target(g, ins, rel):
 
 
 def _rel(ins, bits):
-    v = ins.imm
+    v = ins.imm & ((1 << bits) - 1)
     return v - (1 << bits) if v & (1 << (bits - 1)) else v
 
 

@@ -8,8 +8,8 @@ A repeated instruction runs as a loop of at most ``REP_BUDGET`` iterations per
 execution.  Each iteration reads, stores, then updates RSI/RDI/RCX, so a fault
 in iteration k leaves the registers after k-1 iterations and the instruction
 restarts where it stopped; when the budget runs out the block is left with RIP
-still at the instruction, which lets the processor take interrupts and VM exits
-in the middle of a long copy.  Forward REP MOVS/STOS of bytes or dwords copy
+still at the instruction (the partial execution counted as one instruction),
+which lets the processor take interrupts and VM exits in the middle of a long copy.  Forward REP MOVS/STOS of bytes or dwords copy
 whole runs within a page through ``HM`` slices when both pages are in the TLB.
 """
 
@@ -154,8 +154,10 @@ def string_op(g, ins, kind, size):
     g.emit("%s -= 1" % budget)
     g.emit("if %s and not %s:" % (regs[RCX], budget))
     g.indent()
-    target, g.loop_target = g.loop_target, None     # a Python `continue` here would resume our loop
-    g.exit_to(hex(ins.start), g.idx)
+    # Not g.exit_to's self-loop (a `continue` here would resume the REP loop); and the
+    # partial execution counts as one instruction, so the processor's budget advances.
+    target, g.loop_target = g.loop_target, None
+    g.exit_to(hex(ins.start), g.idx + 1)
     g.loop_target = target
     g.dedent()
     g.dedent()

@@ -1,0 +1,206 @@
+"""CPUID for guests (arch/x86/kvm/cpuid.c).
+
+``KVM_GET_SUPPORTED_CPUID`` tells user space what kvmpy can virtualise -- exactly the features
+the software processor implements (``kvmpy.hw.features``) -- and ``KVM_SET_CPUID2`` gives a
+vCPU the table its CPUID instruction answers from (the CPUID exit, ``kvm_emulate_cpuid`` in
+``run.py``, asks ``kvm_cpuid``).  ``kvm_cpuid`` applies KVM's lookup rules,
+including the one for leaves the table lacks (Intel guests get the highest basic leaf).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+
+from ... import uapi
+from ...hw import features
+from ..fs import copy_from_user, copy_to_user, kernel_error
+from ..trace import traced
+
+__all__ = [
+    "KVM_MAX_CPUID_ENTRIES", "PHYS_ADDR_BITS", "VIRT_ADDR_BITS", "CpuidEntry", "vendor_string",
+    "supported_cpuid", "kvm_dev_ioctl_get_supported_cpuid", "kvm_vcpu_ioctl_set_cpuid2",
+    "kvm_vcpu_ioctl_get_cpuid2", "kvm_find_cpuid_entry", "guest_cpuid_has", "guest_maxphyaddr",
+    "kvm_cpuid", "guest_cpuid_is_amd",
+]
+
+KVM_MAX_CPUID_ENTRIES = 256
+PHYS_ADDR_BITS = 48
+VIRT_ADDR_BITS = 48
+MAX_BASIC_LEAF = 0xD
+MAX_EXT_LEAF = 0x80000008
+FAMILY_MODEL_STEPPING = 0x600           # what RDX holds at reset, too
+VENDORS = {"vmx": b"GenuineIntel", "svm": b"AuthenticAMD"}
+_ENTRY = ctypes.sizeof(uapi.kvm_cpuid_entry2)
+_SIG = uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
+
+
+class CpuidEntry:
+    """One guest CPUID entry (``struct kvm_cpuid_entry2`` without the padding)."""
+
+    __slots__ = ("function", "index", "flags", "eax", "ebx", "ecx", "edx")
+
+    def __init__(self, function, index=0, flags=0, eax=0, ebx=0, ecx=0, edx=0):
+        self.function, self.index, self.flags = function, index, flags
+        self.eax, self.ebx, self.ecx, self.edx = eax, ebx, ecx, edx
+
+    @classmethod
+    def from_struct(cls, e) -> "CpuidEntry":
+        return cls(e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)
+
+    def to_struct(self):
+        return uapi.kvm_cpuid_entry2(self.function, self.index, self.flags, self.eax, self.ebx,
+                                     self.ecx, self.edx)
+
+    def matches(self, function: int, index: int) -> bool:
+        return self.function == function and (self.index == index or not self.flags & _SIG)
+
+    def __repr__(self):
+        return "CpuidEntry(%#x.%d: %08x %08x %08x %08x)" % (
+            self.function, self.index, self.eax, self.ebx, self.ecx, self.edx)
+
+
+def vendor_string(vendor_name: str) -> tuple[int, int, int]:
+    """(ebx, ecx, edx) of CPUID leaf 0 for the vendor module ``vmx`` or ``svm``."""
+    s = VENDORS[vendor_name]
+    return (int.from_bytes(s[0:4], "little"), int.from_bytes(s[8:12], "little"),
+            int.from_bytes(s[4:8], "little"))
+
+
+def _regs(leaf: int, subleaf: int) -> dict:
+    return {r: features.feature_mask(leaf, subleaf, r) for r in ("eax", "ebx", "ecx", "edx")}
+
+
+def supported_cpuid(vendor_name: str) -> list[CpuidEntry]:
+    """The CPUID table kvmpy can give a guest of this vendor."""
+    ebx, ecx, edx = vendor_string(vendor_name)
+    leaf1 = _regs(1, 0)
+    if features.implemented("clflush"):
+        leaf1["ebx"] |= 8 << 8                  # CLFLUSH line size: 8 quadwords
+    ext = _regs(0x80000001, 0)
+    amd = vendor_name == "svm"
+    return [
+        CpuidEntry(0, 0, 0, MAX_BASIC_LEAF, ebx, ecx, edx),
+        CpuidEntry(1, 0, 0, FAMILY_MODEL_STEPPING, leaf1["ebx"], leaf1["ecx"], leaf1["edx"]),
+        CpuidEntry(7, 0, _SIG, 0, *(v for k, v in _regs(7, 0).items() if k != "eax")),
+        CpuidEntry(0xD, 0, _SIG), CpuidEntry(0xD, 1, _SIG),
+        CpuidEntry(0x80000000, 0, 0, MAX_EXT_LEAF, *((ebx, ecx, edx) if amd else (0, 0, 0))),
+        CpuidEntry(0x80000001, 0, 0, FAMILY_MODEL_STEPPING if amd else 0, 0, ext["ecx"], ext["edx"]),
+        CpuidEntry(0x80000008, 0, 0, PHYS_ADDR_BITS | VIRT_ADDR_BITS << 8),
+    ]
+
+
+def _read_cpuid2_header(arg: int) -> uapi.kvm_cpuid2:
+    return uapi.kvm_cpuid2.from_buffer_copy(copy_from_user(arg, ctypes.sizeof(uapi.kvm_cpuid2)))
+
+
+def _write_entries(arg: int, entries: list[CpuidEntry]) -> None:
+    hdr = uapi.kvm_cpuid2(nent=len(entries))
+    copy_to_user(arg + ctypes.sizeof(hdr), b"".join(bytes(e.to_struct()) for e in entries))
+    copy_to_user(arg, hdr)
+
+
+@traced
+def kvm_dev_ioctl_get_supported_cpuid(arg: int, vendor_name: str) -> int:
+    """KVM_GET_SUPPORTED_CPUID: E2BIG (nent untouched) when the caller's array is too small."""
+    nent = _read_cpuid2_header(arg).nent
+    entries = supported_cpuid(vendor_name)
+    if nent < 1 or nent < len(entries):
+        raise kernel_error(errno.E2BIG)
+    _write_entries(arg, entries)
+    return 0
+
+
+def kvm_vcpu_ioctl_set_cpuid2(vcpu, arg: int) -> int:
+    nent = _read_cpuid2_header(arg).nent
+    if nent > KVM_MAX_CPUID_ENTRIES:
+        raise kernel_error(errno.E2BIG)
+    raw = copy_from_user(arg + ctypes.sizeof(uapi.kvm_cpuid2), nent * _ENTRY)
+    entries = [CpuidEntry.from_struct(uapi.kvm_cpuid_entry2.from_buffer_copy(raw, i * _ENTRY))
+               for i in range(nent)]
+    if vcpu.arch.has_run and not _same_table(entries, vcpu.arch.cpuid_entries):
+        raise kernel_error(errno.EINVAL)        # CPUID is frozen once the vCPU has run
+    vcpu.arch.cpuid_entries = entries
+    kvm_vcpu_after_set_cpuid(vcpu)
+    return 0
+
+
+def _same_table(a, b) -> bool:
+    key = lambda e: (e.function, e.index, e.flags, e.eax, e.ebx, e.ecx, e.edx)  # noqa: E731
+    return [key(e) for e in a] == [key(e) for e in b]
+
+
+def kvm_vcpu_after_set_cpuid(vcpu) -> None:
+    """Recompute what depends on the guest's CPUID (address width, feature checks)."""
+    vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
+
+
+def kvm_vcpu_ioctl_get_cpuid2(vcpu, arg: int) -> int:
+    nent = _read_cpuid2_header(arg).nent
+    entries = vcpu.arch.cpuid_entries
+    if nent < len(entries):
+        raise kernel_error(errno.E2BIG)
+    _write_entries(arg, entries)
+    return 0
+
+
+def kvm_find_cpuid_entry(vcpu, function: int, index: int = 0) -> CpuidEntry | None:
+    for e in vcpu.arch.cpuid_entries:
+        if e.matches(function, index):
+            return e
+    return None
+
+
+def guest_cpuid_has(vcpu, feature_name: str) -> bool:
+    """Does the guest's CPUID (as set by KVM_SET_CPUID2) show this feature?"""
+    leaf, subleaf, reg, bit = features.FEATURES[feature_name]
+    e = kvm_find_cpuid_entry(vcpu, leaf, subleaf)
+    return e is not None and bool(getattr(e, reg) >> bit & 1)
+
+
+def guest_maxphyaddr(vcpu) -> int:
+    e = kvm_find_cpuid_entry(vcpu, 0x80000008)
+    return (e.eax & 0xFF) if e is not None and e.eax & 0xFF else 36
+
+
+def guest_cpuid_is_amd(vcpu) -> bool:
+    e = kvm_find_cpuid_entry(vcpu, 0)
+    return e is not None and (e.ebx, e.ecx, e.edx) == vendor_string("svm")
+
+
+def _out_of_range_entry(vcpu, function: int, index: int):
+    """KVM's rule for a leaf with no entry: Intel guests get the highest basic leaf, unless the
+    leaf is in the hypervisor range or within its class's advertised maximum."""
+    basic = kvm_find_cpuid_entry(vcpu, 0)
+    if basic is None or guest_cpuid_is_amd(vcpu):
+        return None
+    if 0x40000000 <= function <= 0x4FFFFFFF:
+        return None
+    cls = kvm_find_cpuid_entry(vcpu, function & 0x80000000)
+    if cls is not None and function <= cls.eax:
+        return None
+    return kvm_find_cpuid_entry(vcpu, basic.eax, index)
+
+
+def kvm_cpuid(vcpu, eax: int, ecx: int) -> tuple[int, int, int, int]:
+    """What CPUID with these inputs returns in the guest."""
+    function, index = eax & 0xFFFFFFFF, ecx & 0xFFFFFFFF
+    entry = kvm_find_cpuid_entry(vcpu, function, index) or _out_of_range_entry(vcpu, function, index)
+    if entry is None:
+        out = (0, 0, 0, 0)
+    else:
+        out = (entry.eax, entry.ebx, entry.ecx, entry.edx)
+        if entry.function == 1:
+            out = _runtime_leaf1(vcpu, out)
+    return out
+
+
+def _runtime_leaf1(vcpu, out):
+    """Bits of leaf 1 that follow the vCPU's state (kvm_update_cpuid_runtime)."""
+    a, b, c, d = out
+    cpu = vcpu.arch.cpu
+    if d >> 9 & 1 and not cpu.apic_base & 0x800:
+        d &= ~(1 << 9)                              # APIC disabled in IA32_APIC_BASE
+    if c >> 26 & 1:                                 # XSAVE: OSXSAVE mirrors CR4.OSXSAVE
+        c = (c & ~(1 << 27)) | ((cpu.cr4 >> 18 & 1) << 27)
+    return a, b, c, d

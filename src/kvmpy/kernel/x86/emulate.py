@@ -1,0 +1,250 @@
+"""kvm_emulate_instruction: KVM's x86 emulator, for MMIO and string I/O.
+
+There is no second x86 here: the emulator decodes with the processor's decoder
+and executes the processor's own translation of the instruction
+(``kvmpy.hw.codegen`` with ``emulating=True``), in a namespace whose memory and
+port callbacks go through KVM: guest RAM by memslot, everything else to an
+in-kernel device or to user space as ``KVM_EXIT_MMIO`` / ``KVM_EXIT_IO``.
+
+An MMIO read that user space must answer aborts the instruction (it has no side
+effects yet: reads come first); on the next KVM_RUN it is emulated again and the
+completed reads are served, in order, from the read cache.  MMIO writes are
+collected and go out, one fragment per exit, after the instruction retired.
+"""
+
+from __future__ import annotations
+
+from ...hw import codegen
+from ...hw import memory as hm
+from ...hw.decoder import DecodeError, decode
+from ...hw.events import Fault, Intercept
+from ...uapi import kvm as uapi
+from ..trace import event, traced
+from . import mmu
+from .run import _io_exit, _stat, kernel_pio, kvm_internal_error, kvm_queue_exception
+
+EMULATION_FAILED = 1
+
+
+class _NeedUser(Exception):
+    """The instruction needs data from user space (an MMIO read or a PIO input)."""
+
+    def __init__(self, kind, addr, size, count=1):
+        super().__init__(kind)
+        self.kind, self.addr, self.size, self.count = kind, addr, size, count
+
+
+class EmulateCtxt:
+    """struct x86_emulate_ctxt: per-vCPU emulator state across exits."""
+
+    def __init__(self, vcpu):
+        self.vcpu = vcpu
+        cpu = vcpu.arch.cpu
+        self.ns = dict(cpu.ns)
+        self.ns.update(rd=self.read, wr=self.write, probe_w=lambda a, n: None, io_in=self.io_in,
+                       io_out=self.io_out, TR={}, TW={})
+        self.read_cache: list[int] = []
+        self.read_idx = 0
+        self.writes: list = []          # (gpa, size, value) MMIO fragments not yet sent
+        self.pio_out = None
+        self.pio_in: list[int] = []
+        self.blocks: dict = {}
+
+    # ------------------------------------------------------------------ memory
+    def _gpa(self, lin, write):
+        access = 2 if write else 0
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, access) if self.vcpu.arch.cpu.cr0 & 0x80000000 \
+            else (lin, None)
+        return gpa
+
+    def read(self, lin, size):
+        if (lin & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (lin & 0xFFF)
+            return self.read(lin, lo) | (self.read(lin + lo, size - lo) << (8 * lo))
+        gpa = self._gpa(lin, False)
+        host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
+        if host is not None:
+            return hm.read(host, size)
+        if self.read_idx < len(self.read_cache):
+            v = self.read_cache[self.read_idx]
+            self.read_idx += 1
+            return v
+        data = bytearray(size)
+        if _kernel_mmio(self.vcpu, gpa, size, False, data):
+            v = int.from_bytes(data, "little")
+            self.read_cache.append(v)
+            self.read_idx += 1
+            return v
+        raise _NeedUser("mmio", gpa, size)
+
+    def write(self, lin, size, value):
+        if (lin & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (lin & 0xFFF)
+            self.write(lin, lo, value)
+            self.write(lin + lo, size - lo, value >> (8 * lo))
+            return
+        gpa = self._gpa(lin, True)
+        host = mmu.gpa_to_host(self.vcpu.kvm, gpa, True)
+        cpu = self.vcpu.arch.cpu
+        if host is not None:
+            cpu._note_write(gpa >> 12)
+            hm.write(host, size, value)
+            mmu.kvm_mmu_pte_write(self.vcpu, gpa)
+            return
+        value &= (1 << (8 * size)) - 1
+        if _kernel_mmio(self.vcpu, gpa, size, True, bytearray(value.to_bytes(size, "little"))):
+            return
+        self.writes.append((gpa, size, value))
+
+    # ------------------------------------------------------------------ ports
+    def io_in(self, port, size, insn_len, string=False, rep=False):
+        self.vcpu.arch.cpu.check_io(port, size)
+        if self.pio_in:
+            return self.pio_in.pop(0)
+        data = bytearray(size)
+        if kernel_pio(self.vcpu, port, size, True, data):
+            return int.from_bytes(data, "little")
+        count = 1
+        if rep:
+            cpu = self.vcpu.arch.cpu
+            am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[self._adsize]
+            room = max(1, (0x1000 - (cpu.regs[7] & 0xFFF)) // size)
+            count = max(1, min(cpu.regs[1] & am, room, 0x1000 // size))
+        raise _NeedUser("pio_in", port, size, count)
+
+    def io_out(self, port, size, insn_len, value=None, string=False, rep=False):
+        self.vcpu.arch.cpu.check_io(port, size)
+        data = bytearray((value & ((1 << (8 * size)) - 1)).to_bytes(size, "little"))
+        if kernel_pio(self.vcpu, port, size, False, data):
+            return
+        self.pio_out = (port, size, data)
+
+    # ------------------------------------------------------------------ one instruction
+    def block(self):
+        cpu = self.vcpu.arch.cpu
+        csb = cpu.sbase[1]
+        mode = cpu.mode
+        mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
+        rip = cpu.rip
+        ins = decode(lambda i: cpu.fetch_byte((csb + rip + i) & mask), mode.code, rip)
+        self._adsize = ins.adsize
+        key = (ins.raw, rip, csb, mode.key)
+        b = self.blocks.get(key)
+        if b is None:
+            b = codegen.translate(lambda r: ins, rip, csb, mode, self.ns, emulating=True, max_insns=1)
+            self.blocks[key] = b
+        return b
+
+
+def _kernel_mmio(vcpu, gpa, size, is_write, data) -> bool:
+    bus = getattr(vcpu.kvm.arch, "mmio_bus", None)
+    return bool(bus is not None and bus.access(vcpu, gpa, size, not is_write, data))
+
+
+def _ctxt(vcpu) -> EmulateCtxt:
+    c = getattr(vcpu.arch, "emulate_ctxt", None)
+    if c is None:
+        c = vcpu.arch.emulate_ctxt = EmulateCtxt(vcpu)
+    return c
+
+
+@traced
+def kvm_emulate_instruction(vcpu) -> int:
+    """x86_emulate_instruction: decode at RIP, execute with KVM's memory and port callbacks."""
+    ctxt = _ctxt(vcpu)
+    cpu = vcpu.arch.cpu
+    _stat(vcpu, "insn_emulation")
+    ctxt.read_idx = 0
+    try:
+        b = ctxt.block()
+        event("kvm_emulate_insn", rip=cpu.rip, insn=b.insns[0].raw.hex())
+        cpu.icount += b.fn()
+    except _NeedUser as need:
+        return _exit_for_read(vcpu, ctxt, need)
+    except Fault as f:
+        ctxt.read_cache.clear()
+        kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+        return 1
+    except (DecodeError, Intercept, codegen.Unsupported) as e:
+        ctxt.read_cache.clear()
+        _stat(vcpu, "insn_emulation_fail")
+        raw = b""
+        try:
+            raw = bytes(cpu.fetch_byte(cpu.sbase[1] + cpu.rip + i) for i in range(8))
+        except Exception:
+            pass
+        del e
+        return kvm_internal_error(vcpu, EMULATION_FAILED, int.from_bytes(raw, "little"))
+    ctxt.read_cache.clear()
+    cpu.refresh()
+    return _after_retire(vcpu, ctxt)
+
+
+def _after_retire(vcpu, ctxt) -> int:
+    """The instruction retired: send its MMIO writes or PIO output to user space."""
+    if ctxt.writes:
+        return _mmio_write_exit(vcpu, ctxt)
+    if ctxt.pio_out is not None:
+        port, size, data = ctxt.pio_out
+        ctxt.pio_out = None
+        vcpu.pio_data[:size] = data
+        _io_exit(vcpu, port, size, False, 1)
+        vcpu.arch.complete_userspace_io = lambda v: 1
+        return 0
+    return 1
+
+
+def _mmio_exit(vcpu, gpa, size, is_write, value=0) -> None:
+    run = vcpu.run
+    run.exit_reason = uapi.KVM_EXIT_MMIO
+    run.mmio.phys_addr = gpa
+    run.mmio.len = size
+    run.mmio.is_write = int(is_write)
+    data = value.to_bytes(8, "little") if is_write else bytes(8)
+    for i in range(8):
+        run.mmio.data[i] = data[i]
+    _stat(vcpu, "mmio_exits")
+    event("kvm_mmio", rw="write" if is_write else "read", len=size, gpa=gpa, val=value)
+    event("kvm_userspace_exit", reason="KVM_EXIT_MMIO")
+
+
+def _mmio_write_exit(vcpu, ctxt) -> int:
+    gpa, size, value = ctxt.writes.pop(0)
+    _mmio_exit(vcpu, gpa, size, True, value)
+
+    def complete_emulated_mmio_write(v):
+        c = _ctxt(v)
+        if c.writes:
+            return _mmio_write_exit(v, c)
+        return 1
+
+    vcpu.arch.complete_userspace_io = complete_emulated_mmio_write
+    return 0
+
+
+def _exit_for_read(vcpu, ctxt, need) -> int:
+    if need.kind == "mmio":
+        _mmio_exit(vcpu, need.addr, need.size, False)
+
+        def complete_emulated_mmio(v):
+            c = _ctxt(v)
+            c.read_cache.append(int.from_bytes(bytes(v.run.mmio.data[:need.size]), "little"))
+            return kvm_emulate_instruction(v)
+
+        vcpu.arch.complete_userspace_io = complete_emulated_mmio
+        return 0
+    _io_exit(vcpu, need.addr, need.size, True, need.count)
+    start = vcpu.arch.cpu.rip
+
+    def complete_emulated_pio_in(v):
+        c = _ctxt(v)
+        raw = bytes(v.pio_data[:need.size * need.count])
+        c.pio_in = [int.from_bytes(raw[i:i + need.size], "little") for i in range(0, len(raw), need.size)]
+        r = 1
+        while c.pio_in and v.arch.cpu.rip == start and r > 0:
+            r = kvm_emulate_instruction(v)
+        c.pio_in = []
+        return r
+
+    vcpu.arch.complete_userspace_io = complete_emulated_pio_in
+    return 0

@@ -1,0 +1,308 @@
+"""KVM's MMU (arch/x86/kvm/mmu): two-dimensional paging and shadow paging.
+
+``kvm_init_mmu`` chooses, like the kernel's ``ept``/``npt`` module parameter:
+
+- **TDP** (``init_kvm_tdp_mmu``): the processor walks the guest's page tables
+  itself and translates guest-physical addresses through a second-level table,
+  one per VM (``kvm.arch.tdp``: gfn -> host page).  A miss is an EPT/NPT
+  violation; ``kvm_tdp_page_fault`` fills it from the memslot, or sends the
+  access down the MMIO path when there is no memslot.
+- **Shadow** (``init_kvm_softmmu``): the processor translates linear addresses
+  only through KVM's shadow table (per vCPU: linear page -> host page).  A miss
+  is a #PF exit; ``paging_page_fault`` walks the guest tables in software (the
+  shared walker in ``kvmpy.hw.paging``), injects the guest's own #PF when its
+  mapping is absent, or fills the shadow entry.  Guest page-table pages are
+  write-protected; a write to one is emulated and zaps the shadow entries.
+
+Dirty logging write-protects a slot's pages and records the first write to each.
+"""
+
+from __future__ import annotations
+
+from ...hw import memory as hm
+from ...hw import paging
+from ...hw.events import Fault
+from ...hw.state import CR0_PG, CR0_WP
+from .. import kvm_main
+from ..trace import event, traced
+from . import params
+
+RET_PF_RETRY, RET_PF_EMULATE = 1, 2
+
+
+class KvmMmu:
+    """struct kvm_mmu: which page-fault handler and walker this vCPU uses."""
+
+    def __init__(self):
+        self.tdp = True
+        self.page_fault = None
+        self.generation = -1
+        self.pt_gfns: set = set()       # shadow paging: gfns of guest page-table pages (write-protected)
+
+
+class TdpTable:
+    """The VM's second-level page table (EPT/NPT), shared by its vCPUs."""
+
+    def __init__(self):
+        self.map: dict = {}             # gfn -> host address of the page
+        self.ro: set = set()            # gfns mapped read-only (read-only slots, dirty logging)
+
+
+@traced
+def kvm_mmu_create(vcpu) -> None:
+    vcpu.arch.mmu = KvmMmu()
+
+
+@traced
+def kvm_init_mmu(vcpu) -> None:
+    if params.ept:
+        init_kvm_tdp_mmu(vcpu)
+    else:
+        init_kvm_softmmu(vcpu)
+
+
+def _tdp_table(kvm) -> TdpTable:
+    t = getattr(kvm.arch, "tdp", None)
+    if t is None:
+        t = kvm.arch.tdp = TdpTable()
+    return t
+
+
+@traced
+def init_kvm_tdp_mmu(vcpu) -> None:
+    mmu, cpu = vcpu.arch.mmu, vcpu.arch.cpu
+    mmu.tdp = True
+    mmu.page_fault = kvm_tdp_page_fault
+    t = _tdp_table(vcpu.kvm)
+    cpu.tdp = True
+    cpu.ept, cpu.ept_ro = t.map, t.ro
+    cpu.exception_bitmap &= ~(1 << 14)
+    cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = False
+    cpu.flush_tlb()
+
+
+@traced
+def init_kvm_softmmu(vcpu) -> None:
+    mmu, cpu = vcpu.arch.mmu, vcpu.arch.cpu
+    mmu.tdp = False
+    mmu.page_fault = paging_page_fault
+    cpu.tdp = False
+    cpu.shadow = {}
+    cpu.exception_bitmap |= 1 << 14
+    cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = True
+    cpu.flush_tlb()
+
+
+def kvm_mmu_check_generation(vcpu) -> None:
+    """Drop cached translations after a memslot change (the kernel zaps on commit)."""
+    mmu = vcpu.arch.mmu
+    gen = vcpu.kvm.memslots_generation
+    if mmu.generation != gen:
+        mmu.generation = gen
+        if mmu.tdp:
+            t = _tdp_table(vcpu.kvm)
+            t.map.clear()
+            t.ro.clear()
+        else:
+            vcpu.arch.cpu.shadow.clear()
+            mmu.pt_gfns.clear()
+        vcpu.arch.cpu.flush_tlb()
+
+
+def _slot_host(slot, gfn) -> int:
+    return slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
+
+
+def _slot_ro(slot, gfn) -> bool:
+    from ...uapi import kvm as uapi
+    if slot.flags & uapi.KVM_MEM_READONLY:
+        return True
+    if slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
+        return not _is_dirty(slot, gfn)
+    return False
+
+
+def _is_dirty(slot, gfn) -> bool:
+    bitmap = getattr(slot, "dirty_bitmap", None)
+    if bitmap is None:
+        return False
+    i = gfn - slot.base_gfn
+    return bool(bitmap[i >> 3] >> (i & 7) & 1) if isinstance(bitmap, (bytearray, bytes)) else i in bitmap
+
+
+@traced
+def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
+    """EPT/NPT violation: map the page from its memslot, or report MMIO."""
+    from ...uapi import kvm as uapi
+    gfn = gpa >> 12
+    slot = kvm_main.gfn_to_memslot(vcpu.kvm, gfn)
+    event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gpa, error_code=int(write) << 1)
+    if slot is None:
+        return RET_PF_EMULATE
+    t = _tdp_table(vcpu.kvm)
+    if write and slot.flags & uapi.KVM_MEM_READONLY:
+        return RET_PF_EMULATE
+    if write and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
+        kvm_main.mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
+    t.map[gfn] = _slot_host(slot, gfn)
+    if _slot_ro(slot, gfn) and not (write and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES):
+        t.ro.add(gfn)
+    else:
+        t.ro.discard(gfn)
+    vcpu.stat["pf_fixed"] = vcpu.stat.get("pf_fixed", 0) + 1
+    return RET_PF_RETRY
+
+
+def kvm_mmu_slot_remove_write_access(kvm, slot) -> None:
+    """Dirty logging: write-protect a slot's pages again after the log was read."""
+    t = _tdp_table(kvm)
+    for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
+        if gfn in t.map:
+            t.ro.add(gfn)
+    for vcpu in kvm.vcpus:
+        cpu = vcpu.arch.cpu
+        if not cpu.tdp:
+            for lpn, ent in list(cpu.shadow.items()):
+                if slot.base_gfn <= ent[3] < slot.base_gfn + slot.npages:
+                    del cpu.shadow[lpn]
+        cpu.flush_tlb()
+
+
+# ------------------------------------------------------------------ guest memory by gpa
+def kvm_read_guest(kvm, gpa: int, size: int) -> int:
+    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
+    if slot is None:
+        raise LookupError(gpa)
+    return hm.read(_slot_host(slot, gpa >> 12) + (gpa & 0xFFF), size)
+
+
+def kvm_write_guest(kvm, gpa: int, size: int, value: int) -> None:
+    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
+    if slot is None:
+        raise LookupError(gpa)
+    kvm_main.mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
+    hm.write(_slot_host(slot, gpa >> 12) + (gpa & 0xFFF), size, value)
+
+
+def gpa_to_host(kvm, gpa: int, write: bool):
+    """Host address of guest-physical ``gpa`` if RAM (writable for ``write``), else None (MMIO)."""
+    from ...uapi import kvm as uapi
+    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
+    if slot is None or (write and slot.flags & uapi.KVM_MEM_READONLY):
+        return None
+    if write:
+        kvm_main.mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
+    return _slot_host(slot, gpa >> 12) + (gpa & 0xFFF)
+
+
+def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False) -> int:
+    """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see)."""
+    cpu = vcpu.arch.cpu
+    if not cpu.cr0 & CR0_PG:
+        return gva & 0xFFFFFFFF if not cpu.efer & 0x400 else gva
+    if cpu.mode.cpl == 3:
+        access |= paging.PFERR_USER
+    mmu = vcpu.arch.mmu
+    kvm = vcpu.kvm
+
+    def read_pte(gpa, size):
+        if track_tables:
+            _protect_table(vcpu, gpa >> 12)
+        return kvm_read_guest(kvm, gpa, size)
+
+    def write_pte(gpa, size, value):
+        kvm_write_guest(kvm, gpa, size, value)
+
+    try:
+        t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
+    except LookupError:
+        raise Fault(14, access | paging.PFERR_RSVD | 1, cr2=gva) from None
+    del mmu
+    return t.gpa | (gva & 0xFFF), t
+
+
+# ------------------------------------------------------------------ shadow paging
+def _protect_table(vcpu, gfn):
+    mmu = vcpu.arch.mmu
+    if gfn in mmu.pt_gfns:
+        return
+    mmu.pt_gfns.add(gfn)
+    cpu = vcpu.arch.cpu
+    for lpn, ent in list(cpu.shadow.items()):
+        if ent[3] == gfn and ent[1]:
+            cpu.shadow[lpn] = (ent[0], False, ent[2], gfn)
+    cpu.flush_tlb()
+
+
+@traced
+def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
+    """Shadow paging's #PF handler (paging_tmpl.h's FNAME(page_fault))."""
+    from ...uapi import kvm as uapi
+    cpu = vcpu.arch.cpu
+    event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gva, error_code=error_code)
+    access = error_code & (paging.PFERR_WRITE | paging.PFERR_FETCH)
+    try:
+        gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=True)
+    except Fault as f:
+        vcpu.stat["pf_guest"] = vcpu.stat.get("pf_guest", 0) + 1
+        from .run import kvm_queue_exception
+        kvm_queue_exception(vcpu, 14, f.error_code, cr2=gva)
+        return RET_PF_RETRY
+    gfn = gpa >> 12
+    slot = kvm_main.gfn_to_memslot(vcpu.kvm, gfn)
+    if slot is None:
+        return RET_PF_EMULATE
+    user = cpu.mode.cpl == 3
+    writable = t.writable or (not user and not cpu.cr0 & CR0_WP)
+    if slot.flags & uapi.KVM_MEM_READONLY:
+        writable = False
+    if gfn in vcpu.arch.mmu.pt_gfns:
+        if error_code & paging.PFERR_WRITE and writable:
+            vcpu.kvm.stat["mmu_pte_write"] = vcpu.kvm.stat.get("mmu_pte_write", 0) + 1
+            return RET_PF_EMULATE           # emulate the write, then zap (see kvm_mmu_pte_write)
+        writable = False
+    if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
+        kvm_main.mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
+    elif slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES and not _is_dirty(slot, gfn):
+        writable = False
+    if error_code & paging.PFERR_WRITE and not writable and not slot.flags & uapi.KVM_MEM_READONLY:
+        return RET_PF_EMULATE
+    if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_READONLY:
+        return RET_PF_EMULATE
+    cpu.shadow[gva >> 12] = (_slot_host(slot, gfn), writable, t.user, gfn)
+    cpu.flush_tlb()
+    vcpu.stat["pf_fixed"] = vcpu.stat.get("pf_fixed", 0) + 1
+    return RET_PF_RETRY
+
+
+def kvm_mmu_pte_write(vcpu, gpa: int) -> None:
+    """A guest page-table page was written: drop the shadow entries built from it."""
+    if gpa >> 12 in vcpu.arch.mmu.pt_gfns:
+        vcpu.arch.cpu.shadow.clear()
+        vcpu.arch.mmu.pt_gfns.clear()
+        vcpu.arch.cpu.flush_tlb()
+        vcpu.kvm.stat["mmu_shadow_zapped"] = vcpu.kvm.stat.get("mmu_shadow_zapped", 0) + 1
+
+
+@traced
+def kvm_mmu_new_pgd(vcpu) -> None:
+    """CR3 load under shadow paging: the shadow table for the old root is gone."""
+    if not vcpu.arch.mmu.tdp:
+        vcpu.arch.cpu.shadow.clear()
+        vcpu.arch.mmu.pt_gfns.clear()
+    vcpu.arch.cpu.flush_tlb()
+    vcpu.stat["tlb_flush"] = vcpu.stat.get("tlb_flush", 0) + 1
+
+
+@traced
+def kvm_mmu_invlpg(vcpu, gva: int) -> None:
+    cpu = vcpu.arch.cpu
+    cpu.shadow.pop(gva >> 12, None)
+    for t in (cpu.tlb_r, cpu.tlb_w, cpu.tlb_x):
+        t.pop(gva >> 12, None)
+    vcpu.stat["invlpg"] = vcpu.stat.get("invlpg", 0) + 1
+
+
+def kvm_mmu_reset_context(vcpu) -> None:
+    """Paging mode changed (CR0.PG/WP, CR4.PAE/PSE/PGE, EFER): rebuild translations."""
+    kvm_mmu_new_pgd(vcpu)

@@ -1,0 +1,20 @@
+"""Module parameters of kvmpy's KVM (like kvm_intel.ept= / kvm_amd.npt=).
+
+Set before the first open of the device (``kvmpy.syscalls``); they take effect
+for VMs created afterwards.
+"""
+
+ept = True                 # two-dimensional paging (EPT/NPT); False = shadow paging
+vendor = "vmx"             # which vendor module is loaded: "vmx" (kvm_intel) or "svm" (kvm_amd)
+max_insns = 200_000        # instructions per VM entry before a preemption-timer exit
+
+
+def set(**kw) -> None:       # noqa: A001  (mirrors "modprobe kvm_intel ept=0")
+    g = globals()
+    for k, v in kw.items():
+        if k not in ("ept", "vendor", "max_insns"):
+            raise ValueError("unknown kvm parameter %r" % k)
+        if k == "vendor" and v not in ("vmx", "svm"):
+            raise ValueError("vendor must be vmx or svm")
+        if v is not None:
+            g[k] = v

@@ -1,0 +1,342 @@
+"""x86.c's run path: KVM_RUN -> kvm_arch_vcpu_ioctl_run -> vcpu_run -> vcpu_enter_guest.
+
+``vcpu_enter_guest`` injects pending events, enters the guest through the
+vendor's ``vcpu_run`` (the processor runs until a VM exit) and hands the exit to
+the vendor's handler table.  Handlers that the kernel resolves return 1 and the
+loop re-enters; those that need user space fill ``kvm_run`` and return 0.
+Exits that user space completes (PIO IN, MMIO reads) leave a
+``complete_userspace_io`` callback that runs at the start of the next KVM_RUN.
+"""
+
+from __future__ import annotations
+
+import errno
+
+from ...hw.events import Fault
+from ...hw.segments import EXT_INTR, HW_EXC
+from ...hw.state import IF
+from ...uapi import kvm as uapi
+from ..trace import event, traced
+from . import mmu, params
+
+KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
+
+
+def _stat(vcpu, name, n=1):
+    vcpu.stat[name] = vcpu.stat.get(name, 0) + n
+
+
+def _ops(vcpu):
+    from . import x86
+    return x86.kvm_x86_ops()
+
+
+def _err(code):
+    return OSError(code, __import__("os").strerror(code))
+
+
+# ------------------------------------------------------------------ KVM_RUN
+@traced
+def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
+    run = vcpu.run
+    arch = vcpu.arch
+    if run.kvm_valid_regs & ~KVM_SYNC_X86_VALID_FIELDS or run.kvm_dirty_regs & ~KVM_SYNC_X86_VALID_FIELDS:
+        raise _err(errno.EINVAL)
+    if run.kvm_dirty_regs:
+        from . import x86
+        x86.sync_regs(vcpu)
+    r = 1
+    cui = getattr(arch, "complete_userspace_io", None)
+    if cui is not None:
+        arch.complete_userspace_io = None
+        r = cui(vcpu)
+    if r > 0:
+        if run.immediate_exit:
+            r = -errno.EINTR
+            run.exit_reason = uapi.KVM_EXIT_INTR
+        else:
+            r = vcpu_run(vcpu)
+    if run.kvm_valid_regs:
+        from . import x86
+        x86.store_regs(vcpu)
+    post_kvm_run_save(vcpu)
+    if r < 0:
+        raise _err(-r)
+    return 0
+
+
+def post_kvm_run_save(vcpu) -> None:
+    run, cpu = vcpu.run, vcpu.arch.cpu
+    run.if_flag = 1 if cpu.flags & IF else 0
+    run.cr8 = cpu.cr8
+    run.apic_base = cpu.apic_base
+    run.ready_for_interrupt_injection = int(kvm_vcpu_ready_for_interrupt_injection(vcpu))
+
+
+def kvm_vcpu_ready_for_interrupt_injection(vcpu) -> bool:
+    cpu = vcpu.arch.cpu
+    return bool(cpu.flags & IF) and not cpu.interrupt_shadow and vcpu.arch.interrupt is None
+
+
+@traced
+def vcpu_run(vcpu) -> int:
+    arch = vcpu.arch
+    while True:
+        cpu = arch.cpu
+        if cpu.mp_state == 0 and not cpu.halted:          # KVM_MP_STATE_RUNNABLE
+            r = vcpu_enter_guest(vcpu)
+        else:
+            r = vcpu_block(vcpu)
+        if r <= 0:
+            return r
+        if getattr(arch, "kick", False):
+            arch.kick = False
+            vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
+            _stat(vcpu, "signal_exits")
+            return -errno.EINTR
+
+
+def vcpu_block(vcpu) -> int:
+    """A halted vCPU with no event to wake it: without an in-kernel LAPIC, go to user space."""
+    cpu = vcpu.arch.cpu
+    if vcpu.arch.interrupt is not None or vcpu.arch.exception is not None:
+        cpu.halted = False
+        return 1
+    vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
+    return 0
+
+
+@traced
+def vcpu_enter_guest(vcpu) -> int:
+    arch = vcpu.arch
+    cpu = arch.cpu
+    run = vcpu.run
+    if not vcpu.kvm.memslots:
+        return _internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, [])
+    mmu.kvm_mmu_check_generation(vcpu)
+    inject_pending_event(vcpu)
+    cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
+    event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
+    arch.has_run = True
+    ops = _ops(vcpu)
+    exit_info = ops.vcpu_run(vcpu)
+    _stat(vcpu, "exits")
+    return ops.handle_exit(vcpu, exit_info)
+
+
+def inject_pending_event(vcpu) -> None:
+    """Program the entry's event injection from KVM's queued exception or interrupt."""
+    arch = vcpu.arch
+    cpu = arch.cpu
+    if arch.exception is not None:
+        vector, error_code, cr2 = arch.exception
+        arch.exception = None
+        if cr2 is not None:
+            cpu.cr2 = cr2
+        cpu.pending_event = (HW_EXC, vector, error_code)
+        event("kvm_inj_exception", vector=vector, error_code=error_code)
+        return
+    if arch.interrupt is not None and cpu.flags & IF and not cpu.interrupt_shadow:
+        vec, arch.interrupt = arch.interrupt, None
+        cpu.pending_event = (EXT_INTR, vec, None)
+        cpu.halted = False
+        _stat(vcpu, "irq_injections")
+        event("kvm_inj_virq", vector=vec)
+
+
+def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
+    vcpu.arch.exception = (vector, error_code, cr2)
+
+
+def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
+    cpu = vcpu.arch.cpu
+    cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+    cpu.interrupt_shadow = 0
+    return 1
+
+
+def _internal_error(vcpu, suberror, data) -> int:
+    run = vcpu.run
+    run.exit_reason = uapi.KVM_EXIT_INTERNAL_ERROR
+    run.internal.suberror = suberror
+    run.internal.ndata = len(data)
+    for i, d in enumerate(data[:16]):
+        run.internal.data[i] = d & 0xFFFFFFFFFFFFFFFF
+    return 0
+
+
+def kvm_internal_error(vcpu, suberror, *data) -> int:
+    return _internal_error(vcpu, suberror, list(data))
+
+
+# ------------------------------------------------------------------ port I/O
+def _linear_rip(cpu):
+    return cpu.sbase[1] + cpu.rip
+
+
+def _io_exit(vcpu, port, size, is_in, count) -> None:
+    run = vcpu.run
+    run.exit_reason = uapi.KVM_EXIT_IO
+    run.io.direction = uapi.KVM_EXIT_IO_IN if is_in else uapi.KVM_EXIT_IO_OUT
+    run.io.size = size
+    run.io.port = port
+    run.io.count = count
+    run.io.data_offset = 4096
+    _stat(vcpu, "io_exits")
+    event("kvm_pio", vcpu=vcpu.vcpu_id, rw="read" if is_in else "write", port=port, size=size, count=count)
+    event("kvm_userspace_exit", reason="KVM_EXIT_IO")
+
+
+def kernel_pio(vcpu, port, size, is_in, data: bytearray) -> bool:
+    """Serve the access from an in-kernel device on the PIO bus, if one claims the port."""
+    bus = getattr(vcpu.kvm.arch, "pio_bus", None)
+    if bus is None:
+        return False
+    return bus.access(vcpu, port, size, is_in, data)
+
+
+@traced
+def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
+    cpu = vcpu.arch.cpu
+    if is_in:
+        data = bytearray(size)
+        if kernel_pio(vcpu, port, size, True, data):
+            _complete_in(cpu, size, int.from_bytes(data, "little"))
+            return kvm_skip_emulated_instruction(vcpu, insn_len)
+        _io_exit(vcpu, port, size, True, 1)
+        lrip = _linear_rip(cpu)
+
+        def complete_fast_pio_in(v):
+            if _linear_rip(v.arch.cpu) != lrip:
+                return 1            # user space moved RIP: drop the completion
+            val = int.from_bytes(bytes(v.pio_data[:size]), "little")
+            _complete_in(v.arch.cpu, size, val)
+            return kvm_skip_emulated_instruction(v, insn_len)
+
+        vcpu.arch.complete_userspace_io = complete_fast_pio_in
+        return 0
+    val = cpu.regs[0] & ((1 << (8 * size)) - 1)
+    data = bytearray(val.to_bytes(size, "little"))
+    if kernel_pio(vcpu, port, size, False, data):
+        return kvm_skip_emulated_instruction(vcpu, insn_len)
+    vcpu.pio_data[:size] = data
+    _io_exit(vcpu, port, size, False, 1)
+    lrip = _linear_rip(cpu)
+
+    def complete_fast_pio_out(v):
+        if _linear_rip(v.arch.cpu) != lrip:
+            return 1
+        return kvm_skip_emulated_instruction(v, insn_len)
+
+    vcpu.arch.complete_userspace_io = complete_fast_pio_out
+    return 0
+
+
+def _complete_in(cpu, size, val):
+    if size == 4:
+        cpu.regs[0] = val
+    else:
+        m = (1 << (8 * size)) - 1
+        cpu.regs[0] = (cpu.regs[0] & ~m) | val
+
+
+# ------------------------------------------------------------------ simple exits
+@traced
+def kvm_emulate_halt(vcpu, insn_len: int) -> int:
+    kvm_skip_emulated_instruction(vcpu, insn_len)
+    _stat(vcpu, "halt_exits")
+    if getattr(vcpu.kvm.arch, "irqchip", None) is not None:
+        vcpu.arch.cpu.halted = True
+        return 1
+    vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
+    event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
+    return 0
+
+
+@traced
+def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
+    from . import cpuid
+    cpu = vcpu.arch.cpu
+    eax, ecx = cpu.regs[0] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF
+    a, b, c, d = cpuid.kvm_cpuid(vcpu, eax, ecx)
+    cpu.regs[0], cpu.regs[3], cpu.regs[1], cpu.regs[2] = a, b, c, d
+    event("kvm_cpuid", function=eax, index=ecx, rax=a, rbx=b, rcx=c, rdx=d)
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+@traced
+def kvm_emulate_rdmsr(vcpu, insn_len: int) -> int:
+    from . import x86
+    cpu = vcpu.arch.cpu
+    ecx = cpu.regs[1] & 0xFFFFFFFF
+    r, data = x86.kvm_get_msr_common(vcpu, ecx, False)
+    event("kvm_msr", write=0, ecx=ecx, data=data, failed=bool(r))
+    if r:
+        kvm_queue_exception(vcpu, 13, 0)
+        return 1
+    cpu.regs[0] = data & 0xFFFFFFFF
+    cpu.regs[2] = data >> 32
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+@traced
+def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
+    from . import x86
+    cpu = vcpu.arch.cpu
+    ecx = cpu.regs[1] & 0xFFFFFFFF
+    data = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
+    r = x86.kvm_set_msr_common(vcpu, ecx, data, False)
+    event("kvm_msr", write=1, ecx=ecx, data=data, failed=bool(r))
+    if r:
+        kvm_queue_exception(vcpu, 13, 0)
+        return 1
+    cpu.refresh()
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+@traced
+def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
+    """MOV to CR that the vendor intercepted (shadow paging): apply it, then fix the MMU."""
+    from ...hw import system
+    cpu = vcpu.arch.cpu
+    saved = cpu.intercept_cr3, cpu.intercept_cr0_cr4
+    cpu.intercept_cr3 = cpu.intercept_cr0_cr4 = False
+    try:
+        system.write_cr(cpu, cr, value)
+    except Fault as f:
+        kvm_queue_exception(vcpu, f.vector, f.error_code)
+        return 1
+    finally:
+        cpu.intercept_cr3, cpu.intercept_cr0_cr4 = saved
+    event("kvm_cr", rw="write", cr=cr, val=value)
+    if cr == 3:
+        mmu.kvm_mmu_new_pgd(vcpu)
+    else:
+        mmu.kvm_mmu_reset_context(vcpu)
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+def kvm_handle_triple_fault(vcpu) -> int:
+    vcpu.run.exit_reason = uapi.KVM_EXIT_SHUTDOWN
+    event("kvm_userspace_exit", reason="KVM_EXIT_SHUTDOWN")
+    return 0
+
+
+def handle_preemption(vcpu) -> int:
+    """The entry's instruction budget ran out: return to check signals, then go on."""
+    if getattr(vcpu.arch, "kick", False):
+        return 1
+    _stat(vcpu, "request_irq_exits" if vcpu.run.request_interrupt_window else "preemption_exits")
+    return 1
+
+
+def handle_interrupt_window(vcpu) -> int:
+    _stat(vcpu, "irq_window_exits")
+    vcpu.arch.cpu.intr_window_exiting = False
+    if vcpu.run.request_interrupt_window and getattr(vcpu.kvm.arch, "irqchip", None) is None:
+        vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
+        return 0
+    return 1
+
+
+__all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]

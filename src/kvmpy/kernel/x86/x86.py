@@ -1,0 +1,990 @@
+"""The x86 architecture layer of KVM (arch/x86/kvm/x86.c): the ``kvm_arch_*`` hooks generic
+KVM calls, the vCPU state ioctls (REGS, SREGS, FPU, MSRS, CPUID2, MP_STATE, VCPU_EVENTS,
+DEBUGREGS, XCRS, INTERRUPT) and the common MSR code.
+
+The guest's architectural registers live in the vendor's processor object,
+``vcpu.arch.cpu`` (a ``kvmpy.hw.state.CPUState``), which plays the VMCS/VMCB guest-state area;
+the ioctls translate between it and the uapi structures.  The vendor module is reached through
+``kvm_x86_ops``, registered by ``kvm_arch_init`` (called from ``kvm_init``).
+
+Events waiting for injection (the run path, ``kvmpy.kernel.x86.run``, injects them on entry):
+``vcpu.arch.exception`` is None or ``(vector, error_code or None, cr2 or None)``;
+``vcpu.arch.interrupt`` is None or the vector queued by ``KVM_INTERRUPT`` (no in-kernel
+irqchip); ``vcpu.arch.nmi_pending`` / ``nmi_injected``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import importlib
+
+from ... import uapi
+from ...hw import state as hs
+from ..fs import copy_from_user, copy_to_user, kernel_error
+from ..trace import traced
+from . import cpuid as kcpuid
+
+_vendor_ops = None           # the vendor module's ops (VMX_OPS / SVM_OPS), set by kvm_arch_init
+
+
+def kvm_x86_ops():
+    """The registered vendor ops (the kernel's global ``kvm_x86_ops``)."""
+    return _vendor_ops
+
+# ----------------------------------------------------------------------------------------
+# MSR numbers
+# ----------------------------------------------------------------------------------------
+MSR_IA32_TSC = 0x10
+MSR_IA32_APICBASE = 0x1B
+MSR_IA32_UCODE_REV = 0x8B
+MSR_PLATFORM_INFO = 0xCE
+MSR_MTRRcap = 0xFE
+MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
+MSR_IA32_MISC_ENABLE = 0x1A0
+MSR_MTRRphysBase0 = 0x200
+MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000 = 0x250, 0x258, 0x259
+MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 = 0x268, 0x26F
+MSR_IA32_CR_PAT = 0x277
+MSR_MTRRdefType = 0x2FF
+MSR_EFER = 0xC0000080
+MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
+MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX = 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103
+
+KVM_NR_VAR_MTRR = 8
+MTRR_FIXED = (MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000) + tuple(
+    range(MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 + 1))
+MTRR_VAR = tuple(range(MSR_MTRRphysBase0, MSR_MTRRphysBase0 + 2 * KVM_NR_VAR_MTRR))
+MTRR_CAP_VALUE = KVM_NR_VAR_MTRR | 1 << 8 | 1 << 10          # VCNT, FIX, WC
+MSR_IA32_MISC_ENABLE_FAST_STRING = 1
+MSR_PLATFORM_INFO_CPUID_FAULT = 1 << 31
+PAT_DEFAULT = 0x0007040600070406
+MAX_IO_MSRS = 256
+
+# Plain MSRs kept in cpu.msrs with no side effects beyond a validity check.
+_CANONICAL_MSRS = (MSR_LSTAR, MSR_CSTAR, MSR_KERNEL_GS_BASE)
+_PLAIN_MSRS = (MSR_STAR, MSR_SYSCALL_MASK, MSR_IA32_SYSENTER_CS) + _CANONICAL_MSRS
+
+# KVM_GET_MSR_INDEX_LIST: what KVM_GET/SET_MSRS save and restore
+msrs_to_save = (
+    MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_STAR, MSR_CSTAR,
+    MSR_KERNEL_GS_BASE, MSR_SYSCALL_MASK, MSR_LSTAR, MSR_IA32_TSC, MSR_IA32_CR_PAT, MSR_TSC_AUX,
+)
+emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
+msr_based_features = (MSR_IA32_UCODE_REV,)
+
+EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
+_EFER_FEATURE = ((EFER_SCE, "syscall"), (EFER_LME | EFER_LMA, "lm"), (EFER_NX, "nx"))
+
+
+def _efer_supported() -> int:
+    from ...hw import features
+    bits = 0
+    for mask, name in _EFER_FEATURE:
+        if features.implemented(name):
+            bits |= mask
+    return bits
+
+
+# Capabilities kvmpy's x86 layer implements, for KVM_CHECK_EXTENSION.  Modules that implement
+# more (in-kernel devices, the run path) add their entries here.
+supported_caps = {
+    uapi.KVM_CAP_SET_TSS_ADDR: 1,
+    uapi.KVM_CAP_SET_IDENTITY_MAP_ADDR: 1,
+    uapi.KVM_CAP_EXT_CPUID: 1,
+    uapi.KVM_CAP_MP_STATE: 1,
+    uapi.KVM_CAP_VCPU_EVENTS: 1,
+    uapi.KVM_CAP_DEBUGREGS: 1,
+    uapi.KVM_CAP_READONLY_MEM: 1,
+    uapi.KVM_CAP_GET_MSR_FEATURES: 1,
+    uapi.KVM_CAP_MSR_PLATFORM_INFO: 1,
+    uapi.KVM_CAP_HLT: 1,
+    uapi.KVM_CAP_NOP_IO_DELAY: 1,
+    uapi.KVM_CAP_NR_VCPUS: uapi.KVM_SOFT_MAX_VCPUS,
+    uapi.KVM_CAP_MAX_VCPUS: uapi.KVM_MAX_VCPUS,
+    uapi.KVM_CAP_MAX_VCPU_ID: uapi.KVM_MAX_VCPU_IDS,
+}
+
+
+def _mmu():
+    """The lead's MMU module, or None while it does not exist yet."""
+    try:
+        return importlib.import_module(__package__ + ".mmu")
+    except ModuleNotFoundError as e:
+        if e.name != __package__ + ".mmu":
+            raise
+        return None
+
+
+def _mmu_call(name, *args):
+    mmu = _mmu()
+    fn = getattr(mmu, name, None) if mmu is not None else None
+    return fn(*args) if fn is not None else None
+
+
+def _vendor_call(name, *args):
+    fn = getattr(_vendor_ops, name, None)
+    return fn(*args) if fn is not None else None
+
+
+def vendor_name() -> str:
+    return _vendor_ops.name
+
+
+# ----------------------------------------------------------------------------------------
+# Module and VM hooks
+# ----------------------------------------------------------------------------------------
+@traced
+def kvm_arch_init(ops) -> None:
+    global _vendor_ops
+    if _vendor_ops is not None:
+        raise kernel_error(errno.EEXIST)
+    if ops.name not in kcpuid.VENDORS:
+        raise kernel_error(errno.EOPNOTSUPP)
+    _vendor_ops = ops
+
+
+def kvm_arch_exit() -> None:
+    global _vendor_ops
+    _vendor_ops = None
+
+
+@traced
+def kvm_arch_hardware_setup() -> None:
+    _vendor_ops.hardware_setup()
+
+
+def kvm_arch_hardware_enable() -> None:
+    _vendor_call("hardware_enable")
+
+
+def kvm_arch_hardware_disable() -> None:
+    _vendor_call("hardware_disable")
+
+
+def kvm_vm_ioctl_check_extension(kvm, ext: int) -> int:
+    return int(supported_caps.get(ext, 0))
+
+
+class KvmArch:
+    """struct kvm_arch: x86 per-VM state."""
+
+    def __init__(self):
+        self.tss_addr = 0
+        self.ept_identity_map_addr = 0
+        self.bsp_vcpu_id = 0
+        self.irqchip_mode = None        # set by the in-kernel irqchip (KVM_CREATE_IRQCHIP)
+        self.guest_can_read_msr_platform_info = True
+
+
+@traced
+def kvm_arch_init_vm(kvm, vm_type: int) -> None:
+    if vm_type != 0:                    # KVM_X86_DEFAULT_VM only
+        raise kernel_error(errno.EINVAL)
+    kvm.arch = KvmArch()
+    _vendor_call("vm_init", kvm)
+
+
+@traced
+def kvm_arch_post_init_vm(kvm) -> None:
+    _mmu_call("kvm_mmu_post_init_vm", kvm)
+
+
+def kvm_arch_destroy_vm(kvm) -> None:
+    for vcpu in kvm.vcpus:
+        kvm_arch_vcpu_destroy(vcpu)
+    _vendor_call("vm_destroy", kvm)
+
+
+def kvm_arch_memslots_updated(kvm, gen: int) -> None:
+    _mmu_call("kvm_mmu_invalidate_mmio_sptes", kvm, gen)
+
+
+def kvm_arch_flush_shadow_memslot(kvm, slot) -> None:
+    _mmu_call("kvm_arch_flush_shadow_memslot", kvm, slot)
+
+
+def kvm_arch_prepare_memory_region(kvm, base_gfn: int, npages: int, flags: int) -> None:
+    if base_gfn + npages > 1 << (kcpuid.PHYS_ADDR_BITS - 12):       # kvm_mmu_max_gfn()
+        raise kernel_error(errno.EINVAL)
+
+
+def kvm_arch_mmu_enable_log_dirty(kvm, slot, gfns) -> None:
+    """Write-protect the harvested pages again so their next write is logged."""
+    _mmu_call("kvm_arch_mmu_enable_log_dirty_pt_masked", kvm, slot, gfns)
+
+
+@traced
+def kvm_arch_vm_ioctl(file, cmd: int, arg):
+    kvm = file.private_data
+    if cmd == uapi.KVM_SET_TSS_ADDR:
+        if arg > 0xFFFFFFFF - 3 * 4096:
+            raise kernel_error(errno.EINVAL)
+        kvm.arch.tss_addr = arg
+        return 0
+    if cmd == uapi.KVM_SET_IDENTITY_MAP_ADDR:
+        addr = int.from_bytes(copy_from_user(arg, 8), "little")
+        with kvm.lock:
+            if kvm.created_vcpus:
+                raise kernel_error(errno.EINVAL)
+            kvm.arch.ept_identity_map_addr = addr
+        return 0
+    if cmd == uapi.KVM_SET_BOOT_CPU_ID:
+        with kvm.lock:
+            if kvm.created_vcpus:
+                raise kernel_error(errno.EBUSY)
+            kvm.arch.bsp_vcpu_id = arg
+        return 0
+    handler = vm_ioctl_handlers.get(cmd)
+    if handler is None:
+        raise kernel_error(errno.ENOTTY)
+    return handler(kvm, arg)
+
+
+# In-kernel devices register their VM ioctls here (KVM_CREATE_IRQCHIP, KVM_IRQ_LINE, ...).
+vm_ioctl_handlers: dict = {}
+
+
+# ----------------------------------------------------------------------------------------
+# System ioctls
+# ----------------------------------------------------------------------------------------
+def _msr_list_ioctl(arg: int, indices) -> int:
+    """Write the count back, then E2BIG if the caller's array is too small (like KVM)."""
+    n = uapi.kvm_msr_list.from_buffer_copy(copy_from_user(arg, 4)).nmsrs
+    copy_to_user(arg, uapi.kvm_msr_list(len(indices)))
+    if n < len(indices):
+        raise kernel_error(errno.E2BIG)
+    copy_to_user(arg + 4, (ctypes.c_uint32 * len(indices))(*indices))
+    return 0
+
+
+def kvm_get_msr_feature(index: int):
+    """Value of a feature MSR (KVM_GET_MSRS on the system fd), or None if not one."""
+    return {MSR_IA32_UCODE_REV: 0}.get(index)
+
+
+@traced
+def kvm_arch_dev_ioctl(file, cmd: int, arg):
+    if cmd == uapi.KVM_GET_MSR_INDEX_LIST:
+        return _msr_list_ioctl(arg, msrs_to_save + emulated_msrs)
+    if cmd == uapi.KVM_GET_MSR_FEATURE_INDEX_LIST:
+        return _msr_list_ioctl(arg, msr_based_features)
+    if cmd == uapi.KVM_GET_SUPPORTED_CPUID:
+        return kcpuid.kvm_dev_ioctl_get_supported_cpuid(arg, vendor_name())
+    if cmd == uapi.KVM_GET_MSRS:
+        return _msr_io(arg, lambda e: _feature_msr(e), writeback=True)
+    raise kernel_error(errno.EINVAL)
+
+
+def _feature_msr(entry) -> bool:
+    value = kvm_get_msr_feature(entry.index)
+    if value is None:
+        return False
+    entry.data = value
+    return True
+
+
+# ----------------------------------------------------------------------------------------
+# vCPU creation (seed step 5)
+# ----------------------------------------------------------------------------------------
+class KvmMtrrState:
+    """The guest's MTRRs (kvm_vcpu_mtrr_init): default type, fixed and variable ranges."""
+
+    def __init__(self):
+        self.deftype = 0
+        self.fixed = dict.fromkeys(MTRR_FIXED, 0)
+        self.var = dict.fromkeys(MTRR_VAR, 0)
+
+
+class GuestFpu:
+    """struct fpu_guest: the guest's FPU register file, installed in the processor."""
+
+    def __init__(self):
+        self.fpstate = hs.FPUState()
+
+
+class KvmVcpuArch:
+    """struct kvm_vcpu_arch: x86 per-vCPU state that is KVM's, not the processor's."""
+
+    def __init__(self):
+        self.cpu = None                     # the vendor's processor (guest-state area)
+        self.mmu = None
+        self.guest_fpu = None
+        self.pmu = None
+        self.hyperv = None
+        self.mtrr_state = None
+        self.cpuid_entries: list = []
+        self.maxphyaddr = 36
+        self.exception = None               # (vector, error_code, cr2) waiting for injection
+        self.interrupt = None               # external interrupt vector waiting for injection
+        self.nmi_pending = 0
+        self.nmi_injected = False
+        self.sipi_vector = 0
+        self.apic = None                    # in-kernel LAPIC, when there is one
+        self.ia32_misc_enable_msr = 0
+        self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
+        self.microcode_version = 0
+        self.tsc_aux = 0
+        self.has_run = False                # set by the run path at the first VM entry
+        self.loaded = False
+
+
+@traced
+def fpu_alloc_guest_fpstate(vcpu) -> None:
+    vcpu.arch.guest_fpu = GuestFpu()
+
+
+@traced
+def kvm_pmu_init(vcpu) -> None:
+    """No architectural PMU is advertised (CPUID.0xA is zero): the PMU has no counters."""
+    vcpu.arch.pmu = {"version": 0, "nr_arch_gp_counters": 0, "nr_arch_fixed_counters": 0}
+
+
+@traced
+def kvm_hv_vcpu_init(vcpu) -> None:
+    """Hyper-V per-vCPU state; only the VP index, since no Hyper-V leaf is advertised."""
+    vcpu.arch.hyperv = {"vp_index": vcpu.vcpu_idx if vcpu.vcpu_idx >= 0 else len(vcpu.kvm.vcpus)}
+
+
+@traced
+def kvm_vcpu_mtrr_init(vcpu) -> None:
+    vcpu.arch.mtrr_state = KvmMtrrState()
+
+
+@traced
+def vcpu_load(vcpu) -> None:
+    """Make the vCPU current on this (host) CPU: the vendor loads its VMCS/VMCB."""
+    vcpu.arch.loaded = True
+    _vendor_call("vcpu_load", vcpu)
+
+
+def vcpu_put(vcpu) -> None:
+    _vendor_call("vcpu_put", vcpu)
+    vcpu.arch.loaded = False
+
+
+def kvm_vcpu_is_bsp(vcpu) -> bool:
+    return vcpu.vcpu_id == vcpu.kvm.arch.bsp_vcpu_id
+
+
+@traced
+def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
+    """Power-on (or INIT) state: the processor's reset values plus KVM's own registers."""
+    cpu = vcpu.arch.cpu
+    kept = (dict(cpu.msrs), cpu.tsc) if init_event else None     # INIT keeps MSRs and the TSC
+    cpu.reset()
+    if init_event:
+        cpu.msrs.update(kept[0])
+        cpu.tsc = kept[1]
+    else:
+        cpu.apic_base = 0xFEE00000 | 0x800 | (0x100 if kvm_vcpu_is_bsp(vcpu) else 0)
+        cpu.msrs[MSR_IA32_CR_PAT] = PAT_DEFAULT
+        vcpu.arch.ia32_misc_enable_msr = MSR_IA32_MISC_ENABLE_FAST_STRING
+        vcpu.arch.tsc_aux = 0
+        if vcpu.arch.mtrr_state is not None:
+            vcpu.arch.mtrr_state.__init__()
+    entry = kcpuid.kvm_find_cpuid_entry(vcpu, 1)
+    cpu.regs[hs.RDX] = entry.eax if entry is not None else kcpuid.FAMILY_MODEL_STEPPING
+    if vcpu.arch.guest_fpu is not None:
+        vcpu.arch.guest_fpu.fpstate.reset()
+        cpu.fpu = vcpu.arch.guest_fpu.fpstate
+    vcpu.arch.exception = None
+    vcpu.arch.interrupt = None
+    vcpu.arch.nmi_pending = 0
+    vcpu.arch.nmi_injected = False
+    _vendor_ops.vcpu_reset(vcpu, init_event)
+    _state_changed(vcpu)
+
+
+@traced
+def kvm_arch_vcpu_precreate(kvm, vcpu_id: int) -> None:
+    _vendor_call("vcpu_precreate", kvm)
+
+
+@traced
+def kvm_arch_vcpu_create(vcpu) -> None:
+    """Build the x86 vCPU, step by step as the seed lists them."""
+    vcpu.arch = KvmVcpuArch()
+    _mmu_call("kvm_mmu_create", vcpu)
+    fpu_alloc_guest_fpstate(vcpu)
+    kvm_pmu_init(vcpu)
+    kvm_hv_vcpu_init(vcpu)
+    _vendor_ops.vcpu_create(vcpu)
+    vcpu.arch.cpu.fpu = vcpu.arch.guest_fpu.fpstate
+    kvm_vcpu_mtrr_init(vcpu)
+    vcpu_load(vcpu)
+    kvm_vcpu_reset(vcpu, False)
+    _mmu_call("kvm_init_mmu", vcpu)
+    vcpu_put(vcpu)
+
+
+@traced
+def kvm_arch_vcpu_postcreate(vcpu) -> None:
+    kvm_synchronize_tsc(vcpu)
+
+
+def kvm_synchronize_tsc(vcpu) -> None:
+    """A new vCPU's TSC starts in step with the VM's other vCPUs."""
+    others = [v for v in vcpu.kvm.vcpus if v is not vcpu and v.arch is not None and v.arch.cpu is not None]
+    vcpu.arch.cpu.tsc = others[0].arch.cpu.tsc if others else 0
+
+
+def kvm_arch_vcpu_destroy(vcpu) -> None:
+    _vendor_call("vcpu_free", vcpu)
+    _mmu_call("kvm_mmu_destroy", vcpu)
+
+
+def _state_changed(vcpu) -> None:
+    """User space or KVM rewrote guest state: the processor recomputes its derived state."""
+    refresh = getattr(vcpu.arch.cpu, "refresh", None)
+    if refresh is not None:
+        refresh()
+
+
+def lapic_in_kernel(vcpu) -> bool:
+    return vcpu.arch.apic is not None
+
+
+# ----------------------------------------------------------------------------------------
+# REGS / SREGS / FPU
+# ----------------------------------------------------------------------------------------
+# kvm_regs field i <- CPUState.regs[_REGS_MAP[i]] (kvm_regs order: rax rbx rcx rdx rsi rdi rsp rbp)
+_REGS_MAP = (hs.RAX, hs.RBX, hs.RCX, hs.RDX, hs.RSI, hs.RDI, hs.RSP, hs.RBP) + tuple(range(8, 16))
+
+
+def _get_user(arg: int, ctype):
+    return ctype.from_buffer_copy(copy_from_user(arg, ctypes.sizeof(ctype)))
+
+
+def kvm_arch_vcpu_ioctl_get_regs(vcpu) -> uapi.kvm_regs:
+    cpu = vcpu.arch.cpu
+    r = uapi.kvm_regs(*[cpu.regs[i] for i in _REGS_MAP])
+    r.rip = cpu.rip
+    r.rflags = cpu.get_rflags()
+    return r
+
+
+def kvm_arch_vcpu_ioctl_set_regs(vcpu, r: uapi.kvm_regs) -> None:
+    cpu = vcpu.arch.cpu
+    values = [getattr(r, f) for f in uapi.REGS_FIELDS]
+    for i, reg in enumerate(_REGS_MAP):
+        cpu.regs[reg] = values[i]
+    cpu.rip = r.rip
+    cpu.set_rflags(r.rflags)
+    _state_changed(vcpu)
+
+
+def _seg_to_kvm(s: hs.Segment) -> uapi.kvm_segment:
+    return uapi.kvm_segment(s.base, s.limit, s.selector, s.type, s.present, s.dpl, s.db, s.s, s.l,
+                            s.g, s.avl, s.unusable)
+
+
+def _seg_from_kvm(k: uapi.kvm_segment) -> hs.Segment:
+    return hs.Segment(k.selector, k.base, k.limit, k.type, k.present, k.dpl, k.db, k.s, k.l, k.g,
+                      k.avl, k.unusable)
+
+
+_SREGS_SEG = (("cs", hs.CS), ("ds", hs.DS), ("es", hs.ES), ("fs", hs.FS), ("gs", hs.GS), ("ss", hs.SS))
+
+
+def kvm_arch_vcpu_ioctl_get_sregs(vcpu) -> uapi.kvm_sregs:
+    cpu = vcpu.arch.cpu
+    s = uapi.kvm_sregs()
+    for name, i in _SREGS_SEG:
+        setattr(s, name, _seg_to_kvm(cpu.seg[i]))
+    s.tr, s.ldt = _seg_to_kvm(cpu.tr), _seg_to_kvm(cpu.ldtr)
+    s.gdt = uapi.kvm_dtable(cpu.gdt_base, cpu.gdt_limit)
+    s.idt = uapi.kvm_dtable(cpu.idt_base, cpu.idt_limit)
+    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 = cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8
+    s.efer, s.apic_base = cpu.efer, cpu.apic_base
+    irq = vcpu.arch.interrupt
+    if irq is not None:
+        s.interrupt_bitmap[irq // 64] |= 1 << (irq % 64)
+    return s
+
+
+def kvm_is_valid_cr0(cr0: int) -> bool:
+    if cr0 >> 32:
+        return False
+    if cr0 & hs.CR0_NW and not cr0 & hs.CR0_CD:
+        return False
+    return not (cr0 & hs.CR0_PG and not cr0 & hs.CR0_PE)
+
+
+CR4_RESERVED = ~(hs.CR4_VME | hs.CR4_PVI | hs.CR4_TSD | hs.CR4_DE | hs.CR4_PSE | hs.CR4_PAE |
+                 hs.CR4_MCE | hs.CR4_PGE | hs.CR4_PCE | hs.CR4_OSFXSR | hs.CR4_OSXMMEXCPT |
+                 hs.CR4_UMIP | hs.CR4_FSGSBASE | hs.CR4_PCIDE | hs.CR4_OSXSAVE | hs.CR4_SMEP |
+                 hs.CR4_SMAP) & 0xFFFFFFFFFFFFFFFF
+
+
+def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
+    return not cr4 & CR4_RESERVED
+
+
+def kvm_is_valid_sregs(vcpu, s: uapi.kvm_sregs) -> bool:
+    if s.efer & EFER_LME and s.cr0 & hs.CR0_PG:
+        if not s.cr4 & hs.CR4_PAE or not s.efer & EFER_LMA:
+            return False
+        if s.cr3 >> vcpu.arch.maxphyaddr:
+            return False
+    elif s.efer & EFER_LMA or s.cs.l:
+        return False
+    return kvm_is_valid_cr4(vcpu, s.cr4) and kvm_is_valid_cr0(s.cr0)
+
+
+def kvm_arch_vcpu_ioctl_set_sregs(vcpu, s: uapi.kvm_sregs) -> None:
+    if not kvm_is_valid_sregs(vcpu, s):
+        raise kernel_error(errno.EINVAL)
+    if not valid_apic_base(vcpu, s.apic_base):
+        raise kernel_error(errno.EINVAL)
+    cpu = vcpu.arch.cpu
+    for name, i in _SREGS_SEG:
+        cpu.seg[i] = _seg_from_kvm(getattr(s, name))
+    cpu.tr, cpu.ldtr = _seg_from_kvm(s.tr), _seg_from_kvm(s.ldt)
+    cpu.gdt_base, cpu.gdt_limit = s.gdt.base, s.gdt.limit
+    cpu.idt_base, cpu.idt_limit = s.idt.base, s.idt.limit
+    cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = s.cr0, s.cr2, s.cr3, s.cr4, s.cr8
+    cpu.efer, cpu.apic_base = s.efer, s.apic_base
+    for word, bits in enumerate(s.interrupt_bitmap):
+        if bits and not lapic_in_kernel(vcpu):
+            vector = word * 64 + (bits & -bits).bit_length() - 1
+            vcpu.arch.interrupt = vector
+            break
+    _state_changed(vcpu)
+
+
+def _st_bytes(v: int) -> bytes:
+    return (v & ((1 << 80) - 1)).to_bytes(10, "little") + bytes(6)
+
+
+def kvm_arch_vcpu_ioctl_get_fpu(vcpu) -> uapi.kvm_fpu:
+    fpu = vcpu.arch.cpu.fpu
+    f = uapi.kvm_fpu()
+    for i in range(8):       # fpr[i] is ST(i), relative to TOP, as in FXSAVE
+        f.fpr[i][:] = _st_bytes(fpu.st[(fpu.top + i) & 7])
+    f.fcw = fpu.fcw
+    f.fsw = (fpu.fsw & ~0x3800) | (fpu.top << 11)
+    f.ftwx = fpu.ftw
+    f.last_opcode, f.last_ip, f.last_dp = fpu.fop, fpu.fip, fpu.fdp
+    for i in range(16):
+        f.xmm[i][:] = fpu.xmm[i].to_bytes(16, "little")
+    f.mxcsr = fpu.mxcsr
+    return f
+
+
+def kvm_arch_vcpu_ioctl_set_fpu(vcpu, f: uapi.kvm_fpu) -> None:
+    fpu = vcpu.arch.cpu.fpu
+    fpu.top = (f.fsw >> 11) & 7
+    for i in range(8):
+        fpu.st[(fpu.top + i) & 7] = int.from_bytes(bytes(f.fpr[i])[:10], "little")
+    fpu.fcw = f.fcw
+    fpu.fsw = f.fsw & ~0x3800
+    fpu.ftw = f.ftwx
+    fpu.fop, fpu.fip, fpu.fdp = f.last_opcode, f.last_ip, f.last_dp
+    fpu.xmm = [int.from_bytes(bytes(f.xmm[i]), "little") for i in range(16)]
+    fpu.mxcsr = f.mxcsr
+
+
+# ----------------------------------------------------------------------------------------
+# MSRs
+# ----------------------------------------------------------------------------------------
+def is_noncanonical_address(la: int, vcpu) -> bool:
+    bits = kcpuid.VIRT_ADDR_BITS
+    sext = la & ((1 << 64) - 1)
+    top = sext >> (bits - 1)
+    return top not in (0, (1 << (65 - bits)) - 1)
+
+
+def valid_apic_base(vcpu, data: int) -> bool:
+    reserved = ((~0 << vcpu.arch.maxphyaddr) & ((1 << 64) - 1)) | 0x2FF
+    if not kcpuid.guest_cpuid_has(vcpu, "x2apic"):
+        reserved |= 0x400
+    if data & reserved:
+        return False
+    enabled, x2apic = data >> 11 & 1, data >> 10 & 1
+    return not (x2apic and not enabled)
+
+
+def _valid_pat(data: int) -> bool:
+    return all((data >> (8 * i)) & 0xFF in (0, 1, 4, 5, 6, 7) for i in range(8))
+
+
+def _valid_mtrr_type(t: int) -> bool:
+    return t in (0, 1, 4, 5, 6)
+
+
+def _valid_mtrr(vcpu, index: int, data: int) -> bool:
+    if index == MSR_MTRRdefType:
+        return not data & ~0xCFF and _valid_mtrr_type(data & 0xFF)
+    if index in MTRR_FIXED:
+        return all(_valid_mtrr_type((data >> (8 * i)) & 0xFF) for i in range(8))
+    phys_mask = ((1 << vcpu.arch.maxphyaddr) - 1) & ~0xFFF
+    if (index - MSR_MTRRphysBase0) % 2 == 0:                          # physBase
+        return not data & ~(phys_mask | 0xFF) and _valid_mtrr_type(data & 0xFF)
+    return not data & ~(phys_mask | 0x800)                            # physMask
+
+
+def kvm_set_efer(vcpu, efer: int, host_initiated: bool) -> int:
+    cpu = vcpu.arch.cpu
+    if efer & ~_efer_supported():
+        return 1
+    if not host_initiated:
+        for mask, name in _EFER_FEATURE:
+            if efer & mask & ~EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
+                return 1
+        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & EFER_LME:
+            return 1
+        efer = (efer & ~EFER_LMA) | (cpu.efer & EFER_LMA)
+    cpu.efer = efer
+    _state_changed(vcpu)
+    return 0
+
+
+def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int:
+    """Write an MSR; 0 on success, 1 if the write must fail (#GP for the guest)."""
+    cpu = vcpu.arch.cpu
+    data &= (1 << 64) - 1
+    if index == MSR_EFER:
+        return kvm_set_efer(vcpu, data, host_initiated)
+    if index in _PLAIN_MSRS:
+        if index in _CANONICAL_MSRS and is_noncanonical_address(data, vcpu):
+            return 1
+        cpu.msrs[index] = data
+    elif index in (MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP):
+        cpu.msrs[index] = data
+    elif index in (MSR_FS_BASE, MSR_GS_BASE):
+        if is_noncanonical_address(data, vcpu):
+            return 1
+        cpu.seg[hs.FS if index == MSR_FS_BASE else hs.GS].base = data
+        _state_changed(vcpu)
+    elif index == MSR_IA32_TSC:
+        cpu.tsc = data
+    elif index == MSR_TSC_AUX:
+        if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
+                                       kcpuid.guest_cpuid_has(vcpu, "rdpid")):
+            return 1
+        if data >> 32:
+            return 1
+        vcpu.arch.tsc_aux = data
+    elif index == MSR_IA32_APICBASE:
+        if not valid_apic_base(vcpu, data):
+            return 1
+        cpu.apic_base = data
+    elif index == MSR_IA32_CR_PAT:
+        if not _valid_pat(data):
+            return 1
+        cpu.msrs[index] = data
+    elif index == MSR_MTRRdefType or index in MTRR_FIXED or index in MTRR_VAR:
+        if not _valid_mtrr(vcpu, index, data):
+            return 1
+        mtrr = vcpu.arch.mtrr_state
+        if index == MSR_MTRRdefType:
+            mtrr.deftype = data
+        else:
+            (mtrr.fixed if index in MTRR_FIXED else mtrr.var)[index] = data
+    elif index == MSR_IA32_MISC_ENABLE:
+        vcpu.arch.ia32_misc_enable_msr = data
+    elif index == MSR_PLATFORM_INFO:
+        if not host_initiated:
+            return 1
+        vcpu.arch.msr_platform_info = data
+    elif index == MSR_IA32_UCODE_REV:
+        if not host_initiated:
+            return 1
+        vcpu.arch.microcode_version = data
+    else:
+        return 1
+    return 0
+
+
+def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[int, int]:
+    """Read an MSR: ``(0, value)``, or ``(1, 0)`` if the read must fail."""
+    cpu = vcpu.arch.cpu
+    mtrr = vcpu.arch.mtrr_state
+    if index == MSR_EFER:
+        return 0, cpu.efer
+    if index in _PLAIN_MSRS or index in (MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT):
+        return 0, cpu.msrs.get(index, 0)
+    if index in (MSR_FS_BASE, MSR_GS_BASE):
+        return 0, cpu.seg[hs.FS if index == MSR_FS_BASE else hs.GS].base
+    if index == MSR_IA32_TSC:
+        return 0, cpu.tsc
+    if index == MSR_TSC_AUX:
+        if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
+                                       kcpuid.guest_cpuid_has(vcpu, "rdpid")):
+            return 1, 0
+        return 0, vcpu.arch.tsc_aux
+    if index == MSR_IA32_APICBASE:
+        return 0, cpu.apic_base
+    if index == MSR_MTRRcap:
+        return 0, MTRR_CAP_VALUE
+    if index == MSR_MTRRdefType:
+        return 0, mtrr.deftype
+    if index in MTRR_FIXED:
+        return 0, mtrr.fixed[index]
+    if index in MTRR_VAR:
+        return 0, mtrr.var[index]
+    if index == MSR_IA32_MISC_ENABLE:
+        return 0, vcpu.arch.ia32_misc_enable_msr
+    if index == MSR_PLATFORM_INFO:
+        if not host_initiated and not vcpu.kvm.arch.guest_can_read_msr_platform_info:
+            return 1, 0
+        return 0, vcpu.arch.msr_platform_info
+    if index == MSR_IA32_UCODE_REV:
+        return 0, vcpu.arch.microcode_version
+    return 1, 0
+
+
+def kvm_get_msr(vcpu, index: int, host_initiated: bool = False) -> tuple[int, int]:
+    """Vendor MSRs first (vmx_get_msr/svm_get_msr, if the vendor has them), then the common ones."""
+    vendor = getattr(_vendor_ops, "get_msr", None)
+    return vendor(vcpu, index, host_initiated) if vendor else kvm_get_msr_common(vcpu, index, host_initiated)
+
+
+def kvm_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> int:
+    vendor = getattr(_vendor_ops, "set_msr", None)
+    return vendor(vcpu, index, data, host_initiated) if vendor else kvm_set_msr_common(vcpu, index, data, host_initiated)
+
+
+def _msr_io(arg: int, do_msr, writeback: bool) -> int:
+    """__msr_io: process entries until one fails; returns how many succeeded."""
+    n = uapi.kvm_msrs.from_buffer_copy(copy_from_user(arg, 8)).nmsrs
+    if n >= MAX_IO_MSRS:
+        raise kernel_error(errno.E2BIG)
+    t = uapi.with_entries(uapi.kvm_msrs, n)
+    entries = t.from_buffer_copy(bytes(8) + copy_from_user(arg + 8, n * 16)).entries
+    done = 0
+    for e in entries:
+        if not do_msr(e):
+            break
+        done += 1
+    if writeback and n:
+        copy_to_user(arg + 8, bytes(entries))
+    return done
+
+
+def _get_msr_entry(vcpu, e) -> bool:
+    r, data = kvm_get_msr(vcpu, e.index, True)
+    if r:
+        return False
+    e.data = data
+    return True
+
+
+def _set_msr_entry(vcpu, e) -> bool:
+    return kvm_set_msr(vcpu, e.index, e.data, True) == 0
+
+
+# ----------------------------------------------------------------------------------------
+# MP state, events, debug registers, XCRs, interrupts
+# ----------------------------------------------------------------------------------------
+_MP_STATES = (uapi.KVM_MP_STATE_RUNNABLE, uapi.KVM_MP_STATE_UNINITIALIZED, uapi.KVM_MP_STATE_INIT_RECEIVED,
+              uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_SIPI_RECEIVED)
+
+
+def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
+    if mp_state not in _MP_STATES:
+        raise kernel_error(errno.EINVAL)
+    if not lapic_in_kernel(vcpu) and mp_state != uapi.KVM_MP_STATE_RUNNABLE:
+        raise kernel_error(errno.EINVAL)
+    if mp_state == uapi.KVM_MP_STATE_SIPI_RECEIVED:
+        vcpu.arch.cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
+        vcpu.arch.sipi_pending = True
+    else:
+        vcpu.arch.cpu.mp_state = mp_state
+
+
+def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
+    if irq >= uapi.KVM_NR_INTERRUPTS:
+        raise kernel_error(errno.EINVAL)
+    if vcpu.kvm.arch.irqchip_mode is not None:
+        raise kernel_error(errno.ENXIO)
+    vcpu.arch.interrupt = irq        # kvm_queue_interrupt: a newer vector replaces the old
+    return 0
+
+
+# CPUState.interrupt_shadow: 1 = STI blocking, 2 = MOV SS blocking
+_SHADOW_TO_KVM = {0: 0, 1: uapi.KVM_X86_SHADOW_INT_STI, 2: uapi.KVM_X86_SHADOW_INT_MOV_SS}
+
+
+def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
+    a, cpu = vcpu.arch, vcpu.arch.cpu
+    ev = uapi.kvm_vcpu_events()
+    if a.exception is not None:         # no exception-payload capability: pending reads as injected
+        vector, error_code, _ = a.exception
+        ev.exception.injected = 1
+        ev.exception.nr = vector
+        ev.exception.has_error_code = error_code is not None
+        ev.exception.error_code = error_code or 0
+    if a.interrupt is not None:
+        ev.interrupt.injected = 1
+        ev.interrupt.nr = a.interrupt
+    ev.interrupt.shadow = _SHADOW_TO_KVM.get(cpu.interrupt_shadow, 0)
+    ev.nmi.injected = a.nmi_injected
+    ev.nmi.pending = a.nmi_pending != 0
+    ev.nmi.masked = bool(cpu.nmi_masked)
+    ev.sipi_vector = a.sipi_vector
+    ev.flags = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
+                | uapi.KVM_VCPUEVENT_VALID_SMM)
+    return ev
+
+
+_VALID_EVENT_FLAGS = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+                      | uapi.KVM_VCPUEVENT_VALID_SHADOW | uapi.KVM_VCPUEVENT_VALID_SMM)
+
+
+def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
+    if ev.flags & ~_VALID_EVENT_FLAGS:
+        raise kernel_error(errno.EINVAL)
+    if (ev.exception.injected or ev.exception.pending) and (ev.exception.nr > 31 or ev.exception.nr == 2):
+        raise kernel_error(errno.EINVAL)
+    if ev.flags & uapi.KVM_VCPUEVENT_VALID_SMM and (ev.smi.smm or ev.smi.pending or ev.smi.smm_inside_nmi):
+        raise kernel_error(errno.EINVAL)                  # no SMM in kvmpy
+    a, cpu = vcpu.arch, vcpu.arch.cpu
+    exc = ev.exception
+    a.exception = ((exc.nr, exc.error_code if exc.has_error_code else None, None)
+                   if exc.injected or exc.pending else None)
+    a.interrupt = ev.interrupt.nr if ev.interrupt.injected else None
+    if ev.flags & uapi.KVM_VCPUEVENT_VALID_SHADOW:
+        shadow = ev.interrupt.shadow
+        cpu.interrupt_shadow = (1 if shadow & uapi.KVM_X86_SHADOW_INT_STI else
+                                2 if shadow & uapi.KVM_X86_SHADOW_INT_MOV_SS else 0)
+    a.nmi_injected = bool(ev.nmi.injected)
+    if ev.flags & uapi.KVM_VCPUEVENT_VALID_NMI_PENDING:
+        a.nmi_pending = int(bool(ev.nmi.pending))
+    cpu.nmi_masked = bool(ev.nmi.masked)
+    if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and lapic_in_kernel(vcpu):
+        a.sipi_vector = ev.sipi_vector
+
+
+def kvm_vcpu_ioctl_x86_get_debugregs(vcpu) -> uapi.kvm_debugregs:
+    dr = vcpu.arch.cpu.dr
+    d = uapi.kvm_debugregs()
+    d.db[:] = dr[:4]
+    d.dr6, d.dr7 = dr[6], dr[7]
+    return d
+
+
+def kvm_vcpu_ioctl_x86_set_debugregs(vcpu, d: uapi.kvm_debugregs) -> None:
+    if d.flags or d.dr6 >> 32 or d.dr7 >> 32:
+        raise kernel_error(errno.EINVAL)
+    dr = vcpu.arch.cpu.dr
+    dr[:4] = list(d.db)
+    dr[4] = dr[6] = d.dr6
+    dr[5] = dr[7] = d.dr7
+
+
+XCR_XFEATURE_ENABLED_MASK = 0
+
+
+def _xsave_supported() -> bool:
+    from ...hw import features
+    return features.implemented("xsave")
+
+
+def kvm_vcpu_ioctl_x86_get_xcrs(vcpu) -> uapi.kvm_xcrs:
+    x = uapi.kvm_xcrs()
+    if _xsave_supported():
+        x.nr_xcrs = 1
+        x.xcrs[0].xcr = XCR_XFEATURE_ENABLED_MASK
+        x.xcrs[0].value = vcpu.arch.cpu.xcr0
+    return x
+
+
+def guest_supported_xcr0(vcpu) -> int:
+    e = kcpuid.kvm_find_cpuid_entry(vcpu, 0xD, 0)
+    return (e.eax | e.edx << 32) if e is not None else 1
+
+
+def kvm_vcpu_ioctl_x86_set_xcrs(vcpu, x: uapi.kvm_xcrs) -> None:
+    if not _xsave_supported() or x.nr_xcrs > uapi.KVM_MAX_XCRS or x.flags:
+        raise kernel_error(errno.EINVAL)
+    for i in range(x.nr_xcrs):
+        if x.xcrs[i].xcr == XCR_XFEATURE_ENABLED_MASK:
+            value = x.xcrs[i].value
+            if not value & 1 or (value & 4 and not value & 2) or value & ~guest_supported_xcr0(vcpu):
+                raise kernel_error(errno.EINVAL)
+            vcpu.arch.cpu.xcr0 = value
+
+
+# ----------------------------------------------------------------------------------------
+# kvm_run's synchronized registers (KVM_CAP_SYNC_REGS)
+# ----------------------------------------------------------------------------------------
+def store_regs(vcpu) -> None:
+    """Copy the state user space asked for (``kvm_valid_regs``) into ``run.s.regs``."""
+    run = vcpu.run
+    sync = run.s.regs
+    if run.kvm_valid_regs & uapi.KVM_SYNC_X86_REGS:
+        sync.regs = kvm_arch_vcpu_ioctl_get_regs(vcpu)
+    if run.kvm_valid_regs & uapi.KVM_SYNC_X86_SREGS:
+        sync.sregs = kvm_arch_vcpu_ioctl_get_sregs(vcpu)
+    if run.kvm_valid_regs & uapi.KVM_SYNC_X86_EVENTS:
+        sync.events = kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu)
+
+
+def sync_regs(vcpu) -> None:
+    """Load the state user space changed in ``run.s.regs`` (``kvm_dirty_regs``) before entry."""
+    run = vcpu.run
+    sync = run.s.regs
+    if run.kvm_dirty_regs & uapi.KVM_SYNC_X86_REGS:
+        kvm_arch_vcpu_ioctl_set_regs(vcpu, sync.regs)
+        run.kvm_dirty_regs &= ~uapi.KVM_SYNC_X86_REGS
+    if run.kvm_dirty_regs & uapi.KVM_SYNC_X86_SREGS:
+        kvm_arch_vcpu_ioctl_set_sregs(vcpu, uapi.kvm_sregs.from_buffer_copy(sync.sregs))
+        run.kvm_dirty_regs &= ~uapi.KVM_SYNC_X86_SREGS
+    if run.kvm_dirty_regs & uapi.KVM_SYNC_X86_EVENTS:
+        kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, uapi.kvm_vcpu_events.from_buffer_copy(sync.events))
+        run.kvm_dirty_regs &= ~uapi.KVM_SYNC_X86_EVENTS
+
+
+# ----------------------------------------------------------------------------------------
+# The vCPU ioctl dispatcher
+# ----------------------------------------------------------------------------------------
+def _getter(fn):
+    def ioctl(vcpu, arg):
+        copy_to_user(arg, fn(vcpu))
+        return 0
+    return ioctl
+
+
+def _setter(fn, ctype):
+    def ioctl(vcpu, arg):
+        fn(vcpu, _get_user(arg, ctype))
+        return 0
+    return ioctl
+
+
+def _get_mp_state(vcpu):
+    return uapi.kvm_mp_state(vcpu.arch.cpu.mp_state)
+
+
+vcpu_ioctl_handlers = {
+    uapi.KVM_GET_REGS: _getter(kvm_arch_vcpu_ioctl_get_regs),
+    uapi.KVM_SET_REGS: _setter(kvm_arch_vcpu_ioctl_set_regs, uapi.kvm_regs),
+    uapi.KVM_GET_SREGS: _getter(kvm_arch_vcpu_ioctl_get_sregs),
+    uapi.KVM_SET_SREGS: _setter(kvm_arch_vcpu_ioctl_set_sregs, uapi.kvm_sregs),
+    uapi.KVM_GET_FPU: _getter(kvm_arch_vcpu_ioctl_get_fpu),
+    uapi.KVM_SET_FPU: _setter(kvm_arch_vcpu_ioctl_set_fpu, uapi.kvm_fpu),
+    uapi.KVM_GET_MP_STATE: _getter(_get_mp_state),
+    uapi.KVM_SET_MP_STATE: _setter(lambda v, m: kvm_arch_vcpu_ioctl_set_mpstate(v, m.mp_state), uapi.kvm_mp_state),
+    uapi.KVM_GET_VCPU_EVENTS: _getter(kvm_vcpu_ioctl_x86_get_vcpu_events),
+    uapi.KVM_SET_VCPU_EVENTS: _setter(kvm_vcpu_ioctl_x86_set_vcpu_events, uapi.kvm_vcpu_events),
+    uapi.KVM_GET_DEBUGREGS: _getter(kvm_vcpu_ioctl_x86_get_debugregs),
+    uapi.KVM_SET_DEBUGREGS: _setter(kvm_vcpu_ioctl_x86_set_debugregs, uapi.kvm_debugregs),
+    uapi.KVM_GET_XCRS: _getter(kvm_vcpu_ioctl_x86_get_xcrs),
+    uapi.KVM_SET_XCRS: _setter(kvm_vcpu_ioctl_x86_set_xcrs, uapi.kvm_xcrs),
+    uapi.KVM_INTERRUPT: lambda v, arg: kvm_vcpu_ioctl_interrupt(v, _get_user(arg, uapi.kvm_interrupt).irq),
+    uapi.KVM_GET_MSRS: lambda v, arg: _msr_io(arg, lambda e: _get_msr_entry(v, e), writeback=True),
+    uapi.KVM_SET_MSRS: lambda v, arg: _msr_io(arg, lambda e: _set_msr_entry(v, e), writeback=False),
+    uapi.KVM_SET_CPUID2: kcpuid.kvm_vcpu_ioctl_set_cpuid2,
+    uapi.KVM_GET_CPUID2: kcpuid.kvm_vcpu_ioctl_get_cpuid2,
+}
+
+
+@traced
+def kvm_arch_vcpu_ioctl(file, cmd: int, arg):
+    """The vCPU ioctls x86 implements; anything else is EINVAL (as on the host)."""
+    handler = vcpu_ioctl_handlers.get(cmd)
+    if handler is None:
+        raise kernel_error(errno.EINVAL)
+    return handler(file.private_data, arg)
