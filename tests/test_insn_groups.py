@@ -139,7 +139,8 @@ def _atomic_cases():
     for text, off in (("cmpxchg8b qword ptr [rbx + 0x7fd]", 0x7FD), ("cmpxchg16b xmmword ptr [rbx + 0x30]", 0x30)):
         size = 8 if "16b" in text else 4
         for equal in (True, False):
-            lo, hi = int.from_bytes(RAMP[off:off + size], "little"), int.from_bytes(RAMP[off + size:off + 2 * size], "little")
+            lo = int.from_bytes(RAMP[off:off + size], "little")
+            hi = int.from_bytes(RAMP[off + size:off + 2 * size], "little")
             regs = {"rax": in_reg(lo if equal else lo ^ 1, size), "rdx": in_reg(hi, size), "rbx": DATA_ADDR,
                     "rcx": noise, "rsi": noise >> 8}
             cases.append(Case(text.replace("rbx", "rdi"), {**regs, "rdi": DATA_ADDR, "rbx": noise >> 8},
@@ -263,9 +264,10 @@ def test_every_form_translates(code_size):
     """Every opcode of these groups, with each prefix and ModRM kind, in every code size and
     for the emulator, becomes valid Python."""
     ns = {}
+    prefixes = (b"", b"\x66", b"\x67", b"\xf3", b"\xf2", b"\x26", b"\x48" if code_size == 8 else b"")
+    opcodes = [bytes([o]) for o in MY_OPCODES] + [b"\x0f" + bytes([o]) for o in MY_0F]
     for emulating, prefix, modrm, opcode in itertools.product(
-            (False, True), (b"", b"\x66", b"\x67", b"\xf3", b"\xf2", b"\x26", b"\x48" if code_size == 8 else b""),
-            (b"\xc1", b"\x4c\x4b", b"\x0c\x24"), [bytes([o]) for o in MY_OPCODES] + [b"\x0f" + bytes([o]) for o in MY_0F]):
+            (False, True), prefixes, (b"\xc1", b"\x4c\x4b", b"\x0c\x24"), opcodes):
         code = prefix + opcode + modrm + b"\x01\x02\x03\x04\x05\x06\x07\x08"
         mode = codegen.Mode(code_size, code_size, code_size == 8, 0, True, False)
         blk = codegen.translate(lambda ip: decoder.decode(lambda i: code[ip + i], code_size, ip), 0, 0, mode, ns,

@@ -40,7 +40,10 @@ def _bit_op(g, ins, op, size, off, reg_offset):
     """Test (and set/reset/complement) bit ``off`` of the r/m operand; CF = the old bit.
 
     With a register offset and a memory operand the offset is signed and may
-    address any operand-sized unit of the bit string around the operand.
+    address any operand-sized unit of the bit string around the operand.  The
+    displacement is added to the linear address (wrapping at 2^64, or 2^32
+    outside 64-bit mode), not to the segment offset: the two differ only when
+    the bit string wraps around the end of a 16-bit segment.
     """
     n = size * 8
     if reg_offset and ins.is_mem:

@@ -9,8 +9,9 @@ execution.  Each iteration reads, stores, then updates RSI/RDI/RCX, so a fault
 in iteration k leaves the registers after k-1 iterations and the instruction
 restarts where it stopped; when the budget runs out the block is left with RIP
 still at the instruction (the partial execution counted as one instruction),
-which lets the processor take interrupts and VM exits in the middle of a long copy.  Forward REP MOVS/STOS of bytes or dwords copy
-whole runs within a page through ``HM`` slices when both pages are in the TLB.
+which lets the processor take interrupts and VM exits in the middle of a long
+copy.  Forward REP MOVS/STOS of bytes or dwords copy whole runs within a page
+through ``HM`` slices when both pages are in the TLB.
 """
 
 from .. import flags as F
