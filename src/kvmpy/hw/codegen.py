@@ -352,7 +352,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     ``max_insns`` instructions.
     """
     g = Gen(mode, emulating)
-    g.loop_target = hex(rip)
+    g.loop_target = None if emulating else hex(rip)
     insns = []
     addr = rip
     lin = cs_base + rip
