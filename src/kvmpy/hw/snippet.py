@@ -55,7 +55,7 @@ def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
     cpu.seg[CS] = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, l=1, db=0, g=1)
     for i, name in enumerate(REG_NAMES):
         cpu.regs[i] = regs.get(name, STACK_TOP if name == "rsp" else 0)
-    cpu.set_rflags(rflags)
+    cpu.set_rflags(rflags | 0x200)          # user code always runs with IF set
     cpu.rip = CODE_ADDR
     cpu.exception_bitmap = 0xFFFFFFFF
     x = cpu.run(budget)
