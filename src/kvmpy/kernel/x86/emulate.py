@@ -52,9 +52,7 @@ class EmulateCtxt:
 
     # ------------------------------------------------------------------ memory
     def _gpa(self, lin, write):
-        access = 2 if write else 0
-        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, access) if self.vcpu.arch.cpu.cr0 & 0x80000000 \
-            else (lin, None)
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, 2 if write else 0)
         return gpa
 
     def read(self, lin, size):

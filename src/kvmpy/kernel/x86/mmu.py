@@ -199,10 +199,10 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False) 
     """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see)."""
     cpu = vcpu.arch.cpu
     if not cpu.cr0 & CR0_PG:
-        return gva & 0xFFFFFFFF if not cpu.efer & 0x400 else gva
+        gpa = gva & 0xFFFFFFFF if not cpu.efer & 0x400 else gva
+        return gpa, paging.Translation(gpa & ~0xFFF, True, True, False, 0x1000, False)
     if cpu.mode.cpl == 3:
         access |= paging.PFERR_USER
-    mmu = vcpu.arch.mmu
     kvm = vcpu.kvm
 
     def read_pte(gpa, size):
@@ -217,7 +217,6 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False) 
         t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
     except LookupError:
         raise Fault(14, access | paging.PFERR_RSVD | 1, cr2=gva) from None
-    del mmu
     return t.gpa | (gva & 0xFFF), t
 
 
