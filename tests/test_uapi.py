@@ -113,23 +113,20 @@ def c_values(tmp_path_factory):
     lines = ["#include <stdio.h>", "#include <stddef.h>", "#include <linux/kvm.h>", "int main(void){"]
     for n in ioctls:
         lines.append('#ifdef %s\nprintf("%s %%lu\\n", (unsigned long)%s);\n#endif' % (n, n, n))
-    for s in C_STRUCTS:
-        # a structure the installed header lacks makes the probe fail to compile; probe one by one
-        lines.append('printf("sizeof_%s %%zu\\n", sizeof(struct %s));' % (s, s))
-    lines.append("return 0;}")
     d = tmp_path_factory.mktemp("cprobe")
-    src = d / "probe.c"
-    out = {}
-    body = "\n".join(lines)
-    # drop structures unknown to the installed header, detected by a first compile
+    # structures the installed header lacks would break the probe: find them first
     known = []
     for s in C_STRUCTS:
         t = d / ("t_%s.c" % s)
         t.write_text("#include <linux/kvm.h>\nunsigned long x = sizeof(struct %s);\n" % s)
         if subprocess.run(["gcc", "-c", "-o", os.devnull, str(t)], capture_output=True).returncode == 0:
             known.append(s)
-    body = "\n".join(l for l in lines if not l.startswith('printf("sizeof_') or
-                     any(('sizeof(struct %s)' % s) in l for s in known))
+    for s in known:
+        lines.append('printf("sizeof_%s %%zu\\n", sizeof(struct %s));' % (s, s))
+    lines.append("return 0;}")
+    src = d / "probe.c"
+    out = {}
+    body = "\n".join(lines)
     src.write_text(body)
     exe = d / "probe"
     subprocess.run(["gcc", "-o", str(exe), str(src)], check=True, capture_output=True)

@@ -37,6 +37,11 @@ EMITTERS: dict = {}        # opcode -> emitter(g, ins); filled by kvmpy.hw.insn 
 BLOCK_ENDERS: set = set()  # opcodes after which a block always ends (branches, exits, mode changes)
 
 
+# Text that marks generated code writing flags other than through set_flags
+_FLAG_WRITERS = ("setfl(", "cpu.flags", "set_rflags", "sys(", "popf_value(", "iret(", "cc_op", "far_",
+                 "software_interrupt(", "load_seg(")
+
+
 class Unsupported(Exception):
     """An opcode the processor does not implement: raises #UD in the guest."""
 
@@ -84,6 +89,8 @@ class Gen:
     def emit(self, line: str) -> None:
         self.lines.append("    " * self.ind + line)
         self.line_insn.append(self.idx)
+        if self.flags is not None and any(t in line for t in _FLAG_WRITERS):
+            self.flags = None           # flags changed eagerly: static knowledge is stale
 
     def tmp(self, prefix="t") -> str:
         self.n += 1
@@ -277,7 +284,7 @@ class Gen:
     def carry(self) -> str:
         """Expression (0/1) for the current CF, using static knowledge when possible."""
         known = self.flags
-        if known and known[5] == self.idx - 1:
+        if known:
             kind, size, dst, src, a, _ = known
             if kind == F.K_LOGIC:
                 return "0"
@@ -292,7 +299,7 @@ class Gen:
     def cond(self, cc: int) -> str:
         """Python boolean expression for condition code ``cc`` (0..15, as in Jcc)."""
         known = self.flags
-        if known and known[5] == self.idx - 1:
+        if known:
             expr = _static_cond(cc, *known[:5])
             if expr:
                 return expr

@@ -32,6 +32,7 @@ class SnippetResult:
     mem: bytes
     rip: int
     exception: int | None
+    icount: int = 0
 
 
 def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
@@ -63,6 +64,6 @@ def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
     if x.reason not in (EXIT_REASON_HLT, EXIT_REASON_EXCEPTION_NMI):
         raise RuntimeError("snippet ended with VM exit %r" % x)
     result = SnippetResult({n: cpu.regs[i] for i, n in enumerate(REG_NAMES)}, cpu.get_rflags(),
-                           bytes(data_buf), cpu.rip, exc)
+                           bytes(data_buf), cpu.rip, exc, cpu.icount)
     del cpu
     return result

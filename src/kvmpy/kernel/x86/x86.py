@@ -103,6 +103,9 @@ supported_caps = {
     uapi.KVM_CAP_NR_VCPUS: uapi.KVM_SOFT_MAX_VCPUS,
     uapi.KVM_CAP_MAX_VCPUS: uapi.KVM_MAX_VCPUS,
     uapi.KVM_CAP_MAX_VCPU_ID: uapi.KVM_MAX_VCPU_IDS,
+    # implemented by the run path (run.py): kvm_run.immediate_exit and the sync-regs area
+    uapi.KVM_CAP_IMMEDIATE_EXIT: 1,
+    uapi.KVM_CAP_SYNC_REGS: uapi.KVM_SYNC_X86_VALID_FIELDS,
 }
 
 
@@ -634,8 +637,7 @@ def kvm_set_efer(vcpu, efer: int, host_initiated: bool) -> int:
                 return 1
         if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & EFER_LME:
             return 1
-        efer = (efer & ~EFER_LMA) | (cpu.efer & EFER_LMA)
-    cpu.efer = efer
+    cpu.efer = (efer & ~EFER_LMA) | (cpu.efer & EFER_LMA)      # LMA follows paging, not WRMSR
     _state_changed(vcpu)
     return 0
 
