@@ -37,22 +37,38 @@ class KvmX86Ops:
         """RIP += the exit's instruction length (VM_EXIT_INSTRUCTION_LEN / next_rip)."""
         run.kvm_skip_emulated_instruction(vcpu, vcpu.arch.last_exit.instruction_len)
 
-    @traced
     def vcpu_run(self, vcpu):
-        """VM entry; returns the exit information the hardware reported."""
-        cpu = vcpu.arch.cpu
-        x = cpu.run(params.max_insns)
-        event("kvm_exit", vcpu=vcpu.vcpu_id, reason=self.decode_exit(x), rip=cpu.rip)
-        return x
+        return vmx_vcpu_run(vcpu)
 
-    @traced
     def handle_exit(self, vcpu, x) -> int:
-        vcpu.arch.last_exit = x
-        key = self.decode_exit(x)
-        handler = self.handlers.get(key)
-        if handler is None:
-            return run.kvm_internal_error(vcpu, 3, key if isinstance(key, int) else 0)
-        return handler(vcpu, x)
+        return vmx_handle_exit(vcpu, x)
+
+
+@traced
+def vmx_vcpu_run(vcpu):
+    """VM entry: run the processor until it reports a VM exit."""
+    ops = vcpu_ops(vcpu)
+    cpu = vcpu.arch.cpu
+    x = cpu.run(params.max_insns)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=ops.decode_exit(x), rip=cpu.rip)
+    return x
+
+
+@traced
+def vmx_handle_exit(vcpu, x) -> int:
+    """Dispatch the exit through the vendor's handler table (kvm_vmx_exit_handlers)."""
+    ops = vcpu_ops(vcpu)
+    vcpu.arch.last_exit = x
+    key = ops.decode_exit(x)
+    handler = ops.handlers.get(key)
+    if handler is None:
+        return run.kvm_internal_error(vcpu, 3, key if isinstance(key, int) else 0)
+    return handler(vcpu, x)
+
+
+def vcpu_ops(vcpu) -> KvmX86Ops:
+    from . import x86
+    return x86.kvm_x86_ops()
 
 
 # ------------------------------------------------------------------ exit handlers
