@@ -183,10 +183,7 @@ def test_sync_regs(vcpu):
 # --- reset state: kvmpy's fresh vCPU equals the host's -----------------------------------------
 RESET_CHECKS = [
     (K.KVM_GET_REGS, K.kvm_regs),
-    # GDTR.limit must be 0xffff after reset (SDM table 9-1; KVM's vmx_vcpu_reset); kvmpy's
-    # CPUState.reset (kvmpy/hw/state.py) still leaves 0 -- strict, so the fix is noticed.
-    pytest.param(K.KVM_GET_SREGS, K.kvm_sregs, marks=pytest.mark.xfail(
-        strict=True, reason="CPUState.reset leaves gdt_limit 0 (host: 0xffff)")),
+    (K.KVM_GET_SREGS, K.kvm_sregs),         # incl. GDTR.limit 0xffff (SDM table 9-1)
     (K.KVM_GET_MP_STATE, K.kvm_mp_state),
     (K.KVM_GET_VCPU_EVENTS, K.kvm_vcpu_events),
     (K.KVM_GET_DEBUGREGS, K.kvm_debugregs),

@@ -112,7 +112,8 @@ class CPUState:
         self.seg = [Segment() for _ in range(6)]
         self.tr = Segment(type=11, s=0)
         self.ldtr = Segment(type=2, s=0)
-        self.gdt_base = self.gdt_limit = 0
+        self.gdt_base = 0
+        self.gdt_limit = 0xFFFF
         self.idt_base = 0
         self.idt_limit = 0xFFFF
         self.cr0 = 0x60000010
