@@ -29,13 +29,28 @@ KVM_DEVICE = "/dev/kvm"
 _IOCTL_BUFSZ = 1024     # CPython's fcntl.ioctl in-place buffer limit
 
 
-def _load_kvm() -> None:
-    """What ``modprobe kvm-intel`` does: load the vendor module, which calls kvm_init.
+MODULE_NAMES = {"vmx": "kvm_intel", "svm": "kvm_amd"}
 
-    ``KVMPY_VENDOR=svm`` selects the AMD module.
+
+def _load_kvm() -> None:
+    """What ``modprobe kvm_intel`` / ``modprobe kvm_amd`` does, on the first open of the device.
+
+    The vendor is the module parameter ``kvmpy.kernel.x86.params.vendor`` (``--vendor``), or
+    the environment variable ``KVMPY_VENDOR`` when set.  Like the kernel, a process has one
+    vendor module: once one is loaded, asking for the other fails with EEXIST (kvm_init's
+    "already loaded vendor module") instead of silently running on the loaded one.
     """
     import importlib
-    vendor = _os.environ.get("KVMPY_VENDOR", "vmx")
+    from .kernel.x86 import params, x86
+    vendor = _os.environ.get("KVMPY_VENDOR") or params.vendor
+    if vendor not in MODULE_NAMES:
+        raise OSError(errno.ENODEV, "no KVM vendor module %r (expected vmx or svm)" % vendor)
+    if fs.misc_is_registered(KVM_DEVICE):
+        loaded = x86.kvm_x86_ops().name
+        if loaded != vendor:
+            raise OSError(errno.EEXIST, "%s is loaded: cannot load %s in the same process"
+                          % (MODULE_NAMES[loaded], MODULE_NAMES[vendor]))
+        return
     module = importlib.import_module("kvmpy.kernel.x86." + vendor)
     getattr(module, vendor + "_init")()
 
@@ -43,7 +58,7 @@ def _load_kvm() -> None:
 def open(path, flags: int = _os.O_RDWR, mode: int = 0o777) -> int:  # noqa: A001 - mirrors os.open
     """open(2) of kvmpy's device node; any other path does not exist for kvmpy (ENOENT)."""
     path = _os.fsdecode(path)
-    if _os.path.normpath(path) == KVM_DEVICE and not fs.misc_is_registered(KVM_DEVICE):
+    if _os.path.normpath(path) == KVM_DEVICE:
         _load_kvm()
     try:
         return fs.misc_open(path, flags)

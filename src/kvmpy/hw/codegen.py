@@ -20,9 +20,15 @@ Conventions of the generated code (its namespace is built by the processor):
 - Arithmetic flags are lazy (``kvmpy.hw.flags``); when a conditional jump
   follows its flag-setting instruction in the same block the condition is
   computed from that instruction's local values directly.
+- Lazy-flag stores are deferred (``Gen.finish_insn``): a flag writer only
+  records which locals hold its result, and the stores are emitted where the
+  flags can be observed -- block exits, helper calls, anything touching ``cpu``.
+  A fault in between restores them from the faulting frame (``Block.flag_state``).
 """
 
 from __future__ import annotations
+
+import re
 
 from . import flags as F
 from .decoder import Insn
@@ -40,6 +46,36 @@ BLOCK_ENDERS: set = set()  # opcodes after which a block always ends (branches, 
 # Text that marks generated code writing flags other than through set_flags
 _FLAG_WRITERS = ("setfl(", "cpu.flags", "set_rflags", "sys(", "popf_value(", "iret(", "cc_op", "far_",
                  "software_interrupt(", "load_seg(")
+
+
+# Calls generated code may make without observing or changing the lazy flags: memory
+# fast and slow paths (whose faults are handled by Block.flag_state), raising faults,
+# arithmetic builtins; keywords a regex would mistake for calls.
+_NEUTRAL_CALLS = frozenset(("TR.get", "TW.get", "U16", "U32", "U64", "P8", "P16", "P32", "P64", "rd", "wr",
+                            "probe_w", "raise_ud", "raise_fault", "abs", "divmod", "min", "max", "int", "bool",
+                            "if", "elif", "while", "not", "and", "or", "in", "is", "else"))
+_CALL = re.compile(r"([A-Za-z_][\w.]*)\s*\(")
+_SIMPLE = re.compile(r"^(?:[A-Za-z_]\w*|-?(?:0x[0-9a-fA-F]+|\d+))$")
+BODY_IND = 2                 # indentation level of the block body
+
+
+def _flags_neutral(line: str) -> bool:
+    """True if a generated line can neither observe nor change the lazy flags (nor exit)."""
+    if "cpu." in line or "return" in line or "continue" in line:
+        return False
+    return all(name in _NEUTRAL_CALLS for name in _CALL.findall(line))
+
+
+def _assigns(line: str, name: str) -> bool:
+    return re.search(r"\b%s\b\s*(?:[-+*/&|^%%]|<<|>>|//)?=(?!=)" % name, line) is not None
+
+
+def _flag_store(state) -> str:
+    op, dst, src, aux = state
+    line = "cpu.cc_op = %d; cpu.cc_dst = %s; cpu.cc_src = %s" % (op, dst, src)
+    if aux is not None:
+        line += "; cpu.cc_aux = %s" % aux
+    return line
 
 
 class Unsupported(Exception):
@@ -84,13 +120,70 @@ class Gen:
         self.ea_var = None
         self.loop_target = None            # hex RIP of the block start (for self-loops)
         self.looped = False
+        self.pending = None                # deferred flag store: (cc_op, dst, src, aux) or None
+        self.flag_state: list = []         # per instruction: the deferred store at its start
+        self.cur: list = []                # the current instruction's entries (see finish_insn)
 
     # --- text ----------------------------------------------------------------------------
     def emit(self, line: str) -> None:
-        self.lines.append("    " * self.ind + line)
-        self.line_insn.append(self.idx)
+        self.cur.append(("L", self.ind, line))
         if self.flags is not None and any(t in line for t in _FLAG_WRITERS):
             self.flags = None           # flags changed eagerly: static knowledge is stale
+
+    def _out(self, ind: int, line: str) -> None:
+        self.lines.append("    " * ind + line)
+        self.line_insn.append(self.idx)
+
+    def begin_insn(self, idx: int, ins: Insn | None) -> None:
+        self.idx, self.ins = idx, ins
+        self.ended = False
+        self.ea_var = None
+        self.cur = []
+
+    def finish_insn(self) -> None:
+        """Turn the current instruction's entries into lines, deferring its flag stores.
+
+        Entries are ``L`` (a line from an emitter), ``F`` (a flag writer), ``X`` (a
+        block exit: flags must be in ``cpu`` there), ``C`` (the self-loop ``continue``)
+        and ``E`` (exit bookkeeping lines).  If every line of the instruction is
+        flag-neutral and its flag writers sit at body level with plain operands, the
+        pending store moves past it; otherwise the store pending at its start is
+        emitted first and its own flag writes stay eager.
+        """
+        entries, self.cur = self.cur, []
+        if not self.ended and any(e[0] == "L" and "smc = wr(" in e[2] for e in entries):
+            # a store that hit translated code (self-modifying code) leaves the block after
+            # this instruction, so the next one is fetched and translated afresh
+            entries += [("E", BODY_IND, "if smc:"), ("X", BODY_IND + 1, None),
+                        ("E", BODY_IND + 1, "cpu.rip = %#x" % self.ins.next_ip),
+                        ("E", BODY_IND + 1, "return n + %d" % (self.idx + 1))]
+        start = self.pending
+        lines = [e[2] for e in entries if e[0] == "L"]
+        safe = not self.emulating and all(_flags_neutral(t) for t in lines)
+        for k, e in enumerate(entries):
+            if safe and e[0] == "F":
+                later = [t for kind, _, t in entries[k + 1:] if kind == "L"]
+                safe = e[1] == BODY_IND and all(v is None or (_SIMPLE.match(v) and
+                                                              not any(_assigns(t, v) for t in later))
+                                                for v in e[2][1:])
+        self.flag_state.append(start if safe else None)
+        if not safe and start is not None:
+            self._out(BODY_IND, _flag_store(start))
+        p = start if safe else None
+        for kind, ind, t in entries:
+            if kind == "L" or kind == "E":
+                self._out(ind, t)
+            elif kind == "F":
+                if safe:
+                    p = t
+                else:
+                    self._out(ind, _flag_store(t))
+            elif kind == "X":
+                if p is not None:
+                    self._out(ind, _flag_store(p))
+            else:       # "C"
+                self._out(ind, "if n < %d: %scontinue" % (LOOP_LIMIT, _flag_store(p) + "; " if p else ""))
+        self.pending = p
 
     def tmp(self, prefix="t") -> str:
         self.n += 1
@@ -111,15 +204,13 @@ class Gen:
         processor still returns regularly to check for events.
         """
         k = self.idx + 1 if count is None else count
+        ind = self.ind
         if target_expr == self.loop_target:
-            self.emit("n += %d" % k)
-            self.emit("if n < %d: continue" % LOOP_LIMIT)
-            self.emit("cpu.rip = %s" % target_expr)
-            self.emit("return n")
+            self.cur += [("E", ind, "n += %d" % k), ("C", ind, None), ("X", ind, None),
+                         ("E", ind, "cpu.rip = %s" % target_expr), ("E", ind, "return n")]
             self.looped = True
             return
-        self.emit("cpu.rip = %s" % target_expr)
-        self.emit("return n + %d" % k)
+        self.cur += [("X", ind, None), ("E", ind, "cpu.rip = %s" % target_expr), ("E", ind, "return n + %d" % k)]
 
     def end(self) -> None:
         """The current instruction falls through and ends the block."""
@@ -209,7 +300,7 @@ class Gen:
         else:
             self.emit("if %s is not None and (%s & 4095) <= %d: %s(HM, %s + %s, %s)"
                       % (d, a, 4096 - size, PACK[size], a, d, val))
-        self.emit("else: wr(%s, %d, %s)" % (a, size, val))
+        self.emit("else: smc = wr(%s, %d, %s) or smc" % (a, size, val))
 
     # --- ModRM operands --------------------------------------------------------------------
     def rm_read(self, size: int, ins: Insn | None = None) -> str:
@@ -269,10 +360,7 @@ class Gen:
     # --- flags ---------------------------------------------------------------------------
     def set_flags(self, kind: int, size: int, dst: str, src: str = "0", aux: str | None = None,
                   a: str | None = None) -> None:
-        line = "cpu.cc_op = %d; cpu.cc_dst = %s; cpu.cc_src = %s" % (F.cc(kind, size), dst, src)
-        if aux is not None:
-            line += "; cpu.cc_aux = %s" % aux
-        self.emit(line)
+        self.cur.append(("F", self.ind, (F.cc(kind, size), dst, src, aux)))
         self.flags = (kind, size, dst, src, a, self.idx)
 
     def rflags(self) -> str:
@@ -303,6 +391,11 @@ class Gen:
             expr = _static_cond(cc, *known[:5])
             if expr:
                 return expr
+        if cc >> 1 == 2:
+            # ZF of every lazy kind is "result == 0" (flags.compute): skip materialising RFLAGS
+            z = self.tmp("zf")
+            self.emit("%s = cpu.cc_dst == 0 if cpu.cc_op else cpu.flags & 0x40" % z)
+            return "not %s" % z if cc & 1 else z
         fl = self.rflags()
         return _FLAG_COND[cc] % {"f": fl}
 
@@ -339,10 +432,12 @@ class Block:
     """A translated block: its function, instructions and the pages its bytes came from."""
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
-                 "epoch", "source")
+                 "epoch", "source", "succ", "link_gen", "flag_state")
 
     def __init__(self):
         self.epoch = -1
+        self.succ = {}          # next RIP -> Block, valid while link_gen == the processor's chain_gen
+        self.link_gen = -1
 
 
 MAX_BLOCK_INSNS = 48
@@ -368,16 +463,15 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
             ins = decode_at(addr)
         except Exception:
             if insns:       # let the faulting fetch happen when execution gets there
-                g.idx = len(insns) - 1
+                g.begin_insn(len(insns) - 1, insns[-1])
                 g.loop_target = None
                 g.exit_to(hex(addr))
+                g.finish_insn()
+                g.flag_state.pop()
                 break
             raise
         insns.append(ins)
-        g.idx = len(insns) - 1
-        g.ins = ins
-        g.ended = False
-        g.ea_var = None
+        g.begin_insn(len(insns) - 1, ins)
         em = EMITTERS.get(ins.opc)
         if em is None:
             g.emit("raise_ud()")
@@ -385,20 +479,23 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
         else:
             em(g, ins)
         addr = ins.next_ip
-        if g.ended or ins.opc in BLOCK_ENDERS:
-            if not g.ended:
-                g.end()
-            break
-        if emulating or len(insns) >= max_insns or ((cs_base + addr) >> 12) != (lin >> 12):
+        done = g.ended or ins.opc in BLOCK_ENDERS
+        if done and not g.ended:
+            g.end()
+        elif not done and (emulating or len(insns) >= max_insns or ((cs_base + addr) >> 12) != (lin >> 12)):
             g.exit_to(hex(addr))
+            done = True
+        g.finish_insn()
+        if done:
             break
-    src = "def _blk():\n    n = 0\n    while True:\n" + "\n".join(g.lines) + "\n"
+    src = "def _blk():\n    n = smc = 0\n    while True:\n" + "\n".join(g.lines) + "\n"
     code = compile(src, "<block %#x>" % lin, "exec")
     exec(code, namespace)
     b = Block()
     b.fn = namespace.pop("_blk")
     b.insns = insns
     b.line_insn = g.line_insn
+    b.flag_state = g.flag_state
     b.rip = rip
     b.cs_base = cs_base
     b.lin = lin

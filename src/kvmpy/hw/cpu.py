@@ -25,6 +25,41 @@ from .segments import SegmentUnit
 from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
                     RFLAGS_WRITABLE, SS, CS)
 
+class FetchTLB(dict):
+    """The instruction-fetch TLB (linear page -> guest-physical page).
+
+    Chained blocks (``Block.succ``) skip the fetch-TLB lookup, so every removal or
+    change of an entry -- flushes, INVLPG from the guest or from KVM's MMU --
+    invalidates all chains by bumping the owner's ``chain_gen``.
+    """
+
+    __slots__ = ("owner",)
+
+    def __init__(self, owner):
+        super().__init__()
+        self.owner = owner
+
+    def _changed(self):
+        self.owner.chain_gen += 1
+
+    def pop(self, *args):
+        self._changed()
+        return super().pop(*args)
+
+    def clear(self):
+        self._changed()
+        super().clear()
+
+    def __delitem__(self, key):
+        self._changed()
+        super().__delitem__(key)
+
+    def __setitem__(self, key, value):
+        if self.get(key, value) != value:
+            self._changed()
+        super().__setitem__(key, value)
+
+
 EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX interruption types
 
 
@@ -48,7 +83,9 @@ class Processor(CPUState, SegmentUnit):
         # --- internal ---
         self.icount = 0
         self.sbase = [0] * 6
-        self.tlb_r, self.tlb_w, self.tlb_x = {}, {}, {}
+        self.chain_csb = 0
+        self.chain_gen = 0              # bumped whenever a block chain may have gone stale
+        self.tlb_r, self.tlb_w, self.tlb_x = {}, {}, FetchTLB(self)
         self.tlb_supervisor = False
         self.code = {}                  # rip -> Block
         self.code_pages = {}            # gfn -> set of block rips translated from it
@@ -92,6 +129,9 @@ class Processor(CPUState, SegmentUnit):
             mode = self.modes[key] = codegen.Mode(*key)
         if self.mode is not None and cpl == 3 and self.mode.cpl != 3 and self.tlb_supervisor:
             self.flush_tlb()
+        if mode is not self.mode or self.sbase[CS] != self.chain_csb:
+            self.chain_gen += 1
+            self.chain_csb = self.sbase[CS]
         self.mode = mode
         pk = (self.cr0 & 0x80010001, self.cr3, self.cr4, self.efer, self.tdp)
         if pk != self.paging_key:
@@ -105,6 +145,7 @@ class Processor(CPUState, SegmentUnit):
         self.tlb_supervisor = False
 
     def flush_code(self):
+        self.chain_gen += 1
         self.code.clear()
         self.code_pages.clear()
         self.flush_tlb()
@@ -211,15 +252,15 @@ class Processor(CPUState, SegmentUnit):
         return hm.read(a + d, size)
 
     def write_slow(self, a, size, v):
+        """Write through the page walk; True if the write invalidated translated code."""
         if (a & 0xFFF) + size > 0x1000:
             lo = 0x1000 - (a & 0xFFF)
             self.probe_write(a, size)
-            self.write_slow(a, lo, v)
-            self.write_slow(a + lo, size - lo, v >> (8 * lo))
-            return
+            first = self.write_slow(a, lo, v)
+            return self.write_slow(a + lo, size - lo, v >> (8 * lo)) or first
         host, gpa = self.translate(a & ~0xFFF, paging.PFERR_WRITE)
-        self._note_write(gpa >> 12)
         hm.write(host + (a & 0xFFF), size, v)
+        return self._note_write(gpa >> 12)
 
     def probe_write(self, a, size):
         """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
@@ -231,8 +272,11 @@ class Processor(CPUState, SegmentUnit):
         """A write to a page holding translated code invalidates that code (SMC)."""
         rips = self.code_pages.pop(gfn, None)
         if rips:
+            self.chain_gen += 1
             for rip in rips:
                 self.code.pop(rip, None)
+            return True
+        return False
 
     # ------------------------------------------------------------------ code fetch
     def fetch_byte(self, lin):
@@ -296,6 +340,7 @@ class Processor(CPUState, SegmentUnit):
     def run(self, budget: int):
         """Enter the guest; return the vendor-formatted VM exit."""
         self.epoch += 1
+        self.chain_gen += 1             # memory may have changed outside the guest: re-check code
         self.refresh()
         limit = self.icount + budget
         try:
@@ -314,23 +359,51 @@ class Processor(CPUState, SegmentUnit):
     def _run_blocks(self, limit):
         """Execute blocks until the budget is used; faults are delivered here."""
         while self.icount < limit:
+            self._block = None
             try:
-                b = self.lookup_block()
-                self.icount += b.fn()
-                self.interrupt_shadow = 0
+                self._run_chain(self.lookup_block(), limit)
             except Fault as f:
-                self._at_fault_insn(b if self._raised_in_block() else None)
+                self._at_fault_insn(self._block if self._raised_in_block() else None)
                 self.raise_event(f)
             except DecodeError as d:
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
             except Intercept:
                 if self._raised_in_block():
-                    self._at_fault_insn(b)
+                    self._at_fault_insn(self._block)
                 raise
             except (RecursionError, MemoryError):
                 raise
             except Exception as e:      # a bug in kvmpy must not escape KVM_RUN as a traceback
                 raise Intercept("internal", error=repr(e)) from e
+
+    def _run_chain(self, b, limit):
+        """Run ``b`` and its successors, following the links cached in each block.
+
+        A link (``Block.succ``: next RIP -> block) is only followed while
+        ``chain_gen`` is unchanged since it was made, i.e. while mode, CS base,
+        fetch TLB and translated code are as they were when ``lookup_block``
+        checked them.  ``self._block`` names the running block for fault delivery.
+        """
+        ic = self.icount
+        try:
+            while True:
+                self._block = b
+                ic += b.fn()
+                self.interrupt_shadow = 0
+                if ic >= limit:
+                    return
+                rip = self.rip
+                if b.link_gen == self.chain_gen:
+                    nb = b.succ.get(rip)
+                    if nb is None:
+                        nb = b.succ[rip] = self.lookup_block()
+                else:
+                    b.succ.clear()
+                    b.link_gen = self.chain_gen
+                    nb = b.succ[rip] = self.lookup_block()
+                b = nb
+        finally:
+            self.icount = ic
 
     def _raised_in_block(self):
         tb = sys.exc_info()[2]
@@ -347,7 +420,15 @@ class Processor(CPUState, SegmentUnit):
             return
         tb = self._fault_tb
         idx = b.line_insn[tb.tb_lineno - codegen.BODY_FIRST_LINE]
-        n = tb.tb_frame.f_locals.get("n", 0)
+        loc = tb.tb_frame.f_locals
+        n = loc.get("n", 0)
+        st = b.flag_state[idx]
+        if st is not None:          # flag stores the block had deferred past this instruction
+            dst, src, aux = (v if v is None or not (v[0].isalpha() or v[0] == "_") else loc[v]
+                             for v in st[1:])
+            self.cc_op, self.cc_dst, self.cc_src = st[0], _num(dst), _num(src)
+            if aux is not None:
+                self.cc_aux = _num(aux)
         self.rip = b.insns[idx].start
         self.icount += n + idx
         self._fault_tb = None
@@ -424,6 +505,11 @@ class Processor(CPUState, SegmentUnit):
             self.efer |= EFER_LMA
         elif not self.cr0 & CR0_PG:
             self.efer &= ~EFER_LMA
+
+
+def _num(v):
+    """A deferred flag operand: a local's value, or a literal from the generated text."""
+    return int(v, 0) if isinstance(v, str) else v
 
 
 # Flags cleared on interrupt/exception delivery

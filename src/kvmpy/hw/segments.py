@@ -281,6 +281,23 @@ class SegmentUnit:
 
     # ------------------------------------------------------------------ event delivery
     def enter_handler(self, vector, kind, error_code, next_ip):
+        """Deliver one event; all or nothing, like the silicon's event delivery.
+
+        A fault or a VM exit (an EPT violation on the new stack, say) can strike after CS or
+        SS were already switched; the instruction is then restarted, or the nested fault
+        delivered, from the state before the event, never from a half-entered handler.
+        """
+        saved = ([s.copy() for s in self.seg], self.regs[4], self.rip, self.get_rflags())
+        try:
+            self._enter_handler(vector, kind, error_code, next_ip)
+        except BaseException:
+            segs, self.regs[4], self.rip, rflags = saved
+            self.seg[:] = segs
+            self.set_rflags(rflags)
+            self.refresh()
+            raise
+
+    def _enter_handler(self, vector, kind, error_code, next_ip):
         ret_ip = self.rip if next_ip is None else next_ip
         ext = 1 if kind in (EXT_INTR, NMI, HW_EXC) else 0
         idt_err = vector * 8 + 2 + ext

@@ -1,11 +1,13 @@
-"""Run a snippet of raw 64-bit code on the processor alone, from a given state.
+"""Run a snippet of raw 64-bit (or 32-bit) code on the processor alone, from a given state.
 
 The other half of the silicon oracle (``tests/oracle``): the same bytes run
 natively in a test process and here, at the same addresses, and the results
 are compared.  The processor runs at CPL 0 in 64-bit mode with KVM's shadow
 table mapping code, data and stack pages directly (no guest page tables
 needed); every exception is intercepted so the state at the faulting
-instruction is returned, as the native side reports it.
+instruction is returned, as the native side reports it.  With ``bits=32`` the
+code runs in compatibility mode with flat 32-bit code, stack and data segments
+(what a 32-bit protected-mode guest sees), at the same addresses.
 """
 
 import mmap
@@ -13,7 +15,7 @@ from dataclasses import dataclass
 
 from . import memory as hm
 from .cpu import Processor
-from .state import CR0_PE, CR0_PG, CS, EFER_LMA, EFER_LME, Segment
+from .state import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CS, EFER_LMA, EFER_LME, Segment
 from .vmx import EXIT_REASON_EXCEPTION_NMI, EXIT_REASON_HLT, VmxExitFormat
 
 CODE_ADDR = 0x10200000
@@ -36,7 +38,11 @@ class SnippetResult:
 
 
 def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
-                budget: int = 1_000_000) -> SnippetResult:
+                budget: int = 1_000_000, bits: int = 64, code_writable: bool = False) -> SnippetResult:
+    """Run ``code`` at CODE_ADDR until its appended HLT or an exception.
+
+    ``code_writable`` maps the code page writable, for self-modifying code.
+    """
     mem = mem if mem is not None else bytes(4096)
     code_buf = mmap.mmap(-1, (len(code) + 1 + 4095) & ~4095 or 4096)
     code_buf[:len(code) + 1] = code + b"\xf4"          # HLT marks the end
@@ -45,15 +51,21 @@ def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
     stack_buf = mmap.mmap(-1, STACK_SIZE)
     cpu = Processor(VmxExitFormat())
     cpu.tdp = False
-    for base, buf, writable in ((CODE_ADDR, code_buf, False), (DATA_ADDR, data_buf, True),
+    for base, buf, writable in ((CODE_ADDR, code_buf, code_writable), (DATA_ADDR, data_buf, True),
                                 (STACK_ADDR, stack_buf, True)):
         host = hm.address_of(buf)
         for off in range(0, len(buf), 4096):
             cpu.shadow[(base + off) >> 12] = (host + off, writable, True, (base + off) >> 12)
     cpu.cr0 |= CR0_PE | CR0_PG
-    cpu.cr4 |= 0x20
+    cpu.cr4 |= 0x20 | CR4_OSFXSR | CR4_OSXMMEXCPT
     cpu.efer = EFER_LME | EFER_LMA
-    cpu.seg[CS] = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, l=1, db=0, g=1)
+    if bits == 64:
+        cpu.seg[CS] = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, l=1, db=0, g=1)
+    else:
+        for i in range(6):
+            cpu.seg[i] = Segment(selector=0x10, base=0, limit=0xFFFFFFFF, type=3, db=1, g=1)
+        cpu.seg[CS] = Segment(selector=0x18, base=0, limit=0xFFFFFFFF, type=0xB, db=1, g=1)
+    cpu.refresh()
     for i, name in enumerate(REG_NAMES):
         cpu.regs[i] = regs.get(name, STACK_TOP if name == "rsp" else 0)
     cpu.set_rflags(rflags | 0x200)          # user code always runs with IF set

@@ -72,9 +72,15 @@ class Segment:
 
 
 class FPUState:
-    """x87/SSE state in the shape of FXSAVE (and of struct kvm_fpu)."""
+    """x87/SSE state in the shape of FXSAVE (and of struct kvm_fpu).
+
+    The class also carries the execution units translated code calls, so that code
+    reaches them from ``cpu.fpu`` without names of its own in the block namespace:
+    ``cpu.fpu.sse`` (``kvmpy.hw.simd``) and ``cpu.fpu.x87`` (``kvmpy.hw.fpu``).
+    """
 
     __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top")
+    from . import simd as sse
 
     def __init__(self):
         self.reset()

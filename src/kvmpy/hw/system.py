@@ -5,6 +5,7 @@ intercepts (MOV CR3 and INVLPG under shadow paging, CR0/CR4 writes under
 shadow paging, XSETBV, LMSW) they raise the VM exit instead.
 """
 
+from . import fxsave
 from .events import Fault, Intercept
 from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF,
                     RF, SS, VM, FS, GS)
@@ -133,7 +134,8 @@ def fsgsbase(cpu, op, reg, size):
 
 
 def fpu_state(cpu, op, addr, rex_w):
-    raise Fault(6)       # FXSAVE/XSAVE family: x87/SSE state is not implemented yet
+    """FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (kvmpy.hw.fxsave); the XSAVE family is #UD."""
+    fxsave.fpu_state(cpu, op, addr, rex_w)
 
 
 def lldt(cpu, sel):

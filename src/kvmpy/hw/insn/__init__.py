@@ -5,3 +5,4 @@ from . import shift  # noqa: F401
 from . import bits  # noqa: F401
 from . import string  # noqa: F401
 from . import atomic  # noqa: F401
+from . import sse  # noqa: F401

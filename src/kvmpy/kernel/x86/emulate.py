@@ -21,9 +21,10 @@ from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
 from ..trace import event, traced
 from . import mmu
-from .run import _io_exit, _stat, kernel_pio, kvm_internal_error, kvm_queue_exception
+from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit, kvm_queue_exception
 
 EMULATION_FAILED = 1
+_MEM_STRING_OPCODES = frozenset((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF))
 
 
 class _NeedUser(Exception):
@@ -32,6 +33,17 @@ class _NeedUser(Exception):
     def __init__(self, kind, addr, size, count=1):
         super().__init__(kind)
         self.kind, self.addr, self.size, self.count = kind, addr, size, count
+
+
+class _Restart(Exception):
+    """A REP string instruction reached its next MMIO access after a complete iteration.
+
+    KVM's emulator runs one iteration of a REP MOVS/STOS/... per emulation when MMIO is
+    involved: the iteration's registers are written back, RIP stays at the instruction and
+    the guest re-executes it.  Even the last iteration leaves RIP there (the emulator only
+    retires the instruction when it starts with RCX = 0), so every MMIO exit of a REP
+    string instruction reports the instruction's own RIP.
+    """
 
 
 class EmulateCtxt:
@@ -49,6 +61,15 @@ class EmulateCtxt:
         self.pio_out = None
         self.pio_in: list[int] = []
         self.blocks: dict = {}
+        self.rep_string = None          # (RCX at the start, address mask) for a REP string insn
+        self.mmio_touched = False
+
+    def _mmio_access(self):
+        """Called before each MMIO access: a REP string stops after one iteration (_Restart)."""
+        rs = self.rep_string
+        if rs is not None and self.vcpu.arch.cpu.regs[1] & rs[1] != rs[0]:
+            raise _Restart()
+        self.mmio_touched = True
 
     # ------------------------------------------------------------------ memory
     def _gpa(self, lin, write):
@@ -63,6 +84,7 @@ class EmulateCtxt:
         host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
         if host is not None:
             return hm.read(host, size)
+        self._mmio_access()
         if self.read_idx < len(self.read_cache):
             v = self.read_cache[self.read_idx]
             self.read_idx += 1
@@ -89,6 +111,7 @@ class EmulateCtxt:
             hm.write(host, size, value)
             mmu.kvm_mmu_pte_write(self.vcpu, gpa)
             return
+        self._mmio_access()
         value &= (1 << (8 * size)) - 1
         if _kernel_mmio(self.vcpu, gpa, size, True, bytearray(value.to_bytes(size, "little"))):
             return
@@ -126,6 +149,9 @@ class EmulateCtxt:
         rip = cpu.rip
         ins = decode(lambda i: cpu.fetch_byte((csb + rip + i) & mask), mode.code, rip)
         self._adsize = ins.adsize
+        am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[ins.adsize]
+        self.rep_string = (cpu.regs[1] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
+        self.mmio_touched = False
         key = (ins.raw, rip, csb, mode.key)
         b = self.blocks.get(key)
         if b is None:
@@ -153,6 +179,7 @@ def kvm_emulate_instruction(vcpu) -> int:
     cpu = vcpu.arch.cpu
     _stat(vcpu, "insn_emulation")
     ctxt.read_idx = 0
+    start = cpu.rip
     try:
         b = ctxt.block()
         event("kvm_emulate_insn", rip=cpu.rip, insn=b.insns[0].raw.hex())
@@ -163,16 +190,17 @@ def kvm_emulate_instruction(vcpu) -> int:
         ctxt.read_cache.clear()
         kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
         return 1
-    except (DecodeError, Intercept, codegen.Unsupported) as e:
+    except _Restart:
+        ctxt.read_cache.clear()
+        cpu.rip = start
+        cpu.refresh()
+        return _after_retire(vcpu, ctxt)
+    except (DecodeError, Intercept, codegen.Unsupported):
         ctxt.read_cache.clear()
         _stat(vcpu, "insn_emulation_fail")
-        raw = b""
-        try:
-            raw = bytes(cpu.fetch_byte(cpu.sbase[1] + cpu.rip + i) for i in range(8))
-        except Exception:
-            pass
-        del e
-        return kvm_internal_error(vcpu, EMULATION_FAILED, int.from_bytes(raw, "little"))
+        return kvm_prepare_emulation_failure_exit(vcpu)
+    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[1] & ctxt.rep_string[1]:
+        cpu.rip = start                     # see _Restart: REP retires on a later entry
     ctxt.read_cache.clear()
     cpu.refresh()
     return _after_retire(vcpu, ctxt)

@@ -153,18 +153,18 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
     return RET_PF_RETRY
 
 
-def kvm_mmu_slot_remove_write_access(kvm, slot) -> None:
-    """Dirty logging: write-protect a slot's pages again after the log was read."""
+def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
+    """Dirty logging: write-protect the pages just harvested by KVM_GET_DIRTY_LOG again, in
+    the TDP table and in every vCPU's shadow table, so that their next write is logged."""
+    gfns = set(gfns)
     t = _tdp_table(kvm)
-    for gfn in range(slot.base_gfn, slot.base_gfn + slot.npages):
-        if gfn in t.map:
-            t.ro.add(gfn)
+    t.ro.update(g for g in gfns if g in t.map)
     for vcpu in kvm.vcpus:
         cpu = vcpu.arch.cpu
         if not cpu.tdp:
             for lpn, ent in list(cpu.shadow.items()):
-                if slot.base_gfn <= ent[3] < slot.base_gfn + slot.npages:
-                    del cpu.shadow[lpn]
+                if ent[1] and ent[3] in gfns:
+                    cpu.shadow[lpn] = (ent[0], False, ent[2], ent[3])
         cpu.flush_tlb()
 
 

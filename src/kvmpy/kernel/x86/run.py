@@ -52,8 +52,7 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
         r = cui(vcpu)
     if r > 0:
         if run.immediate_exit:
-            r = -errno.EINTR
-            run.exit_reason = uapi.KVM_EXIT_INTR
+            r = -errno.EINTR        # exit_reason is left as it was (the host does the same)
         else:
             r = vcpu_run(vcpu)
     if run.kvm_valid_regs:
@@ -112,7 +111,7 @@ def vcpu_enter_guest(vcpu) -> int:
     cpu = arch.cpu
     run = vcpu.run
     if not vcpu.kvm.memslots:
-        return _internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, [])
+        return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
     mmu.kvm_mmu_check_generation(vcpu)
     inject_pending_event(vcpu)
     cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
@@ -167,6 +166,34 @@ def _internal_error(vcpu, suberror, data) -> int:
 
 def kvm_internal_error(vcpu, suberror, *data) -> int:
     return _internal_error(vcpu, suberror, list(data))
+
+
+KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1
+_EXIT_INFO_FIELDS = ("reason", "qualification", "idt_vectoring_info", "intr_info", "intr_error_code")
+
+
+def kvm_prepare_emulation_failure_exit(vcpu) -> int:
+    """KVM_EXIT_INTERNAL_ERROR / KVM_INTERNAL_ERROR_EMULATION in the kernel's layout.
+
+    ``run->emulation_failure``: data[0] flags; with INSTRUCTION_BYTES, data[1..2] hold
+    insn_size and the (up to 15) bytes at CS:RIP that could be fetched; then the five
+    get_exit_info values of the last VM exit (reason, info1, info2, intr_info, error code).
+    ndata is 6 without instruction bytes, 8 with them, as on the host.
+    """
+    cpu = vcpu.arch.cpu
+    insn = bytearray()
+    for i in range(15):
+        try:
+            insn.append(cpu.fetch_byte(cpu.sbase[1] + cpu.rip + i))
+        except Exception:       # Fault or Intercept: the byte is not in guest RAM
+            break
+    data = [KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES if insn else 0]
+    if insn:
+        raw = bytes([len(insn)]) + bytes(insn).ljust(15, b"\x90")
+        data += [int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")]
+    x = getattr(vcpu.arch, "last_exit", None)
+    data += [getattr(x, f, 0) or 0 for f in _EXIT_INFO_FIELDS]
+    return _internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, data)
 
 
 # ------------------------------------------------------------------ port I/O

@@ -1,0 +1,130 @@
+"""SVM's face of the processor: VM exits as VMCB exit codes with exit_info_1/2 and next_rip.
+
+AMD64 APM vol. 2, section 15.7 (intercepts and the information they save), 15.10.2 (IOIO),
+15.25.6 (nested page faults), appendix C (exit codes; also Linux's
+arch/x86/include/uapi/asm/svm.h).  ``SvmExit`` is what the VMCB control area holds after
+#VMEXIT; the processor has NRIPS and decode assists, so ``next_rip`` is saved for
+instruction intercepts and MOV-to-CR / INVLPG exits carry their operand.
+"""
+
+SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
+SVM_EXIT_EXCP_BASE = 0x040          # + vector
+SVM_EXIT_INTR = 0x060
+SVM_EXIT_VINTR = 0x064
+SVM_EXIT_CPUID = 0x072
+SVM_EXIT_HLT = 0x078
+SVM_EXIT_INVLPG = 0x079
+SVM_EXIT_IOIO = 0x07B
+SVM_EXIT_MSR = 0x07C
+SVM_EXIT_SHUTDOWN = 0x07F
+SVM_EXIT_VMMCALL = 0x081
+SVM_EXIT_XSETBV = 0x08D
+SVM_EXIT_NPF = 0x400
+SVM_EXIT_ERR = -1
+
+# IOIO exit_info_1 (APM 15.10.2): bit 0 IN, bit 2 string, bit 3 REP, bits 4-6 operand size
+# one-hot (so (info & SIZE_MASK) >> 4 is the size in bytes), bits 31:16 port.  The
+# address-size (7-9) and segment (10-12) fields are left 0: KVM emulates string I/O from
+# the instruction bytes and never reads them.
+SVM_IOIO_TYPE_MASK = 1
+SVM_IOIO_STR_MASK = 1 << 2
+SVM_IOIO_REP_MASK = 1 << 3
+SVM_IOIO_SIZE_SHIFT = 4
+SVM_IOIO_SIZE_MASK = 7 << SVM_IOIO_SIZE_SHIFT
+SVM_IOIO_PORT_SHIFT = 16
+
+# MOV-to-CR exit_info_1 with decode assists: bit 63 valid, bits 3:0 the source GPR.
+SVM_EXITINFO_CR_VALID = 1 << 63
+SVM_EXITINFO_REG_MASK = 0x0F
+
+# NPF exit_info_1: a #PF-style error code plus where in the walk the fault happened.
+PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_FETCH = 1, 2, 4, 16
+PFERR_GUEST_FINAL = 1 << 32         # translating the final guest-physical address
+PFERR_GUEST_PAGE = 1 << 33          # reading/writing a guest page-table entry
+
+_U64 = (1 << 64) - 1
+
+
+class SvmExit:
+    """The exit fields of the VMCB control area."""
+
+    __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "next_rip")
+
+    def __init__(self, exit_code, exit_info_1=0, exit_info_2=0, next_rip=0):
+        self.exit_code = exit_code
+        self.exit_info_1 = exit_info_1
+        self.exit_info_2 = exit_info_2
+        self.next_rip = next_rip
+
+    def __repr__(self):
+        return "SvmExit(code=%#x, info1=%#x, info2=%#x, next_rip=%#x)" % (
+            self.exit_code, self.exit_info_1, self.exit_info_2, self.next_rip)
+
+
+class SvmExitFormat:
+    """Encodes the processor's intercepts as #VMEXITs."""
+
+    def format(self, cpu, e):
+        """The #VMEXIT for intercept ``e``; a kind SVM has no code for is SVM_EXIT_ERR
+        (reported as an internal error, never a crash of KVM_RUN)."""
+        i = e.info
+        x = SvmExit(_EXIT_CODES.get(e.kind, SVM_EXIT_ERR))
+        if i.get("insn_len"):
+            x.next_rip = (cpu.rip + i["insn_len"]) & _U64
+        encode = getattr(self, "_" + e.kind, None)
+        if encode is not None:
+            encode(cpu, x, i)
+        return x
+
+    @staticmethod
+    def _io(cpu, x, i):
+        x.exit_info_1 = ((i["port"] << SVM_IOIO_PORT_SHIFT) | (i["size"] << SVM_IOIO_SIZE_SHIFT) |
+                         (SVM_IOIO_REP_MASK if i["rep"] else 0) | (SVM_IOIO_STR_MASK if i["string"] else 0) |
+                         (SVM_IOIO_TYPE_MASK if i["input"] else 0))
+        x.exit_info_2 = x.next_rip
+
+    @staticmethod
+    def _cr(cpu, x, i):
+        x.exit_code = (SVM_EXIT_WRITE_CR0 if i["write"] else 0) + i["cr"]
+        x.exit_info_1 = SVM_EXITINFO_CR_VALID | i["reg"]
+
+    @staticmethod
+    def _invlpg(cpu, x, i):
+        x.exit_info_1 = i["addr"]
+
+    @staticmethod
+    def _wrmsr(cpu, x, i):
+        x.exit_info_1 = 1
+
+    @staticmethod
+    def _exception(cpu, x, i):
+        x.exit_code = SVM_EXIT_EXCP_BASE + i["vector"]
+        x.exit_info_1 = i["error_code"] or 0
+        if i["vector"] == 14:
+            x.exit_info_2 = i["cr2"] or 0
+
+    @staticmethod
+    def _ept_violation(cpu, x, i):
+        final = i["gla"] is not None
+        user = cpu.mode.cpl == 3 if final else True   # the CPU's own table walks are user accesses
+        x.exit_info_1 = ((PFERR_PRESENT if i["present"] else 0) | (PFERR_WRITE if i["write"] else 0) |
+                         (PFERR_USER if user else 0) | (PFERR_FETCH if i["fetch"] else 0) |
+                         (PFERR_GUEST_FINAL if final else PFERR_GUEST_PAGE))
+        x.exit_info_2 = i["gpa"]
+
+
+_EXIT_CODES = {
+    "io": SVM_EXIT_IOIO,
+    "hlt": SVM_EXIT_HLT,
+    "cpuid": SVM_EXIT_CPUID,
+    "rdmsr": SVM_EXIT_MSR,
+    "wrmsr": SVM_EXIT_MSR,
+    "invlpg": SVM_EXIT_INVLPG,
+    "ept_violation": SVM_EXIT_NPF,
+    "triple_fault": SVM_EXIT_SHUTDOWN,
+    "preemption": SVM_EXIT_INTR,            # the entry's instruction budget: a host interrupt
+    "interrupt_window": SVM_EXIT_VINTR,
+    "vmcall": SVM_EXIT_VMMCALL,
+    "xsetbv": SVM_EXIT_XSETBV,
+    "internal": SVM_EXIT_ERR,
+}

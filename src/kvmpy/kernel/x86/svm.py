@@ -1,0 +1,132 @@
+"""The SVM vendor module (arch/x86/kvm/svm/svm.c, "kvm_amd").
+
+``svm_init`` registers ``svm_x86_ops`` with ``kvm_init``, as ``vmx_init`` does for Intel;
+a process loads one of the two, like the kernel.  A vCPU's "VMCB" is its software
+processor with the SVM exit format (``kvmpy.hw.svm``); ``svm_vcpu_run`` enters it and
+``svm_handle_exit`` dispatches the exit code through ``svm_exit_handlers``.  Instruction
+intercepts retire through ``next_rip`` (NRIPS), as ``svm_skip_emulated_instruction`` does.
+"""
+
+from __future__ import annotations
+
+from ...hw import svm as hwsvm
+from ...hw.events import HAS_ERROR_CODE
+from ..trace import traced
+from . import emulate, mmu, run, vendor
+
+
+def svm_insn_len(vcpu, x) -> int:
+    """Length of the intercepted instruction: next_rip - rip (RIP is unchanged since the exit)."""
+    return (x.next_rip - vcpu.arch.cpu.rip) & 0xFFFFFFFFFFFFFFFF
+
+
+# ------------------------------------------------------------------ exit handlers
+def io_interception(vcpu, x) -> int:
+    io_info = x.exit_info_1
+    if io_info & hwsvm.SVM_IOIO_STR_MASK:
+        return emulate.kvm_emulate_instruction(vcpu)
+    size = (io_info & hwsvm.SVM_IOIO_SIZE_MASK) >> hwsvm.SVM_IOIO_SIZE_SHIFT
+    port = io_info >> hwsvm.SVM_IOIO_PORT_SHIFT
+    is_in = bool(io_info & hwsvm.SVM_IOIO_TYPE_MASK)
+    return run.kvm_fast_pio(vcpu, size, port, is_in, svm_insn_len(vcpu, x))   # exit_info_2 == next_rip
+
+
+def npf_interception(vcpu, x) -> int:
+    error_code = x.exit_info_1
+    return vendor.kvm_mmu_page_fault(vcpu, x.exit_info_2, bool(error_code & hwsvm.PFERR_WRITE),
+                                     bool(error_code & hwsvm.PFERR_FETCH))
+
+
+def pf_interception(vcpu, x) -> int:
+    return vendor.kvm_handle_page_fault(vcpu, x.exit_info_1, x.exit_info_2)
+
+
+def exception_interception(vcpu, x) -> int:
+    """Any other intercepted exception: the guest's own, reflected back into it."""
+    vector = x.exit_code - hwsvm.SVM_EXIT_EXCP_BASE
+    run.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
+    return 1
+
+
+def cr_interception(vcpu, x) -> int:
+    cr = x.exit_code - hwsvm.SVM_EXIT_WRITE_CR0
+    reg = x.exit_info_1 & hwsvm.SVM_EXITINFO_REG_MASK
+    return run.kvm_set_cr(vcpu, cr, vcpu.arch.cpu.regs[reg], svm_insn_len(vcpu, x))
+
+
+def invlpg_interception(vcpu, x) -> int:
+    mmu.kvm_mmu_invlpg(vcpu, x.exit_info_1)
+    return run.kvm_skip_emulated_instruction(vcpu, svm_insn_len(vcpu, x))
+
+
+def msr_interception(vcpu, x) -> int:
+    emulate_msr = run.kvm_emulate_wrmsr if x.exit_info_1 else run.kvm_emulate_rdmsr
+    return emulate_msr(vcpu, svm_insn_len(vcpu, x))
+
+
+def cpuid_interception(vcpu, x) -> int:
+    return run.kvm_emulate_cpuid(vcpu, svm_insn_len(vcpu, x))
+
+
+def halt_interception(vcpu, x) -> int:
+    return run.kvm_emulate_halt(vcpu, svm_insn_len(vcpu, x))
+
+
+def vmmcall_interception(vcpu, x) -> int:
+    return vendor.kvm_emulate_hypercall(vcpu, svm_insn_len(vcpu, x))
+
+
+def xsetbv_interception(vcpu, x) -> int:
+    return vendor.kvm_emulate_xsetbv(vcpu, svm_insn_len(vcpu, x))
+
+
+def shutdown_interception(vcpu, x) -> int:
+    """SHUTDOWN (a triple fault in the guest): KVM_EXIT_SHUTDOWN."""
+    return run.kvm_handle_triple_fault(vcpu)
+
+
+def interrupt_window_interception(vcpu, x) -> int:
+    """VINTR: the guest can take an interrupt now."""
+    return run.handle_interrupt_window(vcpu)
+
+
+def intr_interception(vcpu, x) -> int:
+    """A host interrupt ended the run (kvmpy: the entry's instruction budget)."""
+    return run.handle_preemption(vcpu)
+
+
+def invalid_state_interception(vcpu, x) -> int:
+    """SVM_EXIT_ERR: the processor could not go on."""
+    return vendor.handle_processor_error(vcpu)
+
+
+svm_exit_handlers = {
+    **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
+    **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
+    hwsvm.SVM_EXIT_EXCP_BASE + 14: pf_interception,
+    hwsvm.SVM_EXIT_INTR: intr_interception,
+    hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
+    hwsvm.SVM_EXIT_CPUID: cpuid_interception,
+    hwsvm.SVM_EXIT_HLT: halt_interception,
+    hwsvm.SVM_EXIT_INVLPG: invlpg_interception,
+    hwsvm.SVM_EXIT_IOIO: io_interception,
+    hwsvm.SVM_EXIT_MSR: msr_interception,
+    hwsvm.SVM_EXIT_SHUTDOWN: shutdown_interception,
+    hwsvm.SVM_EXIT_VMMCALL: vmmcall_interception,
+    hwsvm.SVM_EXIT_XSETBV: xsetbv_interception,
+    hwsvm.SVM_EXIT_NPF: npf_interception,
+    hwsvm.SVM_EXIT_ERR: invalid_state_interception,
+}
+
+SVM_OPS = svm_x86_ops = vendor.KvmX86Ops(
+    "svm", "AuthenticAMD", exit_format=hwsvm.SvmExitFormat, handlers=svm_exit_handlers,
+    exit_code=lambda x: x.exit_code, insn_len=svm_insn_len)
+svm_vcpu_run = svm_x86_ops.vcpu_run            # VMRUN until a #VMEXIT
+svm_handle_exit = svm_x86_ops.handle_exit      # svm_exit_handlers[exit_code]
+
+
+@traced
+def svm_init() -> None:
+    """module_init(svm_init): register the SVM ops with generic KVM."""
+    from .. import kvm_main
+    kvm_main.kvm_init(svm_x86_ops)

@@ -1,0 +1,641 @@
+"""KVM_RUN semantics, host /dev/kvm versus kvmpy, one small guest per rule.
+
+Each scenario below builds a VM through raw ioctls (``rawvmm``'s system-call tables), runs a
+tiny guest assembled here with GNU as, and returns what user space can observe: the exits
+(reason, RIP, port or address, size, data, ``ready_for_interrupt_injection``/``if_flag``),
+errnos of KVM_RUN, console bytes (OUT to 0x3f8), memory and final registers. Every scenario
+runs once on the host's /dev/kvm, the oracle, and on kvmpy's soft kernel with both MMU modes;
+the results must be equal. Host results are committed in tests/data/run_semantics.host.json
+so the soft half is checked where /dev/kvm is absent; refresh them with
+
+    KVMPY_RECORD=1 pytest tests/test_run_semantics.py -k host
+
+Guests run in real mode at 0:0x7c00 or, for most, in flat 32-bit protected mode (CS 0x08,
+data 0x10 from a GDT the harness writes at 0x500). RAM is slot 0, 1 MiB at 0; an MMIO device
+answers reads at any unmapped address with ``rawvmm.mmio_answer`` and records writes.
+"""
+
+import ctypes
+import errno
+import functools
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import pytest
+
+import rawvmm
+from conftest import host_kvm_usable
+from kvmpy.uapi import kvm as uapi
+
+DATA_FILE = pathlib.Path(__file__).resolve().parent / "data" / "run_semantics.host.json"
+RECORD = os.environ.get("KVMPY_RECORD") == "1"
+RAM_SIZE = 1 << 20
+LOAD = 0x7C00
+GDT_ADDR = 0x500
+GDT = [0, 0x00CF9B000000FFFF, 0x00CF93000000FFFF]      # null, flat code32 (0x08), flat data (0x10)
+COM1 = 0x3F8
+IN_PORT = 0x510                                          # answers 0xFEEDC0DE (rawvmm.IN_ANSWERS)
+CPUID_LM = 1 << 29                                       # CPUID 0x80000001 EDX: long mode
+EFER = 0xC0000080
+
+
+# ------------------------------------------------------------------ guest images
+@functools.lru_cache(maxsize=None)
+def assemble(source):
+    """Flat image of ``source`` (GNU as, AT&T) linked at 0x7c00."""
+    with tempfile.TemporaryDirectory() as d:
+        src, obj, img = (os.path.join(d, n) for n in ("g.S", "g.o", "g.bin"))
+        with open(src, "w") as f:
+            f.write(".globl _start\n_start:\n" + source + "\n")
+        for argv in (["as", "--64", "-o", obj, src],
+                     ["ld", "-m", "elf_x86_64", f"-Ttext={LOAD:#x}", "-e", "_start", "--oformat",
+                      "binary", "-o", img, obj]):
+            proc = subprocess.run(argv, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+        with open(img, "rb") as f:
+            return f.read()
+
+
+def putc(ch):
+    """Guest code (any mode) writing one console byte; clobbers AL and DX."""
+    return f"mov ${ord(ch)}, %al\n mov ${COM1}, %dx\n out %al, %dx\n"
+
+
+def prot32(body, handlers=None, vectors=0x42):
+    """A 32-bit guest with an IDT of ``vectors`` gates; ``handlers`` maps vector -> asm.
+
+    Vectors without a handler print '!' and halt.
+    """
+    handlers = handlers or {}
+    gates = "\n".join(f".word h{v if v in handlers else 'x'}, 8, 0x8e00, 0" for v in range(vectors))
+    stubs = "\n".join(f"h{v}:\n{code}" for v, code in handlers.items())
+    return (f".code32\n lidt idtr\n jmp main\n.p2align 3\nidt:\n{gates}\nidtr: .word {8 * vectors - 1}\n"
+            f" .long idt\nhx:\n{putc('!')} hlt\n{stubs}\nmain:\n{body}")
+
+
+def real16(body):
+    return f".code16\n xor %ax, %ax\n mov %ax, %ds\n mov %ax, %ss\n mov $0x7000, %sp\n{body}"
+
+
+# Return from a 32-bit handler without IRET: KVM's emulator implements IRET only in real mode,
+# so on the host (where guests run in that emulator) a protected-mode IRET is an emulation
+# failure. Clobbers ECX.
+RETURN32 = " pop %ecx\n add $4, %esp\n popf\n jmp *%ecx\n"
+# #GP handler: print G, drop the error code and skip the 2-byte faulting RDMSR/WRMSR.
+GP_SKIP2 = putc("G") + " add $4, %esp\n addl $2, (%esp)\n" + RETURN32
+
+
+# ------------------------------------------------------------------ the harness
+class Machine:
+    """One VM with one vCPU on a backend (``sc``: rawvmm.HOST or kvmpy.syscalls)."""
+
+    def __init__(self, sc, image=b"", mode="prot32", ram=RAM_SIZE, cpuid_edit=None):
+        self.sc = sc
+        self.vm = rawvmm._Vm(sc)
+        self.console = ""
+        self.log = []
+        self.kvm_fd = self.vm.open("/dev/kvm")
+        self.vm_fd = self.vm.adopt(sc.ioctl(self.kvm_fd, uapi.KVM_CREATE_VM, 0))
+        self.ram = None
+        if ram:
+            self.ram = self.memory(ram)
+            self.ram[LOAD:LOAD + len(image)] = image
+            for i, d in enumerate(GDT):
+                self.ram[GDT_ADDR + 8 * i:GDT_ADDR + 8 * i + 8] = d.to_bytes(8, "little")
+            self.set_slot(0, 0, self.ram)
+        self.vcpu_fd = self.vm.adopt(sc.ioctl(self.vm_fd, uapi.KVM_CREATE_VCPU, 0))
+        self.run_buf = self.vm.map(self.vcpu_fd, sc.ioctl(self.kvm_fd, uapi.KVM_GET_VCPU_MMAP_SIZE, 0))
+        self.run = uapi.kvm_run.from_buffer(self.run_buf)
+        cpuid = uapi.with_entries(uapi.kvm_cpuid2, 256)()
+        cpuid.nent = 256
+        sc.ioctl(self.kvm_fd, uapi.KVM_GET_SUPPORTED_CPUID, cpuid)
+        if cpuid_edit:
+            cpuid_edit(cpuid)
+        sc.ioctl(self.vcpu_fd, uapi.KVM_SET_CPUID2, cpuid)
+        if mode is not None:
+            self._enter(mode)
+
+    def _enter(self, mode):
+        sregs = self.get(uapi.KVM_GET_SREGS, uapi.kvm_sregs)
+        if mode == "real":
+            sregs.cs.base = sregs.cs.selector = 0
+        else:
+            sregs.cr0 |= 1
+            sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, 8 * len(GDT) - 1
+            for seg, sel in ((sregs.cs, 8), (sregs.ds, 16), (sregs.es, 16), (sregs.ss, 16), (sregs.fs, 16),
+                             (sregs.gs, 16)):
+                seg.selector, seg.base, seg.limit, seg.present, seg.s, seg.g = sel, 0, 0xFFFFFFFF, 1, 1, 1
+                seg.db, seg.type, seg.dpl = 1, (11 if sel == 8 else 3), 0
+        self.sc.ioctl(self.vcpu_fd, uapi.KVM_SET_SREGS, sregs)
+        self.sc.ioctl(self.vcpu_fd, uapi.KVM_SET_REGS, uapi.kvm_regs(rip=LOAD, rflags=2, rsp=0x7000))
+
+    def close(self):
+        self.run = None
+        self.vm.close()
+
+    # ---- ioctls
+    def memory(self, size):
+        return self.vm.map(-1, size)
+
+    def set_slot(self, slot, gpa, buf, flags=0, size=None):
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(buf)) if buf is not None else 0
+        size = len(buf) if size is None else size
+        region = uapi.kvm_userspace_memory_region(slot=slot, flags=flags, guest_phys_addr=gpa,
+                                                  memory_size=size, userspace_addr=addr)
+        self.sc.ioctl(self.vm_fd, uapi.KVM_SET_USER_MEMORY_REGION, region)
+
+    def get(self, request, ctype):
+        obj = ctype()
+        self.sc.ioctl(self.vcpu_fd, request, obj)
+        return obj
+
+    def regs(self, *names):
+        r = self.get(uapi.KVM_GET_REGS, uapi.kvm_regs)
+        return {n: hex(getattr(r, n)) for n in names}
+
+    def set_regs(self, **values):
+        r = self.get(uapi.KVM_GET_REGS, uapi.kvm_regs)
+        for n, v in values.items():
+            setattr(r, n, v)
+        self.sc.ioctl(self.vcpu_fd, uapi.KVM_SET_REGS, r)
+
+    def interrupt(self, vector):
+        self.sc.ioctl(self.vcpu_fd, uapi.KVM_INTERRUPT, uapi.kvm_interrupt(irq=vector))
+
+    def dirty_log(self, slot, npages):
+        bitmap = ctypes.create_string_buffer(((npages + 63) // 64) * 8)
+        self.sc.ioctl(self.vm_fd, uapi.KVM_GET_DIRTY_LOG,
+                      uapi.kvm_dirty_log(slot=slot, dirty_bitmap=ctypes.addressof(bitmap)))
+        return [i for i in range(npages) if bitmap.raw[i >> 3] >> (i & 7) & 1]
+
+    # ---- running
+    def kvm_run(self):
+        """One KVM_RUN: the exit as a record (console OUTs included), or the errno."""
+        try:
+            self.sc.ioctl(self.vcpu_fd, uapi.KVM_RUN, 0)
+        except OSError as exc:
+            return {"errno": errno.errorcode[exc.errno], "reason": self._reason(),
+                    "rip": self.regs("rip")["rip"]}
+        run = self.run
+        rec = {"reason": self._reason(), "rip": self.regs("rip")["rip"],
+               "ready": run.ready_for_interrupt_injection, "if": run.if_flag}
+        if run.exit_reason == uapi.KVM_EXIT_IO:
+            io = run.io
+            rec.update(dir="out" if io.direction else "in", port=hex(io.port), size=io.size, count=io.count)
+            at, n = io.data_offset, io.size * io.count
+            if io.direction:
+                rec["data"] = bytes(self.run_buf[at:at + n]).hex()
+            else:
+                self.run_buf[at:at + n] = rawvmm.in_answer(io.port, io.size) * io.count
+        elif run.exit_reason == uapi.KVM_EXIT_MMIO:
+            m = run.mmio
+            rec.update(addr=hex(m.phys_addr), len=m.len, write=bool(m.is_write))
+            if m.is_write:
+                rec["data"] = bytes(m.data[:m.len]).hex()
+            else:
+                ctypes.memmove(m.data, rawvmm.mmio_answer(m.phys_addr, m.len), m.len)
+        elif run.exit_reason == uapi.KVM_EXIT_INTERNAL_ERROR:
+            rec.update(suberror=run.internal.suberror, ndata=run.internal.ndata)
+        return rec
+
+    def _reason(self):
+        return uapi.EXIT_REASON_NAMES.get(self.run.exit_reason, str(self.run.exit_reason))
+
+    def step(self):
+        """KVM_RUN until an exit other than a console byte; log and return that exit."""
+        for _ in range(200):
+            rec = self.kvm_run()
+            if rec.get("port") == hex(COM1) and rec.get("dir") == "out" and rec["size"] == 1:
+                self.console += bytes.fromhex(rec["data"]).decode("latin-1")
+                continue
+            self.log.append(rec)
+            return rec
+        raise AssertionError("guest printed too much")
+
+    def until(self, reason, limit=40):
+        """Steps until an exit named ``reason``; return it."""
+        for _ in range(limit):
+            rec = self.step()
+            if rec["reason"] == reason:
+                return rec
+        raise AssertionError(f"no {reason} exit: {self.log[-5:]}")
+
+    def result(self, *reg_names, **extra):
+        return dict(log=self.log, console=self.console, regs=self.regs(*reg_names), **extra)
+
+
+def machine(factory):
+    """Decorator: run a scenario with a Machine it builds and always close the VM."""
+    @functools.wraps(factory)
+    def scenario(sc):
+        machines = []
+
+        def make(*a, **kw):
+            machines.append(Machine(sc, *a, **kw))
+            return machines[-1]
+        try:
+            return factory(make)
+        finally:
+            for m in machines:
+                m.close()
+    return scenario
+
+
+GPRS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rip", "rflags")
+
+
+# ------------------------------------------------------------------ scenarios
+@machine
+def immediate_exit(make):
+    """immediate_exit=1: EINTR + KVM_EXIT_INTR, after completing a pending IN or MMIO read."""
+    m = make(assemble(prot32(f"mov $0x11223344, %eax\n mov ${IN_PORT}, %dx\n inb %dx, %al\n hlt\n"
+                             " movl 0xd0000004, %ebx\n hlt\n")))
+    m.run.immediate_exit = 1
+    m.log.append(m.kvm_run())                   # nothing pending: EINTR before entering
+    m.run.immediate_exit = 0
+    m.step()                                    # IN
+    m.run.immediate_exit = 1
+    m.log.append(dict(m.kvm_run(), **m.regs("rax")))
+    m.run.immediate_exit = 0
+    m.step()                                    # HLT
+    m.step()                                    # MMIO read
+    m.run.immediate_exit = 1
+    m.log.append(dict(m.kvm_run(), **m.regs("rbx")))
+    m.run.immediate_exit = 0
+    m.step()
+    return m.result(*GPRS)
+
+
+@machine
+def in_dropped_after_rip_change(make):
+    """User space moves RIP while an IN is pending: the completion is dropped."""
+    m = make(assemble(prot32(f"mov $0x11223344, %eax\n mov ${IN_PORT}, %dx\n inb %dx, %al\n hlt\n"
+                             " mov $0x55, %bl\n hlt\n")))
+    rec = m.step()
+    m.set_regs(rip=int(rec["rip"], 16) + 2)     # past "in; hlt"
+    m.step()
+    return m.result(*GPRS)
+
+
+@machine
+def pio_sizes(make):
+    """IN of 1/2/4 bytes (4 zero-extends RAX); OUT data in the PIO page at data_offset."""
+    m = make(assemble(prot32(f"mov ${IN_PORT}, %dx\n inb %dx, %al\n hlt\n inw %dx, %ax\n hlt\n"
+                             " inl %dx, %eax\n hlt\n inb $0x71, %al\n hlt\n"
+                             " mov $0xcafef00d, %eax\n outb %al, $0x80\n outw %ax, $0x82\n"
+                             " mov $0x84, %dx\n outl %eax, %dx\n hlt\n")))
+    seen = []
+    for _ in range(4):
+        m.set_regs(rax=0x1122334455667788)
+        m.step()
+        seen.append(m.until("HLT") and m.regs("rax")["rax"])
+    m.until("HLT")
+    return m.result(*GPRS, rax_after_in=seen)
+
+
+MMIO_BODY = """
+ movb 0xd0000001, %al
+ movw 0xd0000002, %bx
+ movl 0xd0000004, %ecx
+ movb $0x11, 0xd0000010
+ movw $0x2233, 0xd0000012
+ movl $0x44556677, 0xd0000014
+ mov $0x12345678, %eax
+ mov $0x9abcdef0, %edx
+ mov $0x89abcdef, %ebx
+ mov $0x01234567, %ecx
+ cmpxchg8b 0xd0000020
+ movl 0xd0000ffe, %esi
+ movl $0xa1b2c3d4, 0xd0000ffe
+ movl $0x01020304, 0xffffe
+ movl 0xffffe, %edi
+ addl $1, 0xd0000030
+ mov $0xd0000040, %esi
+ mov $0x8000, %edi
+ movsl
+ movl $0x99aabbcc, 0x8004
+ mov $0x8000, %esi
+ mov $0xd0000050, %edi
+ mov $2, %ecx
+ rep movsl
+ hlt
+"""
+
+
+@machine
+def mmio_accesses(make):
+    """MMIO of 1/2/4/8 bytes, page-crossing fragments, RAM->MMIO crossing, RMW, string MMIO."""
+    m = make(assemble(prot32(MMIO_BODY)))
+    m.until("HLT")
+    return m.result(*GPRS, ram=bytes(m.ram[0xFFFFC:0x100000]).hex(), copied=bytes(m.ram[0x8000:0x8008]).hex())
+
+
+# Event delivery that needs a page KVM has not mapped yet loses the event in kvmpy (see
+# test_soft_injection_into_unmapped_stack), so the interrupt scenarios touch the stack and
+# GDT pages first.
+TOUCH_STACK = " movw $0, 0x6ffe\n movw 0x500, %ax\n"
+IRQ_HANDLERS_16 = "".join(f"movw $h{v:x}, {v * 4}\n movw $0, {v * 4 + 2}\n" for v in (0x40, 0x41))
+
+
+@machine
+def irq_window_real_mode(make):
+    """request_interrupt_window with IF=0 runs to STI, then IRQ_WINDOW_OPEN; KVM_INTERRUPT via the IVT."""
+    m = make(assemble(real16(IRQ_HANDLERS_16 + TOUCH_STACK + " cli\n" + putc("a") + " sti\n nop\n nop\n" + putc("b") +
+                             " hlt\n" + putc("z") + " hlt\n"
+                             + f"h40:\n{putc('@')} iret\nh41:\n{putc('A')} iret\n")), mode="real")
+    m.run.request_interrupt_window = 1
+    m.log.append(m.kvm_run())                           # the console 'a' with IF=0
+    m.console += "a"
+    if m.step()["reason"] == "IRQ_WINDOW_OPEN":
+        m.run.request_interrupt_window = 0
+        m.interrupt(0x41)
+        m.until("HLT")
+    m.run.request_interrupt_window = 0
+    m.interrupt(0x40)
+    m.until("HLT")
+    return m.result(*GPRS)
+
+
+def _irq_protected_mode(make, touch):
+    handlers = {0x40: putc("@") + RETURN32, 0x41: putc("A") + RETURN32}
+    m = make(assemble(prot32((TOUCH_STACK if touch else "") + " sti\n hlt\n" + putc("1") + " hlt\n"
+                             + putc("2") + " hlt\n", handlers)))
+    m.until("HLT")
+    m.interrupt(0x41)
+    m.until("HLT")
+    m.interrupt(0x40)
+    m.until("HLT")
+    return m.result(*GPRS)
+
+
+@machine
+def irq_protected_mode(make):
+    """KVM_INTERRUPT of vector N goes through the IDT; HLT exits with RIP past the HLT."""
+    return _irq_protected_mode(make, touch=True)
+
+
+@machine
+def irq_unmapped_stack(make):
+    """The same, but the first delivery also has to fault in the stack and GDT pages."""
+    return _irq_protected_mode(make, touch=False)
+
+
+@machine
+def triple_fault(make):
+    """#UD with an IDT limit of 0: #GP, #DF, then shutdown."""
+    m = make(assemble(".code32\n lidt idtr\n ud2\nidtr: .word 0\n .long 0\n"))
+    m.until("SHUTDOWN")
+    return m.result()
+
+
+@machine
+def no_memslots(make):
+    """KVM_RUN with no memory at all: KVM_EXIT_INTERNAL_ERROR."""
+    m = make(ram=0, mode=None)
+    m.step()
+    return m.result()
+
+
+@machine
+def readonly_slot(make):
+    """KVM_MEM_READONLY: reads see the memory, writes become MMIO write exits."""
+    m = make(assemble(prot32(" movl 0x100000, %ebx\n movl $0xdeadbeef, 0x100004\n movl 0x100004, %ecx\n"
+                             " movb $1, 0x100ff0\n hlt\n")))
+    page = m.memory(0x1000)
+    page[0:8] = bytes(range(1, 9))
+    m.set_slot(1, 0x100000, page, flags=uapi.KVM_MEM_READONLY)
+    m.until("HLT")
+    return m.result(*GPRS, memory=bytes(page[0:8]).hex())
+
+
+@machine
+def memslot_changes(make):
+    """Delete, re-add and move a slot between runs: the guest sees each new mapping."""
+    m = make(assemble(prot32("1: movl 0x100000, %ebx\n movl 0x200000, %ecx\n hlt\n jmp 1b\n")), ram=0x100000)
+    a, b = m.memory(0x1000), m.memory(0x1000)
+    a[0:4], b[0:4] = b"AAAA", b"BBBB"
+    m.set_slot(1, 0x100000, a)
+    seen = []
+    for change in (lambda: None,
+                   lambda: m.set_slot(1, 0x100000, None, size=0),      # delete
+                   lambda: m.set_slot(1, 0x100000, b),                 # re-add, other memory
+                   lambda: m.set_slot(1, 0x200000, b)):                # move
+        change()
+        m.until("HLT")
+        seen.append(m.regs("rbx", "rcx"))
+    return m.result(seen=seen)
+
+
+@machine
+def dirty_log(make):
+    """KVM_GET_DIRTY_LOG reports written pages, clears them, then reports only new writes."""
+    m = make(assemble(prot32(" movl $1, 0x100000\n movl $1, 0x103000\n movl 0x104000, %eax\n"
+                             " movl $1, 0x105ffc\n hlt\n movl $2, 0x103000\n movw $2, 0x107fff\n hlt\n")))
+    mem = m.memory(0x10000)
+    m.set_slot(1, 0x100000, mem, flags=uapi.KVM_MEM_LOG_DIRTY_PAGES)
+    logs = [m.dirty_log(1, 16)]
+    m.until("HLT")
+    logs += [m.dirty_log(1, 16), m.dirty_log(1, 16)]
+    m.until("HLT")
+    logs.append(m.dirty_log(1, 16))
+    return m.result(logs=logs, memory=[mem[0x3000], mem[0x7FFF], mem[0x8000]])
+
+
+CPUID_LEAVES = (0, 1, 0x80000000, 0x80000001)
+CPUID_BODY = "".join(f" mov ${leaf:#x}, %eax\n xor %ecx, %ecx\n cpuid\n mov %eax, {0x9000 + 16 * i:#x}\n"
+                     f" mov %ebx, {0x9004 + 16 * i:#x}\n mov %ecx, {0x9008 + 16 * i:#x}\n"
+                     f" mov %edx, {0x900c + 16 * i:#x}\n" for i, leaf in enumerate(CPUID_LEAVES))
+
+
+def _cpuid_mismatches(m):
+    """Leaves the guest read with CPUID that differ from KVM_GET_CPUID2's entries."""
+    table = uapi.with_entries(uapi.kvm_cpuid2, 256)()
+    table.nent = 256
+    m.sc.ioctl(m.vcpu_fd, uapi.KVM_GET_CPUID2, table)
+    entries = {table.entries[i].function: table.entries[i] for i in range(table.nent)
+               if table.entries[i].index == 0}
+    bad = []
+    for i, leaf in enumerate(CPUID_LEAVES):
+        seen = [int.from_bytes(m.ram[0x9000 + 16 * i + 4 * k:0x9004 + 16 * i + 4 * k], "little") for k in range(4)]
+        e = entries[leaf]
+        if seen != [e.eax, e.ebx, e.ecx, e.edx]:
+            bad.append(hex(leaf))
+    return bad
+
+
+def _efer_guest(make, long_mode):
+    def edit(cpuid):
+        if not long_mode:
+            for i in range(cpuid.nent):
+                if cpuid.entries[i].function == 0x80000001:
+                    cpuid.entries[i].edx &= ~CPUID_LM
+    m = make(assemble(prot32(f" mov ${EFER:#x}, %ecx\n rdmsr\n or $0x100, %eax\n wrmsr\n{putc('w')}"
+                             f" mov $0x12345, %ecx\n rdmsr\n{putc('r')}{CPUID_BODY} hlt\n",
+                             {13: GP_SKIP2})), cpuid_edit=edit)
+    m.until("HLT")
+    lm_seen = int.from_bytes(m.ram[0x903C:0x9040], "little") & CPUID_LM
+    return m.result(efer=hex(m.get(uapi.KVM_GET_SREGS, uapi.kvm_sregs).efer),
+                    cpuid_mismatches=_cpuid_mismatches(m), guest_sees_lm=bool(lm_seen))
+
+
+@machine
+def cpuid_without_lm(make):
+    """No LM in the guest CPUID: WRMSR EFER.LME is #GP; unknown RDMSR is #GP; CPUID = GET_CPUID2."""
+    return _efer_guest(make, long_mode=False)
+
+
+@machine
+def cpuid_with_lm(make):
+    """LM in the guest CPUID: WRMSR EFER.LME succeeds."""
+    return _efer_guest(make, long_mode=True)
+
+
+def _sync_view(m):
+    s = m.run.s.regs
+    return {"rip": hex(s.regs.rip), "rax": hex(s.regs.rax), "cr0": hex(s.sregs.cr0),
+            "cs": hex(s.sregs.cs.selector), "if_shadow": s.events.interrupt.shadow}
+
+
+@machine
+def sync_regs(make):
+    """kvm_valid_regs fills run->s.regs; kvm_dirty_regs loads it; unknown bits are EINVAL."""
+    m = make(assemble(prot32(f" mov ${IN_PORT}, %dx\n inb %dx, %al\n hlt\n mov %ebx, %eax\n"
+                             " outb %al, $0x80\n hlt\n")))
+    m.run.kvm_valid_regs = uapi.KVM_SYNC_X86_VALID_FIELDS
+    m.step()
+    views = [dict(_sync_view(m), **m.regs("rip", "rax"))]
+    m.run.s.regs.regs.rbx = 0x42
+    m.run.kvm_dirty_regs = uapi.KVM_SYNC_X86_REGS
+    m.until("HLT")
+    views.append(dict(_sync_view(m), dirty_after=m.run.kvm_dirty_regs))
+    m.until("HLT")
+    errs = []
+    for field in ("kvm_valid_regs", "kvm_dirty_regs"):
+        setattr(m.run, field, 8)
+        errs.append(m.kvm_run())
+        setattr(m.run, field, 0)
+    return m.result(*GPRS, views=views, errors=errs)
+
+
+# ------------------------------------------------------------------ where the host is not KVM on VMX
+# The host runs guests with kvm_pvm, i.e. every guest instruction in KVM's emulator. Where
+# that gives a result KVM with VMX (kvmpy's model) would not, the soft run is compared with
+# the host's result corrected to what VMX KVM does; each correction says why.
+
+def _vmx_out_rip(lengths):
+    """Plain OUT: VMX exits to user space with RIP still at the OUT (kvm_fast_pio_out skips
+    it in complete_fast_pio_out); the emulator has already retired it. ``lengths`` are the
+    non-console OUTs' instruction lengths, in order."""
+    def correct(result):
+        outs = [r for r in result["log"] if r.get("dir") == "out"]
+        assert len(outs) == len(lengths)
+        for rec, n in zip(outs, lengths):
+            rec["rip"] = hex(int(rec["rip"], 16) - n)
+        return result
+    return correct
+
+
+def _in_dropped(result):
+    """VMX takes a plain IN through kvm_fast_pio_in, whose completion is dropped when RIP
+    moved (cui_linear_rip); the host's emulated-PIO completion (complete_emulated_pio) has no
+    such check and retires the old IN instead. So on VMX the guest goes on at the new RIP."""
+    result["log"][-1]["rip"] = "0x7e3c"
+    result["regs"].update(rbx="0x55", rip="0x7e3c")
+    return result
+
+
+def _sync_regs(result):
+    """Besides OUT's RIP: KVM_SYNC_X86_REGS loads RAX=0 from run->s.regs before the pending
+    IN completes, and complete_fast_pio_in then merges the port's 0xde into AL; the host's
+    emulated completion after a register load leaves AL alone."""
+    result = _vmx_out_rip([2])(result)
+    result["views"][1]["rax"] = "0xde"
+    return result
+
+
+def _no_memslots(result):
+    """The host (kvm_pvm) fails KVM_RUN with ENOSPC when the VM has no memory at all. VMX
+    KVM takes the fetch at 0xffff_fff0 as MMIO, cannot fetch the instruction and reports an
+    emulation failure: suberror 1, ndata 6 (flags 0, no instruction bytes, 5 exit-info
+    words)."""
+    assert result["log"] == [{"errno": "ENOSPC", "reason": "UNKNOWN", "rip": "0xfff0"}]
+    result["log"] = [{"reason": "INTERNAL_ERROR", "rip": "0xfff0", "ready": 0, "if": 0, "suberror": 1,
+                      "ndata": 6}]
+    return result
+
+
+def _irq_window(result):
+    """kvm_pvm never reports KVM_EXIT_IRQ_WINDOW_OPEN for an emulated guest (it runs on to
+    the HLT). VMX KVM exits at the first instruction boundary with IF=1 and no STI shadow:
+    after "sti; nop", at the second NOP (0x7c33); vector 0x41 then prints 'A' before 'b'."""
+    assert [r["reason"] for r in result["log"]] == ["IO", "HLT", "HLT"]
+    result["log"][1:1] = [{"reason": "IRQ_WINDOW_OPEN", "rip": "0x7c33", "ready": 1, "if": 1}]
+    result["console"] = "aAb@z"
+    return result
+
+
+VMX_CORRECTIONS = {
+    "irq_window_real_mode": _irq_window,
+    "pio_sizes": _vmx_out_rip([2, 3, 1]),
+    "in_dropped_after_rip_change": _in_dropped,
+    "sync_regs": _sync_regs,
+    "no_memslots": _no_memslots,
+}
+
+# Processor (hw/cpu.py) bugs that make kvmpy differ from VMX KVM; reported, not yet fixed.
+SOFT_KNOWN_BUGS = {
+    "irq_window_real_mode": "hw/cpu.py checks interrupt-window exiting only at VM entry, not when "
+                            "the STI shadow ends mid-run, so the exit comes at the next exit",
+    "irq_unmapped_stack": "kvmpy loses an injected event whose delivery takes an EPT violation "
+                          "(no IDT-vectoring info from hw/cpu.py, so KVM cannot re-inject it)",
+}
+
+SCENARIOS = {f.__name__: f for f in (
+    immediate_exit, in_dropped_after_rip_change, pio_sizes, mmio_accesses, irq_window_real_mode,
+    irq_protected_mode, irq_unmapped_stack, triple_fault, no_memslots, readonly_slot, memslot_changes, dirty_log,
+    cpuid_without_lm, cpuid_with_lm, sync_regs)}
+
+# ------------------------------------------------------------------ tests
+pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
+                                reason="needs GNU as and ld")
+
+
+def _recorded():
+    return json.loads(DATA_FILE.read_text()) if DATA_FILE.exists() else {}
+
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_host(name):
+    result = SCENARIOS[name](rawvmm.HOST)
+    if RECORD:
+        data = _recorded()
+        data[name] = result
+        DATA_FILE.parent.mkdir(exist_ok=True)
+        DATA_FILE.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    else:
+        assert result == _recorded()[name], "host differs from tests/data; re-record with KVMPY_RECORD=1"
+
+
+@pytest.fixture(params=["tdp", "shadow"])
+def soft_mmu(request):
+    from kvmpy.kernel.x86 import params
+    saved = params.ept
+    params.set(ept=request.param == "tdp")
+    yield request.param
+    params.set(ept=saved)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_soft_matches_host(name, soft_mmu, request):
+    from kvmpy import syscalls
+    reference = SCENARIOS[name](rawvmm.HOST) if host_kvm_usable() else _recorded()[name]
+    if name in VMX_CORRECTIONS:
+        reference = VMX_CORRECTIONS[name](reference)
+    if name in SOFT_KNOWN_BUGS:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=SOFT_KNOWN_BUGS[name]))
+    assert SCENARIOS[name](syscalls) == reference
