@@ -24,9 +24,9 @@ def pytest_runtest_setup(item):
 # --- kvmpy's soft kernel (added with tests/test_kernel_files.py) -----------------------------
 @pytest.fixture(scope="session")
 def soft_kvm():
-    """Make sure kvmpy's /dev/kvm is registered (vmx_init, like modprobe kvm-intel)."""
+    """Make sure kvmpy's /dev/kvm is registered (the vendor module loaded, like modprobe)."""
+    from kvmpy import syscalls
     from kvmpy.kernel import fs, kvm_main
-    if not fs.misc_is_registered("/dev/kvm"):
-        from kvmpy.kernel.x86 import vmx
-        vmx.vmx_init()
+    if not fs.misc_is_registered(syscalls.KVM_DEVICE):
+        syscalls._load_kvm()
     return kvm_main

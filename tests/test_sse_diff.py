@@ -13,14 +13,14 @@ import struct
 
 import pytest
 
-from tests.oracle import asm, diff
-from tests.oracle.native import DATA_ADDR, run_native, unavailable_reason
+from tests.fpu_oracle import Batch
+from tests.oracle import diff
+from tests.oracle.native import DATA_ADDR, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
 IN, OUT, MXCSR_IN, MXCSR_OUT, FLAGS_OUT = 0x000, 0x800, 0xFF0, 0xFF4, 0xF00
 NREGS = 8
-MAX_REPORTED = 15
 
 
 def f32(x):
@@ -52,12 +52,8 @@ def vec(lanes, size):
     return sum(v << (8 * size * i) for i, v in enumerate(lanes))
 
 
-class Snippets:
-    """Builds snippets and their data pages; runs them all on both sides at the end."""
-
-    def __init__(self):
-        self.cases = []
-        self.titles = []
+class Snippets(Batch):
+    """Snippets that start from given XMM registers and MXCSR and store them all at the end."""
 
     def add(self, body, xmm, mxcsr=0x1F80, regs=None, flags=False, extra=b""):
         """``xmm``: initial values of xmm0..; ``body``: the instructions under test."""
@@ -66,26 +62,16 @@ class Snippets:
             mem[IN + 16 * i:IN + 16 * i + 16] = (v & ((1 << 128) - 1)).to_bytes(16, "little")
         mem[0x400:0x400 + len(extra)] = extra
         mem[MXCSR_IN:MXCSR_IN + 4] = mxcsr.to_bytes(4, "little")
+        body = body if isinstance(body, list) else [body]
         lines = ["ldmxcsr [%#x]" % (DATA_ADDR + MXCSR_IN)]
         lines += ["movdqu xmm%d, [%#x]" % (i, DATA_ADDR + IN + 16 * i) for i in range(NREGS)]
-        body = body if isinstance(body, list) else [body]
         lines += body
         if flags:
             lines += ["pushfq", "pop rax", "and eax, 0x8d5", "mov [%#x], eax" % (DATA_ADDR + FLAGS_OUT)]
         lines += ["movdqu [%#x], xmm%d" % (DATA_ADDR + OUT + 16 * i, i) for i in range(NREGS)]
         lines += ["stmxcsr [%#x]" % (DATA_ADDR + MXCSR_OUT)]
-        self.cases.append(diff.Case("\n".join(lines), dict(regs or {}), 0, bytes(mem)))
-        self.titles.append("[%s] mxcsr=%#x xmm=%s regs=%s" % ("; ".join(body), mxcsr, [hex(v) for v in xmm], regs))
-
-    def check(self, run_snippet):
-        codes = asm.assemble_many(c.asm for c in self.cases)
-        problems = []
-        for case, title, code in zip(self.cases, self.titles, codes):
-            expected = run_native(code, case.regs, 0, case.mem)
-            actual = run_snippet(code, dict(case.regs), 0, case.mem)
-            problems += ["%s: %s" % (title, d) for d in diff.compare(expected, actual)]
-        shown = "\n".join(problems[:MAX_REPORTED])
-        assert not problems, f"{len(problems)} differences from the silicon:\n{shown}"
+        title = "[%s] mxcsr=%#x xmm=%s regs=%s" % ("; ".join(body), mxcsr, [hex(v) for v in xmm], regs)
+        super().add(lines, mem, regs, title)
 
 
 @pytest.fixture(scope="module")

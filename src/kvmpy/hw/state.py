@@ -81,6 +81,7 @@ class FPUState:
 
     __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top")
     from . import simd as sse
+    from . import fpu as x87
 
     def __init__(self):
         self.reset()

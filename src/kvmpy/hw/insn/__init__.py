@@ -6,3 +6,4 @@ from . import bits  # noqa: F401
 from . import string  # noqa: F401
 from . import atomic  # noqa: F401
 from . import sse  # noqa: F401
+from . import x87  # noqa: F401

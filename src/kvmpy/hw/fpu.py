@@ -1,0 +1,630 @@
+"""The x87 execution unit: register stack, status/control words and 80-bit arithmetic.
+
+Translated code (``kvmpy.hw.insn.x87``) reads memory operands itself, calls these functions
+(reachable as ``cpu.fpu.x87``) with the raw bits, and stores what they return before calling
+``store_done``; so a memory fault never leaves the stack half changed.  Arithmetic is the
+exact ``kvmpy.hw.softfloat`` core on the 64-bit significand, rounded as the control word says
+(precision control applies to FADD/FSUB/FMUL/FDIV/FSQRT, as on the hardware), with the
+x87's NaN rules, stack faults, condition codes (C1 = rounded up) and exception flags.
+
+Unmasked exceptions set ES and B; the next waiting x87 instruction raises #MF (translated
+code checks ES first).  Invalid, denormal and zero-divide exceptions that are unmasked
+leave the destination unchanged; unmasked overflow/underflow deliver the masked result
+(the hardware's exponent-wrapped result is not modelled).  The last-instruction and
+last-operand pointers (FIP/FDP/FOP) are not tracked.
+"""
+
+from __future__ import annotations
+
+from . import softfloat as sf
+from .softfloat import DE, F32, F64, F80, IE, INF, PE, QNAN, SNAN, UE, UP, ZE, ZERO
+
+C0, C1, C2, C3 = 0x100, 0x200, 0x400, 0x4000
+SF, ES, BUSY = 0x40, 0x80, 0x8000
+CC = C0 | C1 | C2 | C3
+INDEF = F80.indef
+_FMT = {"f32": F32, "f64": F64, "f80": F80}
+_INT_BITS = {"i16": 16, "i32": 32, "i64": 64}
+_PC = {0: 24, 1: 64, 2: 53, 3: 64}
+M64 = (1 << 64) - 1
+
+
+# --- stack -------------------------------------------------------------------------------
+def _phys(f, i):
+    return (f.top + i) & 7
+
+
+def _get(f, i):
+    """ST(i) bits, or None when the register is empty."""
+    p = (f.top + i) & 7
+    return f.st[p] if f.ftw >> p & 1 else None
+
+
+def _put(f, i, bits):
+    p = (f.top + i) & 7
+    f.st[p] = bits
+    f.ftw |= 1 << p
+
+
+def _pop(f):
+    f.ftw &= ~(1 << f.top)
+    f.top = (f.top + 1) & 7
+
+
+def _push(f, bits):
+    f.top = (f.top - 1) & 7
+    _put(f, 0, bits)
+
+
+def _signal(f, flags, cc=None):
+    """Record exception flags (and the condition codes, C1 from rounding by default);
+    returns True when the destination must not be written (unmasked IE/DE/ZE)."""
+    if flags & sf.TINY_EXACT and not f.fcw & UE:
+        flags |= UE
+    if cc is None:
+        cc = (f.fsw & (C0 | C2 | C3)) | (C1 if flags & UP else 0)
+    ex = flags & 0x7F
+    f.fsw = (f.fsw & ~CC) | cc | ex
+    if ex & ~f.fcw & 0x3F:
+        f.fsw |= ES | BUSY
+    return bool(ex & ~f.fcw & (IE | DE | ZE))
+
+
+def _underflow(f, cc=None):
+    """Stack underflow: IE|SF, C1 = 0; True when IE is unmasked."""
+    return _signal(f, IE | SF, cc if cc is not None else f.fsw & (C0 | C2 | C3))
+
+
+def _ctx(f):
+    return (f.fcw >> 10) & 3, _PC[(f.fcw >> 8) & 3]
+
+
+# --- operands ----------------------------------------------------------------------------
+def _from_int(v):
+    """Unpacked exact integer operand and its 80-bit bits."""
+    if v == 0:
+        return (ZERO, 0, 0, 0, False), 0
+    bits, _ = sf.from_int(v, F80, sf.RN)
+    return (sf.FINITE, 1 if v < 0 else 0, abs(v), 0, False), bits
+
+
+def _signed(raw, bits):
+    return raw - (1 << bits) if raw >> (bits - 1) else raw
+
+
+def mem_operand(kind, raw):
+    """(unpacked, 80-bit bits) of a memory operand; NaNs keep their (un)quietness."""
+    if kind in _INT_BITS:
+        return _from_int(_signed(raw, _INT_BITS[kind]))
+    fmt = _FMT[kind]
+    u = sf.unpack(raw, fmt)
+    if fmt is F80:
+        return u, raw
+    if u[0] >= QNAN:
+        return u, sf.convert_nan(raw, fmt, F80, make_quiet=False)
+    if u[0] in (ZERO, INF):
+        return u, sf.pack_special(u[0], u[1], F80)
+    return u, sf.round_pack(u[1], u[2], u[3], F80, sf.RN)[0]
+
+
+def _nan_result(ops):
+    """x87 NaN propagation over (unpacked, bits) operands: the QNaN over an SNaN, else the
+    larger significand; the result is quiet."""
+    nans = [(u, b) for u, b in ops if u[0] >= QNAN]
+    flags = IE if any(u[0] == SNAN for u, _ in ops) else 0
+    if len(nans) == 2:
+        (ua, a), (ub, b) = nans
+        if ua[0] != ub[0]:
+            pick = a if ua[0] == QNAN else b
+        else:
+            pick = b if (b & M64) > (a & M64) else a
+    else:
+        pick = nans[0][1]
+    return pick | F80.qbit, flags
+
+
+def _denormal(*us):
+    return DE if any(u[4] for u in us) else 0
+
+
+# --- arithmetic --------------------------------------------------------------------------
+_OPS = {"add": sf.add, "mul": sf.mul, "div": sf.div}
+
+
+def _binary(op, ua, a, ub, b, rc, p):
+    """a op b on unpacked operands -> (bits, flags)."""
+    if ua[0] >= QNAN or ub[0] >= QNAN:
+        return _nan_result([(ua, a), (ub, b)])
+    if op in ("subr", "divr"):
+        ua, ub = ub, ua
+        op = op[:3]
+    if op == "sub":
+        ub = (ub[0], ub[1] ^ 1) + ub[2:]
+        op = "add"
+    r, fl = _OPS[op](ua, ub, F80, rc, False, p)
+    if not fl & IE:
+        fl |= _denormal(ua, ub)
+    return r, fl
+
+
+def arith(cpu, op, dst, src, kind=None, raw=0, pop=False):
+    """ST(dst) = ST(dst) op (ST(src), or the memory operand when ``kind`` is given)."""
+    f = cpu.fpu
+    a = _get(f, dst)
+    b = _get(f, src) if kind is None else None
+    if a is None or (kind is None and b is None):
+        if not _underflow(f):
+            _put(f, dst, INDEF)
+    else:
+        ua = sf.unpack(a, F80)
+        ub, b = mem_operand(kind, raw) if kind else (sf.unpack(b, F80), b)
+        rc, p = _ctx(f)
+        r, fl = _binary(op, ua, a, ub, b, rc, p)
+        if not _signal(f, fl):
+            _put(f, dst, r)
+    if pop:
+        _pop(f)
+
+
+def _relation(ua, ub):
+    if ua[0] >= QNAN or ub[0] >= QNAN:
+        return 3
+    return sf.compare(ua, ub) + 1
+
+
+_FCOM_CC = (C0, C3, 0, C0 | C2 | C3)
+_FCOMI_FLAGS = (0x1, 0x40, 0, 0x45)
+
+
+def _compare(f, src, kind, raw, signal_qnan):
+    """Relation of ST0 to the operand (0 less, 1 equal, 2 greater, 3 unordered) and flags."""
+    a = _get(f, 0)
+    b = _get(f, src) if kind is None else 0
+    if a is None or b is None:
+        return 3, IE | SF
+    ua = sf.unpack(a, F80)
+    ub = mem_operand(kind, raw)[0] if kind else sf.unpack(b, F80)
+    rel = _relation(ua, ub)
+    if SNAN in (ua[0], ub[0]) or (rel == 3 and signal_qnan):
+        return rel, IE
+    return rel, (_denormal(ua, ub) if rel != 3 else 0)
+
+
+def fcom(cpu, src, kind=None, raw=0, pops=0, signal_qnan=True):
+    """FCOM/FCOMP/FCOMPP/FUCOM*/FICOM*/FTST (kind 'zero'): C3 C2 C0 from the relation."""
+    f = cpu.fpu
+    if kind == "zero":
+        kind, raw = "i16", 0
+    rel, fl = _compare(f, src, kind, raw, signal_qnan)
+    _signal(f, fl, _FCOM_CC[rel])
+    for _ in range(pops):
+        _pop(f)
+
+
+def fcomi(cpu, src, signal_qnan, pop):
+    """FCOMI/FUCOMI(P): returns ZF/PF/CF for the translated code to set."""
+    f = cpu.fpu
+    rel, fl = _compare(f, src, None, 0, signal_qnan)
+    _signal(f, fl, f.fsw & (C0 | C2 | C3))
+    if pop:
+        _pop(f)
+    return _FCOMI_FLAGS[rel]
+
+
+# --- loads and stores ----------------------------------------------------------------------
+def load(cpu, kind, raw):
+    """FLD m32/m64/m80, FILD m16/m32/m64: push the converted operand."""
+    f = cpu.fpu
+    if _get(f, 7) is not None:              # stack overflow
+        if not _signal(f, IE | SF | UP, C1):
+            _push(f, INDEF)
+        return
+    u, bits = mem_operand(kind, raw)
+    fl = 0
+    if kind in ("f32", "f64"):
+        if u[0] == SNAN:
+            fl, bits = IE, bits | F80.qbit
+        else:
+            fl = _denormal(u)
+    if not _signal(f, fl, f.fsw & (C0 | C2 | C3)):
+        _push(f, bits)
+
+
+def load_st(cpu, i):
+    """FLD ST(i)."""
+    f = cpu.fpu
+    v = _get(f, i)
+    if _get(f, 7) is not None:
+        if not _signal(f, IE | SF | UP, C1):
+            _push(f, INDEF)
+    elif v is None:
+        if not _underflow(f):
+            _push(f, INDEF)
+    else:
+        _signal(f, 0, f.fsw & (C0 | C2 | C3))
+        _push(f, v)
+
+
+def load_const(cpu, name):
+    """FLD1/FLDZ/FLDPI/FLDL2E/FLDL2T/FLDLG2/FLDLN2, rounded to 64 bits in the RC direction."""
+    f = cpu.fpu
+    if _get(f, 7) is not None:
+        if not _signal(f, IE | SF | UP, C1):
+            _push(f, INDEF)
+        return
+    mant, exp = _CONSTS[name]
+    bits = sf.round_pack(0, mant, exp, F80, (f.fcw >> 10) & 3)[0] if mant else 0
+    _signal(f, 0, f.fsw & (C0 | C2 | C3))
+    _push(f, bits)
+
+
+_CONSTS = {
+    "one": (1, 0), "zero": (0, 0),
+    "pi": (0xC90FDAA22168C234C4C6628B80DC1CD1, -126),
+    "l2e": (0xB8AA3B295C17F0BBBE87FED0691D3E89, -127),
+    "l2t": (0xD49A784BCD1B8AFE492BF6FF4DAFDB4D, -126),
+    "lg2": (0x9A209A84FBCFF7988F8959AC0B7C9178, -129),
+    "ln2": (0xB17217F7D1CF79ABC9E3B39803F2F6AF, -128),
+}
+
+
+def _indefinite(kind):
+    if kind in _INT_BITS:
+        return 1 << (_INT_BITS[kind] - 1)
+    return _FMT[kind].indef
+
+
+def store_value(cpu, kind, truncate=False):
+    """The value FST/FIST(P)/FISTTP would store from ST0 -> (value or None, flags)."""
+    f = cpu.fpu
+    a = _get(f, 0)
+    if a is None:
+        return (None if ~f.fcw & IE else _indefinite(kind)), IE | SF
+    if kind == "f80":
+        return a, 0
+    u = sf.unpack(a, F80)
+    rc = sf.RZ if truncate else (f.fcw >> 10) & 3
+    if kind in _INT_BITS:
+        v, fl = sf.to_int(u, _INT_BITS[kind], rc)
+    else:
+        fmt = _FMT[kind]
+        if u[0] >= QNAN:
+            v, fl = sf.convert_nan(a, F80, fmt), (IE if u[0] == SNAN else 0)
+        elif u[0] in (ZERO, INF):
+            v, fl = sf.pack_special(u[0], u[1], fmt), 0
+        else:
+            v, fl = sf.round_pack(u[1], u[2], u[3], fmt, rc)
+    if fl & sf.TINY_EXACT and not f.fcw & UE:
+        fl |= UE
+    if fl & ~f.fcw & 0x3F & ~PE:
+        return None, fl
+    return v, fl
+
+
+def store_done(cpu, flags, pop):
+    f = cpu.fpu
+    if flags & SF:
+        _signal(f, flags, f.fsw & (C0 | C2 | C3))
+    else:
+        _signal(f, flags)
+    if pop:
+        _pop(f)
+
+
+def store_st(cpu, i, pop):
+    """FST/FSTP ST(i)."""
+    f = cpu.fpu
+    a = _get(f, 0)
+    if a is None:
+        if not _underflow(f):
+            _put(f, i, INDEF)
+    else:
+        _signal(f, 0, f.fsw & (C0 | C2 | C3))
+        _put(f, i, a)
+    if pop:
+        _pop(f)
+
+
+def fxch(cpu, i):
+    f = cpu.fpu
+    a, b = _get(f, 0), _get(f, i)
+    if a is None or b is None:
+        if _underflow(f):
+            return
+        a = INDEF if a is None else a
+        b = INDEF if b is None else b
+    else:
+        _signal(f, 0, f.fsw & (C0 | C2 | C3))
+    _put(f, 0, b)
+    _put(f, i, a)
+
+
+def fcmov(cpu, i, cond):
+    f = cpu.fpu
+    b = _get(f, i)
+    if _get(f, 0) is None or b is None:
+        if not _underflow(f) and cond:
+            _put(f, 0, INDEF)
+        return
+    _signal(f, 0, f.fsw & (C0 | C2 | C3))
+    if cond:
+        _put(f, 0, b)
+
+
+# --- one-operand instructions on ST0 -----------------------------------------------------
+def _unary(cpu, fn):
+    """ST0 = fn(bits, unpacked, f) -> (bits, flags)."""
+    f = cpu.fpu
+    a = _get(f, 0)
+    if a is None:
+        if not _underflow(f):
+            _put(f, 0, INDEF)
+        return
+    r, fl = fn(a, sf.unpack(a, F80), f)
+    if not _signal(f, fl):
+        _put(f, 0, r)
+
+
+def fchs(cpu):
+    _unary(cpu, lambda a, u, f: (a ^ (1 << 79), 0))
+
+
+def fabs(cpu):
+    _unary(cpu, lambda a, u, f: (a & ~(1 << 79), 0))
+
+
+def _nan_or(fn):
+    def op(a, u, f):
+        if u[0] >= QNAN:
+            return _nan_result([(u, a)])
+        r, fl = fn(a, u, f)
+        return r, fl if fl & IE else fl | _denormal(u)
+    return op
+
+
+def _sqrt(a, u, f):
+    rc, p = _ctx(f)
+    return sf.sqrt(u, F80, rc, False, p)
+
+
+def fsqrt(cpu):
+    _unary(cpu, _nan_or(_sqrt))
+
+
+def _rndint(a, u, f):
+    r, fl = sf.round_to_integral(u, F80, (f.fcw >> 10) & 3)
+    return (a if r is None else r), fl
+
+
+def frndint(cpu):
+    _unary(cpu, _nan_or(_rndint))
+
+
+def fxam(cpu):
+    f = cpu.fpu
+    a = _get(f, 0)
+    raw = f.st[f.top]
+    sign = C1 if raw >> 79 & 1 else 0
+    if a is None:
+        cc = C3 | C0
+    else:
+        c, _, _, _, den = sf.unpack(a, F80)
+        e, m = a >> 64 & 0x7FFF, a & M64
+        if e and e != 0x7FFF and not m >> 63:
+            cc = 0                              # unnormal: unsupported
+        elif c >= QNAN:
+            cc = 0 if not m >> 63 else C0
+        elif c == INF:
+            cc = C2 | C0 if m >> 63 else 0
+        elif c == ZERO:
+            cc = C3
+        elif den:
+            cc = C3 | C2
+        else:
+            cc = C2
+    f.fsw = (f.fsw & ~CC) | cc | sign
+
+
+def fscale(cpu):
+    f = cpu.fpu
+    a, b = _get(f, 0), _get(f, 1)
+    if a is None or b is None:
+        if not _underflow(f):
+            _put(f, 0, INDEF)
+        return
+    ua, ub = sf.unpack(a, F80), sf.unpack(b, F80)
+    if ua[0] >= QNAN or ub[0] >= QNAN:
+        r, fl = _nan_result([(ua, a), (ub, b)])
+    elif ub[0] == INF:
+        if (ua[0] == ZERO and not ub[1]) or (ua[0] == INF and ub[1]):
+            r, fl = INDEF, IE
+        elif ua[0] in (ZERO, INF):
+            r, fl = a, 0
+        else:
+            r, fl = sf.pack_special(ZERO if ub[1] else INF, ua[1], F80), _denormal(ua)
+    elif ua[0] in (ZERO, INF):
+        r, fl = a, _denormal(ub)
+    else:
+        n = 0 if ub[0] == ZERO else sf.to_int((ub[0], ub[1], ub[2], ub[3], False), 80, sf.RZ)[0]
+        n = max(-(1 << 17), min(1 << 17, n - (1 << 80) if n >> 79 else n))
+        r, fl = sf.round_pack(ua[1], ua[2], ua[3] + n, F80, (f.fcw >> 10) & 3)
+        fl |= _denormal(ua, ub)
+    if not _signal(f, fl):
+        _put(f, 0, r)
+
+
+def fxtract(cpu):
+    """ST0 -> ST1 = exponent, ST0 = significand in [1, 2)."""
+    f = cpu.fpu
+    a = _get(f, 0)
+    if a is None or _get(f, 7) is not None:
+        if a is None:
+            if not _underflow(f):
+                _put(f, 0, INDEF)
+                _push(f, INDEF)
+        elif not _signal(f, IE | SF | UP, C1):
+            _put(f, 0, INDEF)
+            _push(f, INDEF)
+        return
+    u = sf.unpack(a, F80)
+    if u[0] >= QNAN:
+        r, fl = _nan_result([(u, a)])
+        exp_bits, sig = r, r
+    elif u[0] == ZERO:
+        fl = ZE
+        exp_bits, sig = sf.pack_special(INF, 1, F80), a
+    elif u[0] == INF:
+        fl = 0
+        exp_bits, sig = sf.pack_special(INF, 0, F80), a
+    else:
+        fl = _denormal(u)
+        e = u[3] + u[2].bit_length() - 1
+        exp_bits = _from_int(e)[1]
+        sig = sf.round_pack(u[1], u[2], -(u[2].bit_length() - 1), F80, sf.RN)[0]
+    if not _signal(f, fl):
+        _put(f, 0, exp_bits)
+        _push(f, sig)
+
+
+def fprem(cpu, ieee):
+    """FPREM (quotient truncated) / FPREM1 (quotient rounded to nearest): partial remainder;
+    C0, C3, C1 = quotient bits 2, 1, 0; C2 = 1 when the reduction is incomplete."""
+    f = cpu.fpu
+    a, b = _get(f, 0), _get(f, 1)
+    if a is None or b is None:
+        if not _underflow(f):
+            _put(f, 0, INDEF)
+        return
+    ua, ub = sf.unpack(a, F80), sf.unpack(b, F80)
+    cc = 0
+    if ua[0] >= QNAN or ub[0] >= QNAN:
+        r, fl = _nan_result([(ua, a), (ub, b)])
+    elif ua[0] == INF or ub[0] == ZERO:
+        r, fl = INDEF, IE
+    elif ua[0] == ZERO or ub[0] == INF:
+        r, fl = a, _denormal(ua, ub)
+    else:
+        _, sa, ma, ea, _ = ua
+        _, _, mb, eb, _ = ub
+        d = (ea + ma.bit_length()) - (eb + mb.bit_length())
+        e = min(ea, eb)
+        x, y = ma << (ea - e), mb << (eb - e)
+        if d < 64:
+            q, rem = divmod(x, y)
+            if ieee and (2 * rem > y or (2 * rem == y and q & 1)):
+                q += 1
+                rem -= y
+            cc = (C0 if q & 4 else 0) | (C3 if q & 2 else 0) | (C1 if q & 1 else 0)
+        else:                   # reduce the exponent difference by 32..63 bits (here: d - 32 kept)
+            shift = d - 32
+            q = x // (y << shift)
+            rem = x - q * (y << shift)
+            cc = C2
+        sign = sa ^ (1 if rem < 0 else 0)
+        if rem == 0:
+            r, fl = sf.pack_special(ZERO, sa, F80), 0
+        else:
+            r, fl = sf.round_pack(sign, abs(rem), e, F80, sf.RN)
+        fl = (fl & ~UP) | _denormal(ua, ub)
+    if not _signal(f, fl, cc):
+        _put(f, 0, r)
+
+
+# --- control ---------------------------------------------------------------------------------
+def status_word(f):
+    return (f.fsw & ~0x3800) | (f.top << 11)
+
+
+def fninit(cpu):
+    f = cpu.fpu
+    f.fcw, f.fsw, f.ftw, f.top, f.fop, f.fip, f.fdp = 0x37F, 0, 0, 0, 0, 0, 0
+
+
+def fnclex(cpu):
+    cpu.fpu.fsw &= ~(0xFF | BUSY)
+
+
+def fldcw(cpu, value):
+    f = cpu.fpu
+    f.fcw = value & 0x1F7F | 0x40
+    if f.fsw & ~f.fcw & 0x3F:
+        f.fsw |= ES | BUSY
+    else:
+        f.fsw &= ~(ES | BUSY)
+
+
+def step_top(cpu, delta):
+    """FINCSTP/FDECSTP: rotate the stack without changing tags; C1 = 0."""
+    f = cpu.fpu
+    f.top = (f.top + delta) & 7
+    f.fsw &= ~C1
+
+
+def ffree(cpu, i, pop=False):
+    f = cpu.fpu
+    f.ftw &= ~(1 << _phys(f, i))
+    if pop:
+        _pop(f)
+
+
+def full_tag_word(f):
+    """The 16-bit tag word of FNSTENV/FNSAVE: 0 valid, 1 zero, 2 special, 3 empty."""
+    tw = 0
+    for p in range(8):
+        if not f.ftw >> p & 1:
+            t = 3
+        else:
+            v = f.st[p]
+            e, m = v >> 64 & 0x7FFF, v & M64
+            if e == 0:
+                t = 1 if m == 0 else 2
+            elif e == 0x7FFF or not m >> 63:
+                t = 2
+            else:
+                t = 0
+        tw |= t << (2 * p)
+    return tw
+
+
+def env_image(cpu, size):
+    """The FNSTENV image (protected-mode format; size 2 = 16-bit operand size)."""
+    f = cpu.fpu
+    words = [f.fcw, status_word(f), full_tag_word(f), f.fip & 0xFFFFFFFF, f.fop & 0x7FF,
+             f.fdp & 0xFFFFFFFF, 0]
+    if size == 2:
+        return b"".join((w & 0xFFFF).to_bytes(2, "little") for w in words)
+    return b"".join(((w | 0xFFFF0000) if k < 3 else w).to_bytes(4, "little") for k, w in enumerate(words))
+
+
+def after_fnstenv(cpu):
+    """FNSTENV/FNSAVE mask every x87 exception afterwards (FNSAVE then re-initialises)."""
+    cpu.fpu.fcw |= 0x3F
+
+
+def save_image(cpu, size):
+    """FNSAVE: environment then ST0..ST7."""
+    f = cpu.fpu
+    regs = b"".join(f.st[(f.top + i) & 7].to_bytes(10, "little") for i in range(8))
+    return env_image(cpu, size) + regs
+
+
+def load_env(cpu, data, size):
+    """FLDENV/FRSTOR environment: control, status (with TOP), tags (only 'empty' matters)."""
+    f = cpu.fpu
+    w = 2 if size == 2 else 4
+    fcw = int.from_bytes(data[0:2], "little")
+    fsw = int.from_bytes(data[w:w + 2], "little")
+    tw = int.from_bytes(data[2 * w:2 * w + 2], "little")
+    f.top = (fsw >> 11) & 7
+    f.fsw = fsw & ~0x3800
+    f.ftw = sum(1 << p for p in range(8) if (tw >> (2 * p)) & 3 != 3)
+    fldcw(cpu, fcw)
+
+
+def load_state(cpu, data, size):
+    """FRSTOR."""
+    n = 14 if size == 2 else 28
+    load_env(cpu, data, size)
+    f = cpu.fpu
+    for i in range(8):
+        f.st[(f.top + i) & 7] = int.from_bytes(data[n + 10 * i:n + 10 * i + 10], "little")
