@@ -55,13 +55,13 @@ def _ret(g, ins):
     g.ended = True
 
 
-@emitter(0xFF, ends_block=True)
+@emitter(0xFF)
 def _group5(g, ins):
+    """INC/DEC/PUSH r/m continue the block; CALL/JMP (near and far) end it."""
     from .alu import incdec
     r = ins.reg & 7
     if r in (0, 1):
         incdec(g, ins.opsize, r == 1)
-        g.end()
     elif r == 2:
         v = g.rm_read(ins.opsize)
         g.push(["%#x" % (ins.next_ip & M[ins.opsize])], ins.opsize)
@@ -90,7 +90,6 @@ def _group5(g, ins):
     elif r == 6:
         v = g.rm_read(ins.opsize)
         g.push([v], ins.opsize)
-        g.end()
     else:
         g.emit("raise_ud()")
         g.ended = True
