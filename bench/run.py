@@ -1,108 +1,98 @@
-"""kvmpy benchmarks: guest MIPS, exit round-trip, boot time, memory.
+"""kvmpy benchmarks: guest MIPS against the host's KVM and QEMU, exit round-trip, boot, memory.
 
     python bench/run.py            # all figures
-    python bench/run.py --quick    # smaller workloads
+    python bench/run.py --quick    # workloads a fifth of the size
 
-MIPS workloads run on the processor alone (``kvmpy.hw.snippet``, 64-bit flat code
-at fixed addresses): an integer/branch loop, a byte sieve over 64 KiB, and a
-memcpy-heavy loop (REP MOVSB plus a byte-copy loop); the sieve also runs as
-32-bit protected-mode code.  Exit round-trip and boot
-time go through the whole stack (``kvmpy.api`` / ``kvmpy.vmm``), on kvmpy's
-kernel and, where /dev/kvm works, on the host's KVM for comparison.
+The MIPS table runs the three workloads of the bench guest (``kvmpy/guests/bench_workloads.S``,
+see ``workloads.py``) -- an integer/branch loop in 64-bit mode, a sieve over 64 KiB in 32-bit
+protected mode, string/memcpy code in 64-bit mode with paging -- each as a whole guest booted
+from real mode: on kvmpy, on the host's /dev/kvm where it can be opened, and under QEMU TCG
+where ``qemu-system-x86_64`` is installed.  kvmpy counts the retired instructions; the other
+two are credited with the same count.  Each figure is net of the empty guest (same image,
+every count 0: boot, mode switches, exit), so QEMU's start-up and BIOS are not counted.
+Every run's output must equal the checksums ``workloads.expected_output`` computes.
+Exit round-trip and boot time go through ``kvmpy.api`` / ``kvmpy.vmm`` on kvmpy's kernel and
+on the host's KVM.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import resource
-import subprocess
-import tempfile
+import sys
 import time
 
-from kvmpy.hw.snippet import DATA_ADDR, run_snippet
+import runners
+import workloads
 
-INT_LOOP = """
-    mov ecx, {n}
-1:  add eax, ecx
-    xor edx, eax
-    lea rbx, [rbx + rax*2]
-    dec ecx
-    jnz 1b
-"""
-
-# Sieve of Eratosthenes over a 64 KiB byte array, then a pass counting the primes,
-# repeated {n} times.  The counting loop branches around its increment, so it is
-# three blocks per iteration rather than one self-loop: the block-to-block path counts.
-SIEVE = """
-    mov r9d, {n}
-1:  mov edi, {data}
-    mov ecx, 65536
-    mov al, 1
-    rep stosb
-    mov ebx, 2
-2:  mov eax, ebx
-    imul eax, ebx
-    cmp eax, 65536
-    jae 5f
-    cmp byte ptr [{data} + ebx], 0
-    je 4f
-3:  mov byte ptr [{data} + eax], 0
-    add eax, ebx
-    cmp eax, 65536
-    jb 3b
-4:  inc ebx
-    jmp 2b
-5:  xor edx, edx
-    mov ebx, 2
-6:  cmp byte ptr [{data} + ebx], 0
-    je 7f
-    inc edx
-7:  inc ebx
-    cmp ebx, 65536
-    jb 6b
-    dec r9d
-    jnz 1b
-"""
-MEMCPY = """
-    mov r8d, {n}
-6:  mov rsi, {data}
-    mov rdi, {data} + 32768
-    mov ecx, 16384
-    rep movsb
-    mov rsi, {data}
-    xor ecx, ecx
-7:  mov al, [rsi + rcx]
-    mov [rsi + rcx + 49152], al
-    inc ecx
-    cmp ecx, 256
-    jb 7b
-    dec r8d
-    jnz 6b
-"""
+QEMU_REPEATS = 5        # keep QEMU's fastest of several runs
+#: QEMU times each workload at this many times kvmpy's size (about a second of QEMU time):
+#: at kvmpy's size it takes a few milliseconds, lost in its start-up's +-50 ms of noise
+QEMU_FACTOR = {"int": 500, "sieve32": 200, "memcpy64": 20}
 
 
-def assemble(src: str, bits: int = 64) -> bytes:
-    with tempfile.TemporaryDirectory() as d:
-        s, o, b = (os.path.join(d, n) for n in ("a.s", "a.o", "a.bin"))
-        with open(s, "w") as f:
-            f.write(".intel_syntax noprefix\n.code%d\n" % bits + src + "\n")
-        subprocess.run(["as", "--64", "-o", o, s], check=True)
-        subprocess.run(["objcopy", "-O", "binary", "-j", ".text", o, b], check=True)
-        with open(b, "rb") as f:
-            return f.read()
+def _best(run, image, repeats):
+    return min((run(image) for _ in range(repeats)), key=lambda r: r.seconds)
 
 
-def mips(name, src, bits=64, check=None, **kw):
-    code = assemble(src.format(data=DATA_ADDR, **kw), bits)
-    t = time.perf_counter()
-    r = run_snippet(code, {}, 2, bytes(65536), budget=10 ** 9, bits=bits)
-    dt = time.perf_counter() - t
-    if check is not None:
-        reg, want = check
-        assert r.regs[reg] == want, "%s: %s = %d, expected %d" % (name, reg, r.regs[reg], want)
-    print("%-34s %10d insns %7.2f s %7.2f MIPS" % (name, r.icount, dt, r.icount / dt / 1e6))
-    return r.icount / dt
+def _checked(runner, run, counts):
+    """``run(image)`` for ``counts``, after checking it printed the model's checksums."""
+    r = run(workloads.image(counts))
+    expected = workloads.expected_output(counts)
+    if not r.output.endswith(expected):
+        raise runners.RunFailed("%s printed %r, expected %r" % (runner, r.output[-200:], expected))
+    return r
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def guest_mips(scale, use_host, use_qemu):
+    """The MIPS table: each workload on kvmpy, the host and QEMU, net of the empty guest.
+
+    QEMU's checksums are checked at kvmpy's size; it is timed at ``QEMU_FACTOR`` times the
+    count (too long for the Python model: only its completion is checked), credited with an
+    instruction count extrapolated from kvmpy's at half and full size (the count grows
+    linearly with the workload count, give or take a few instructions per unit)."""
+    soft = lambda image: runners.run_vmm(image, "soft")
+    host = lambda image: runners.run_vmm(image, "host")
+    qemu = lambda image: _best(runners.run_qemu, image, QEMU_REPEATS)
+    empty_soft = soft(workloads.image({}))
+    empty_host = host(workloads.image({})) if use_host else None
+    empty_qemu = qemu(workloads.image({})) if use_qemu else None
+    print("%-34s %10s %8s %8s %8s %11s %11s" % ("workload (net of empty guest)", "insns",
+          "kvmpy", "host", "QEMU", "kvmpy/host", "kvmpy/QEMU"))
+    print("%-34s %10s %8s %8s %8s" % ("", "", "MIPS", "MIPS", "MIPS"))
+    for w in workloads.WORKLOADS:
+        count = max(2, workloads.DEFAULT_COUNTS[w] // scale)
+        r = _checked("kvmpy", soft, {w: count})
+        insns = r.icount - empty_soft.icount
+        mips = insns / (r.seconds - empty_soft.seconds) / 1e6
+        host_mips = qemu_mips = None
+        if use_host:
+            h = _checked("host", host, {w: count})
+            host_mips = insns / (h.seconds - empty_host.seconds) / 1e6
+        if use_qemu:
+            half = _checked("kvmpy", soft, {w: count // 2})
+            per_unit = (r.icount - half.icount) / (count - count // 2)
+            _checked("qemu", runners.run_qemu, {w: count})
+            factor = QEMU_FACTOR[w]
+            q = qemu(workloads.image({w: count * factor}))
+            if not q.output.endswith("bench done\r\n"):
+                raise runners.RunFailed("qemu did not finish %s: %r" % (w, q.output[-200:]))
+            qemu_insns = insns + per_unit * count * (factor - 1)
+            qemu_mips = qemu_insns / (q.seconds - empty_qemu.seconds) / 1e6
+        print("%-34s %10d %8.2f %8s %8s %11s %11s" % (
+            workloads.DESCRIPTIONS[w], insns, mips, _fmt(host_mips, ".2f"), _fmt(qemu_mips, ".1f"),
+            _fmt(host_mips and mips / host_mips, ".2f"), _fmt(qemu_mips and mips / qemu_mips, ".4f")))
+    if not use_host:
+        print("  (host columns: /dev/kvm cannot be opened)")
+    if not use_qemu:
+        print("  (QEMU columns: %s is not installed, or --no-qemu)" % runners.QEMU)
+    else:
+        print("  (QEMU timed on %s times longer workloads, instruction counts extrapolated)"
+              % "/".join(str(QEMU_FACTOR[w]) for w in workloads.WORKLOADS))
 
 
 def exit_roundtrip(backend, n):
@@ -140,33 +130,28 @@ def boot(backend):
     print("%-34s %10s %7.2f s" % ("demo boot to exit (%s)" % backend, res.reason, dt))
 
 
-def host_ok():
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR))
-        return True
-    except OSError:
-        return False
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="workloads a fifth of the size")
+    ap.add_argument("--no-qemu", action="store_true", help="leave out the QEMU columns")
     a = ap.parse_args()
-    scale = 1 if a.quick else 5
-    print("kvmpy benchmarks (CPython %s)" % ".".join(map(str, __import__("sys").version_info[:3])))
-    mips("integer/branch loop (64-bit)", INT_LOOP, n=200_000 * scale)
-    primes = ("rdx", 6542)                          # primes below 65536
-    mips("sieve over 64 KiB (64-bit)", SIEVE, check=primes, n=scale)
-    mips("sieve over 64 KiB (32-bit)", SIEVE.replace("r9d", "esi"), bits=32, check=primes, n=scale)
-    mips("memcpy: rep movsb + byte loop", MEMCPY, n=20 * scale)
-    exit_roundtrip("soft", 2000 * scale)
-    if host_ok():
-        exit_roundtrip("host", 2000 * scale)
+    quick = 5 if a.quick else 1
+    use_host = runners.host_kvm_usable()
+    print("kvmpy benchmarks (CPython %s)" % ".".join(map(str, sys.version_info[:3])))
+    try:
+        guest_mips(quick, use_host, runners.qemu_available() and not a.no_qemu)
+    except runners.RunFailed as e:
+        print("FAILED: %s" % e)
+        return 1
+    exit_roundtrip("soft", 10000 // quick)
+    if use_host:
+        exit_roundtrip("host", 10000 // quick)
     boot("soft")
-    if host_ok():
+    if use_host:
         boot("host")
     print("%-34s %10.1f MiB" % ("peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -573,6 +573,7 @@ def _irq_window(result):
     the HLT). VMX KVM exits at the first instruction boundary with IF=1 and no STI shadow:
     after "sti; nop", at the second NOP (0x7c33); vector 0x41 then prints 'A' before 'b'."""
     assert [r["reason"] for r in result["log"]] == ["IO", "HLT", "HLT"]
+    result = _vmx_out_rip([1])(result)          # the console OUT (out dx, al) exits at the OUT
     result["log"][1:1] = [{"reason": "IRQ_WINDOW_OPEN", "rip": "0x7c33", "ready": 1, "if": 1}]
     result["console"] = "aAb@z"
     return result
@@ -584,14 +585,6 @@ VMX_CORRECTIONS = {
     "in_dropped_after_rip_change": _in_dropped,
     "sync_regs": _sync_regs,
     "no_memslots": _no_memslots,
-}
-
-# Processor (hw/cpu.py) bugs that make kvmpy differ from VMX KVM; reported, not yet fixed.
-SOFT_KNOWN_BUGS = {
-    "irq_window_real_mode": "hw/cpu.py checks interrupt-window exiting only at VM entry, not when "
-                            "the STI shadow ends mid-run, so the exit comes at the next exit",
-    "irq_unmapped_stack": "kvmpy loses an injected event whose delivery takes an EPT violation "
-                          "(no IDT-vectoring info from hw/cpu.py, so KVM cannot re-inject it)",
 }
 
 SCENARIOS = {f.__name__: f for f in (
@@ -636,6 +629,4 @@ def test_soft_matches_host(name, soft_mmu, request):
     reference = SCENARIOS[name](rawvmm.HOST) if host_kvm_usable() else _recorded()[name]
     if name in VMX_CORRECTIONS:
         reference = VMX_CORRECTIONS[name](reference)
-    if name in SOFT_KNOWN_BUGS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=SOFT_KNOWN_BUGS[name]))
     assert SCENARIOS[name](syscalls) == reference

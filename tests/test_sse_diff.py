@@ -14,8 +14,8 @@ import struct
 import pytest
 
 from tests.fpu_oracle import Batch
-from tests.oracle import diff
-from tests.oracle.native import DATA_ADDR, unavailable_reason
+from tests.oracle import asm, diff
+from tests.oracle.native import DATA_ADDR, run_native, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
@@ -143,7 +143,7 @@ def test_shuffles_and_inserts(run_snippet):
     s = Snippets()
     r = rng("shuf")
     imm_ops = ("pshufd pshufhw pshuflw shufps shufpd palignr pblendw blendps blendpd insertps dpps "
-               "dppd").split()
+               "dppd mpsadbw").split()
     for op in imm_ops:
         for imm in (0, 0x1B, 0x4E, 0xE4, 0xFF, r.randrange(256), r.randrange(256)):
             if op == "palignr":
@@ -167,6 +167,9 @@ def test_shuffles_and_inserts(run_snippet):
           flags=True)
     for a, b in ((0, 5), (5, 0), (3, 7), (-1, -1), (12, 3)):
         s.add(["ptest xmm0, xmm1"], [a & (2 ** 128 - 1), b], flags=True)
+    s.add(["maskmovdqu xmm0, xmm1", "add rdi, 3", "maskmovq mm2, mm3", "emms"],
+          [r.getrandbits(128), r.getrandbits(128) & int("80" * 16, 16), 0x1122334455667788, 0x8000800000808080],
+          regs={"rdi": DATA_ADDR + 0x900})
     for op in ("pblendvb", "blendvps", "blendvpd"):
         s.add(["%s xmm1, xmm2, xmm0" % op, "%s xmm3, [%#x], xmm0" % (op, DATA_ADDR + IN + 64)],
               [r.getrandbits(128) for _ in range(NREGS)])
@@ -297,3 +300,63 @@ def test_faults_and_state(run_snippet):
               [], 0x1F80, extra=bytes(img))
     s.add(["fxsave [%#x]" % (DATA_ADDR + 0x408)], [])                      # misaligned: #GP
     s.check(run_snippet)
+
+
+MMX_OPS = ("paddb paddw paddd paddq psubb psubw psubd psubq paddsb paddsw paddusb paddusw psubsb psubsw psubusb "
+           "psubusw pminub pmaxub pminsw pmaxsw pcmpeqb pcmpeqw pcmpeqd pcmpgtb pcmpgtw pcmpgtd pavgb pavgw "
+           "pmullw pmulhw pmulhuw pmuludq pmaddwd psadbw packsswb packssdw packuswb punpcklbw punpcklwd "
+           "punpckldq punpckhbw punpckhwd punpckhdq pand pandn por pxor pshufb phaddw phaddd phaddsw phsubw "
+           "phsubd phsubsw pmaddubsw psignb psignw psignd pmulhrsw pabsb pabsw pabsd psllw pslld psllq psrlw "
+           "psrld psrlq psraw psrad").split()
+
+
+def test_mmx(run_snippet):
+    """MMX on MM0-MM7 (aliasing the x87 registers): results stored with MOVQ, then EMMS."""
+    s = Snippets()
+    r = rng("mmx")
+    d = DATA_ADDR + IN
+    load = ["movq mm%d, [%#x]" % (i, d + 8 * i) for i in range(8)]
+    store = ["movq [%#x], mm%d" % (DATA_ADDR + 0x900 + 8 * i, i) for i in range(8)] + ["emms"]
+    for op in MMX_OPS:
+        xmm = [r.choice(INT_EDGE) if r.random() < 0.4 else r.getrandbits(128) for _ in range(4)]
+        s.add(load + ["%s mm0, mm1" % op, "%s mm2, mm3" % op, "%s mm4, [%#x]" % (op, d + 48)] + store, xmm)
+    for imm in (0, 1, 7, 15, 16, 33, 64):
+        s.add(load + ["psllw mm0, %d" % imm, "psrad mm1, %d" % imm, "psrlq mm2, %d" % imm,
+                      "pshufw mm3, mm4, %d" % (imm * 5 & 255), "palignr mm5, mm6, %d" % imm] + store,
+              [r.getrandbits(128) for _ in range(4)])
+    s.add(load + ["movd mm0, eax", "movq mm1, rax", "movd ecx, mm2", "movq rdx, mm3", "pinsrw mm4, eax, 2",
+                  "pextrw esi, mm5, 3", "pmovmskb edi, mm6", "movntq [%#x], mm7" % (DATA_ADDR + 0x980)] + store,
+          [r.getrandbits(128) for _ in range(4)], regs={"rax": r.getrandbits(64)})
+    # the x87 view of MMX registers: exponent all ones, TOP 0, all tagged valid (the registers are
+    # first filled with 1.0: the tag word FNSTENV computes depends on their contents)
+    s.add(["fninit"] + ["fld1"] * 8 + ["fninit", "fld1", "fld1", "movq mm2, [%#x]" % d, "fnstenv [%#x]" % (DATA_ADDR + 0x900),
+           "mov qword ptr [%#x], 0" % (DATA_ADDR + 0x90C), "mov qword ptr [%#x], 0" % (DATA_ADDR + 0x914),
+           "fstp tbyte ptr [%#x]" % (DATA_ADDR + 0x940), "emms", "fnstenv [%#x]" % (DATA_ADDR + 0x980),
+           "mov qword ptr [%#x], 0" % (DATA_ADDR + 0x98C), "mov qword ptr [%#x], 0" % (DATA_ADDR + 0x994)],
+          [r.getrandbits(128)])
+    s.check(run_snippet)
+
+
+def test_reciprocal_approximations(run_snippet):
+    """RCPPS/RSQRTPS results are implementation-specific within 1.5 * 2**-12 relative error:
+    compared with the silicon within that bound; special inputs (zeros, infinities, NaNs,
+    negatives, denormals) and MXCSR exactly."""
+    s = Snippets()
+    r = rng("rcp")
+    for _ in range(6):
+        xmm = [vec([r.choice(E32) if r.random() < 0.5 else r.getrandbits(32) for _ in range(4)], 4)
+               for _ in range(4)]
+        s.add(["rcpps xmm0, xmm0", "rsqrtps xmm1, xmm1", "rcpss xmm2, xmm2", "rsqrtss xmm3, xmm3"], xmm)
+    codes = asm.assemble_many(src for src, _, _, _ in s.items)
+    bad = []
+    for (_, regs, mem, title), code in zip(s.items, codes):
+        e, a = run_native(code, regs, 0, mem), run_snippet(code, dict(regs), 0, mem)
+        if e.mem[MXCSR_OUT:MXCSR_OUT + 4] != a.mem[MXCSR_OUT:MXCSR_OUT + 4] or e.exception != a.exception:
+            bad.append(title + ": MXCSR or exception differ")
+        for off in range(OUT, OUT + 64, 4):
+            x, y = (struct.unpack_from("<f", m, off)[0] for m in (e.mem, a.mem))
+            same = struct.unpack_from("<I", e.mem, off) == struct.unpack_from("<I", a.mem, off)
+            finite = x == x and y == y and abs(x) != float("inf") and x != 0
+            if not same and not (finite and abs(y - x) <= abs(x) * 1.5 * 2 ** -12):
+                bad.append("%s: lane at %#x: silicon %r, kvmpy %r" % (title, off, x, y))
+    assert not bad, "\n".join(bad[:10])

@@ -63,8 +63,6 @@ def soft_mmu(request):
     params.set(ept=saved)
 
 
-@pytest.mark.xfail(strict=True, reason="kvmpy's processor lacks the 64-bit canonical-address "
-                   "check (hw/cpu.py translate): the guest's non-canonical load must raise #GP")
 def test_soft_matches_host(soft_mmu):
     from kvmpy import syscalls
     if host_kvm_usable():

@@ -63,10 +63,10 @@ class X87(Batch):
                       "mov qword ptr [%#x], 0" % (D + ENV_OUT + 12), "mov qword ptr [%#x], 0" % (D + ENV_OUT + 20)]
         lines += ["fldcw [%#x]" % (D + CW_IN + 8)]          # mask everything before emptying the stack
         mem[CW_IN + 8:CW_IN + 10] = (0x37F).to_bytes(2, "little")
-        lines += ["fclex"]
-        for k in range(8):          # empty the stack, whatever is on it (FXAM: C3|C0 = empty)
-            lines += ["fxam", "fnstsw ax", "and ax, 0x4500", "cmp ax, 0x4100", "je 1f",
-                      "fstp tbyte ptr [%#x]" % (D + OUT + 16 * k), "1:", "fincstp"]
+        lines += ["fnclex"]
+        for k in range(8):          # pop the stack to the data page, skipping empty registers
+            lines += ["fxam", "fnstsw ax", "and ax, 0x4500", "cmp ax, 0x4100", "jne 2f", "fincstp", "jmp 3f",
+                      "2:", "fstp tbyte ptr [%#x]" % (D + OUT + 16 * k), "3:"]
         title = "[%s] cw=%#x in=%s" % ("; ".join(body), cw, [hex(v) for v in values])
         super().add(lines, mem, regs, title)
 
@@ -170,7 +170,8 @@ def test_unary_and_misc(run_snippet):
             b.add(["fld " + m(1), "fld " + m(0), "push %d" % flags, "popfq", "%s st, st(1)" % cc],
                   [x80(1.0), x80(2.0)])
     b.add(["fld " + m(0), "fld " + m(1), "faddp st(1), st"], [x80(1.0), x80(2.0)], env=True)
-    b.add(["fldpi", "fld1", "fnsave [%#x]" % (D + 0xA00), "mov qword ptr [%#x], 0" % (D + 0xA0C),
+    consts = ["fld1", "fldpi", "fldz", "fldl2e", "fldl2t", "fldlg2", "fldln2", "fld1"]    # all 8 valid
+    b.add(consts + ["fnsave [%#x]" % (D + 0xA00), "mov qword ptr [%#x], 0" % (D + 0xA0C),
            "mov qword ptr [%#x], 0" % (D + 0xA14), "frstor [%#x]" % (D + 0xA00), "fadd st, st(1)"], [])
     b.check(run_snippet)
 
@@ -178,7 +179,7 @@ def test_unary_and_misc(run_snippet):
 def test_exceptions(run_snippet):
     b = X87()
     b.add(["fld " + m(0), "fsqrt", "fld1"], [x80(-1.0)], 0x37E)                 # IE unmasked: #MF at fld1
-    b.add(["fld1", "fldz", "fdivp st(1), st", "fwait"], [], 0x37B)               # ZE unmasked
+    b.add(["fld1", "fldz", "fdivp st(1), st", "fld1"], [], 0x37B)               # ZE unmasked
     b.add(["fld1", "fldz", "fdivp st(1), st", "fnstsw ax", "fnclex", "fld1"], [], 0x37B)
     b.add(["fld " + m(0), "fld " + m(0), "fmulp st(1), st", "fst dword ptr [%#x]" % (D + 0x900)], [x80(1e300)], 0x377)
     b.add(["fldcw [%#x]" % (D + 0xFE0), "fnstcw [%#x]" % (D + 0x900)], [])

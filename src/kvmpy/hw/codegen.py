@@ -446,15 +446,16 @@ BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
 
 
 def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, emulating: bool = False,
-              max_insns: int = MAX_BLOCK_INSNS) -> Block:
+              max_insns: int = MAX_BLOCK_INSNS, single: bool = False) -> Block:
     """Decode and translate instructions starting at ``rip`` (linear ``cs_base + rip``).
 
     ``decode_at(rip)`` returns the Insn at that instruction pointer.  Translation
     stops after a block-ending instruction, at a page boundary, or after
-    ``max_insns`` instructions.
+    ``max_insns`` instructions.  ``single`` translates exactly one execution of one
+    instruction (no self-loop), for stepping through an interrupt shadow.
     """
     g = Gen(mode, emulating)
-    g.loop_target = None if emulating else hex(rip)
+    g.loop_target = None if emulating or single else hex(rip)
     insns = []
     addr = rip
     lin = cs_base + rip

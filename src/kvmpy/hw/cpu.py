@@ -203,6 +203,8 @@ class Processor(CPUState, SegmentUnit):
 
         Fills the software TLB; raises Fault(14)/Intercept on failure.
         """
+        if self.mode.code == 8 and (lin + (1 << 47)) >> 48:
+            raise Fault(13, 0)          # non-canonical address (#SS for stack accesses is not told apart)
         user = self.mode.cpl == 3
         if user:
             access |= paging.PFERR_USER
@@ -247,7 +249,7 @@ class Processor(CPUState, SegmentUnit):
             return self.read_slow(a, lo) | (self.read_slow(a + lo, size - lo) << (8 * lo))
         d = self.tlb_r.get(a >> 12)
         if d is None:
-            host, _ = self.translate(a & ~0xFFF, 0)
+            host, _ = self.translate(a, 0)
             d = host - (a & ~0xFFF)
         return hm.read(a + d, size)
 
@@ -258,7 +260,7 @@ class Processor(CPUState, SegmentUnit):
             self.probe_write(a, size)
             first = self.write_slow(a, lo, v)
             return self.write_slow(a + lo, size - lo, v >> (8 * lo)) or first
-        host, gpa = self.translate(a & ~0xFFF, paging.PFERR_WRITE)
+        host, gpa = self.translate(a, paging.PFERR_WRITE)
         hm.write(host + (a & 0xFFF), size, v)
         return self._note_write(gpa >> 12)
 
@@ -266,7 +268,7 @@ class Processor(CPUState, SegmentUnit):
         """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
         for page in range(a >> 12, ((a + size - 1) >> 12) + 1):
             if page not in self.tlb_w:
-                self.translate(page << 12, paging.PFERR_WRITE)
+                self.translate(max(a, page << 12), paging.PFERR_WRITE)
 
     def _note_write(self, gfn):
         """A write to a page holding translated code invalidates that code (SMC)."""
@@ -282,7 +284,7 @@ class Processor(CPUState, SegmentUnit):
     def fetch_byte(self, lin):
         d = self.tlb_r.get(lin >> 12)
         if d is None or (lin >> 12) not in self.tlb_x:
-            host, _ = self.translate(lin & ~0xFFF, paging.PFERR_FETCH)
+            host, _ = self.translate(lin, paging.PFERR_FETCH)
             d = host - (lin & ~0xFFF)
         return hm.HOST[lin + d]
 
@@ -292,7 +294,7 @@ class Processor(CPUState, SegmentUnit):
         lin = (csb + rip) & (0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF)
         gpa = self.tlb_x.get(lin >> 12)
         if gpa is None:
-            _, gpa = self.translate(lin & ~0xFFF, paging.PFERR_FETCH)
+            _, gpa = self.translate(lin, paging.PFERR_FETCH)
         phys = gpa | (lin & 0xFFF)
         b = self.code.get(rip)
         if b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys:
@@ -346,7 +348,14 @@ class Processor(CPUState, SegmentUnit):
         try:
             if self.pending_event is not None:
                 ev, self.pending_event = self.pending_event, None
-                self.deliver(ev[1], ev[0], ev[2])
+                try:
+                    self.deliver(ev[1], ev[0], ev[2], injected=True)
+                except Intercept as e:
+                    # IDT-vectoring information: the event is delivered again on the next entry
+                    if e.kind != "triple_fault":
+                        self.pending_event = ev
+                        e.info["vectoring"] = ev
+                    raise
             while True:
                 if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
                     raise Intercept("interrupt_window")
@@ -389,6 +398,9 @@ class Processor(CPUState, SegmentUnit):
             while True:
                 self._block = b
                 ic += b.fn()
+                if self.intr_window_exiting:
+                    self.icount = ic
+                    self._window_check()
                 self.interrupt_shadow = 0
                 if ic >= limit:
                     return
@@ -404,6 +416,24 @@ class Processor(CPUState, SegmentUnit):
                 b = nb
         finally:
             self.icount = ic
+
+    def _window_check(self):
+        """Interrupt-window exiting: exit once IF=1 and no STI/MOV SS shadow is in force.
+
+        A block that ended with STI or MOV SS leaves the shadow set: exactly one more
+        instruction runs (translated on its own) before the window can open.
+        """
+        if self.interrupt_shadow and self.flags & IF:
+            csb = self.sbase[CS]
+            mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+            mode = self.mode
+            b = codegen.translate(lambda r: decode(lambda i: self.fetch_byte((csb + r + i) & mask), mode.code, r),
+                                  self.rip, csb, mode, self.ns, max_insns=1, single=True)
+            self._block = b
+            self.icount += b.fn()
+            self.interrupt_shadow = 0
+        if self.flags & IF and not self.interrupt_shadow:
+            raise Intercept("interrupt_window")
 
     def _raised_in_block(self):
         tb = sys.exc_info()[2]
@@ -438,9 +468,13 @@ class Processor(CPUState, SegmentUnit):
         """Deliver a fault raised by an instruction (or exit if the vendor intercepts it)."""
         self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
 
-    def deliver(self, vector, kind, error_code=None, cr2=None, next_ip=None):
-        """Deliver an event through the IDT/IVT, with double- and triple-fault rules."""
-        if kind == HW_EXC and self.exception_bitmap >> vector & 1:
+    def deliver(self, vector, kind, error_code=None, cr2=None, next_ip=None, injected=False):
+        """Deliver an event through the IDT/IVT, with double- and triple-fault rules.
+
+        An event injected at VM entry is not checked against the exception bitmap
+        (VMX/SVM deliver it straight to the guest); exceptions it causes are.
+        """
+        if kind == HW_EXC and not injected and self.exception_bitmap >> vector & 1:
             raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2)
         if kind == HW_EXC and self.delivering:
             prev = self.delivering[-1]

@@ -98,7 +98,7 @@ _ONE = _table(
 # 0F map.
 _TWO = _table(
     "00-03:m 05-09: 0b: 0d:m 0e: 10-17:m 18-1f:m 20-23:m 28-2f:m 30-35: 37: "
-    "40-4f:m 50-6f:m 70-73:mb 74-7f:m 80-8f:z 90-9f:m a0-a2: a3:m a4:mb a5:m a8-aa: ab:m ac:mb ad-af:m "
+    "40-4f:m 50-6f:m 70-73:mb 74-76:m 77: 78-7f:m 80-8f:z 90-9f:m a0-a2: a3:m a4:mb a5:m a8-aa: ab:m ac:mb ad-af:m "
     "b0-b7:m b8:m b9:m ba:mb bb-bf:m c0-c1:m c2:mb c3:m c4-c6:mb c7:m c8-cf: d0-ff:m"
 )
 _0F38 = _table("00-ff:m")

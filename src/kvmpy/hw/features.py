@@ -40,6 +40,10 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
 IMPLEMENTED: frozenset[str] = frozenset({
     "tsc", "msr", "pae", "pse", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
     "clflush", "syscall", "nx", "lm", "lahf_lm", "hypervisor",
+    # x87, MMX and SSE (kvmpy.hw.insn.x87 / mmx / sse, FXSAVE in kvmpy.hw.fxsave); no SSE4.2
+    "fpu", "mmx", "fxsr", "sse", "sse2", "sse3", "ssse3", "sse4_1",
+    # integer instructions of those generations (kvmpy.hw.insn.bits / atomic)
+    "popcnt", "abm", "cx16",
 })
 
 

@@ -109,7 +109,7 @@ def mem_operand(kind, raw):
 
 def _nan_result(ops):
     """x87 NaN propagation over (unpacked, bits) operands: the QNaN over an SNaN, else the
-    larger significand; the result is quiet."""
+    larger significand (the positive one on a tie); the result is quiet."""
     nans = [(u, b) for u, b in ops if u[0] >= QNAN]
     flags = IE if any(u[0] == SNAN for u, _ in ops) else 0
     if len(nans) == 2:
@@ -117,7 +117,7 @@ def _nan_result(ops):
         if ua[0] != ub[0]:
             pick = a if ua[0] == QNAN else b
         else:
-            pick = b if (b & M64) > (a & M64) else a
+            pick = max(a, b, key=lambda x: (x & M64, not x >> 79))
     else:
         pick = nans[0][1]
     return pick | F80.qbit, flags
@@ -148,20 +148,23 @@ def _binary(op, ua, a, ub, b, rc, p):
 
 
 def arith(cpu, op, dst, src, kind=None, raw=0, pop=False):
-    """ST(dst) = ST(dst) op (ST(src), or the memory operand when ``kind`` is given)."""
+    """ST(dst) = ST(dst) op (ST(src), or the memory operand when ``kind`` is given); an
+    unmasked invalid/denormal/zero-divide exception leaves the stack as it was (no pop)."""
     f = cpu.fpu
     a = _get(f, dst)
     b = _get(f, src) if kind is None else None
     if a is None or (kind is None and b is None):
-        if not _underflow(f):
-            _put(f, dst, INDEF)
+        if _underflow(f):
+            return
+        _put(f, dst, INDEF)
     else:
         ua = sf.unpack(a, F80)
         ub, b = mem_operand(kind, raw) if kind else (sf.unpack(b, F80), b)
         rc, p = _ctx(f)
         r, fl = _binary(op, ua, a, ub, b, rc, p)
-        if not _signal(f, fl):
-            _put(f, dst, r)
+        if _signal(f, fl):
+            return
+        _put(f, dst, r)
     if pop:
         _pop(f)
 
@@ -196,7 +199,8 @@ def fcom(cpu, src, kind=None, raw=0, pops=0, signal_qnan=True):
     if kind == "zero":
         kind, raw = "i16", 0
     rel, fl = _compare(f, src, kind, raw, signal_qnan)
-    _signal(f, fl, _FCOM_CC[rel])
+    if _signal(f, fl, _FCOM_CC[rel]):
+        return
     for _ in range(pops):
         _pop(f)
 
@@ -205,8 +209,7 @@ def fcomi(cpu, src, signal_qnan, pop):
     """FCOMI/FUCOMI(P): returns ZF/PF/CF for the translated code to set."""
     f = cpu.fpu
     rel, fl = _compare(f, src, None, 0, signal_qnan)
-    _signal(f, fl, f.fsw & (C0 | C2 | C3))
-    if pop:
+    if not _signal(f, fl, f.fsw & (CC if not fl & SF else C0 | C2 | C3)) and pop:     # C1 kept (AMD)
         _pop(f)
     return _FCOMI_FLAGS[rel]
 
@@ -302,12 +305,11 @@ def store_value(cpu, kind, truncate=False):
 
 
 def store_done(cpu, flags, pop):
+    """Record a store's flags and pop, unless an unmasked exception suppressed the store."""
     f = cpu.fpu
-    if flags & SF:
-        _signal(f, flags, f.fsw & (C0 | C2 | C3))
-    else:
-        _signal(f, flags)
-    if pop:
+    suppressed = flags & ~f.fcw & 0x3F & ~PE
+    _signal(f, flags & ~UP if suppressed else flags, f.fsw & (C0 | C2 | C3) if flags & SF else None)
+    if pop and not suppressed:
         _pop(f)
 
 
@@ -445,8 +447,8 @@ def fscale(cpu):
     elif ua[0] in (ZERO, INF):
         r, fl = a, _denormal(ub)
     else:
-        n = 0 if ub[0] == ZERO else sf.to_int((ub[0], ub[1], ub[2], ub[3], False), 80, sf.RZ)[0]
-        n = max(-(1 << 17), min(1 << 17, n - (1 << 80) if n >> 79 else n))
+        n = 0 if ub[0] == ZERO else min(ub[2] << ub[3] if ub[3] >= 0 else ub[2] >> -ub[3], 1 << 17)
+        n = -n if ub[1] else n              # beyond +-2**17 the result saturates anyway
         r, fl = sf.round_pack(ua[1], ua[2], ua[3] + n, F80, (f.fcw >> 10) & 3)
         fl |= _denormal(ua, ub)
     if not _signal(f, fl):
@@ -515,8 +517,8 @@ def fprem(cpu, ieee):
                 q += 1
                 rem -= y
             cc = (C0 if q & 4 else 0) | (C3 if q & 2 else 0) | (C1 if q & 1 else 0)
-        else:                   # reduce the exponent difference by 32..63 bits (here: d - 32 kept)
-            shift = d - 32
+        else:                   # reduce the exponent difference to a multiple of 32 (by 32..63)
+            shift = (d // 32 - 1) * 32
             q = x // (y << shift)
             rem = x - q * (y << shift)
             cc = C2

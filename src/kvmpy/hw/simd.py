@@ -98,6 +98,14 @@ def sadbw(a, b, n=16):
     return join([sum(abs(x[i] - y[i]) for i in range(k, k + 8)) for k in range(0, n, 8)], 8)
 
 
+def mpsadbw(a, b, imm):
+    """MPSADBW: eight sums of absolute differences of a 4-byte block of b (imm[1:0]) against
+    sliding 4-byte windows of a starting at byte 4*imm[2]."""
+    x, y = split(a, "B"), split(b, "B")
+    src, dst = 4 * (imm & 3), 4 * (imm >> 2 & 1)
+    return join([sum(abs(x[dst + i + j] - y[src + j]) for j in range(4)) for i in range(8)], 2)
+
+
 def pack(a, b, code, out_code, n=16):
     """PACKSSWB/PACKSSDW/PACKUSWB/PACKUSDW: saturate the lanes of a then b to half width."""
     lo, hi = _range(out_code)
@@ -426,6 +434,30 @@ def round_lanes(cpu, b, size, count, imm):
         flags |= 0 if imm & 8 else fl
     _xm(cpu, flags)
     return out
+
+
+def _approx(x, rsqrt):
+    """RCP/RSQRT of one single: the exact reciprocal (square root) rounded to single, well
+    inside the architectural 1.5 * 2**-12 relative error; denormal inputs count as zero and
+    results below the normal range flush to zero.  MXCSR is neither read nor changed."""
+    u = sf.unpack(x, F32, daz=True)
+    c, s = u[0], u[1]
+    if c >= QNAN:
+        return sf.quiet(x, F32)
+    if c == sf.ZERO:
+        return sf.pack_special(sf.INF, s, F32)
+    if rsqrt and s:
+        return F32.indef
+    if c == sf.INF:
+        return sf.pack_special(sf.ZERO, s, F32)
+    if rsqrt:
+        u = sf.unpack(sf.sqrt(u, F64, sf.RN)[0], F64)
+    return sf.div((sf.FINITE, 0, 1, 0, False), u, F32, sf.RN, True)[0]
+
+
+def approx(b, count, rsqrt):
+    """RCPPS/RCPSS/RSQRTPS/RSQRTSS -> list of lanes."""
+    return [_approx(x, rsqrt) for x in split(b, "I")[:count]]
 
 
 def dot(cpu, a, b, size, imm):

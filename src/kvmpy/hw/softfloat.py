@@ -71,15 +71,16 @@ def unpack(bits: int, f: Fmt, daz: bool = False):
     return FINITE, sign, (1 << (f.p - 1)) | frac, e - f.bias - (f.p - 1), False
 
 
-def pack_special(kind: int, sign: int, f: Fmt) -> int:
-    """Bits of a zero, infinity or max finite (kind = ZERO, INF, FINITE) of ``sign``."""
+def pack_special(kind: int, sign: int, f: Fmt, p: int | None = None) -> int:
+    """Bits of a zero, infinity or max finite (kind = ZERO, INF, FINITE; ``p`` bits of
+    precision) of ``sign``."""
     s = sign << (f.width - 1)
     top = (1 << (f.p - 1)) if f.explicit else 0
     if kind == ZERO:
         return s
     if kind == INF:
         return s | (f.emask << f.fbits) | top
-    return s | ((f.emask - 1) << f.fbits) | ((1 << f.fbits) - 1)
+    return s | ((f.emask - 1) << f.fbits) | ((1 << f.fbits) - 1) & ~((1 << (f.p - (p or f.p))) - 1)
 
 
 def round_pack(sign: int, mant: int, exp: int, f: Fmt, rc: int, ftz: bool = False, p: int | None = None):
@@ -130,7 +131,7 @@ def round_pack(sign: int, mant: int, exp: int, f: Fmt, rc: int, ftz: bool = Fals
     er = q + m.bit_length() - 1
     if er > f.emax:
         to_inf = rc == RN or rc == (RD if sign else RU)
-        return pack_special(INF if to_inf else FINITE, sign, f), (flags & ~UP) | OE | PE | (UP if to_inf else 0)
+        return pack_special(INF if to_inf else FINITE, sign, f, p), (flags & ~UP) | OE | PE | (UP if to_inf else 0)
     m <<= f.p - p                            # precision control keeps the format's field width
     if m >> (f.p - 1):
         biased = er + f.bias

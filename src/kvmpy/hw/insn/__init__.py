@@ -7,3 +7,4 @@ from . import string  # noqa: F401
 from . import atomic  # noqa: F401
 from . import sse  # noqa: F401
 from . import x87  # noqa: F401
+from . import mmx  # noqa: F401

@@ -7,8 +7,8 @@ SSE instructions in the block reuse them, since nothing inside a block can chang
 without ending it.  Bitwise operations and moves are inline; the rest call ``SV``.
 
 Instructions are keyed by (opcode, mandatory prefix): the prefix is F3/F2 when present,
-else 66, else none.  Keys without a handler are #UD (including the MMX forms, which kvmpy
-does not implement).
+else 66, else none.  Keys without a handler are #UD; ``kvmpy.hw.insn.mmx`` adds the MMX
+forms (no prefix) of the integer instructions to the same table.
 """
 
 from ..codegen import M, emitter
@@ -17,6 +17,7 @@ from ..decoder import MAP0F, MAP0F38, MAP0F3A
 M128 = (1 << 128) - 1
 M64 = M[8]
 _H: dict = {}
+_PROLOGUE: dict = {}        # keys whose handler needs another prologue than SSE's (MMX)
 
 
 def _on(*keys):
@@ -26,6 +27,12 @@ def _on(*keys):
             _H[k] = fn
         return fn
     return deco
+
+
+def register(key, handler, prologue):
+    """Add a handler with its own prologue (``kvmpy.hw.insn.mmx`` uses the unprefixed keys)."""
+    _H[key] = handler
+    _PROLOGUE[key] = prologue
 
 
 def prefix(ins) -> int:
@@ -43,12 +50,13 @@ def sse_prologue(g):
 
 
 def _dispatch(g, ins):
-    h = _H.get((ins.opc, prefix(ins)))
-    if h is None:
+    key = (ins.opc, prefix(ins))
+    h = _H.get(key)
+    if h is None or ins.lock:
         g.emit("raise_ud()")
         g.ended = True
         return
-    sse_prologue(g)
+    _PROLOGUE.get(key, sse_prologue)(g)
     h(g, ins)
 
 
@@ -316,7 +324,7 @@ def _int1(call):
     return h
 
 
-_INT2 = {
+INT2 = {
     0xD4: "add(%(a)s, %(b)s, 'q')", 0xFC: "add(%(a)s, %(b)s, 'b')", 0xFD: "add(%(a)s, %(b)s, 'h')",
     0xFE: "add(%(a)s, %(b)s, 'i')", 0xF8: "sub(%(a)s, %(b)s, 'b')", 0xF9: "sub(%(a)s, %(b)s, 'h')",
     0xFA: "sub(%(a)s, %(b)s, 'i')", 0xFB: "sub(%(a)s, %(b)s, 'q')",
@@ -336,7 +344,7 @@ _INT2 = {
     0x6C: "unpack_lo(%(a)s, %(b)s, 8)", 0x68: "unpack_hi(%(a)s, %(b)s, 1)", 0x69: "unpack_hi(%(a)s, %(b)s, 2)",
     0x6A: "unpack_hi(%(a)s, %(b)s, 4)", 0x6D: "unpack_hi(%(a)s, %(b)s, 8)",
 }
-_INT2_38 = {
+INT2_38 = {
     0x00: "pshufb(%(a)s, %(b)s)", 0x01: "hadd(%(a)s, %(b)s, 'h')", 0x02: "hadd(%(a)s, %(b)s, 'i')",
     0x03: "hadd(%(a)s, %(b)s, 'h', saturate=True)", 0x05: "hadd(%(a)s, %(b)s, 'h', subtract=True)",
     0x06: "hadd(%(a)s, %(b)s, 'i', subtract=True)",
@@ -350,16 +358,16 @@ _INT2_38 = {
     0x10: "blendv(%(a)s, %(b)s, XM[0], 1)", 0x14: "blendv(%(a)s, %(b)s, XM[0], 4)",
     0x15: "blendv(%(a)s, %(b)s, XM[0], 8)",
 }
-_INT1_38 = {0x1C: "absolute(%(b)s, 'b')", 0x1D: "absolute(%(b)s, 'h')", 0x1E: "absolute(%(b)s, 'i')",
+INT1_38 = {0x1C: "absolute(%(b)s, 'b')", 0x1D: "absolute(%(b)s, 'h')", 0x1E: "absolute(%(b)s, 'i')",
             0x41: "minpos(%(b)s)"}
 for _i, (_c, _s) in enumerate((("b", 2), ("b", 4), ("b", 8), ("h", 4), ("h", 8), ("i", 8))):
-    _INT1_38[0x20 + _i] = "extend(%%(b)s, %r, %d)" % (_c, _s)
-    _INT1_38[0x30 + _i] = "extend(%%(b)s, %r, %d)" % (_c.upper(), _s)
-for _op, _call in _INT2.items():
+    INT1_38[0x20 + _i] = "extend(%%(b)s, %r, %d)" % (_c, _s)
+    INT1_38[0x30 + _i] = "extend(%%(b)s, %r, %d)" % (_c.upper(), _s)
+for _op, _call in INT2.items():
     _on((MAP0F | _op, 0x66))(_int2(_call))
-for _op, _call in _INT2_38.items():
+for _op, _call in INT2_38.items():
     _on((MAP0F38 | _op, 0x66))(_int2(_call))
-for _op, _call in _INT1_38.items():
+for _op, _call in INT1_38.items():
     _on((MAP0F38 | _op, 0x66))(_int1(_call))
 
 
@@ -371,7 +379,7 @@ def _pmovx(g, ins):
     i = ins.opc & 0xF
     src_bytes = (8, 4, 2, 8, 4, 8)[i]
     s = "XM[%d]" % ins.rm if ins.mod == 3 else g.load(_ea(g, ins), src_bytes)
-    g.emit("XM[%d] = SV.%s" % (ins.reg, _INT1_38[ins.opc & 0xFF] % {"b": s}))
+    g.emit("XM[%d] = SV.%s" % (ins.reg, INT1_38[ins.opc & 0xFF] % {"b": s}))
 
 
 @_on((MAP0F | 0x70, 0x66), (MAP0F | 0x70, 0xF3), (MAP0F | 0x70, 0xF2))
@@ -395,13 +403,13 @@ def _blend_imm(g, ins):
 
 
 # Shifts: by an XMM/m128 count, and the immediate groups 71-73
-_SHIFT_XMM = {0xD1: (2, "r"), 0xD2: (4, "r"), 0xD3: (8, "r"), 0xE1: (2, "a"), 0xE2: (4, "a"),
+SHIFT_BY_REG = {0xD1: (2, "r"), 0xD2: (4, "r"), 0xD3: (8, "r"), 0xE1: (2, "a"), 0xE2: (4, "a"),
               0xF1: (2, "l"), 0xF2: (4, "l"), 0xF3: (8, "l")}
 
 
-@_on(*[(MAP0F | op, 0x66) for op in _SHIFT_XMM])
+@_on(*[(MAP0F | op, 0x66) for op in SHIFT_BY_REG])
 def _shift_xmm(g, ins):
-    size, kind = _SHIFT_XMM[ins.opc & 0xFF]
+    size, kind = SHIFT_BY_REG[ins.opc & 0xFF]
     s = src128(g, ins)
     g.emit("XM[%d] = SV.shift(XM[%d], %s & %#x, %d, %r)" % (ins.reg, ins.reg, s, M64, size, kind))
 
@@ -479,6 +487,47 @@ def _addsub(g, ins):
     size = 8 if ins.opsize_prefix else 4
     s = src128(g, ins)
     g.emit("XM[%d] = SV.addsub(cpu, XM[%d], %s, %d)" % (ins.reg, ins.reg, s, size))
+
+
+@_on((MAP0F | 0x52, 0), (MAP0F | 0x52, 0xF3), (MAP0F | 0x53, 0), (MAP0F | 0x53, 0xF3))
+def _rcp_rsqrt(g, ins):
+    count = 1 if ins.rep else 4
+    s = fp_source(g, ins, 4, count)
+    v = g.tmp()
+    g.emit("%s = SV.join(SV.approx(%s, %d, %s), 4)" % (v, s, count, ins.opc == MAP0F | 0x52))
+    if count == 1:
+        set_low(g, ins.reg, 4, v)
+    else:
+        g.emit("XM[%d] = %s" % (ins.reg, v))
+
+
+@_on((MAP0F3A | 0x42, 0x66))
+def _mpsadbw(g, ins):
+    s = src128(g, ins)
+    g.emit("XM[%d] = SV.mpsadbw(XM[%d], %s, %d)" % (ins.reg, ins.reg, s, ins.imm))
+
+
+@_on((MAP0F | 0xF7, 0x66))
+def _maskmovdqu(g, ins):
+    """MASKMOVDQU: store the bytes of xmm1 whose mask byte in xmm2 has its top bit, to DS:rDI."""
+    if ins.mod != 3:
+        return _ud(g)
+    maskmov(g, ins, "XM[%d]" % ins.reg, "XM[%d]" % ins.rm, 16)
+
+
+def maskmov(g, ins, data, mask, n):
+    """Byte-masked store of ``n`` bytes to DS:rDI (segment overridable), as MASKMOVQ/MASKMOVDQU."""
+    seg = ins.seg if ins.seg >= 0 else 3
+    di = "R[7]" if ins.adsize == 8 else "(R[7] & %#x)" % M[ins.adsize]
+    ea = g.tmp("ea")
+    g.emit("%s = %s" % (ea, g.seg_addr(seg, di)))
+    d, m = g.tmp("x"), g.tmp("x")
+    g.emit("%s = %s; %s = %s" % (d, data, m, mask))
+    for i in range(n):
+        g.emit("if %s >> %d & 1:" % (m, 8 * i + 7))
+        g.indent()
+        g.store("((%s + %d) & %#x)" % (ea, i, M64), 1, "(%s >> %d & 0xff)" % (d, 8 * i))
+        g.dedent()
 
 
 @_on((MAP0F3A | 0x40, 0x66), (MAP0F3A | 0x41, 0x66))

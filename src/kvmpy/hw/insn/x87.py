@@ -17,6 +17,18 @@ _MEM_KIND = {0xD8: "f32", 0xDC: "f64", 0xDA: "i32", 0xDE: "i16"}
 _CONSTS = {0: "one", 1: "l2t", 2: "l2e", 3: "pi", 4: "lg2", 5: "ln2", 6: "zero"}
 
 
+def _x87(*opcodes):
+    """Register an escape-opcode emitter; a LOCK prefix makes any of them #UD."""
+    def deco(fn):
+        def checked(g, ins):
+            if ins.lock:
+                return _ud(g)
+            fn(g, ins)
+        emitter(*opcodes)(checked)
+        return fn
+    return deco
+
+
 def _prologue(g, waiting=True):
     if not vars(g).get("x87_ready"):
         g.emit("if cpu.cr0 & 12: raise_fault(7)")
@@ -83,7 +95,7 @@ def _mem_arith(g, ins, kind):
         g.emit("FU.arith(cpu, %r, 0, 0, %r, %s)" % (_ARITH[r], kind, v))
 
 
-@emitter(0xD8, 0xDC, 0xDA, 0xDE)
+@_x87(0xD8, 0xDC, 0xDA, 0xDE)
 def _arith_group(g, ins):
     op, r, i = ins.opc, ins.reg & 7, ins.rm & 7
     if ins.mod != 3:
@@ -118,7 +130,7 @@ def _fcmov(g, ins, cc):
     g.emit("FU.fcmov(cpu, %d, bool(%s))" % (ins.rm & 7, c))
 
 
-@emitter(0xD9)
+@_x87(0xD9)
 def _d9(g, ins):
     r, i = ins.reg & 7, ins.rm & 7
     if ins.mod != 3:
@@ -129,10 +141,10 @@ def _d9(g, ins):
             _prologue(g)
             return _store_op(g, ins, "f32", r == 3)
         if r == 4:
-            _prologue(g, waiting=False)
+            _prologue(g)
             return _load_env(g, ins, state=False)
         if r == 5:
-            _prologue(g, waiting=False)
+            _prologue(g)
             v = g.load(_ea(g, ins), 2)
             g.emit("FU.fldcw(cpu, %s)" % v)
             return
@@ -171,7 +183,7 @@ def _d9(g, ins):
         _ud(g)
 
 
-@emitter(0xDB)
+@_x87(0xDB)
 def _db(g, ins):
     r, i = ins.reg & 7, ins.rm & 7
     if ins.mod != 3:
@@ -212,7 +224,7 @@ def _fcomi(g, i, signal_qnan, pop):
     g.emit("setfl(0x8d5, %s)" % v)
 
 
-@emitter(0xDD)
+@_x87(0xDD)
 def _dd(g, ins):
     r, i = ins.reg & 7, ins.rm & 7
     if ins.mod != 3:
@@ -225,7 +237,7 @@ def _dd(g, ins):
                 return _store_op(g, ins, "i64", True, truncate=True)
             return _store_op(g, ins, "f64", r == 3)
         if r == 4:
-            _prologue(g, waiting=False)
+            _prologue(g)
             return _load_env(g, ins, state=True)
         if r == 6:
             _prologue(g, waiting=False)
@@ -246,7 +258,7 @@ def _dd(g, ins):
         _ud(g)
 
 
-@emitter(0xDF)
+@_x87(0xDF)
 def _df(g, ins):
     r, i = ins.reg & 7, ins.rm & 7
     if ins.mod != 3:

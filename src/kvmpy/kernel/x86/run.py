@@ -127,6 +127,8 @@ def inject_pending_event(vcpu) -> None:
     """Program the entry's event injection from KVM's queued exception or interrupt."""
     arch = vcpu.arch
     cpu = arch.cpu
+    if cpu.pending_event is not None:
+        return                  # an event whose delivery an exit interrupted goes first
     if arch.exception is not None:
         vector, error_code, cr2 = arch.exception
         arch.exception = None
