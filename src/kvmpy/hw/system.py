@@ -29,8 +29,11 @@ def rdtsc(cpu, with_aux):
 
 
 def fwait(cpu):
-    if cpu.cr0 & 0xA == 0xA:        # MP and TS
+    """WAIT/FWAIT: #NM if CR0.MP and TS, then a pending unmasked x87 exception (FSW.ES) as #MF."""
+    if cpu.cr0 & 0xA == 0xA:
         raise Fault(7)
+    if cpu.fpu.fsw & 0x80:
+        raise Fault(16)
 
 
 def cli_sti(cpu, sti):
