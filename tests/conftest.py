@@ -30,3 +30,13 @@ def soft_kvm():
     if not fs.misc_is_registered(syscalls.KVM_DEVICE):
         syscalls._load_kvm()
     return kvm_main
+
+
+@pytest.fixture(params=["tdp", "shadow"])
+def soft_mmu(request):
+    """Run the soft kernel with two-dimensional paging, then with shadow paging."""
+    from kvmpy.kernel.x86 import params
+    saved = params.ept
+    params.set(ept=request.param == "tdp")
+    yield request.param
+    params.set(ept=saved)

@@ -119,16 +119,6 @@ def test_host_run(guest):
             "host run differs from tests/data; re-record with KVMPY_RECORD=1 if the guest changed")
 
 
-@pytest.fixture(params=["tdp", "shadow"])
-def soft_mmu(request):
-    """Run the soft kernel with two-dimensional paging, then with shadow paging."""
-    from kvmpy.kernel.x86 import params
-    saved = params.ept
-    params.set(ept=request.param == "tdp")
-    yield request.param
-    params.set(ept=saved)
-
-
 @pytest.mark.parametrize("guest", GUESTS)
 def test_soft_matches_host(guest, soft_mmu):
     from kvmpy import syscalls

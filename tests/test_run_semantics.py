@@ -614,15 +614,6 @@ def test_host(name):
         assert result == _recorded()[name], "host differs from tests/data; re-record with KVMPY_RECORD=1"
 
 
-@pytest.fixture(params=["tdp", "shadow"])
-def soft_mmu(request):
-    from kvmpy.kernel.x86 import params
-    saved = params.ept
-    params.set(ept=request.param == "tdp")
-    yield request.param
-    params.set(ept=saved)
-
-
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
 def test_soft_matches_host(name, soft_mmu, request):
     from kvmpy import syscalls

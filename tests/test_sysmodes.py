@@ -53,16 +53,6 @@ def test_host_run():
             "host run differs from tests/data; re-record with KVMPY_RECORD=1 if the guest changed")
 
 
-@pytest.fixture(params=["tdp", "shadow"])
-def soft_mmu(request):
-    """Run the soft kernel with two-dimensional paging, then with shadow paging."""
-    from kvmpy.kernel.x86 import params
-    saved = params.ept
-    params.set(ept=request.param == "tdp")
-    yield request.param
-    params.set(ept=saved)
-
-
 def test_soft_matches_host(soft_mmu):
     from kvmpy import syscalls
     if host_kvm_usable():

@@ -217,6 +217,11 @@ class Gen:
         self.exit_to(hex(self.ins.next_ip))
         self.ended = True
 
+    def ud(self) -> None:
+        """The current instruction is invalid here: #UD, and the block ends."""
+        self.emit("raise_ud()")
+        self.ended = True
+
     # --- registers -----------------------------------------------------------------------
     def reg(self, r: int, size: int) -> str:
         if size == 8:

@@ -147,8 +147,7 @@ def _group3(g, ins):
 @emitter(0xFE)
 def _group4(g, ins):
     if ins.reg & 7 > 1:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     incdec(g, 1, ins.reg & 7 == 1)
 

@@ -28,8 +28,7 @@ def szp(v: str) -> str:
 
 def undefined(g) -> None:
     """The instruction raises #UD here (e.g. BCD instructions in 64-bit mode)."""
-    g.emit("raise_ud()")
-    g.ended = True
+    g.ud()
 
 
 # --- BT, BTS, BTR, BTC ------------------------------------------------------------------------

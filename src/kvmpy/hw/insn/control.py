@@ -73,8 +73,7 @@ def _group5(g, ins):
         g.ended = True
     elif r in (3, 5):
         if not ins.is_mem:
-            g.emit("raise_ud()")
-            g.ended = True
+            g.ud()
             return
         s = 4 if ins.opsize == 8 and g.mode.code == 8 and not ins.rex_w else ins.opsize
         g.ea_var = g.tmp("ea")
@@ -91,8 +90,7 @@ def _group5(g, ins):
         v = g.rm_read(ins.opsize)
         g.push([v], ins.opsize)
     else:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
 
 
 @emitter(0xEA, 0x9A, ends_block=True)
@@ -125,8 +123,7 @@ def _iret(g, ins):
 def _int(g, ins):
     if ins.opc == 0xCE:
         if g.mode.code == 8:
-            g.emit("raise_ud()")
-            g.ended = True
+            g.ud()
             return
         fl = g.rflags()
         g.emit("if %s & 0x800:" % fl)

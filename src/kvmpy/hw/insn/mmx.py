@@ -57,10 +57,6 @@ def _mmx(*opcodes):
     return deco
 
 
-def _ud(g):
-    g.emit("raise_ud()")
-    g.ended = True
-
 
 def _lanes(call):
     """``call`` of ``kvmpy.hw.simd`` on 8-byte registers: dest = call(a = dest, b = source)."""
@@ -105,7 +101,7 @@ def _shift_imm(g, ins):
     size = {0x71: 2, 0x72: 4, 0x73: 8}[ins.opc & 0xFF]
     kind = {2: "r", 4: "a", 6: "l"}.get(ins.reg & 7)
     if ins.mod != 3 or kind is None or (kind == "a" and size == 8):
-        return _ud(g)
+        return g.ud()
     set_mm(g, ins.rm, "SV.shift(%s, %d, %d, %r, 8)" % (mm(ins.rm), ins.imm, size, kind))
 
 
@@ -129,7 +125,7 @@ def _movq_load(g, ins):
 def _movq_store(g, ins):
     if ins.mod == 3:
         if ins.opc == MAP0F | 0xE7:         # MOVNTQ takes memory only
-            return _ud(g)
+            return g.ud()
         set_mm(g, ins.rm, mm(ins.reg))
     else:
         g.store(_ea(g, ins), 8, mm(ins.reg))
@@ -156,21 +152,21 @@ def _pinsrw(g, ins):
 @_mmx(MAP0F | 0xC5)
 def _pextrw(g, ins):
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     g.set_reg(ins.reg, 8, "((FP.st[%d] >> %d) & 0xffff)" % (ins.rm & 7, 16 * (ins.imm & 3)))
 
 
 @_mmx(MAP0F | 0xD7)
 def _pmovmskb(g, ins):
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     g.set_reg(ins.reg, 8, "SV.movmsk(%s, 1, 8)" % mm(ins.rm))
 
 
 @_mmx(MAP0F | 0xF7)
 def _maskmovq(g, ins):
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     sse.maskmov(g, ins, mm(ins.reg), mm(ins.rm), 8)
 
 
@@ -183,6 +179,6 @@ def _palignr(g, ins):
 @emitter(MAP0F | 0x77)
 def _emms(g, ins):
     if ins.rep or ins.opsize_prefix:
-        return _ud(g)
+        return g.ud()
     mmx_prologue(g)
     g.emit("FP.ftw = 0; FP.top = 0")         # TOP = 0 too, as the silicon (AMD EPYC) does

@@ -22,8 +22,7 @@ def _mov_r_rm(g, ins):
 @emitter(0xC6, 0xC7)
 def _mov_rm_imm(g, ins):
     if ins.reg & 7:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     size = 1 if ins.opc == 0xC6 else ins.opsize
     g.rm_write(size, "%#x" % (ins.imm & M[size]))
@@ -51,8 +50,7 @@ def _mov_moffs(g, ins):
 @emitter(0x8D)
 def _lea(g, ins):
     if not ins.is_mem:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     off = g.ea_offset(ins)
     g.set_reg(ins.reg, ins.opsize, "(%s) & %#x" % (off, M[ins.opsize]))
@@ -127,8 +125,7 @@ def _pop_rm(g, ins):
 @emitter(0x60)
 def _pusha(g, ins):
     if g.mode.code == 8:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     s = ins.opsize
     vals = []
@@ -142,8 +139,7 @@ def _pusha(g, ins):
 @emitter(0x61)
 def _popa(g, ins):
     if g.mode.code == 8:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     s = ins.opsize
     vals, newsp = g.pop(s, 8)
@@ -191,8 +187,7 @@ def _popf(g, ins):
 def _mov_rm_sreg(g, ins):
     sreg = ins.reg & 7
     if sreg > 5:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     size = ins.opsize if ins.mod == 3 else 2
     g.rm_write(size, "cpu.seg[%d].selector" % sreg)
@@ -202,8 +197,7 @@ def _mov_rm_sreg(g, ins):
 def _mov_sreg_rm(g, ins):
     sreg = ins.reg & 7
     if sreg == 1 or sreg > 5:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     v = g.rm_read(2)
     g.emit("load_seg(%d, %s)" % (sreg, v))
@@ -218,8 +212,7 @@ _POP_SEG = {0x07: 0, 0x17: 2, 0x1F: 3, MAP0F | 0xA1: 4, MAP0F | 0xA9: 5}
 @emitter(*_PUSH_SEG)
 def _push_seg(g, ins):
     if g.mode.code == 8 and ins.opc < 0x100:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     g.push(["cpu.seg[%d].selector" % _PUSH_SEG[ins.opc]], ins.opsize)
 
@@ -227,8 +220,7 @@ def _push_seg(g, ins):
 @emitter(*_POP_SEG, ends_block=True)
 def _pop_seg(g, ins):
     if g.mode.code == 8 and ins.opc < 0x100:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     sreg = _POP_SEG[ins.opc]
     (v,), newsp = g.pop(ins.opsize)
@@ -244,8 +236,7 @@ _LOAD_FAR = {0xC4: 0, 0xC5: 3, MAP0F | 0xB2: 2, MAP0F | 0xB4: 4, MAP0F | 0xB5: 5
 @emitter(*_LOAD_FAR, ends_block=True)
 def _load_far(g, ins):
     if not ins.is_mem or (g.mode.code == 8 and ins.opc < 0x100):
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     s = ins.opsize
     g.ea_var = g.tmp("ea")

@@ -53,8 +53,7 @@ def _dispatch(g, ins):
     key = (ins.opc, prefix(ins))
     h = _H.get(key)
     if h is None or ins.lock:
-        g.emit("raise_ud()")
-        g.ended = True
+        g.ud()
         return
     _PROLOGUE.get(key, sse_prologue)(g)
     h(g, ins)
@@ -107,10 +106,6 @@ def set_low(g, r, size, val):
     g.emit("XM[%d] = (XM[%d] & %#x) | %s" % (r, r, keep, val))
 
 
-def _ud(g):
-    g.emit("raise_ud()")
-    g.ended = True
-
 
 # --- moves ------------------------------------------------------------------------------------
 def _mov_load(aligned):
@@ -139,7 +134,7 @@ _on((MAP0F | 0x29, 0), (MAP0F | 0x29, 0x66), (MAP0F | 0x7F, 0x66))(_mov_store(Tr
 def _load_only(g, ins):
     """LDDQU (unaligned) / MOVNTDQA (aligned): memory sources only."""
     if ins.mod == 3:
-        return _ud(g)
+        return g.ud()
     v = load128(g, _ea(g, ins), aligned=ins.opc != MAP0F | 0xF0)
     g.emit("XM[%d] = %s" % (ins.reg, v))
 
@@ -147,7 +142,7 @@ def _load_only(g, ins):
 @_on((MAP0F | 0x2B, 0), (MAP0F | 0x2B, 0x66), (MAP0F | 0xE7, 0x66))
 def _movnt(g, ins):
     if ins.mod == 3:
-        return _ud(g)
+        return g.ud()
     store128(g, _ea(g, ins), "XM[%d]" % ins.reg)
 
 
@@ -173,7 +168,7 @@ def _movs_store(g, ins):
     elif ins.opc == MAP0F | 0x11:
         set_low(g, ins.rm, size, "(XM[%d] & %#x)" % (ins.reg, M[size]))
     else:
-        _ud(g)
+        g.ud()
 
 
 @_on((MAP0F | 0x12, 0), (MAP0F | 0x12, 0x66), (MAP0F | 0x16, 0), (MAP0F | 0x16, 0x66))
@@ -183,7 +178,7 @@ def _movlh_load(g, ins):
     r = ins.reg
     if ins.mod == 3:
         if ins.opsize_prefix:
-            return _ud(g)
+            return g.ud()
         if high:        # MOVLHPS
             g.emit("XM[%d] = (XM[%d] & %#x) | (XM[%d] & %#x) << 64" % (r, r, M64, ins.rm, M64))
         else:           # MOVHLPS
@@ -199,7 +194,7 @@ def _movlh_load(g, ins):
 @_on((MAP0F | 0x17, 0), (MAP0F | 0x17, 0x66))
 def _movh_store(g, ins):
     if ins.mod == 3:
-        return _ud(g)
+        return g.ud()
     g.store(_ea(g, ins), 8, "(XM[%d] >> 64)" % ins.reg)
 
 
@@ -235,7 +230,7 @@ def _movq_load(g, ins):
 @_on((MAP0F | 0x50, 0), (MAP0F | 0x50, 0x66), (MAP0F | 0xD7, 0x66))
 def _movmsk(g, ins):
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     size = {0x50: 4 if not ins.opsize_prefix else 8, 0xD7: 1}[ins.opc & 0xFF]
     v = g.tmp()
     g.emit("%s = SV.movmsk(XM[%d], %d)" % (v, ins.rm, size))
@@ -261,7 +256,7 @@ def _pextr(g, ins):
     size = {0xC5: 2, 0x14: 1, 0x15: 2, 0x16: 8 if ins.rex_w else 4, 0x17: 4}[op]
     src, dst = (ins.rm, ins.reg) if op == 0xC5 else (ins.reg, None)
     if op == 0xC5 and ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     sh = 8 * size * (ins.imm % (16 // size))
     val = "((XM[%d] >> %d) & %#x)" % (src, sh, M[size])
     if dst is not None:     # register destinations are zero-extended
@@ -420,7 +415,7 @@ def _shift_imm(g, ins):
     op = ins.reg & 7
     r, n = ins.rm, ins.imm
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     if size == 8 and op in (3, 7):     # PSRLDQ / PSLLDQ: whole-register byte shifts
         if n > 15:
             g.emit("XM[%d] = 0" % r)
@@ -431,7 +426,7 @@ def _shift_imm(g, ins):
         return
     kind = {2: "r", 4: "a", 6: "l"}.get(op)
     if kind is None or (kind == "a" and size == 8):
-        return _ud(g)
+        return g.ud()
     g.emit("XM[%d] = SV.shift(XM[%d], %d, %d, %r)" % (r, r, n, size, kind))
 
 
@@ -511,7 +506,7 @@ def _mpsadbw(g, ins):
 def _maskmovdqu(g, ins):
     """MASKMOVDQU: store the bytes of xmm1 whose mask byte in xmm2 has its top bit, to DS:rDI."""
     if ins.mod != 3:
-        return _ud(g)
+        return g.ud()
     maskmov(g, ins, "XM[%d]" % ins.reg, "XM[%d]" % ins.rm, 16)
 
 
@@ -635,7 +630,7 @@ def _cvt_pd_dq(g, ins):
 def _movnti(g, ins):
     """MOVNTI: a plain store of a 32/64-bit register (an integer instruction: no SSE checks)."""
     if ins.mod == 3 or ins.opsize == 2 or ins.rep:
-        return _ud(g)
+        return g.ud()
     g.rm_write(ins.opsize, g.reg(ins.reg, ins.opsize))
 
 

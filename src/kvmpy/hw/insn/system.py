@@ -9,10 +9,6 @@ from ..codegen import M, emitter
 from ..decoder import MAP0F
 
 
-def _ud(g):
-    g.emit("raise_ud()")
-    g.ended = True
-
 
 def _priv(g):
     """#GP(0) unless CPL 0 (checked before any intercept, as the hardware does)."""
@@ -53,7 +49,7 @@ def _rdtsc(g, ins):
 
 @emitter(MAP0F | 0x0B, MAP0F | 0xFF, MAP0F | 0xB9)
 def _ud2(g, ins):
-    _ud(g)
+    g.ud()
 
 
 @emitter(MAP0F | 0x09, MAP0F | 0x08)
@@ -87,7 +83,7 @@ def _mov_cr(g, ins):
     cr = ins.reg
     if cr not in (0, 2, 3, 4, 8) or not _priv(g):
         if cr not in (0, 2, 3, 4, 8):
-            _ud(g)
+            g.ud()
         return
     size = 8 if g.mode.code == 8 else 4
     if ins.opc == MAP0F | 0x20:
@@ -132,7 +128,7 @@ def _group7(g, ins):
                 g.emit("sys('monitor_mwait', %d)" % rm)
         elif key == (7, 0):
             if g.mode.code != 8:
-                _ud(g)
+                g.ud()
             elif _priv(g):
                 g.emit("sys('swapgs')")
         elif key == (7, 1):
@@ -143,7 +139,7 @@ def _group7(g, ins):
             if _priv(g):
                 g.emit("sys('lmsw', %s, %d)" % (g.reg(ins.rm, 2), ins.length))
         else:
-            _ud(g)
+            g.ud()
         return
     ea = g.tmp("ea")
     g.emit("%s = %s" % (ea, g.ea(ins)))
@@ -171,14 +167,14 @@ def _group7(g, ins):
         if _priv(g):
             g.emit("sys('invlpg', %s, %d)" % (ea, ins.length))
     else:
-        _ud(g)
+        g.ud()
 
 
 @emitter(MAP0F | 0x00, ends_block=True)
 def _group6(g, ins):
     r = ins.reg & 7
     if not g.mode.pe or g.mode.vm86:
-        _ud(g)
+        g.ud()
         return
     if r in (0, 1):                     # SLDT / STR
         src = "cpu.ldtr.selector" if r == 0 else "cpu.tr.selector"
@@ -191,7 +187,7 @@ def _group6(g, ins):
         v = g.rm_read(2)
         g.emit("sys('verify', %s, %d)" % (v, r == 5))
     else:
-        _ud(g)
+        g.ud()
 
 
 @emitter(MAP0F | 0x05, MAP0F | 0x07, MAP0F | 0x34, MAP0F | 0x35, ends_block=True)
@@ -211,7 +207,7 @@ def _group15(g, ins):
         if ins.rep == 0xF3 and g.mode.code == 8 and r <= 3:     # RD/WR FS/GS BASE
             g.emit("sys('fsgsbase', %d, %d, %d)" % (r, ins.rm, ins.opsize))
             return
-        _ud(g)
+        g.ud()
         return
     ea = g.tmp("ea")
     g.emit("%s = %s" % (ea, g.ea(ins)))

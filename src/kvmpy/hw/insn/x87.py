@@ -22,7 +22,7 @@ def _x87(*opcodes):
     def deco(fn):
         def checked(g, ins):
             if ins.lock:
-                return _ud(g)
+                return g.ud()
             fn(g, ins)
         emitter(*opcodes)(checked)
         return fn
@@ -37,10 +37,6 @@ def _prologue(g, waiting=True):
     if waiting:
         g.emit("if FP.fsw & 0x80: raise_fault(16)")
 
-
-def _ud(g):
-    g.emit("raise_ud()")
-    g.ended = True
 
 
 def _ea(g, ins):
@@ -108,11 +104,11 @@ def _arith_group(g, ins):
             _prologue(g)
             g.emit("FU.fcom(cpu, 1, None, 0, 2, False)")    # FUCOMPP
             return
-        return _ud(g)
+        return g.ud()
     _prologue(g)
     if r in (2, 3):
         if op == 0xDE and (r != 3 or i != 1):
-            return _ud(g)
+            return g.ud()
         pops = 2 if op == 0xDE else int(r == 3)
         g.emit("FU.fcom(cpu, %d, None, 0, %d)" % (i, pops))
     elif op == 0xD8:
@@ -155,7 +151,7 @@ def _d9(g, ins):
             _prologue(g, waiting=False)
             g.store(_ea(g, ins), 2, "FP.fcw")
             return
-        return _ud(g)
+        return g.ud()
     key = (r, i)
     if r == 0:
         _prologue(g)
@@ -176,11 +172,11 @@ def _d9(g, ins):
                 (6, 7): "FU.step_top(cpu, 1)", (7, 0): "FU.fprem(cpu, False)", (7, 2): "FU.fsqrt(cpu)",
                 (7, 4): "FU.frndint(cpu)", (7, 5): "FU.fscale(cpu)"}.get(key)
         if call is None:
-            return _ud(g)
+            return g.ud()
         _prologue(g)
         g.emit(call)
     else:
-        _ud(g)
+        g.ud()
 
 
 @_x87(0xDB)
@@ -199,7 +195,7 @@ def _db(g, ins):
         if r == 7:
             _prologue(g)
             return _store_op(g, ins, "f80", True)
-        return _ud(g)
+        return g.ud()
     if r <= 3:
         return _fcmov(g, ins, (2, 4, 6, 10)[r])
     if r == 4:
@@ -209,12 +205,12 @@ def _db(g, ins):
         elif i in (0, 1, 4):
             _prologue(g, waiting=False)          # FNENI/FNDISI/FNSETPM: no-ops since the 387
         else:
-            _ud(g)
+            g.ud()
         return
     if r in (5, 6):
         _fcomi(g, i, r == 6, False)
         return
-    _ud(g)
+    g.ud()
 
 
 def _fcomi(g, i, signal_qnan, pop):
@@ -246,7 +242,7 @@ def _dd(g, ins):
             _prologue(g, waiting=False)
             g.store(_ea(g, ins), 2, "FU.status_word(FP)")
             return
-        return _ud(g)
+        return g.ud()
     _prologue(g)
     if r == 0:
         g.emit("FU.ffree(cpu, %d)" % i)
@@ -255,7 +251,7 @@ def _dd(g, ins):
     elif r in (4, 5):
         g.emit("FU.fcom(cpu, %d, None, 0, %d, False)" % (i, r == 5))
     else:
-        _ud(g)
+        g.ud()
 
 
 @_x87(0xDF)
@@ -264,7 +260,7 @@ def _df(g, ins):
     if ins.mod != 3:
         kind = {0: "i16", 1: "i16", 2: "i16", 3: "i16", 5: "i64", 7: "i64"}.get(r)
         if kind is None:
-            return _ud(g)                   # FBLD / FBSTP
+            return g.ud()                   # FBLD / FBSTP
         _prologue(g)
         if r in (0, 5):
             return _load_op(g, ins, kind)
@@ -278,7 +274,7 @@ def _df(g, ins):
         _prologue(g)
         g.emit("FU.ffree(cpu, %d, True)" % i)    # FFREEP
     else:
-        _ud(g)
+        g.ud()
 
 
 def _env_bytes(ins, state):
