@@ -72,6 +72,9 @@ emitter(*[o | f for o in range(0, 0x40, 8) for f in range(6)])(_alu_classic)
 
 @emitter(0x80, 0x81, 0x82, 0x83)
 def _group1(g, ins):
+    if ins.opc == 0x82 and g.mode.code == 8:
+        g.ud()                      # 82 (an alias of 80) is invalid in 64-bit mode
+        return
     size = 1 if ins.opc in (0x80, 0x82) else ins.opsize
     imm = ins.imm
     if ins.opc == 0x83:
