@@ -450,6 +450,39 @@ LOOP_LIMIT = 20000
 BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
 
 
+_ASSIGN = re.compile(r"^(\s*)([a-z]+\d+) = ([^;]*)$")
+_TEMP = re.compile(r"\b[a-z]+\d+\b")
+_CALL = re.compile(r"[A-Za-z_][\w.]*\s*\(")
+
+
+def _drop_dead_temps(lines: list, flag_state: list, line_insn: list) -> None:
+    """Blank out assignments to temporaries nothing reads (e.g. a flag value a later
+    instruction overwrote).  Only side-effect-free right-hand sides (no calls, so no
+    memory access that could fault) are dropped; lines become ``pass`` so line numbers,
+    which map faults back to instructions, stay put.  Temporaries that deferred flag
+    stores may need at a fault (``flag_state`` of an instruction that can raise, i.e.
+    one that calls anything) are kept.
+    """
+    can_raise = {line_insn[i] for i, line in enumerate(lines) if _CALL.search(line)}
+    keep = {t for idx, st in enumerate(flag_state) if st and idx in can_raise
+            for v in st[1:] if isinstance(v, str) for t in _TEMP.findall(v)}
+    while True:
+        uses: dict = {}
+        for line in lines:
+            m = _ASSIGN.match(line)
+            body = m.group(3) if m else line
+            for t in _TEMP.findall(body):
+                uses[t] = uses.get(t, 0) + 1
+        changed = False
+        for i, line in enumerate(lines):
+            m = _ASSIGN.match(line)
+            if m and m.group(2) not in uses and m.group(2) not in keep and not _CALL.search(m.group(3)):
+                lines[i] = m.group(1) + "pass"
+                changed = True
+        if not changed:
+            return
+
+
 def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, emulating: bool = False,
               max_insns: int = MAX_BLOCK_INSNS, single: bool = False) -> Block:
     """Decode and translate instructions starting at ``rip`` (linear ``cs_base + rip``).
@@ -494,6 +527,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
         g.finish_insn()
         if done:
             break
+    _drop_dead_temps(g.lines, g.flag_state, g.line_insn)
     src = "def _blk():\n    n = smc = 0\n    while True:\n" + "\n".join(g.lines) + "\n"
     code = compile(src, "<block %#x>" % lin, "exec")
     exec(code, namespace)
