@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 
 from . import codegen, insn  # noqa: F401  (insn registers the emitters)
+from . import entry
 from . import memory as hm
 from . import paging
 from .decoder import DecodeError, decode
@@ -346,6 +347,7 @@ class Processor(CPUState, SegmentUnit):
         self.refresh()
         limit = self.icount + budget
         try:
+            entry.check_guest_state(self)
             if self.pending_event is not None:
                 ev, self.pending_event = self.pending_event, None
                 try:

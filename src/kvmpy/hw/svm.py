@@ -48,13 +48,19 @@ _U64 = (1 << 64) - 1
 class SvmExit:
     """The exit fields of the VMCB control area."""
 
-    __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "next_rip")
+    __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "next_rip", "detail")
 
-    def __init__(self, exit_code, exit_info_1=0, exit_info_2=0, next_rip=0):
+    def __init__(self, exit_code, exit_info_1=0, exit_info_2=0, next_rip=0, detail=None):
         self.exit_code = exit_code
         self.exit_info_1 = exit_info_1
         self.exit_info_2 = exit_info_2
         self.next_rip = next_rip
+        self.detail = detail            # the intercept's details (not a VMCB field), as VmxExit's
+
+    def failed_vmrun(self) -> bool:
+        """SVM_EXIT_ERR because VMRUN's consistency checks failed, rather than because
+        kvmpy's processor failed internally (the other source of SVM_EXIT_ERR)."""
+        return self.exit_code == SVM_EXIT_ERR and "reason" in (self.detail or {})
 
     def __repr__(self):
         return "SvmExit(code=%#x, info1=%#x, info2=%#x, next_rip=%#x)" % (
@@ -64,11 +70,13 @@ class SvmExit:
 class SvmExitFormat:
     """Encodes the processor's intercepts as #VMEXITs."""
 
+    vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.entry)
+
     def format(self, cpu, e):
         """The #VMEXIT for intercept ``e``; a kind SVM has no code for is SVM_EXIT_ERR
         (reported as an internal error, never a crash of KVM_RUN)."""
         i = e.info
-        x = SvmExit(_EXIT_CODES.get(e.kind, SVM_EXIT_ERR))
+        x = SvmExit(_EXIT_CODES.get(e.kind, SVM_EXIT_ERR), detail=i)
         if i.get("insn_len"):
             x.next_rip = (cpu.rip + i["insn_len"]) & _U64
         encode = getattr(self, "_" + e.kind, None)
@@ -127,4 +135,5 @@ _EXIT_CODES = {
     "vmcall": SVM_EXIT_VMMCALL,
     "xsetbv": SVM_EXIT_XSETBV,
     "internal": SVM_EXIT_ERR,
+    "invalid_state": SVM_EXIT_ERR,          # VMRUN's consistency checks (APM 15.5.1) failed
 }

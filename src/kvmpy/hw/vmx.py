@@ -17,6 +17,7 @@ EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
 EXIT_REASON_INVALID_STATE = 33
+VMX_EXIT_REASONS_FAILED_VMENTRY = 1 << 31   # set with the basic reason when VM entry fails
 EXIT_REASON_EPT_VIOLATION = 48
 EXIT_REASON_PREEMPTION_TIMER = 52
 EXIT_REASON_XSETBV = 55
@@ -32,6 +33,8 @@ _REASONS = {
     "triple_fault": EXIT_REASON_TRIPLE_FAULT, "preemption": EXIT_REASON_PREEMPTION_TIMER,
     "interrupt_window": EXIT_REASON_INTERRUPT_WINDOW, "vmcall": EXIT_REASON_VMCALL,
     "xsetbv": EXIT_REASON_XSETBV, "io": EXIT_REASON_IO_INSTRUCTION, "internal": EXIT_REASON_INVALID_STATE,
+    # SDM 27.8: a guest-state check failed, the entry did not happen (0x80000021)
+    "invalid_state": VMX_EXIT_REASONS_FAILED_VMENTRY | EXIT_REASON_INVALID_STATE,
 }
 
 
@@ -58,6 +61,8 @@ class VmxExit:
 
 class VmxExitFormat:
     """Encodes the processor's intercepts as VMX exits."""
+
+    vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.entry)
 
     def format(self, cpu, e):
         i = e.info

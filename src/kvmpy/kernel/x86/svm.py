@@ -96,7 +96,8 @@ def intr_interception(vcpu, x) -> int:
 
 
 def invalid_state_interception(vcpu, x) -> int:
-    """SVM_EXIT_ERR: the processor could not go on."""
+    """SVM_EXIT_ERR from kvmpy's processor failing internally (a failed VMRUN is turned into
+    KVM_EXIT_FAIL_ENTRY before the table, see ``SvmExit.failed_vmrun``)."""
     return vendor.handle_processor_error(vcpu)
 
 
@@ -120,7 +121,7 @@ svm_exit_handlers = {
 
 SVM_OPS = svm_x86_ops = vendor.KvmX86Ops(
     "svm", "AuthenticAMD", exit_format=hwsvm.SvmExitFormat, handlers=svm_exit_handlers,
-    exit_code=lambda x: x.exit_code, insn_len=svm_insn_len)
+    exit_code=lambda x: x.exit_code, insn_len=svm_insn_len, failed_vmentry=hwsvm.SvmExit.failed_vmrun)
 svm_vcpu_run = svm_x86_ops.vcpu_run            # VMRUN until a #VMEXIT
 svm_handle_exit = svm_x86_ops.handle_exit      # svm_exit_handlers[exit_code]
 

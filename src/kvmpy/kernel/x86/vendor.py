@@ -25,18 +25,20 @@ class KvmX86Ops:
 
     ``exit_format`` is the processor's exit encoder for this vendor (the VMCS/VMCB exit
     fields), ``exit_code(x)`` the key of an exit in ``handlers``, ``insn_len(vcpu, x)`` the
-    length of the intercepted instruction (VM_EXIT_INSTRUCTION_LEN, or next_rip - rip).
+    length of the intercepted instruction (VM_EXIT_INSTRUCTION_LEN, or next_rip - rip),
+    ``failed_vmentry(x)`` whether the "exit" is the hardware refusing to enter the guest.
     ``vcpu_run`` and ``handle_exit`` are traced under the vendor's kernel names
     (``vmx_vcpu_run``, ``svm_handle_exit``...), which the vendor modules also export.
     """
 
-    def __init__(self, name, vendor_id, *, exit_format, handlers, exit_code, insn_len):
+    def __init__(self, name, vendor_id, *, exit_format, handlers, exit_code, insn_len, failed_vmentry):
         self.name = name
         self.vendor_id = vendor_id
         self.exit_format = exit_format
         self.handlers = handlers
         self.exit_code = exit_code
         self.insn_len = insn_len
+        self.failed_vmentry = failed_vmentry
         self.vcpu_run = _kernel_function(name + "_vcpu_run", lambda vcpu: enter_guest(self, vcpu),
                                          "VM entry: run the processor until it reports a VM exit.")
         self.handle_exit = _kernel_function(name + "_handle_exit", lambda vcpu, x: dispatch_exit(self, vcpu, x),
@@ -72,9 +74,14 @@ def enter_guest(ops: KvmX86Ops, vcpu):
 
 
 def dispatch_exit(ops: KvmX86Ops, vcpu, x) -> int:
-    """Call the handler the vendor's table has for this exit; an unknown one is an internal error."""
+    """Call the handler the vendor's table has for this exit; an unknown one is an internal error.
+
+    A failed entry is looked at first, before the table, as __vmx_handle_exit and
+    svm_handle_exit do."""
     vcpu.arch.last_exit = x
     code = ops.exit_code(x)
+    if ops.failed_vmentry(x):
+        return kvm_handle_failed_vmentry(vcpu, code)
     handler = ops.handlers.get(code)
     if handler is None:
         return run.kvm_internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, code)
@@ -82,6 +89,16 @@ def dispatch_exit(ops: KvmX86Ops, vcpu, x) -> int:
 
 
 # ------------------------------------------------------------------ common handler halves
+def kvm_handle_failed_vmentry(vcpu, hardware_entry_failure_reason: int) -> int:
+    """The processor refused the guest state: KVM_EXIT_FAIL_ENTRY with the vendor's reason
+    (the VMX exit reason with bit 31 set, or SVM's exit code), on host CPU 0."""
+    run = vcpu.run
+    run.exit_reason = uapi.KVM_EXIT_FAIL_ENTRY
+    run.fail_entry.hardware_entry_failure_reason = hardware_entry_failure_reason & 0xFFFFFFFFFFFFFFFF
+    run.fail_entry.cpu = 0
+    return 0
+
+
 def kvm_mmu_page_fault(vcpu, address, *fault) -> int:
     """mmu.c's kvm_mmu_page_fault: let the vCPU's MMU map the page, emulate if it says so.
 

@@ -3,7 +3,8 @@
 ``vmx_init`` registers ``vmx_x86_ops`` with ``kvm_init`` (seed step 1).  A vCPU's
 "VMCS" is its software processor (``kvmpy.hw.cpu.Processor`` with the VMX exit
 format); ``vmx_vcpu_run`` enters it and ``vmx_handle_exit`` dispatches the basic
-exit reason through ``kvm_vmx_exit_handlers``, as the kernel does.  The ops class and
+exit reason through ``kvm_vmx_exit_handlers``, as the kernel does; a failed VM entry (exit
+reason with bit 31 set) becomes KVM_EXIT_FAIL_ENTRY before the table is consulted.  The ops class and
 the handlers' vendor-neutral halves are shared with SVM (``kernel/x86/vendor.py``).
 """
 
@@ -67,7 +68,8 @@ kvm_vmx_exit_handlers = {
 
 VMX_OPS = vmx_x86_ops = vendor.KvmX86Ops(
     "vmx", "GenuineIntel", exit_format=hwvmx.VmxExitFormat, handlers=kvm_vmx_exit_handlers,
-    exit_code=lambda x: x.reason, insn_len=lambda vcpu, x: x.instruction_len)
+    exit_code=lambda x: x.reason, insn_len=lambda vcpu, x: x.instruction_len,
+    failed_vmentry=lambda x: bool(x.reason & hwvmx.VMX_EXIT_REASONS_FAILED_VMENTRY))
 vmx_vcpu_run = vmx_x86_ops.vcpu_run            # VMLAUNCH/VMRESUME until a VM exit
 vmx_handle_exit = vmx_x86_ops.handle_exit      # kvm_vmx_exit_handlers[basic exit reason]
 
