@@ -54,6 +54,9 @@ _FLAG_WRITERS = ("setfl(", "cpu.flags", "set_rflags", "sys(", "popf_value(", "ir
 _NEUTRAL_CALLS = frozenset(("TR.get", "TW.get", "U16", "U32", "U64", "P8", "P16", "P32", "P64", "rd", "wr",
                             "probe_w", "raise_ud", "raise_fault", "abs", "divmod", "min", "max", "int", "bool",
                             "if", "elif", "while", "not", "and", "or", "in", "is", "else"))
+# Calls that only read the lazy flags (no side effects, cannot raise): they may move with
+# the deferred flag store as long as none is pending, and may be dropped when unused.
+_OBSERVING_CALLS = frozenset(("cf_of",))
 _CALL = re.compile(r"([A-Za-z_][\w.]*)\s*\(")
 _SIMPLE = re.compile(r"^(?:[A-Za-z_]\w*|-?(?:0x[0-9a-fA-F]+|\d+))$")
 BODY_IND = 2                 # indentation level of the block body
@@ -64,6 +67,13 @@ def _flags_neutral(line: str) -> bool:
     if "cpu." in line or "return" in line or "continue" in line:
         return False
     return all(name in _NEUTRAL_CALLS for name in _CALL.findall(line))
+
+
+def _observes_flags(line: str) -> bool:
+    """True if a generated line only reads the lazy flags (right only with no store pending)."""
+    if "cpu." in line or "return" in line or "continue" in line:
+        return False
+    return all(name in _NEUTRAL_CALLS or name in _OBSERVING_CALLS for name in _CALL.findall(line))
 
 
 def _assigns(line: str, name: str) -> bool:
@@ -123,6 +133,8 @@ class Gen:
         self.pending = None                # deferred flag store: (cc_op, dst, src, aux) or None
         self.flag_state: list = []         # per instruction: the deferred store at its start
         self.cur: list = []                # the current instruction's entries (see finish_insn)
+        self.next_ip = 0                   # where execution goes after the current instruction
+        self.tail_exit = None              # (entries, target) of an unconditional exit ending cur
 
     # --- text ----------------------------------------------------------------------------
     def emit(self, line: str) -> None:
@@ -139,6 +151,9 @@ class Gen:
         self.ended = False
         self.ea_var = None
         self.cur = []
+        self.tail_exit = None
+        if ins is not None:
+            self.next_ip = ins.next_ip
 
     def finish_insn(self) -> None:
         """Turn the current instruction's entries into lines, deferring its flag stores.
@@ -155,11 +170,18 @@ class Gen:
             # a store that hit translated code (self-modifying code) leaves the block after
             # this instruction, so the next one is fetched and translated afresh
             entries += [("E", BODY_IND, "if smc:"), ("X", BODY_IND + 1, None),
-                        ("E", BODY_IND + 1, "cpu.rip = %#x" % self.ins.next_ip),
+                        ("E", BODY_IND + 1, "cpu.rip = %#x" % self.next_ip),
                         ("E", BODY_IND + 1, "return n + %d" % (self.idx + 1))]
         start = self.pending
-        lines = [e[2] for e in entries if e[0] == "L"]
-        safe = not self.emulating and all(_flags_neutral(t) for t in lines)
+        safe = not self.emulating
+        written = start is not None    # flags changed but not yet stored in cpu
+        for kind, _, t in entries:
+            if not safe:
+                break
+            if kind == "F":
+                written = True
+            elif kind == "L":
+                safe = _flags_neutral(t) or (not written and _observes_flags(t))
         for k, e in enumerate(entries):
             if safe and e[0] == "F":
                 later = [t for kind, _, t in entries[k + 1:] if kind == "L"]
@@ -211,6 +233,20 @@ class Gen:
             self.looped = True
             return
         self.cur += [("X", ind, None), ("E", ind, "cpu.rip = %s" % target_expr), ("E", ind, "return n + %d" % k)]
+        self.tail_exit = (len(self.cur), target_expr) if ind == BODY_IND else None
+
+    def jump_target(self) -> int | None:
+        """The constant RIP the current instruction unconditionally exits to, if it does."""
+        t = self.tail_exit
+        if t is None or t[0] != len(self.cur) or not t[1][0].isdigit() or not _SIMPLE.match(t[1]):
+            return None
+        return int(t[1], 0)
+
+    def follow(self, target: int) -> None:
+        """Drop the current instruction's exit to ``target``: the block goes on there."""
+        del self.cur[-3:]
+        self.ended = False
+        self.next_ip = target
 
     def end(self) -> None:
         """The current instruction falls through and ends the block."""
@@ -365,7 +401,14 @@ class Gen:
     # --- flags ---------------------------------------------------------------------------
     def set_flags(self, kind: int, size: int, dst: str, src: str = "0", aux: str | None = None,
                   a: str | None = None) -> None:
-        self.cur.append(("F", self.ind, (F.cc(kind, size), dst, src, aux)))
+        vals = []
+        for v in (dst, src, aux):
+            if v is not None and not _SIMPLE.match(v):     # deferred stores take plain operands
+                t = self.tmp("f")
+                self.emit("%s = %s" % (t, v))
+                v = t
+            vals.append(v)
+        self.cur.append(("F", self.ind, (F.cc(kind, size), *vals)))
         self.flags = (kind, size, dst, src, a, self.idx)
 
     def rflags(self) -> str:
@@ -386,7 +429,7 @@ class Gen:
             if kind == F.K_SUB and a:
                 return "(1 if %s < %s else 0)" % (a, src)
         c = self.tmp("cf")
-        self.emit("%s = cpu.get_rflags() & 1" % c)
+        self.emit("%s = cf_of()" % c)
         return c
 
     def cond(self, cc: int) -> str:
@@ -396,6 +439,8 @@ class Gen:
             expr = _static_cond(cc, *known[:5])
             if expr:
                 return expr
+        if cc >> 1 == 1:
+            return "not cf_of()" if cc & 1 else "cf_of()"
         if cc >> 1 == 2:
             # ZF of every lazy kind is "result == 0" (flags.compute): skip materialising RFLAGS
             z = self.tmp("zf")
@@ -437,22 +482,29 @@ class Block:
     """A translated block: its function, instructions and the pages its bytes came from."""
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
-                 "epoch", "source", "succ", "link_gen", "flag_state")
+                 "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
+                 "reg_locals", "barriers")
 
     def __init__(self):
         self.epoch = -1
+        self.xpages = ()        # (linear page, guest-physical page) of code beyond the first page
         self.succ = {}          # next RIP -> Block, valid while link_gen == the processor's chain_gen
         self.link_gen = -1
 
 
 MAX_BLOCK_INSNS = 48
+FOLLOWED = frozenset((0xEB, 0xE9, 0xE8))   # direct JMP/CALL: a block goes on at their target
 LOOP_LIMIT = 20000
 BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
 
 
 _ASSIGN = re.compile(r"^(\s*)([a-z]+\d+) = ([^;]*)$")
 _TEMP = re.compile(r"\b[a-z]+\d+\b")
-_CALL = re.compile(r"[A-Za-z_][\w.]*\s*\(")
+
+
+def _impure(expr: str) -> bool:
+    """True if ``expr`` calls anything that could raise or have effects."""
+    return any(name not in _OBSERVING_CALLS for name in _CALL.findall(expr))
 
 
 def _drop_dead_temps(lines: list, flag_state: list, line_insn: list) -> None:
@@ -463,7 +515,7 @@ def _drop_dead_temps(lines: list, flag_state: list, line_insn: list) -> None:
     stores may need at a fault (``flag_state`` of an instruction that can raise, i.e.
     one that calls anything) are kept.
     """
-    can_raise = {line_insn[i] for i, line in enumerate(lines) if _CALL.search(line)}
+    can_raise = {line_insn[i] for i, line in enumerate(lines) if _impure(line)}
     keep = {t for idx, st in enumerate(flag_state) if st and idx in can_raise
             for v in st[1:] if isinstance(v, str) for t in _TEMP.findall(v)}
     while True:
@@ -476,11 +528,92 @@ def _drop_dead_temps(lines: list, flag_state: list, line_insn: list) -> None:
         changed = False
         for i, line in enumerate(lines):
             m = _ASSIGN.match(line)
-            if m and m.group(2) not in uses and m.group(2) not in keep and not _CALL.search(m.group(3)):
+            if m and m.group(2) not in uses and m.group(2) not in keep and not _impure(m.group(3)):
                 lines[i] = m.group(1) + "pass"
                 changed = True
         if not changed:
             return
+
+
+_REG = re.compile(r"\bR\[(\d+)\]")
+_REG_OTHER = re.compile(r"\bR\b(?!\[\d+\])|\bregs\b|\bfor\b|\blambda\b")
+_REG_WRITE = re.compile(r"\bR\[(\d+)\]\s*(?:[-+*/&|^%]|<<|>>|//)?=(?!=)")
+_COMPOUND = re.compile(r"^\s*(?:if|elif|else|while|for|try|except|finally|with)\b")
+_EXIT = re.compile(r"\b(?:return|continue)\b")
+
+
+# Helpers that change flags but never touch the register file
+_REG_NEUTRAL_CALLS = _NEUTRAL_CALLS | _OBSERVING_CALLS | {"setfl", "pushf_value", "popf_value"}
+
+
+def _is_barrier(line: str) -> bool:
+    """A line whose calls may read or write the register file itself (helpers on ``cpu``)."""
+    return "cpu.regs" in line or any(name not in _REG_NEUTRAL_CALLS for name in _CALL.findall(line))
+
+
+def _cache_registers(lines: list) -> tuple:
+    """Keep the block's registers in locals (``Rg<n>``) instead of ``R[n]``.
+
+    The locals are loaded once, before the self-loop, and always hold the architectural
+    values: writes go only to them, and are written back to ``R`` before every exit
+    (``return``) and before every *barrier* -- a line calling a helper that may use the
+    register file -- after which all locals are reloaded.  A fault or VM exit raised
+    anywhere else leaves ``R`` stale: ``Block.reg_locals`` (register, local) lists what the
+    processor copies back from the faulting frame (``Processor._at_fault_insn``); a fault
+    raised by a barrier line finds ``R`` current (``Block.barriers``).  Blocks whose text
+    uses the register file other than as ``R[<constant>]``, has inner loops or
+    comprehensions, or a barrier that is a compound statement, are left as they are.
+    Returns (head, reg_locals, barriers) with ``head`` the text of the loads, or None.
+    """
+    regs, written, barriers = set(), set(), set()
+    for i, line in enumerate(lines):
+        if _REG_OTHER.search(line) or (i and line.lstrip().startswith("while ")):
+            return None
+        regs.update(int(r) for r in _REG.findall(line))
+        written.update(int(r) for r in _REG_WRITE.findall(line))
+        if _is_barrier(line):
+            if _COMPOUND.match(line):
+                return None
+            barriers.add(i)
+    if not regs:
+        return None
+    regs, written = sorted(regs), sorted(written)
+    load = "; ".join("Rg%d = R[%d]" % (r, r) for r in regs)
+    store = "".join("R[%d] = Rg%d; " % (r, r) for r in written)
+    for i, line in enumerate(lines):
+        if i in barriers:
+            body = line.lstrip()
+            lines[i] = line[:len(line) - len(body)] + store + body + "; " + load
+        else:
+            line = _REG.sub(r"Rg\1", line)
+            if store and _EXIT.search(line):
+                line = _EXIT.sub(lambda m: store + m.group(0), line, count=1)
+            lines[i] = line
+    return load, tuple((r, "Rg%d" % r) for r in written), frozenset(barriers)
+
+
+MAX_BLOCK_PAGES = 2
+
+
+def _page_ok(pages: set, lin: int) -> bool:
+    """May the block take code from the page of ``lin``?  Adds it to ``pages`` if so."""
+    if lin >> 12 in pages:
+        return True
+    if len(pages) >= MAX_BLOCK_PAGES:
+        return False
+    pages.add(lin >> 12)
+    return True
+
+
+def _spans(insns, cs_base) -> list:
+    """The block's code as runs of contiguous bytes: [linear start, length] (unmasked)."""
+    spans = []
+    for i in insns:
+        if spans and spans[-1][0] + spans[-1][1] == cs_base + i.start:
+            spans[-1][1] += len(i.raw)
+        else:
+            spans.append([cs_base + i.start, len(i.raw)])
+    return spans
 
 
 def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, emulating: bool = False,
@@ -488,7 +621,8 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     """Decode and translate instructions starting at ``rip`` (linear ``cs_base + rip``).
 
     ``decode_at(rip)`` returns the Insn at that instruction pointer.  Translation
-    stops after a block-ending instruction, at a page boundary, or after
+    stops after a block-ending instruction, before a third code page (the processor
+    checks the other page's mapping when it looks the block up), or after
     ``max_insns`` instructions.  ``single`` translates exactly one execution of one
     instruction (no self-loop), for stepping through an interrupt shadow.
     """
@@ -497,6 +631,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     insns = []
     addr = rip
     lin = cs_base + rip
+    pages = {lin >> 12}
     while True:
         try:
             ins = decode_at(addr)
@@ -518,17 +653,27 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
         else:
             em(g, ins)
         addr = ins.next_ip
+        if ins.opc in FOLLOWED and not (emulating or single) and len(insns) < max_insns:
+            target = g.jump_target()
+            if (target is not None and _page_ok(pages, cs_base + target) and target != rip
+                    and all(i.start != target for i in insns)):
+                g.follow(target)
+                g.finish_insn()
+                addr = target
+                continue
         done = g.ended or ins.opc in BLOCK_ENDERS
         if done and not g.ended:
             g.end()
-        elif not done and (emulating or len(insns) >= max_insns or ((cs_base + addr) >> 12) != (lin >> 12)):
+        elif not done and (emulating or len(insns) >= max_insns or not _page_ok(pages, cs_base + addr)):
             g.exit_to(hex(addr))
             done = True
         g.finish_insn()
         if done:
             break
     _drop_dead_temps(g.lines, g.flag_state, g.line_insn)
-    src = "def _blk():\n    n = smc = 0\n    while True:\n" + "\n".join(g.lines) + "\n"
+    cached = None if emulating else _cache_registers(g.lines)
+    head = "; " + cached[0] if cached else ""
+    src = "def _blk():\n    n = smc = 0%s\n    while True:\n%s\n" % (head, "\n".join(g.lines))
     code = compile(src, "<block %#x>" % lin, "exec")
     exec(code, namespace)
     b = Block()
@@ -536,9 +681,11 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     b.insns = insns
     b.line_insn = g.line_insn
     b.flag_state = g.flag_state
+    b.reg_locals, b.barriers = cached[1:] if cached else ((), frozenset())
     b.rip = rip
     b.cs_base = cs_base
     b.lin = lin
+    b.spans = _spans(insns, cs_base)
     b.mode_key = mode.key
     b.source = src
     return b

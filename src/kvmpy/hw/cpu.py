@@ -18,6 +18,7 @@ import sys
 
 from . import codegen, insn  # noqa: F401  (insn registers the emitters)
 from . import entry
+from . import flags as lazy
 from . import memory as hm
 from . import paging
 from .decoder import DecodeError, decode
@@ -105,7 +106,7 @@ class Processor(CPUState, SegmentUnit):
             "cpu": self, "R": self.regs, "SB": self.sbase, "HM": hm.HOST, "TR": self.tlb_r, "TW": self.tlb_w,
             "U16": hm.U16, "U32": hm.U32, "U64": hm.U64, "P8": hm.P8, "P16": hm.P16, "P32": hm.P32,
             "P64": hm.P64, "rd": self.read_slow, "wr": self.write_slow, "probe_w": self.probe_write,
-            "raise_ud": self.raise_ud, "raise_fault": self.raise_fault, "setfl": self.set_some_flags,
+            "raise_ud": self.raise_ud, "cf_of": self.carry_flag, "raise_fault": self.raise_fault, "setfl": self.set_some_flags,
             "pushf_value": self.pushf_value, "popf_value": self.popf_value, "load_seg": self.load_seg,
             "far_jump": self.far_jump, "far_call": self.far_call, "far_ret": self.far_ret, "iret": self.iret,
             "enter": self.enter, "software_interrupt": self.software_interrupt, "intercept": self.intercept,
@@ -152,6 +153,13 @@ class Processor(CPUState, SegmentUnit):
         self.flush_tlb()
 
     # ------------------------------------------------------------------ flags helpers
+    def carry_flag(self):
+        """CF (0/1) from the lazy flags, without materialising RFLAGS."""
+        op = self.cc_op
+        if op == lazy.CC_EAGER:
+            return self.flags & CF
+        return lazy.carry(op, self.cc_dst, self.cc_src, self.cc_aux)
+
     def set_some_flags(self, mask, bits):
         fl = self.get_rflags()
         self.set_rflags((fl & ~mask) | (bits & mask))
@@ -298,7 +306,8 @@ class Processor(CPUState, SegmentUnit):
             _, gpa = self.translate(lin, paging.PFERR_FETCH)
         phys = gpa | (lin & 0xFFF)
         b = self.code.get(rip)
-        if b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys:
+        if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
+                and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
             if b.epoch == self.epoch:
                 return b
             if self._raw_at(b) == b.raw:
@@ -308,7 +317,7 @@ class Processor(CPUState, SegmentUnit):
 
     def _raw_at(self, b):
         try:
-            return bytes(self.fetch_byte(b.lin + i) for i in range(len(b.raw)))
+            return bytes(self.fetch_byte(lin + i) for lin, size in b.spans for i in range(size))
         except (Fault, Intercept):
             return None
 
@@ -324,8 +333,11 @@ class Processor(CPUState, SegmentUnit):
         b.phys = phys
         b.raw = b"".join(i.raw for i in b.insns)
         b.epoch = self.epoch
-        for off in (0, len(b.raw) - 1):
-            gfn = (self.tlb_x.get(((lin + off) & mask) >> 12, phys) >> 12)
+        lpns = {(a & mask) >> 12 for start, size in b.spans for a in (start, start + size - 1)}
+        # code from a second page: its mapping is checked whenever the block is looked up
+        b.xpages = tuple((lpn, self.tlb_x[lpn]) for lpn in lpns if lpn != lin >> 12)
+        for lpn in lpns:
+            gfn = (self.tlb_x.get(lpn, phys) >> 12)
             if gfn not in self.code_pages:
                 self.code_pages[gfn] = set()
                 self._unmap_writes(gfn)
@@ -396,22 +408,25 @@ class Processor(CPUState, SegmentUnit):
         checked them.  ``self._block`` names the running block for fault delivery.
         """
         ic = self.icount
+        window = self.intr_window_exiting      # a VM-execution control: fixed during the run
         try:
             while True:
                 self._block = b
                 ic += b.fn()
-                if self.intr_window_exiting:
+                if window:
                     self.icount = ic
                     self._window_check()
-                self.interrupt_shadow = 0
+                if self.interrupt_shadow:
+                    self.interrupt_shadow = 0
                 if ic >= limit:
                     return
-                rip = self.rip
                 if b.link_gen == self.chain_gen:
+                    rip = self.rip
                     nb = b.succ.get(rip)
                     if nb is None:
                         nb = b.succ[rip] = self.lookup_block()
                 else:
+                    rip = self.rip
                     b.succ.clear()
                     b.link_gen = self.chain_gen
                     nb = b.succ[rip] = self.lookup_block()
@@ -451,8 +466,12 @@ class Processor(CPUState, SegmentUnit):
         if b is None:
             return
         tb = self._fault_tb
-        idx = b.line_insn[tb.tb_lineno - codegen.BODY_FIRST_LINE]
+        line = tb.tb_lineno - codegen.BODY_FIRST_LINE
+        idx = b.line_insn[line]
         loc = tb.tb_frame.f_locals
+        if line not in b.barriers:  # registers the block held in locals (codegen._cache_registers)
+            for r, name in b.reg_locals:
+                self.regs[r] = loc[name]
         n = loc.get("n", 0)
         st = b.flag_state[idx]
         if st is not None:          # flag stores the block had deferred past this instruction

@@ -30,6 +30,8 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
     "bmi2": (7, 0, EBX, 8), "erms": (7, 0, EBX, 9), "invpcid": (7, 0, EBX, 10),
     "smap": (7, 0, EBX, 20), "umip": (7, 0, ECX, 2), "rdpid": (7, 0, ECX, 22),
     "la57": (7, 0, ECX, 16),
+    # leaf 0xD.1
+    "xsaveopt": (0xD, 1, EAX, 0),
     # leaf 0x80000001
     "lahf_lm": (0x80000001, 0, ECX, 0), "abm": (0x80000001, 0, ECX, 5),
     "syscall": (0x80000001, 0, EDX, 11), "nx": (0x80000001, 0, EDX, 20),
@@ -40,8 +42,11 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
 IMPLEMENTED: frozenset[str] = frozenset({
     "tsc", "msr", "pae", "pse", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
     "clflush", "syscall", "nx", "lm", "lahf_lm", "hypervisor",
-    # x87, MMX and SSE (kvmpy.hw.insn.x87 / mmx / sse, FXSAVE in kvmpy.hw.fxsave); no SSE4.2
-    "fpu", "mmx", "fxsr", "sse", "sse2", "sse3", "ssse3", "sse4_1",
+    # x87, MMX and SSE..SSE4.2 (kvmpy.hw.insn.x87 / mmx / sse, kvmpy.hw.sse42, FXSAVE in
+    # kvmpy.hw.fxsave); XSAVE/XRSTOR/XSAVEOPT for x87 and SSE (kvmpy.hw.xsave; no AVX)
+    "fpu", "mmx", "fxsr", "sse", "sse2", "sse3", "ssse3", "sse4_1", "sse4_2", "xsave", "xsaveopt",
+    # MOVBE and CRC32 (kvmpy.hw.insn.movbe_crc32)
+    "movbe",
     # integer instructions of those generations (kvmpy.hw.insn.bits / atomic)
     "popcnt", "abm", "cx16",
 })

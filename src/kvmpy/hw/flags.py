@@ -35,6 +35,21 @@ def _szp(res, sign):
     return (ZF if res == 0 else 0) | (SF if res & sign else 0) | PARITY[res & 0xFF]
 
 
+def carry(op: int, dst: int, src: int, aux: int) -> int:
+    """CF alone (0 or 1) for a lazily recorded operation: INC/DEC and the carry-reading
+    instructions need only this, and it is much cheaper than all six flags."""
+    kind = op >> 2
+    if kind == K_LOGIC:
+        return 0
+    if kind == K_INC or kind == K_DEC:
+        return aux & CF
+    if kind == K_ADD:
+        return 1 if dst < (dst - src) & MASKS[op & 3] else 0
+    if kind == K_SUB:
+        return 1 if (dst + src) & MASKS[op & 3] < src else 0
+    return compute(op, dst, src, aux) & CF
+
+
 def compute(op: int, dst: int, src: int, aux: int) -> int:
     """Return the six arithmetic flags for a lazily recorded operation."""
     kind, si = op >> 2, op & 3

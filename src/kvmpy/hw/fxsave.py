@@ -35,8 +35,8 @@ def load_mxcsr(cpu, value: int) -> None:
     cpu.fpu.mxcsr = value
 
 
-def image(cpu, wide: bool) -> bytes:
-    """The 416 bytes FXSAVE writes."""
+def image(cpu, wide: bool, nxmm: int | None = None) -> bytes:
+    """The 416 bytes FXSAVE writes (``nxmm`` XMM registers, by default those of the mode)."""
     f = cpu.fpu
     out = bytearray(XSTATE_BYTES)
     out[0:2] = f.fcw.to_bytes(2, "little")
@@ -50,17 +50,27 @@ def image(cpu, wide: bool) -> bytes:
     out[28:32] = MXCSR_MASK.to_bytes(4, "little")
     for i in range(8):
         out[32 + 16 * i:42 + 16 * i] = f.st[(f.top + i) & 7].to_bytes(10, "little")
-    for i in range(16 if cpu.mode.code == 8 else 8):
+    for i in range(xmm_count(cpu) if nxmm is None else nxmm):
         out[160 + 16 * i:176 + 16 * i] = f.xmm[i].to_bytes(16, "little")
     return bytes(out)
 
 
-def restore(cpu, data: bytes, wide: bool) -> None:
-    """Load an FXSAVE image (#GP if it sets reserved MXCSR bits, before any change)."""
-    f = cpu.fpu
+def xmm_count(cpu) -> int:
+    """XMM8-15 exist only in 64-bit mode."""
+    return 16 if cpu.mode.code == 8 else 8
+
+
+def check_mxcsr_image(data: bytes) -> int:
+    """The MXCSR of an FXSAVE/XSAVE legacy area (#GP if it sets reserved bits)."""
     mxcsr = int.from_bytes(data[24:28], "little")
     if mxcsr & ~MXCSR_MASK:
         raise Fault(13, 0)
+    return mxcsr
+
+
+def restore_x87(cpu, data: bytes, wide: bool) -> None:
+    """Load the x87 part of a legacy area (bytes 0..23 and the ST registers)."""
+    f = cpu.fpu
     f.fcw = int.from_bytes(data[0:2], "little")
     fsw = int.from_bytes(data[2:4], "little")
     f.top = (fsw >> 11) & 7
@@ -70,16 +80,26 @@ def restore(cpu, data: bytes, wide: bool) -> None:
     ptr = 8 if wide else 4
     f.fip = int.from_bytes(data[8:8 + ptr], "little")
     f.fdp = int.from_bytes(data[16:16 + ptr], "little")
-    f.mxcsr = mxcsr
     for i in range(8):
         f.st[(f.top + i) & 7] = int.from_bytes(data[32 + 16 * i:42 + 16 * i], "little")
-    for i in range(16 if cpu.mode.code == 8 else 8):
-        f.xmm[i] = int.from_bytes(data[160 + 16 * i:176 + 16 * i], "little")
+
+
+def restore_xmm(cpu, data: bytes, nxmm: int | None = None) -> None:
+    """Load the XMM registers of a legacy area (in place: translated code holds the list)."""
+    for i in range(xmm_count(cpu) if nxmm is None else nxmm):
+        cpu.fpu.xmm[i] = int.from_bytes(data[160 + 16 * i:176 + 16 * i], "little")
+
+
+def restore(cpu, data: bytes, wide: bool) -> None:
+    """Load an FXSAVE image (#GP if it sets reserved MXCSR bits, before any change)."""
+    mxcsr = check_mxcsr_image(data)
+    restore_x87(cpu, data, wide)
+    cpu.fpu.mxcsr = mxcsr
+    restore_xmm(cpu, data)
 
 
 def fpu_state(cpu, op: int, addr: int, rex_w: int) -> None:
-    """0F AE /0../6 with a memory operand: FXSAVE, FXRSTOR, LDMXCSR, STMXCSR; the XSAVE
-    family is #UD (kvmpy does not advertise XSAVE)."""
+    """0F AE /0../3 with a memory operand: FXSAVE, FXRSTOR, LDMXCSR, STMXCSR."""
     if op in (0, 1):
         check_fpu(cpu)
         if addr & 15:

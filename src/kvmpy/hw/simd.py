@@ -484,3 +484,7 @@ def dot(cpu, a, b, size, imm):
     total = add2(prods[0], prods[1]) if size == 8 else add2(add2(prods[0], prods[1]), add2(prods[2], prods[3]))
     _xm(cpu, flags)
     return join([total if imm >> i & 1 else 0 for i in range(len(x))], size)
+
+
+# SSE4.2's units, reached from translated code like the rest of this module (``SV.<name>``)
+from .sse42 import crc32c, explicit_length, implicit_length, pcmpstr  # noqa: E402,F401

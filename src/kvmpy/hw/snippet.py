@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 from . import memory as hm
 from .cpu import Processor
-from .state import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CS, EFER_LMA, EFER_LME, Segment
+from .state import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CS, EFER_LMA, EFER_LME, Segment
+from .xsave import XCR0_SUPPORTED
 from .vmx import EXIT_REASON_EXCEPTION_NMI, EXIT_REASON_HLT, VmxExitFormat
 
 CODE_ADDR = 0x10200000
@@ -57,7 +58,8 @@ def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
         for off in range(0, len(buf), 4096):
             cpu.shadow[(base + off) >> 12] = (host + off, writable, True, (base + off) >> 12)
     cpu.cr0 |= CR0_PE | CR0_PG
-    cpu.cr4 |= 0x20 | CR4_OSFXSR | CR4_OSXMMEXCPT
+    cpu.cr4 |= 0x20 | CR4_OSFXSR | CR4_OSXMMEXCPT | CR4_OSXSAVE   # as Linux runs user code
+    cpu.xcr0 = XCR0_SUPPORTED
     cpu.efer = EFER_LME | EFER_LMA
     if bits == 64:
         cpu.seg[CS] = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, l=1, db=0, g=1)

@@ -5,9 +5,10 @@ intercepts (MOV CR3 and INVLPG under shadow paging, CR0/CR4 writes under
 shadow paging, XSETBV, LMSW) they raise the VM exit instead.
 """
 
-from . import fxsave
+from . import fxsave, xsave
 from .events import Fault, Intercept
-from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF,
+from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME,
+                    EFER_SCE, IF,
                     RF, SS, VM, FS, GS)
 from .segments import parse_descriptor
 from .state import Segment
@@ -109,6 +110,8 @@ def invlpg(cpu, addr, insn_len):
 
 
 def xgetbv(cpu):
+    if not cpu.cr4 & CR4_OSXSAVE:
+        raise Fault(6)
     if cpu.regs[1] & 0xFFFFFFFF != 0:
         raise Fault(13, 0)
     cpu.regs[0] = cpu.xcr0 & 0xFFFFFFFF
@@ -137,8 +140,12 @@ def fsgsbase(cpu, op, reg, size):
 
 
 def fpu_state(cpu, op, addr, rex_w):
-    """FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (kvmpy.hw.fxsave); the XSAVE family is #UD."""
-    fxsave.fpu_state(cpu, op, addr, rex_w)
+    """0F AE /0../6 with memory: FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (kvmpy.hw.fxsave), then
+    XSAVE/XRSTOR/XSAVEOPT (kvmpy.hw.xsave)."""
+    if op < 4:
+        fxsave.fpu_state(cpu, op, addr, rex_w)
+    else:
+        xsave.xsave_op(cpu, op, addr, bool(rex_w) and cpu.mode.code == 8)
 
 
 def lldt(cpu, sel):

@@ -29,6 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import uapi
 from . import fs
 from .fs import kernel_error
+from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
 from .x86 import x86 as arch
 
@@ -42,6 +43,7 @@ __all__ = [
     "kvm_vm_ioctl_check_extension_generic", "kvm_vm_ioctl_set_memory_region",
     "kvm_set_memory_region", "kvm_vm_ioctl_get_dirty_log", "gfn_to_memslot", "kvm_get_vcpu",
     "kvm_get_vcpu_by_id", "mark_page_dirty", "mark_page_dirty_in_slot", "kvm_vcpu_mmap_size",
+    "kvm_vm_ioctl_get_stats_fd", "kvm_vcpu_ioctl_get_stats_fd",
 ]
 
 KVM_MINOR = 232
@@ -144,7 +146,7 @@ class Kvm:
         self.memslots_generation = 0
         self._slots_by_gfn: list = []          # sorted (base_gfn, slot) for gfn_to_memslot
         self.nr_memslot_pages = 0
-        self.stat: dict = {}
+        self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
         self.arch = None                       # set by kvm_arch_init_vm
         self.destroyed = False
 
@@ -188,7 +190,7 @@ class KvmVcpu:
         self.pio_data = None            # page 1 (io.data_offset = 4096)
         self.mutex = threading.RLock()
         self.sigset = None
-        self.stat: dict = {}
+        self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0
 
@@ -270,6 +272,7 @@ def kvm_vm_ioctl_check_extension_generic(kvm, arg: int) -> int:
         uapi.KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: 1,
         uapi.KVM_CAP_INTERNAL_ERROR_DATA: 1,
         uapi.KVM_CAP_CHECK_EXTENSION_VM: 1,
+        uapi.KVM_CAP_BINARY_STATS_FD: 1,
         uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
         uapi.KVM_CAP_MULTI_ADDRESS_SPACE: KVM_ADDRESS_SPACE_NUM if KVM_ADDRESS_SPACE_NUM > 1 else 0,
     }
@@ -304,11 +307,13 @@ def hardware_disable_all() -> None:
 def kvm_create_vm(vm_type: int) -> Kvm:
     kvm = Kvm(vm_type)
     arch.kvm_arch_init_vm(kvm, vm_type)
+    kvm.stat = KvmStats(stats_id_vm(), VM_STATS)
     hardware_enable_all()
     try:
         arch.kvm_arch_post_init_vm(kvm)
     except BaseException:
         hardware_disable_all()
+        kvm.stat.free()
         raise
     with kvm_lock:
         vm_list.append(kvm)
@@ -349,11 +354,9 @@ def kvm_destroy_vm(kvm: Kvm) -> None:
             vm_list.remove(kvm)
     arch.kvm_arch_destroy_vm(kvm)           # destroys the vCPUs
     for vcpu in kvm.vcpus:
-        if vcpu.run_area is not None:
-            vcpu.run = vcpu.pio_data = None
-            vcpu.run_area.free()
-            vcpu.run_area = None
+        _kvm_vcpu_free_files(vcpu)
     kvm.vcpus = []
+    kvm.stat.free()
     _replace_memslots(kvm, {})
     hardware_disable_all()
     kvm.destroyed = True
@@ -379,6 +382,8 @@ def kvm_vm_ioctl(file, cmd: int, arg):
         return kvm_vm_ioctl_get_dirty_log(kvm, log)
     if cmd == uapi.KVM_CHECK_EXTENSION:
         return kvm_vm_ioctl_check_extension_generic(kvm, arg)
+    if cmd == uapi.KVM_GET_STATS_FD:
+        return kvm_vm_ioctl_get_stats_fd(kvm)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)
 
 
@@ -519,6 +524,17 @@ def kvm_vcpu_init(vcpu: KvmVcpu, kvm: Kvm, vcpu_id: int) -> None:
     vcpu.run_area = RunArea("kvm-vcpu:%d" % vcpu_id)
     vcpu.run = vcpu.run_area.run
     vcpu.pio_data = vcpu.run_area.page(uapi.KVM_PIO_PAGE_OFFSET)
+    vcpu.stat = KvmStats(stats_id_vcpu(vcpu_id), VCPU_STATS)
+
+
+def _kvm_vcpu_free_files(vcpu: KvmVcpu) -> None:
+    """Release the memfds behind the vCPU's kvm_run pages and its statistics."""
+    if vcpu.run_area is not None:
+        vcpu.run = vcpu.pio_data = None
+        vcpu.run_area.free()
+        vcpu.run_area = None
+    if vcpu.stat is not None:
+        vcpu.stat.free()
 
 
 @traced
@@ -561,9 +577,7 @@ def kvm_vm_ioctl_create_vcpu(kvm: Kvm, vcpu_id: int) -> int:
         if vcpu is not None and vcpu not in kvm.vcpus:
             if vcpu.arch is not None:
                 arch.kvm_arch_vcpu_destroy(vcpu)
-            if vcpu.run_area is not None:
-                vcpu.run = vcpu.pio_data = None
-                vcpu.run_area.free()
+            _kvm_vcpu_free_files(vcpu)
         raise
     with kvm.lock:
         kvm.online_vcpus += 1
@@ -615,9 +629,43 @@ def kvm_vcpu_ioctl(file, cmd: int, arg):
             return _vcpu_ioctl_run(vcpu, arg)
         if cmd == uapi.KVM_SET_SIGNAL_MASK:
             return _vcpu_ioctl_set_signal_mask(vcpu, arg)
+        if cmd == uapi.KVM_GET_STATS_FD:
+            return kvm_vcpu_ioctl_get_stats_fd(vcpu)
         return arch.kvm_arch_vcpu_ioctl(file, cmd, arg)
 
 
 kvm_vcpu_fops = fs.FileOperations("kvm_vcpu_fops", release=kvm_vcpu_release,
                                   unlocked_ioctl=kvm_vcpu_ioctl, compat_ioctl=kvm_vcpu_ioctl,
                                   mmap=kvm_vcpu_mmap, llseek=fs.noop_llseek)
+
+
+# --------------------------------------------------------------------------------------
+# Binary statistics (KVM_GET_STATS_FD): a read-only file per call, holding a VM reference
+# --------------------------------------------------------------------------------------
+def kvm_stats_release(inode, file) -> int:
+    kvm_put_kvm(file.private_data)
+    return 0
+
+
+kvm_vm_stats_fops = fs.FileOperations("kvm_vm_stats_fops", release=kvm_stats_release, llseek=fs.noop_llseek)
+kvm_vcpu_stats_fops = fs.FileOperations("kvm_vcpu_stats_fops", release=kvm_stats_release,
+                                        llseek=fs.noop_llseek)
+
+
+def _stats_fd(kvm: Kvm, stat: KvmStats, name: str, fops) -> int:
+    """Install a new read-only descriptor on ``stat``'s file image (see kvmpy.kernel.stats)."""
+    fd = stat.open_fd()
+    file = fs.anon_inode_getfile(name, fops, kvm, os.O_RDONLY)
+    kvm_get_kvm(kvm)
+    fs.fd_install(fd, file)
+    return fd
+
+
+@traced
+def kvm_vm_ioctl_get_stats_fd(kvm: Kvm) -> int:
+    return _stats_fd(kvm, kvm.stat, "kvm-vm-stats", kvm_vm_stats_fops)
+
+
+@traced
+def kvm_vcpu_ioctl_get_stats_fd(vcpu: KvmVcpu) -> int:
+    return _stats_fd(vcpu.kvm, vcpu.stat, "kvm-vcpu-stats:%d" % vcpu.vcpu_id, kvm_vcpu_stats_fops)

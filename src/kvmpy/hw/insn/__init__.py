@@ -8,3 +8,4 @@ from . import atomic  # noqa: F401
 from . import sse  # noqa: F401
 from . import x87  # noqa: F401
 from . import mmx  # noqa: F401
+from . import movbe_crc32  # noqa: F401

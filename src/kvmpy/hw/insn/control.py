@@ -83,7 +83,7 @@ def _group5(g, ins):
         if r == 3:
             g.emit("far_call(%s, %s, %d, %#x)" % (sel, off, s, ins.next_ip))
         else:
-            g.emit("far_jump(%s, %s, %d)" % (sel, off, s))
+            g.emit("far_jump(%s, %s, %d, %#x)" % (sel, off, s, ins.next_ip))
         g.emit("return n + %d" % (g.idx + 1))
         g.ended = True
     elif r == 6:
@@ -98,7 +98,7 @@ def _far_direct(g, ins):
     if g.mode.code == 8:
         g.emit("raise_ud()")
     elif ins.opc == 0xEA:
-        g.emit("far_jump(%#x, %#x, %d)" % (ins.imm2, ins.imm, ins.opsize))
+        g.emit("far_jump(%#x, %#x, %d, %#x)" % (ins.imm2, ins.imm, ins.opsize, ins.next_ip))
     else:
         g.emit("far_call(%#x, %#x, %d, %#x)" % (ins.imm2, ins.imm, ins.opsize, ins.next_ip))
     g.emit("return n + %d" % (g.idx + 1))
@@ -114,7 +114,7 @@ def _far_ret(g, ins):
 
 @emitter(0xCF, ends_block=True)
 def _iret(g, ins):
-    g.emit("iret(%d)" % ins.opsize)
+    g.emit("iret(%d, %#x)" % (ins.opsize, ins.next_ip))
     g.emit("return n + %d" % (g.idx + 1))
     g.ended = True
 

@@ -1,4 +1,4 @@
-"""SSE, SSE2, SSE3, SSSE3 and SSE4.1 instructions on XMM registers (legacy encodings).
+"""SSE, SSE2, SSE3, SSSE3, SSE4.1 and SSE4.2 (PCMPxSTRx) instructions on XMM registers (legacy encodings).
 
 XMM registers live in ``cpu.fpu.xmm`` as 128-bit ints.  A block's first SSE instruction
 checks the control registers (CR0.EM or no CR4.OSFXSR: #UD; CR0.TS: #NM) and binds the
@@ -624,6 +624,30 @@ def _cvt_pd_dq(g, ins):
         return
     s = src128(g, ins)
     g.emit("XM[%d] = SV.join(SV.cvt_f2i(cpu, %s, 8, 32, 2, %s), 4)" % (ins.reg, s, ins.opsize_prefix))
+
+
+@_on((MAP0F3A | 0x60, 0x66), (MAP0F3A | 0x61, 0x66), (MAP0F3A | 0x62, 0x66), (MAP0F3A | 0x63, 0x66))
+def _pcmpstr(g, ins):
+    """PCMPESTRM/PCMPESTRI/PCMPISTRM/PCMPISTRI (SSE4.2; m128 needs no alignment): explicit
+    lengths from EAX/EDX (RAX/RDX with REX.W) or implicit ones (the first null element)."""
+    op = ins.opc & 0xFF
+    words = ins.imm & 1
+    s = src128(g, ins, aligned=False)
+    la, lb = g.tmp(), g.tmp()
+    if op < 0x62:
+        bits = 64 if ins.rex_w else 32
+        g.emit("%s = SV.explicit_length(R[0], %d, %d); %s = SV.explicit_length(R[2], %d, %d)"
+               % (la, bits, words, lb, bits, words))
+    else:
+        g.emit("%s = SV.implicit_length(XM[%d], %d); %s = SV.implicit_length(%s, %d)"
+               % (la, ins.reg, words, lb, s, words))
+    idx, mask, fl = g.tmp(), g.tmp(), g.tmp("fl")
+    g.emit("%s, %s, %s = SV.pcmpstr(XM[%d], %s, %s, %s, %d)" % (idx, mask, fl, ins.reg, s, la, lb, ins.imm))
+    if op & 1:
+        g.set_reg(1, 4, idx)
+    else:
+        g.emit("XM[0] = %s" % mask)
+    g.emit("setfl(0x8d5, %s)" % fl)
 
 
 @emitter(MAP0F | 0xC3)

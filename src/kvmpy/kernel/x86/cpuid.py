@@ -13,7 +13,7 @@ import ctypes
 import errno
 
 from ... import uapi
-from ...hw import features
+from ...hw import features, xsave
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 
@@ -71,6 +71,16 @@ def _regs(leaf: int, subleaf: int) -> dict:
     return {r: features.feature_mask(leaf, subleaf, r) for r in ("eax", "ebx", "ecx", "edx")}
 
 
+def _xsave_leaves() -> list[CpuidEntry]:
+    """Leaf 0xD: sub-leaf 0 has the XCR0 bits the processor supports and the area size
+    (the same for every XCR0 it allows), sub-leaf 1 the XSAVE extensions (XSAVEOPT)."""
+    if not features.implemented("xsave"):
+        return [CpuidEntry(0xD, 0, _SIG), CpuidEntry(0xD, 1, _SIG)]
+    size = xsave.AREA_SIZE
+    return [CpuidEntry(0xD, 0, _SIG, xsave.XCR0_SUPPORTED & 0xFFFFFFFF, size, size, xsave.XCR0_SUPPORTED >> 32),
+            CpuidEntry(0xD, 1, _SIG, _regs(0xD, 1)["eax"])]
+
+
 def supported_cpuid(vendor_name: str) -> list[CpuidEntry]:
     """The CPUID table kvmpy can give a guest of this vendor."""
     ebx, ecx, edx = vendor_string(vendor_name)
@@ -83,7 +93,7 @@ def supported_cpuid(vendor_name: str) -> list[CpuidEntry]:
         CpuidEntry(0, 0, 0, MAX_BASIC_LEAF, ebx, ecx, edx),
         CpuidEntry(1, 0, 0, FAMILY_MODEL_STEPPING, leaf1["ebx"], leaf1["ecx"], leaf1["edx"]),
         CpuidEntry(7, 0, _SIG, 0, *(v for k, v in _regs(7, 0).items() if k != "eax")),
-        CpuidEntry(0xD, 0, _SIG), CpuidEntry(0xD, 1, _SIG),
+        *_xsave_leaves(),
         CpuidEntry(0x80000000, 0, 0, MAX_EXT_LEAF, *((ebx, ecx, edx) if amd else (0, 0, 0))),
         CpuidEntry(0x80000001, 0, 0, FAMILY_MODEL_STEPPING if amd else 0, 0, ext["ecx"], ext["edx"]),
         CpuidEntry(0x80000008, 0, 0, PHYS_ADDR_BITS | VIRT_ADDR_BITS << 8),

@@ -30,6 +30,21 @@ from . import params
 RET_PF_RETRY, RET_PF_EMULATE = 1, 2
 
 
+def kvm_mmu_do_page_fault(handler):
+    """Wrap an MMU's page-fault handler with the kernel's accounting around it: every fault
+    is ``pf_taken``, one sent to the emulator also ``pf_emulate`` (handlers count
+    ``pf_fixed`` and ``pf_guest`` themselves, where they know)."""
+    def do_page_fault(vcpu, *fault):
+        vcpu.stat["pf_taken"] += 1
+        r = handler(vcpu, *fault)
+        if r == RET_PF_EMULATE:
+            vcpu.stat["pf_emulate"] += 1
+        return r
+    do_page_fault.__name__ = do_page_fault.__qualname__ = handler.__name__
+    do_page_fault.__doc__ = handler.__doc__
+    return do_page_fault
+
+
 class KvmMmu:
     """struct kvm_mmu: which page-fault handler and walker this vCPU uses."""
 
@@ -130,6 +145,7 @@ def _is_dirty(slot, gfn) -> bool:
     return bool(bitmap[i >> 3] >> (i & 7) & 1) if isinstance(bitmap, (bytearray, bytes)) else i in bitmap
 
 
+@kvm_mmu_do_page_fault
 @traced
 def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
     """EPT/NPT violation: map the page from its memslot, or report MMIO."""
@@ -166,6 +182,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
                 if ent[1] and ent[3] in gfns:
                     cpu.shadow[lpn] = (ent[0], False, ent[2], ent[3])
         cpu.flush_tlb()
+    kvm.stat["remote_tlb_flush"] += 1       # kvm_flush_remote_tlbs
 
 
 # ------------------------------------------------------------------ guest memory by gpa
@@ -195,13 +212,19 @@ def gpa_to_host(kvm, gpa: int, write: bool):
     return _slot_host(slot, gpa >> 12) + (gpa & 0xFFF)
 
 
-def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False) -> int:
-    """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see)."""
+def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
+                       system: bool = False) -> int:
+    """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see).
+
+    ``system``: an access of KVM's own (kvm_mmu_gva_to_gpa_system, e.g. KVM_TRANSLATE): a
+    supervisor access whatever the guest's CPL, and without paging the address is the
+    guest-physical address as given (nonpaging_gva_to_gpa), not truncated to 32 bits.
+    """
     cpu = vcpu.arch.cpu
     if not cpu.cr0 & CR0_PG:
-        gpa = gva & 0xFFFFFFFF if not cpu.efer & 0x400 else gva
+        gpa = gva & 0xFFFFFFFF if not cpu.efer & 0x400 and not system else gva
         return gpa, paging.Translation(gpa & ~0xFFF, True, True, False, 0x1000, False)
-    if cpu.mode.cpl == 3:
+    if cpu.mode.cpl == 3 and not system:
         access |= paging.PFERR_USER
     kvm = vcpu.kvm
 
@@ -233,6 +256,7 @@ def _protect_table(vcpu, gfn):
     cpu.flush_tlb()
 
 
+@kvm_mmu_do_page_fault
 @traced
 def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     """Shadow paging's #PF handler (paging_tmpl.h's FNAME(page_fault))."""

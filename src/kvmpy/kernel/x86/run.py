@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 
 from ...hw.events import Fault
-from ...hw.segments import EXT_INTR, HW_EXC
+from ...hw.segments import EXT_INTR, HW_EXC, NMI
 from ...hw.state import IF
 from ...uapi import kvm as uapi
 from ..trace import event, traced
@@ -124,7 +124,15 @@ def vcpu_enter_guest(vcpu) -> int:
 
 
 def inject_pending_event(vcpu) -> None:
-    """Program the entry's event injection from KVM's queued exception or interrupt."""
+    """Program the entry's event injection: KVM's queued exception, then NMI, then interrupt.
+
+    An NMI that user space restored as injected (KVM_SET_VCPU_EVENTS) is re-injected before
+    new events. A new NMI waits while NMIs are blocked -- by the processor's NMI blocking,
+    set on delivery and cleared by IRET, or by the STI/MOV SS shadow. KVM would then ask
+    for an NMI-window exit; kvmpy's processor has none, so the NMI goes in at the first
+    entry after the block lifts (the next exit of any kind, at worst the preemption exit
+    that ends an entry's instruction budget).
+    """
     arch = vcpu.arch
     cpu = arch.cpu
     if cpu.pending_event is not None:
@@ -136,6 +144,16 @@ def inject_pending_event(vcpu) -> None:
             cpu.cr2 = cr2
         cpu.pending_event = (HW_EXC, vector, error_code)
         event("kvm_inj_exception", vector=vector, error_code=error_code)
+        return
+    from .x86 import kvm_nmi_allowed, process_nmi
+    process_nmi(vcpu)
+    if arch.nmi_injected or (arch.nmi_pending and kvm_nmi_allowed(vcpu)):
+        if not arch.nmi_injected:
+            arch.nmi_pending -= 1
+            _stat(vcpu, "nmi_injections")
+        arch.nmi_injected = False       # from here on the processor carries it (pending_event)
+        cpu.pending_event = (NMI, 2, None)
+        cpu.halted = False
         return
     if arch.interrupt is not None and cpu.flags & IF and not cpu.interrupt_shadow:
         vec, arch.interrupt = arch.interrupt, None
@@ -355,7 +373,7 @@ def handle_preemption(vcpu) -> int:
     """The entry's instruction budget ran out: return to check signals, then go on."""
     if getattr(vcpu.arch, "kick", False):
         return 1
-    _stat(vcpu, "request_irq_exits" if vcpu.run.request_interrupt_window else "preemption_exits")
+    _stat(vcpu, "irq_exits")            # the host timer interrupt that ends a time slice
     return 1
 
 
@@ -364,6 +382,7 @@ def handle_interrupt_window(vcpu) -> int:
     vcpu.arch.cpu.intr_window_exiting = False
     if vcpu.run.request_interrupt_window and getattr(vcpu.kvm.arch, "irqchip", None) is None:
         vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
+        _stat(vcpu, "request_irq_exits")
         return 0
     return 1
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from ...hw.cpu import Processor
 from ...uapi import kvm as uapi
 from ..trace import event, traced
-from . import emulate, mmu, params, run
+from . import emulate, mmu, params, run, x86
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 
@@ -132,10 +132,12 @@ def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
 
 
 def kvm_emulate_xsetbv(vcpu, insn_len: int) -> int:
-    """XSETBV: XCR0 only, x87 always on, AVX only with SSE; anything else is #GP(0)."""
+    """XSETBV (__kvm_set_xcr): XCR0 only, x87 always on, AVX only with SSE, nothing the guest's
+    CPUID leaf 0xD does not offer (kvmpy's processor: x87 and SSE); else #GP(0)."""
     cpu = vcpu.arch.cpu
     value = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
-    if cpu.regs[1] & 0xFFFFFFFF or not value & 1 or value & ~7 or (value & 4 and not value & 2):
+    if (cpu.regs[1] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
+            or value & ~(x86.guest_supported_xcr0(vcpu) | 1)):
         run.kvm_queue_exception(vcpu, 13, 0)
         return 1
     cpu.xcr0 = value

@@ -10,7 +10,10 @@ the ioctls translate between it and the uapi structures.  The vendor module is r
 Events waiting for injection (the run path, ``kvmpy.kernel.x86.run``, injects them on entry):
 ``vcpu.arch.exception`` is None or ``(vector, error_code or None, cr2 or None)``;
 ``vcpu.arch.interrupt`` is None or the vector queued by ``KVM_INTERRUPT`` (no in-kernel
-irqchip); ``vcpu.arch.nmi_pending`` / ``nmi_injected``.
+irqchip); NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
+and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, to re-inject first).  Once
+injected, an NMI is the processor's ``pending_event`` until delivered, and the processor's
+``nmi_masked`` is NMI blocking (set by delivery, cleared by IRET).
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import errno
 import importlib
 
 from ... import uapi
-from ...hw import state as hs
+from ...hw import events as hs_events, features, state as hs, xsave as hxsave
+from ...hw.events import Fault
+from ...hw.segments import NMI
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 from . import cpuid as kcpuid
@@ -106,6 +111,10 @@ supported_caps = {
     # implemented by the run path (run.py): kvm_run.immediate_exit and the sync-regs area
     uapi.KVM_CAP_IMMEDIATE_EXIT: 1,
     uapi.KVM_CAP_SYNC_REGS: uapi.KVM_SYNC_X86_VALID_FIELDS,
+    uapi.KVM_CAP_USER_NMI: 1,               # KVM_NMI
+    # XSAVE state and XCR0 (kvmpy.hw.xsave): KVM_GET/SET_XSAVE, KVM_GET/SET_XCRS
+    uapi.KVM_CAP_XSAVE: int(features.implemented("xsave")),
+    uapi.KVM_CAP_XCRS: int(features.implemented("xsave")),
 }
 
 
@@ -320,6 +329,7 @@ class KvmVcpuArch:
         self.maxphyaddr = 36
         self.exception = None               # (vector, error_code, cr2) waiting for injection
         self.interrupt = None               # external interrupt vector waiting for injection
+        self.nmi_queued = 0                 # KVM_NMI calls not yet seen by process_nmi
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
@@ -393,7 +403,7 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
         cpu.fpu = vcpu.arch.guest_fpu.fpstate
     vcpu.arch.exception = None
     vcpu.arch.interrupt = None
-    vcpu.arch.nmi_pending = 0
+    vcpu.arch.nmi_queued = vcpu.arch.nmi_pending = 0
     vcpu.arch.nmi_injected = False
     _vendor_ops.vcpu_reset(vcpu, init_event)
     _state_changed(vcpu)
@@ -805,6 +815,40 @@ def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------
+# NMIs
+# ----------------------------------------------------------------------------------------
+def kvm_vcpu_ioctl_nmi(vcpu) -> int:
+    """KVM_NMI (kvm_inject_nmi): queue an NMI; works with or without an in-kernel irqchip."""
+    vcpu.arch.nmi_queued += 1
+    return 0
+
+
+def _nmi_in_injection(vcpu) -> bool:
+    """An NMI is being injected: restored by user space, or programmed into the entry."""
+    ev = vcpu.arch.cpu.pending_event
+    return vcpu.arch.nmi_injected or (ev is not None and ev[0] == NMI)
+
+
+def process_nmi(vcpu) -> None:
+    """Fold the queued NMIs into ``nmi_pending``.
+
+    Hardware latches one NMI behind the one it is handling; KVM allows two pending when
+    none is running (one to inject now, one to latch), since several KVM_NMI calls may
+    arrive between two entries, and one when an NMI is blocked or being injected.
+    """
+    a = vcpu.arch
+    limit = 1 if a.cpu.nmi_masked or _nmi_in_injection(vcpu) else 2
+    a.nmi_pending = min(a.nmi_pending + a.nmi_queued, limit)
+    a.nmi_queued = 0
+
+
+def kvm_nmi_allowed(vcpu) -> bool:
+    """The vendor's nmi_allowed: no NMI blocking and no STI / MOV SS shadow."""
+    cpu = vcpu.arch.cpu
+    return not cpu.nmi_masked and not cpu.interrupt_shadow
+
+
 # CPUState.interrupt_shadow: 1 = STI blocking, 2 = MOV SS blocking
 _SHADOW_TO_KVM = {0: 0, 1: uapi.KVM_X86_SHADOW_INT_STI, 2: uapi.KVM_X86_SHADOW_INT_MOV_SS}
 
@@ -822,8 +866,9 @@ def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
         ev.interrupt.injected = 1
         ev.interrupt.nr = a.interrupt
     ev.interrupt.shadow = _SHADOW_TO_KVM.get(cpu.interrupt_shadow, 0)
-    ev.nmi.injected = a.nmi_injected
-    ev.nmi.pending = a.nmi_pending != 0
+    process_nmi(vcpu)
+    ev.nmi.injected = _nmi_in_injection(vcpu)
+    ev.nmi.pending = a.nmi_pending          # a count (at most 2), as the host reports it
     ev.nmi.masked = bool(cpu.nmi_masked)
     ev.sipi_vector = a.sipi_vector
     ev.flags = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
@@ -843,6 +888,7 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SMM and (ev.smi.smm or ev.smi.pending or ev.smi.smm_inside_nmi):
         raise kernel_error(errno.EINVAL)                  # no SMM in kvmpy
     a, cpu = vcpu.arch, vcpu.arch.cpu
+    process_nmi(vcpu)
     exc = ev.exception
     a.exception = ((exc.nr, exc.error_code if exc.has_error_code else None, None)
                    if exc.injected or exc.pending else None)
@@ -851,9 +897,12 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
         shadow = ev.interrupt.shadow
         cpu.interrupt_shadow = (1 if shadow & uapi.KVM_X86_SHADOW_INT_STI else
                                 2 if shadow & uapi.KVM_X86_SHADOW_INT_MOV_SS else 0)
+    if cpu.pending_event is not None and cpu.pending_event[0] == NMI:
+        cpu.pending_event = None            # nmi.injected below says whether it stays
     a.nmi_injected = bool(ev.nmi.injected)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_NMI_PENDING:
-        a.nmi_pending = int(bool(ev.nmi.pending))
+        a.nmi_pending = 0
+        a.nmi_queued = ev.nmi.pending
     cpu.nmi_masked = bool(ev.nmi.masked)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and lapic_in_kernel(vcpu):
         a.sipi_vector = ev.sipi_vector
@@ -880,7 +929,6 @@ XCR_XFEATURE_ENABLED_MASK = 0
 
 
 def _xsave_supported() -> bool:
-    from ...hw import features
     return features.implemented("xsave")
 
 
@@ -894,8 +942,9 @@ def kvm_vcpu_ioctl_x86_get_xcrs(vcpu) -> uapi.kvm_xcrs:
 
 
 def guest_supported_xcr0(vcpu) -> int:
+    """XCR0 bits the guest may set: its CPUID leaf 0xD.0 within what the processor has."""
     e = kcpuid.kvm_find_cpuid_entry(vcpu, 0xD, 0)
-    return (e.eax | e.edx << 32) if e is not None else 1
+    return ((e.eax | e.edx << 32) if e is not None else 1) & hxsave.XCR0_SUPPORTED
 
 
 def kvm_vcpu_ioctl_x86_set_xcrs(vcpu, x: uapi.kvm_xcrs) -> None:
@@ -904,9 +953,26 @@ def kvm_vcpu_ioctl_x86_set_xcrs(vcpu, x: uapi.kvm_xcrs) -> None:
     for i in range(x.nr_xcrs):
         if x.xcrs[i].xcr == XCR_XFEATURE_ENABLED_MASK:
             value = x.xcrs[i].value
-            if not value & 1 or (value & 4 and not value & 2) or value & ~guest_supported_xcr0(vcpu):
+            if not value & 1 or (value & 4 and not value & 2) or value & ~(guest_supported_xcr0(vcpu) | 1):
                 raise kernel_error(errno.EINVAL)
             vcpu.arch.cpu.xcr0 = value
+
+
+def kvm_vcpu_ioctl_x86_get_xsave(vcpu) -> uapi.kvm_xsave:
+    """KVM_GET_XSAVE: the x87/SSE state in the standard XSAVE format (fill_xsave), the rest
+    of the 4096-byte region zero."""
+    x = uapi.kvm_xsave()
+    ctypes.memmove(ctypes.addressof(x), hxsave.standard_image(vcpu.arch.cpu), hxsave.AREA_SIZE)
+    return x
+
+
+def kvm_vcpu_ioctl_x86_set_xsave(vcpu, x: uapi.kvm_xsave) -> None:
+    """KVM_SET_XSAVE (load_xsave): EINVAL for components the processor lacks, a bad header
+    or reserved MXCSR bits, before any change."""
+    try:
+        hxsave.load_standard_image(vcpu.arch.cpu, bytes(x)[:hxsave.AREA_SIZE])
+    except hs_events.Fault:
+        raise kernel_error(errno.EINVAL) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -956,6 +1022,36 @@ def _setter(fn, ctype):
     return ioctl
 
 
+INVALID_GPA = (1 << 64) - 1
+
+
+def kvm_mmu_gva_to_gpa_system(vcpu, gva: int) -> int:
+    """KVM's own (supervisor, read) translation of a guest-linear address; INVALID_GPA if
+    the guest's page tables do not map it."""
+    try:
+        gpa, _ = _mmu().kvm_mmu_gva_to_gpa(vcpu, gva, 0, system=True)
+    except Fault:
+        return INVALID_GPA
+    return gpa
+
+
+def kvm_arch_vcpu_ioctl_translate(vcpu, tr: uapi.kvm_translation) -> None:
+    """KVM_TRANSLATE: only ``physical_address`` and ``valid`` come from the walk; the kernel
+    reports every translation writeable and not user-mode."""
+    gpa = kvm_mmu_gva_to_gpa_system(vcpu, tr.linear_address)
+    tr.physical_address = gpa
+    tr.valid = gpa != INVALID_GPA
+    tr.writeable = 1
+    tr.usermode = 0
+
+
+def _translate(vcpu, arg) -> int:
+    tr = _get_user(arg, uapi.kvm_translation)
+    kvm_arch_vcpu_ioctl_translate(vcpu, tr)
+    copy_to_user(arg, tr)
+    return 0
+
+
 def _get_mp_state(vcpu):
     return uapi.kvm_mp_state(vcpu.arch.cpu.mp_state)
 
@@ -975,11 +1071,15 @@ vcpu_ioctl_handlers = {
     uapi.KVM_SET_DEBUGREGS: _setter(kvm_vcpu_ioctl_x86_set_debugregs, uapi.kvm_debugregs),
     uapi.KVM_GET_XCRS: _getter(kvm_vcpu_ioctl_x86_get_xcrs),
     uapi.KVM_SET_XCRS: _setter(kvm_vcpu_ioctl_x86_set_xcrs, uapi.kvm_xcrs),
+    uapi.KVM_GET_XSAVE: _getter(kvm_vcpu_ioctl_x86_get_xsave),
+    uapi.KVM_SET_XSAVE: _setter(kvm_vcpu_ioctl_x86_set_xsave, uapi.kvm_xsave),
     uapi.KVM_INTERRUPT: lambda v, arg: kvm_vcpu_ioctl_interrupt(v, _get_user(arg, uapi.kvm_interrupt).irq),
     uapi.KVM_GET_MSRS: lambda v, arg: _msr_io(arg, lambda e: _get_msr_entry(v, e), writeback=True),
     uapi.KVM_SET_MSRS: lambda v, arg: _msr_io(arg, lambda e: _set_msr_entry(v, e), writeback=False),
     uapi.KVM_SET_CPUID2: kcpuid.kvm_vcpu_ioctl_set_cpuid2,
     uapi.KVM_GET_CPUID2: kcpuid.kvm_vcpu_ioctl_get_cpuid2,
+    uapi.KVM_NMI: lambda v, arg: kvm_vcpu_ioctl_nmi(v),
+    uapi.KVM_TRANSLATE: _translate,
 }
 
 
