@@ -121,8 +121,6 @@ def test_soft_nmi_protected_mode(soft_kvm, soft_mmu):
     assert nmi_scenario(syscalls, "prot32") == NMI_EXPECTED
 
 
-@pytest.mark.xfail(strict=True, reason="processor: real-mode event delivery does not set nmi_masked "
-                   "and real-mode IRET does not clear it (hw/segments.py _enter_handler, iret)")
 def test_soft_nmi_real_mode(soft_kvm):
     assert nmi_scenario(syscalls, "real") == NMI_EXPECTED
 

@@ -67,7 +67,7 @@ def walk(lin: int, access: int, cr0: int, cr3: int, cr4: int, efer: int, read_pt
             nx = True
         entries.append((pte_addr, pte, esize))
         leaf = depth == len(levels) - 1
-        large = not leaf and pte & PS and (depth > 0 or efer & EFER_LMA) and (esize == 8 or cr4 & CR4_PSE)
+        large = not leaf and pte & PS and (esize == 8 or cr4 & CR4_PSE)
         if large and efer & EFER_LMA and depth == 0:
             raise Fault(14, (access & (PFERR_WRITE | PFERR_USER)) | PFERR_PRESENT | PFERR_RSVD, cr2=lin)
         if leaf or large:

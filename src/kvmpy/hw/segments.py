@@ -392,6 +392,7 @@ class SegmentUnit:
             self._set_sp(sp, self.mode.stack)
             self.far_jump(sel, ip, size)
             self._iret_flags(fl, size, 3 if self.flags & VM else 0)
+            self.nmi_masked = False
             return
         if self.get_rflags() & NT and not self.efer & EFER_LMA:
             from . import tasks
@@ -490,6 +491,8 @@ class SegmentUnit:
             self.set_rflags(fl & ~(IF | TF | AC | RF))
             self.set_real_seg(CS, ent >> 16)
             self.rip = ent & 0xFFFF
+            if vector == 2 and kind == NMI:
+                self.nmi_masked = True          # NMIs are blocked until the next IRET
             return
         long_mode = bool(self.efer & EFER_LMA)
         gsize = 16 if long_mode else 8

@@ -121,6 +121,7 @@ def _group7(g, ins):
         elif key == (2, 0):
             g.emit("sys('xgetbv')")
         elif key == (2, 1):
+            g.emit("if not cpu.cr4 & 0x40000: raise_ud()")     # CR4.OSXSAVE, checked before the exit
             if _priv(g):
                 _exit(g, "xsetbv")
         elif key in ((1, 0), (1, 1)):
