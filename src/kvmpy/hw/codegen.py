@@ -24,6 +24,9 @@ Conventions of the generated code (its namespace is built by the processor):
   records which locals hold its result, and the stores are emitted where the
   flags can be observed -- block exits, helper calls, anything touching ``cpu``.
   A fault in between restores them from the faulting frame (``Block.flag_state``).
+- Emitters write registers as ``R[n]``; the finished block keeps them in locals
+  (``_cache_registers``), restored from the faulting frame the same way.
+- A block goes on across direct JMP/CALL and into a second code page (``translate``).
 """
 
 from __future__ import annotations
@@ -281,6 +284,15 @@ class Gen:
         ins = ins or self.ins
         if ins.base == -2:
             return "%#x" % ((ins.next_ip + ins.disp) & M[8])
+        parts = self._ea_parts(ins)
+        if not parts:
+            return "0"
+        if len(parts) == 1 and (parts[0][0] == "0" or (ins.adsize == 8 and ins.base >= 0)):
+            return parts[0]
+        return "((%s) & %#x)" % (" + ".join(parts), M[ins.adsize])
+
+    def _ea_parts(self, ins: Insn) -> list:
+        """The terms of a ModRM effective address: base, scaled index, displacement."""
         parts = []
         if ins.base >= 0:
             parts.append("R[%d]" % ins.base)
@@ -288,11 +300,7 @@ class Gen:
             parts.append("(R[%d] << %d)" % (ins.index, ins.scale) if ins.scale else "R[%d]" % ins.index)
         if ins.disp:
             parts.append("%#x" % (ins.disp & M[ins.adsize]))
-        if not parts:
-            return "0"
-        if len(parts) == 1 and (parts[0][0] == "0" or (ins.adsize == 8 and ins.base >= 0)):
-            return parts[0]
-        return "((%s) & %#x)" % (" + ".join(parts), M[ins.adsize])
+        return parts
 
     def ea(self, ins: Insn | None = None) -> str:
         """Expression for the linear address of the ModRM memory operand."""
@@ -300,6 +308,9 @@ class Gen:
         seg = ins.seg
         if seg < 0:
             seg = 2 if ins.base in (4, 5) else 3
+        if ins.adsize == 4 and ins.base != -2 and not (self.mode.long and self.mode.code == 8):
+            # the linear address is masked to 32 bits anyway: the offset needs no mask of its own
+            return "((%s) & 0xffffffff)" % " + ".join(["SB[%d]" % seg] + self._ea_parts(ins))
         return self.seg_addr(seg, self.ea_offset(ins))
 
     def seg_addr(self, seg: int, off: str) -> str:
@@ -539,7 +550,7 @@ _REG = re.compile(r"\bR\[(\d+)\]")
 _REG_OTHER = re.compile(r"\bR\b(?!\[\d+\])|\bregs\b|\bfor\b|\blambda\b")
 _REG_WRITE = re.compile(r"\bR\[(\d+)\]\s*(?:[-+*/&|^%]|<<|>>|//)?=(?!=)")
 _COMPOUND = re.compile(r"^\s*(?:if|elif|else|while|for|try|except|finally|with)\b")
-_EXIT = re.compile(r"\b(?:return|continue)\b")
+_EXIT = re.compile(r"\breturn\b")
 
 
 # Helpers that change flags but never touch the register file
@@ -554,9 +565,9 @@ def _is_barrier(line: str) -> bool:
 def _cache_registers(lines: list) -> tuple:
     """Keep the block's registers in locals (``Rg<n>``) instead of ``R[n]``.
 
-    The locals are loaded once, before the self-loop, and always hold the architectural
-    values: writes go only to them, and are written back to ``R`` before every exit
-    (``return``) and before every *barrier* -- a line calling a helper that may use the
+    The locals are loaded once, before the self-loop (so ``continue`` keeps them), and
+    always hold the architectural values: writes go only to them, and are written back
+    to ``R`` before every exit (``return``) and before every *barrier* -- a line calling a helper that may use the
     register file -- after which all locals are reloaded.  A fault or VM exit raised
     anywhere else leaves ``R`` stale: ``Block.reg_locals`` (register, local) lists what the
     processor copies back from the faulting frame (``Processor._at_fault_insn``); a fault
@@ -673,11 +684,12 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     _drop_dead_temps(g.lines, g.flag_state, g.line_insn)
     cached = None if emulating else _cache_registers(g.lines)
     head = "; " + cached[0] if cached else ""
-    src = "def _blk():\n    n = smc = 0%s\n    while True:\n%s\n" % (head, "\n".join(g.lines))
+    src = "def _blk(_b=None):\n    n = smc = 0%s\n    while True:\n%s\n" % (head, "\n".join(g.lines))
     code = compile(src, "<block %#x>" % lin, "exec")
     exec(code, namespace)
     b = Block()
     b.fn = namespace.pop("_blk")
+    b.fn.__defaults__ = (b,)        # the frame's _b names the block when it raises
     b.insns = insns
     b.line_insn = g.line_insn
     b.flag_state = g.flag_state

@@ -382,17 +382,15 @@ class Processor(CPUState, SegmentUnit):
     def _run_blocks(self, limit):
         """Execute blocks until the budget is used; faults are delivered here."""
         while self.icount < limit:
-            self._block = None
             try:
                 self._run_chain(self.lookup_block(), limit)
             except Fault as f:
-                self._at_fault_insn(self._block if self._raised_in_block() else None)
+                self._at_fault_insn()
                 self.raise_event(f)
             except DecodeError as d:
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
             except Intercept:
-                if self._raised_in_block():
-                    self._at_fault_insn(self._block)
+                self._at_fault_insn()
                 raise
             except (RecursionError, MemoryError):
                 raise
@@ -405,13 +403,12 @@ class Processor(CPUState, SegmentUnit):
         A link (``Block.succ``: next RIP -> block) is only followed while
         ``chain_gen`` is unchanged since it was made, i.e. while mode, CS base,
         fetch TLB and translated code are as they were when ``lookup_block``
-        checked them.  ``self._block`` names the running block for fault delivery.
+        checked them.
         """
         ic = self.icount
         window = self.intr_window_exiting      # a VM-execution control: fixed during the run
         try:
             while True:
-                self._block = b
                 ic += b.fn()
                 if window:
                     self.icount = ic
@@ -446,29 +443,24 @@ class Processor(CPUState, SegmentUnit):
             mode = self.mode
             b = codegen.translate(lambda r: decode(lambda i: self.fetch_byte((csb + r + i) & mask), mode.code, r),
                                   self.rip, csb, mode, self.ns, max_insns=1, single=True)
-            self._block = b
             self.icount += b.fn()
             self.interrupt_shadow = 0
         if self.flags & IF and not self.interrupt_shadow:
             raise Intercept("interrupt_window")
 
-    def _raised_in_block(self):
+    def _at_fault_insn(self):
+        """If the exception being handled was raised in a block, roll RIP/icount back to the
+        instruction that raised (it left no partial state).  The block is the faulting
+        frame's ``_b`` (codegen.translate binds each block function to its Block)."""
         tb = sys.exc_info()[2]
-        while tb is not None:
-            if tb.tb_frame.f_code.co_name == "_blk":
-                self._fault_tb = tb
-                return True
+        while tb is not None and tb.tb_frame.f_code.co_name != "_blk":
             tb = tb.tb_next
-        return False
-
-    def _at_fault_insn(self, b):
-        """Roll RIP/icount to the instruction that raised (it left no partial state)."""
-        if b is None:
+        if tb is None:
             return
-        tb = self._fault_tb
+        loc = tb.tb_frame.f_locals
+        b = loc["_b"]
         line = tb.tb_lineno - codegen.BODY_FIRST_LINE
         idx = b.line_insn[line]
-        loc = tb.tb_frame.f_locals
         if line not in b.barriers:  # registers the block held in locals (codegen._cache_registers)
             for r, name in b.reg_locals:
                 self.regs[r] = loc[name]
@@ -482,7 +474,6 @@ class Processor(CPUState, SegmentUnit):
                 self.cc_aux = _num(aux)
         self.rip = b.insns[idx].start
         self.icount += n + idx
-        self._fault_tb = None
 
     # ------------------------------------------------------------------ events
     def raise_event(self, f: Fault):

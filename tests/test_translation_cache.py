@@ -1,0 +1,121 @@
+"""Translator optimisations stay architecturally invisible.
+
+Blocks go on across direct JMP/CALL and into a second code page (superblocks), keep
+registers in Python locals, and write them back at exits and before helpers that use
+the register file.  A fault in such a block must leave the registers as the silicon
+does, and a block whose second page is remapped must not run the old code.
+"""
+
+import mmap
+
+import pytest
+
+from kvmpy.hw import memory as hm
+from kvmpy.hw.cpu import Processor
+from kvmpy.hw.snippet import CODE_ADDR, DATA_ADDR, STACK_TOP, run_snippet
+from kvmpy.hw.state import CR0_PE, CR0_PG, CS, EFER_LMA, EFER_LME, Segment
+from kvmpy.hw.vmx import EXIT_REASON_HLT, VmxExitFormat
+from tests.oracle import asm
+from tests.oracle.native import run_native, unavailable_reason
+
+BAD = DATA_ADDR + 0x10000           # unmapped: loads from it raise #PF
+
+
+def _run(src):
+    return run_snippet(asm.assemble(src.format(bad=BAD)), {}, 2, bytes(4096))
+
+
+def test_fault_after_followed_jump_reports_the_faulting_instruction():
+    r = _run("""
+        mov eax, 1
+        jmp 1f
+        ud2
+    1:  inc eax
+        call 2f
+    2:  add eax, 4
+        mov ecx, dword ptr [{bad}]
+    """)
+    assert r.exception == 14
+    assert r.regs["rax"] == 6
+    assert r.regs["rsp"] == STACK_TOP - 8
+    code = asm.assemble("""
+        mov eax, 1
+        jmp 1f
+        ud2
+    1:  inc eax
+        call 2f
+    2:  add eax, 4
+    """)
+    assert r.rip == CODE_ADDR + len(code)
+
+
+BARRIER_THEN_FAULT = """
+    mov ebp, 7
+    inc ecx
+    enter 16, 0
+    add ebx, ebp
+    mov eax, dword ptr [{bad}]
+"""
+
+
+def test_registers_at_fault_after_a_helper_that_writes_registers():
+    r = _run(BARRIER_THEN_FAULT)
+    assert r.exception == 14
+    assert r.regs["rcx"] == 1
+    assert r.regs["rbp"] == STACK_TOP - 8
+    assert r.regs["rsp"] == STACK_TOP - 8 - 16
+    assert r.regs["rbx"] == STACK_TOP - 8
+
+
+@pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
+def test_registers_at_fault_match_silicon():
+    code = asm.assemble(BARRIER_THEN_FAULT.format(bad=BAD))
+    native = run_native(code, {}, 2, bytes(4096))
+    soft = run_snippet(code, {}, 2, bytes(4096))
+    assert native.exception == soft.exception == 14
+    assert soft.rip == native.rip
+    assert soft.regs == {k: v for k, v in native.regs.items() if k in soft.regs}
+
+
+def _paged_cpu(mem):
+    """A processor in 64-bit mode with EPT and guest page tables identity-mapping ``mem``'s
+    first 2 MiB (tables at 0x1000-0x4fff, PT at 0x4000), all pages writable."""
+    host = hm.address_of(mem)
+    cpu = Processor(VmxExitFormat())
+    for gfn in range(len(mem) // 4096):
+        cpu.ept[gfn] = host + gfn * 4096
+    for table, nxt in ((0x1000, 0x2000), (0x2000, 0x3000), (0x3000, 0x4000)):
+        mem[table:table + 8] = (nxt | 3).to_bytes(8, "little")
+    for page in range(16):
+        mem[0x4000 + page * 8:0x4008 + page * 8] = (page << 12 | 3).to_bytes(8, "little")
+    cpu.cr3 = 0x1000
+    cpu.cr4 |= 0x20
+    cpu.efer = EFER_LME | EFER_LMA
+    cpu.cr0 |= CR0_PE | CR0_PG
+    cpu.seg[CS] = Segment(selector=8, base=0, limit=0xFFFFFFFF, type=0xB, l=1, db=0, g=1)
+    cpu.refresh()
+    return cpu
+
+
+def test_block_spanning_two_pages_sees_the_second_page_remapped():
+    """The block at 0x5ffb runs into page 0x6000; the guest then points that page at
+    another frame (PTE + INVLPG) and calls the block again, in the same VM entry."""
+    mem = mmap.mmap(-1, 0x10000)
+    driver = asm.assemble("""
+        mov ebx, 0x5ffb
+        call rbx
+        mov dword ptr [0x4030], 0x7003
+        invlpg [0x6000]
+        call rbx
+        hlt
+    """)
+    mem[0x5000:0x5000 + len(driver)] = driver
+    mem[0x5ffb:0x6000] = asm.assemble("mov eax, 1")
+    mem[0x6000:0x6003] = asm.assemble("add edx, eax\nret")
+    mem[0x7000:0x7005] = asm.assemble("add edx, eax\nadd edx, eax\nret")
+    cpu = _paged_cpu(mem)
+    cpu.regs[4] = 0x9000
+    cpu.rip = 0x5000
+    x = cpu.run(1000)
+    assert x.reason == EXIT_REASON_HLT
+    assert cpu.regs[2] == 3
