@@ -8,6 +8,7 @@ ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 _PYOP = {ADD: "+", OR: "|", AND: "&", SUB: "-", XOR: "^", CMP: "-"}
 _KIND = {ADD: F.K_ADD, OR: F.K_LOGIC, ADC: F.K_ADC, SBB: F.K_SBB, AND: F.K_LOGIC, SUB: F.K_SUB,
          XOR: F.K_LOGIC, CMP: F.K_SUB}
+_IDENTITY_WITH_ZERO = (ADD, OR, SUB, XOR, CMP)
 
 
 def opsize(ins, byte_op):
@@ -15,15 +16,21 @@ def opsize(ins, byte_op):
 
 
 def alu(g, op, size, a, b):
-    """Emit ``a op b``; set lazy flags; return the local holding the result."""
+    """Emit ``a op b``; set lazy flags; return the local holding the result.
+
+    Operands are already masked to ``size``, so adding, subtracting, or-ing or xor-ing a
+    constant 0 (``cmp r, 0``, ``or r, 0``) is a plain copy: no arithmetic, no mask.
+    """
     m = M[size]
     d = g.tmp("r")
-    if op in (ADC, SBB):
+    if b == "0x0" and op in _IDENTITY_WITH_ZERO:
+        g.emit("%s = %s" % (d, a))
+    elif op in (ADC, SBB):
         c = g.carry()
         g.emit("%s = (%s %s %s %s %s) & %#x" % (d, a, "+" if op == ADC else "-", b,
                                                "+" if op == ADC else "-", c, m))
         return d, (lambda: g.set_flags(_KIND[op], size, d, b, c, a))
-    if op in (OR, AND, XOR):
+    elif op in (OR, AND, XOR):
         g.emit("%s = %s %s %s" % (d, a, _PYOP[op], b))
     else:
         g.emit("%s = (%s %s %s) & %#x" % (d, a, _PYOP[op], b, m))
@@ -94,8 +101,19 @@ def _test_rm(g, ins):
 @emitter(0xA8, 0xA9)
 def _test_acc(g, ins):
     size = 1 if ins.opc == 0xA8 else ins.opsize
+    _test_imm(g, _reg_under_mask(g, 0, size), size, ins.imm)
+
+
+def _reg_under_mask(g, r, size):
+    """Register ``r`` read for an AND with a constant of ``size`` bytes: the constant
+    already clears the bits above ``size``, so a low register part is read whole."""
+    e = g.reg(r, size)
+    return g.reg(r, 8) if e.startswith("(R[") else e
+
+
+def _test_imm(g, a, size, imm):
     d = g.tmp("r")
-    g.emit("%s = %s & %#x" % (d, g.reg(0, size), ins.imm & M[size]))
+    g.emit("%s = %s & %#x" % (d, a, imm & M[size]))
     g.set_flags(F.K_LOGIC, size, d)
 
 
@@ -123,10 +141,7 @@ def _incdec_reg(g, ins):
 def _unary(g, ins, size):
     r = ins.reg & 7
     if r in (0, 1):
-        a = g.rm_read(size)
-        d = g.tmp("r")
-        g.emit("%s = %s & %#x" % (d, a, ins.imm & M[size]))
-        g.set_flags(F.K_LOGIC, size, d)
+        _test_imm(g, _reg_under_mask(g, ins.rm, size) if ins.mod == 3 else g.rm_read(size), size, ins.imm)
     elif r == 2:
         a = g.rm_read(size)
         g.rm_write(size, "(%s ^ %#x)" % (a, M[size]), reuse_ea=True)
