@@ -164,11 +164,18 @@ class Processor(CPUState, SegmentUnit):
         fl = self.get_rflags()
         self.set_rflags((fl & ~mask) | (bits & mask))
 
+    def _vm86_iopl_check(self):
+        """PUSHF/POPF in virtual-8086 mode need IOPL 3 (no VME): #GP(0) otherwise."""
+        if self.mode.vm86 and (self.flags >> 12) & 3 < 3:
+            raise Fault(13, 0)
+
     def pushf_value(self, size):
+        self._vm86_iopl_check()
         v = self.get_rflags() & ~(VM | RF)
         return v & 0xFFFF if size == 2 else v
 
     def popf_value(self, v, size):
+        self._vm86_iopl_check()
         old = self.get_rflags()
         mask = RFLAGS_WRITABLE & ~(VM | RF | 0x180000)   # VM, RF, VIF, VIP are never changed by POPF
         if self.cr0 & CR0_PE:

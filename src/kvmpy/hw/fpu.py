@@ -12,12 +12,19 @@ code checks ES first).  Invalid, denormal and zero-divide exceptions that are un
 leave the destination unchanged; unmasked overflow/underflow deliver the masked result
 (the hardware's exponent-wrapped result is not modelled).  The last-instruction and
 last-operand pointers (FIP/FDP/FOP) are not tracked.
+
+Transcendentals (FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1, FYL2X, FYL2XP1) are computed
+far beyond 64 bits by ``softfloat``'s fixed-point kernels (exact argument reduction by pi)
+and rounded once in the RC direction, so they are correctly rounded; precision control does
+not apply to them, as on the hardware.  F2XM1 outside -1..+1 and FYL2XP1 outside its
+documented range return the mathematical value (the hardware's result is undefined there).
+FBLD/FBSTP convert 18-digit packed BCD; FBLD of invalid digits weighs them as they are.
 """
 
 from __future__ import annotations
 
 from . import softfloat as sf
-from .softfloat import DE, F32, F64, F80, IE, INF, PE, QNAN, SNAN, UE, UP, ZE, ZERO
+from .softfloat import DE, F32, F64, F80, FINITE, IE, INF, PE, QNAN, SNAN, UE, UP, ZE, ZERO
 
 C0, C1, C2, C3 = 0x100, 0x200, 0x400, 0x4000
 SF, ES, BUSY = 0x40, 0x80, 0x8000
@@ -92,8 +99,19 @@ def _signed(raw, bits):
     return raw - (1 << bits) if raw >> (bits - 1) else raw
 
 
+def _from_bcd(raw):
+    """18 packed decimal digits and a sign bit -> (unpacked, bits); -0 stays negative."""
+    v = sum(((raw >> 4 * i) & 15) * 10 ** i for i in range(18))
+    sign = raw >> 79 & 1
+    if v == 0:
+        return (ZERO, sign, 0, 0, False), sign << 79
+    return _from_int(-v if sign else v)
+
+
 def mem_operand(kind, raw):
     """(unpacked, 80-bit bits) of a memory operand; NaNs keep their (un)quietness."""
+    if kind == "bcd":
+        return _from_bcd(raw)
     if kind in _INT_BITS:
         return _from_int(_signed(raw, _INT_BITS[kind]))
     fmt = _FMT[kind]
@@ -271,7 +289,25 @@ _CONSTS = {
 }
 
 
+BCD_INDEF = 0xFFFF << 64 | 0xC0 << 56
+BCD_LIMIT = 10 ** 18
+
+
+def _to_bcd(u, rc):
+    """ST0 rounded to an integer as 18 packed BCD digits -> (bits, flags); NaN, infinity and
+    magnitudes of 10**18 and more give the BCD indefinite with IE."""
+    c, s, m, e, _ = u
+    if c in (QNAN, SNAN, INF) or (c == FINITE and e + m.bit_length() > 60):
+        return BCD_INDEF, IE
+    v, fl = (0, 0) if c == ZERO else (m << e, 0) if e >= 0 else sf.round_int(s, m, e, rc)
+    if v >= BCD_LIMIT:
+        return BCD_INDEF, IE
+    return s << 79 | int(str(v), 16), fl
+
+
 def _indefinite(kind):
+    if kind == "bcd":
+        return BCD_INDEF
     if kind in _INT_BITS:
         return 1 << (_INT_BITS[kind] - 1)
     return _FMT[kind].indef
@@ -287,7 +323,9 @@ def store_value(cpu, kind, truncate=False):
         return a, 0
     u = sf.unpack(a, F80)
     rc = sf.RZ if truncate else (f.fcw >> 10) & 3
-    if kind in _INT_BITS:
+    if kind == "bcd":
+        v, fl = _to_bcd(u, rc)
+    elif kind in _INT_BITS:
         v, fl = sf.to_int(u, _INT_BITS[kind], rc)
     else:
         fmt = _FMT[kind]
@@ -530,6 +568,229 @@ def fprem(cpu, ieee):
         fl = (fl & ~UP) | _denormal(ua, ub)
     if not _signal(f, fl, cc):
         _put(f, 0, r)
+
+
+# --- transcendentals -------------------------------------------------------------------------
+ONE = 0x3FFF << 64 | 1 << 63
+_GUARD = 200                # fixed-point bits beyond the leading bit of a result near 1
+
+
+def _magnitude(u):
+    """floor(log2 |x|) + 1 of a finite nonzero unpacked operand."""
+    return u[3] + u[2].bit_length()
+
+
+def _fixed(u, w):
+    """The finite operand as a signed fixed-point int with ``w`` fraction bits (exact when
+    w + exp >= 0)."""
+    _, s, m, e, _ = u
+    v = m << (e + w) if e + w >= 0 else m >> -(e + w)
+    return -v if s else v
+
+
+def _sin_cos(u):
+    """(sin x, cos x, w) in fixed point for finite nonzero |x| < 2**63: x = k*pi/2 + r with
+    |r| <= pi/4, reduced with pi to 128 bits beyond the working precision."""
+    w = _GUARD + 3 * max(0, -_magnitude(u))         # sin x = x(1 - x*x/6): see the x*x term
+    x = _fixed(u, w)
+    q, r = 0, x
+    if _magnitude(u) > 0:
+        g = w + 128
+        half_pi = sf.pi_fixed(g - 1)
+        xg = x << 128
+        k = (2 * xg + half_pi) // (2 * half_pi)
+        q, r = k & 3, (xg - k * half_pi) >> 128
+    s, c = sf.sincos_fixed(r, w)
+    return (s, c, -s, -c)[q], (c, -s, -c, s)[q], w
+
+
+def _trig_results(kind, u, a, rc):
+    """(results for ST0 then the pushed value, flags) of FSIN/FCOS/FPTAN/FSINCOS on a
+    non-empty, in-range ST0."""
+    c = u[0]
+    if c >= QNAN:
+        r, fl = _nan_result([(u, a)])
+        return (r, r), fl
+    if c == INF:
+        return (INDEF, INDEF), IE
+    if c == ZERO:
+        return {"sin": (a,), "cos": (ONE,), "tan": (a, ONE), "sincos": (a, ONE)}[kind], 0
+    s, co, w = _sin_cos(u)
+    if kind == "tan":
+        r, fl = sf.round_fixed((s << w) // co, w, F80, rc)
+        return (r, ONE), fl | _denormal(u)
+    out = [sf.round_fixed(v, w, F80, rc) for v in {"sin": [s], "cos": [co], "sincos": [s, co]}[kind]]
+    fl = _denormal(u)
+    for _, f1 in out:
+        fl |= f1
+    return tuple(r for r, _ in out), fl
+
+
+def trig(cpu, kind):
+    """FSIN/FCOS ('sin', 'cos': ST0 replaced), FPTAN ('tan': ST0 = tan, then push 1.0) and
+    FSINCOS ('sincos': ST0 = sin, then push cos).  |x| >= 2**63 sets C2 and changes nothing."""
+    f = cpu.fpu
+    push = kind in ("tan", "sincos")
+    a = _get(f, 0)
+    cc = f.fsw & (C0 | C3)
+    if a is None or (push and _get(f, 7) is not None):
+        if a is None:
+            unmasked = _underflow(f, cc)
+        else:
+            unmasked = _signal(f, IE | SF | UP, cc | C1)
+        if not unmasked:
+            _put(f, 0, INDEF)
+            if push:
+                _push(f, INDEF)
+        return
+    u = sf.unpack(a, F80)
+    if u[0] == FINITE and _magnitude(u) > 63:
+        _signal(f, 0, cc | C2)
+        return
+    res, fl = _trig_results(kind, u, a, (f.fcw >> 10) & 3)
+    if _signal(f, fl, cc | (C1 if fl & UP else 0)):
+        return
+    _put(f, 0, res[0])
+    if push:
+        _push(f, res[1])
+
+
+def _st1_op(cpu, fn):
+    """ST1 = fn(ST1, ST0) on unpacked non-NaN operands (NaNs propagate), then pop."""
+    f = cpu.fpu
+    a, b = _get(f, 0), _get(f, 1)
+    if a is None or b is None:
+        if not _underflow(f):
+            _put(f, 1, INDEF)
+            _pop(f)
+        return
+    ux, uy = sf.unpack(a, F80), sf.unpack(b, F80)
+    if ux[0] >= QNAN or uy[0] >= QNAN:
+        r, fl = _nan_result([(uy, b), (ux, a)])
+    else:
+        r, fl = fn(uy, ux, (f.fcw >> 10) & 3)
+        if not fl & IE:
+            fl |= _denormal(ux, uy)
+    if not _signal(f, fl):
+        _put(f, 1, r)
+        _pop(f)
+
+
+def _pi_times(quarters, sign, rc):
+    w = _GUARD + 56
+    v = sf.pi_fixed(w) * quarters >> 2
+    return sf.round_fixed(-v if sign else v, w, F80, rc)
+
+
+def _atan2(uy, ux, rc):
+    """FPATAN: the angle of (x, y), in -pi..pi, with the x87's signed-zero and infinity
+    quadrant rules."""
+    cy, sy, my, ey, _ = uy
+    cx, sx, mx, ex, _ = ux
+    if cy == ZERO or (cx == INF and cy != INF):
+        return _pi_times(4, sy, rc) if sx else (sf.pack_special(ZERO, sy, F80), 0)
+    if cx == ZERO or (cy == INF and cx != INF):
+        return _pi_times(2, sy, rc)
+    if cy == INF:
+        return _pi_times(3 if sx else 1, sy, rc)
+    d = _magnitude(uy) - _magnitude(ux)
+    w = _GUARD + 56 + 3 * max(0, -d)
+    if d <= 0:
+        angle = sf.atan_fixed((my << (w + ey - ex)) // mx, w)
+    else:
+        sh = w + ex - ey
+        angle = (sf.pi_fixed(w) >> 1) - sf.atan_fixed((mx << sh) // my if sh >= 0 else 0, w)
+    if sx:
+        angle = sf.pi_fixed(w) - angle
+    return sf.round_fixed(-angle if sy else angle, w, F80, rc)
+
+
+def fpatan(cpu):
+    _st1_op(cpu, _atan2)
+
+
+def _f2xm1(a, u, f):
+    """2**x - 1 (exact for integral x; beyond |x| = 2**15 the result saturates)."""
+    c, s, m, e, _ = u
+    rc = (f.fcw >> 10) & 3
+    if c == ZERO:
+        return a, 0
+    if c == INF:
+        return (sf.round_pack(1, 1, 0, F80, rc)[0] if s else a), 0
+    mag = _magnitude(u)
+    if mag > 16:
+        if s:
+            return sf.round_fixed(1 - (1 << _GUARD), _GUARD, F80, rc)
+        return sf.round_pack(0, 1, 1 << 16, F80, rc)
+    if e >= 0:
+        n = m << e
+        return sf.round_pack(s, (1 << n) - 1, -n if s else 0, F80, rc)
+    w = _GUARD + 2 * max(0, -mag) + 16
+    x = _fixed(u, w)
+    n = x >> w if mag > 0 else 0
+    em = sf.expm1_fixed(((x - (n << w)) * sf.ln2_fixed(w)) >> w, w)
+    if n >= 0:
+        return sf.round_fixed(((em + (1 << w)) << n) - (1 << w), w, F80, rc)
+    return sf.round_fixed(em + (1 << w) - (1 << (w - n)), w, F80, rc, exp=n)
+
+
+def f2xm1(cpu):
+    _unary(cpu, _nan_or(_f2xm1))
+
+
+def _log2(ux, plus_one):
+    """log2(x) (FYL2X) or log2(1 + x) (FYL2XP1) -> (unpacked exact/special value or None,
+    fixed value, w, ZE-if-from-zero); None, None means invalid (log of a negative)."""
+    c, s, m, e, _ = ux
+    if c == ZERO:
+        return ((ZERO, s, 0, 0, False) if plus_one else (INF, 1, 0, 0, False)), None, 0, not plus_one
+    if c == INF:
+        return ((INF, 0, 0, 0, False), None, 0, False) if not s else (None, None, 0, False)
+    if plus_one:                        # 1 + x as zn / zd, zd a power of two
+        zd = 1 << max(0, -e)
+        zn = (-m if s else m) << max(0, e)
+        zn += zd
+    else:
+        zn, zd = (m << max(0, e)) * (-1 if s else 1), 1 << max(0, -e)
+    if zn < 0 or (zn == 0 and not plus_one):
+        return None, None, 0, False
+    if zn == 0:
+        return (INF, 1, 0, 0, False), None, 0, True
+    if zn & (zn - 1) == 0:
+        k = zn.bit_length() - zd.bit_length()
+        return ((ZERO, 0, 0, 0, False) if k == 0 else (FINITE, int(k < 0), abs(k), 0, False)), None, 0, False
+    k = zn.bit_length() - zd.bit_length()
+    num, den = zn, 1 << (zn.bit_length() - 1)          # num / den in [1, 2)
+    if num * num > 2 * den * den:                        # keep it within [sqrt(1/2), sqrt(2)]
+        k, den = k + 1, den << 1
+    w = _GUARD + (2 * max(0, -_magnitude(ux)) if plus_one else 0)
+    lv = (k << w) + (sf.ln_ratio_fixed(num, den, w) << w) // sf.ln2_fixed(w)
+    return None, lv, w, False
+
+
+def _ylog(plus_one):
+    """FYL2X / FYL2XP1: y * log2(x) or y * log2(1 + x), with the product's sign and
+    zero/infinity rules; a zero x with a finite nonzero y is a division by zero."""
+    def op(uy, ux, rc):
+        exact, lv, w, from_zero = _log2(ux, plus_one)
+        if exact is None and lv is None:
+            return INDEF, IE
+        if exact is not None:
+            r, fl = sf.mul(uy, exact, F80, rc)
+            return r, fl | (ZE if from_zero and uy[0] == FINITE else 0)
+        cy, sy, my, ey, _ = uy
+        if cy != FINITE:
+            return sf.pack_special(cy, sy ^ (lv < 0), F80), 0
+        return sf.round_fixed(lv, w, F80, rc, scale=-my if sy else my, exp=ey)
+    return op
+
+
+def fyl2x(cpu):
+    _st1_op(cpu, _ylog(False))
+
+
+def fyl2xp1(cpu):
+    _st1_op(cpu, _ylog(True))
 
 
 # --- control ---------------------------------------------------------------------------------

@@ -256,7 +256,7 @@ def from_int(v: int, f: Fmt, rc: int, p=None):
     return round_pack(1 if v < 0 else 0, abs(v), 0, f, rc, False, p)
 
 
-def _round_int(s, m, e, rc):
+def round_int(s, m, e, rc):
     """Round the magnitude ``m * 2**e`` (e < 0) to an integer -> (value, flags)."""
     v = m >> -e
     rem = m & ((1 << -e) - 1)
@@ -281,7 +281,7 @@ def to_int(a, bits: int, rc: int):
         return indef, IE
     if c == ZERO:
         return 0, 0
-    v, flags = (m << e, 0) if e >= 0 else _round_int(s, m, e, rc)
+    v, flags = (m << e, 0) if e >= 0 else round_int(s, m, e, rc)
     if s:
         v = -v
     if not -indef <= v < indef:
@@ -297,8 +297,111 @@ def round_to_integral(a, f: Fmt, rc: int):
         return pack_special(ZERO, s, f), 0
     if c != FINITE or e >= 0:
         return None, 0
-    v, flags = _round_int(s, m, e, rc)
+    v, flags = round_int(s, m, e, rc)
     if v == 0:
         return pack_special(ZERO, s, f), flags
     bits, _ = round_pack(s, v, 0, f, RN)
     return bits, flags
+
+
+# --- transcendental kernels --------------------------------------------------------------
+# The x87's FSIN/FCOS/FPTAN/FPATAN/F2XM1/FYL2X(P1) are computed here in fixed point: a real
+# value v is the int ``round(v * 2**w)``.  Callers pick ``w`` so that the result carries well
+# over 64 significant bits beyond its leading bit (and enough to see the first correction
+# term for tiny arguments), then round once with ``round_fixed``.  The results are
+# irrational (exact cases are handled by the callers), so a value a few units of 2**-w from
+# the truth rounds as the truth does, barring a rounding boundary within 2**-w.
+
+def _series(first: int, step) -> int:
+    """Sum of ``first``, ``step(1, first)``, ``step(2, that)``, ... until the terms vanish."""
+    total, term, k = first, first, 1
+    while term:
+        term = step(k, term)
+        total += term
+        k += 1
+    return total
+
+
+def _atan_inv(n: int, w: int) -> int:
+    """atan(1/n) * 2**w (n > 1), by its Taylor series."""
+    x = (1 << w) // n
+    n2 = n * n
+    total, power, k = 0, x, 0
+    while power:
+        total += power // (2 * k + 1) if k % 2 == 0 else -(power // (2 * k + 1))
+        power //= n2
+        k += 1
+    return total
+
+
+_PI_CACHE = {}
+
+
+def pi_fixed(w: int) -> int:
+    """pi * 2**w (Machin's formula, with 32 guard bits)."""
+    key = -(-w // 64) * 64
+    if key not in _PI_CACHE:
+        g = key + 32
+        _PI_CACHE[key] = (16 * _atan_inv(5, g) - 4 * _atan_inv(239, g)) >> 32
+    return _PI_CACHE[key] >> (key - w)
+
+
+def _mul(a: int, b: int, w: int) -> int:
+    return (a * b) >> w
+
+
+def sincos_fixed(x: int, w: int):
+    """(sin x, cos x) * 2**w for the fixed value ``x`` with |x| <= 1."""
+    x2 = _mul(x, x, w)
+    s = _series(x, lambda k, t: -((t * x2) >> w) // ((2 * k) * (2 * k + 1)))
+    c = _series(1 << w, lambda k, t: -((t * x2) >> w) // ((2 * k - 1) * (2 * k)))
+    return s, c
+
+
+def atan_fixed(t: int, w: int) -> int:
+    """atan(t) * 2**w for 0 <= t <= 2**w (t fixed); halves the argument three times first
+    (atan t = 2 atan(t / (1 + sqrt(1 + t*t)))) so that the series converges fast."""
+    one = 1 << w
+    for _ in range(3):
+        t = (t << w) // (one + isqrt((one * one) + t * t))
+    t2 = _mul(t, t, w)
+    total, power, k = 0, t, 0
+    while power:
+        total += power // (2 * k + 1) if k % 2 == 0 else -(power // (2 * k + 1))
+        power = _mul(power, t2, w)
+        k += 1
+    return total << 3
+
+
+def ln2_fixed(w: int) -> int:
+    """ln 2 * 2**w = 2 atanh(1/3)."""
+    return _atanh_fixed(((1 << (w + 32)) // 3), w + 32) >> 32
+
+
+def _atanh_fixed(u: int, w: int) -> int:
+    """2 atanh(u) * 2**w for the fixed value ``u`` with |u| <= 1/3."""
+    u2 = _mul(u, u, w)
+    total, power, k = 0, u, 0
+    while power:
+        total += power // (2 * k + 1)
+        power = _mul(power, u2, w)
+        k += 1
+    return 2 * total
+
+
+def ln_ratio_fixed(num: int, den: int, w: int) -> int:
+    """ln(num / den) * 2**w for num/den in [1/2, 2] (positive ints)."""
+    return _atanh_fixed(((num - den) << w) // (num + den), w)
+
+
+def expm1_fixed(y: int, w: int) -> int:
+    """(e**y - 1) * 2**w for the fixed value ``y`` with |y| <= 1."""
+    return _series(y, lambda k, t: ((t * y) >> w) // (k + 1))
+
+
+def round_fixed(v: int, w: int, f: Fmt, rc: int, scale: int = 1, exp: int = 0):
+    """Round the inexact value ``v * scale * 2**(exp - w)`` (v fixed, scale an exact int) to
+    ``f``: the value is taken to lie strictly between v and v + 1 units, so it rounds as
+    the irrational truth does and raises PE."""
+    sign = 1 if (v < 0) != (scale < 0) else 0
+    return round_pack(sign, abs(scale) * (4 * abs(v) + 2), exp - w - 2, f, rc)

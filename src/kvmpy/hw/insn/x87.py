@@ -4,16 +4,20 @@ A block's first x87 instruction checks CR0.EM/TS (#NM) and binds ``FP`` (``cpu.f
 ``FU`` (``kvmpy.hw.fpu``, the execution unit).  Waiting instructions first raise a pending
 unmasked exception (#MF).  Memory operands are read here before the unit is called, and
 stores happen between ``FU.store_value`` and ``FU.store_done``, so a page fault leaves the
-register stack untouched.  Transcendental instructions (FSIN, FCOS, FSINCOS, FPTAN, FPATAN,
-F2XM1, FYL2X, FYL2XP1) and the BCD pair FBLD/FBSTP are not implemented (#UD).
+register stack untouched.  Packed BCD (FBLD/FBSTP) moves as a raw 10-byte operand.
 """
 
 from ..codegen import M, emitter
 
+_TEN_BYTES = ("f80", "bcd")
 _SIZE = {"f32": 4, "f64": 8, "f80": 10, "i16": 2, "i32": 4, "i64": 8}
 _ARITH = ("add", "mul", None, None, "sub", "subr", "div", "divr")
 _ARITH_REV = ("add", "mul", None, None, "subr", "sub", "divr", "div")     # DC/DE register forms
 _MEM_KIND = {0xD8: "f32", 0xDC: "f64", 0xDA: "i32", 0xDE: "i16"}
+_D9_ROWS_6_7 = ("f2xm1(cpu)", "fyl2x(cpu)", "trig(cpu, 'tan')", "fpatan(cpu)", "fxtract(cpu)",
+                "fprem(cpu, True)", "step_top(cpu, -1)", "step_top(cpu, 1)",
+                "fprem(cpu, False)", "fyl2xp1(cpu)", "fsqrt(cpu)", "trig(cpu, 'sincos')",
+                "frndint(cpu)", "fscale(cpu)", "trig(cpu, 'sin')", "trig(cpu, 'cos')")
 _CONSTS = {0: "one", 1: "l2t", 2: "l2e", 3: "pi", 4: "lg2", 5: "ln2", 6: "zero"}
 
 
@@ -46,7 +50,7 @@ def _ea(g, ins):
 
 
 def _load(g, ea, kind):
-    if kind == "f80":
+    if kind in _TEN_BYTES:
         lo = g.load(ea, 8)
         hi = g.load("((%s + 8) & %#x)" % (ea, M[8]), 2)
         v = g.tmp()
@@ -56,7 +60,7 @@ def _load(g, ea, kind):
 
 
 def _store(g, ea, kind, val):
-    if kind == "f80":
+    if kind in _TEN_BYTES:
         if not g.emulating:
             g.emit("probe_w(%s, 10)" % ea)
         g.store(ea, 8, "(%s & %#x)" % (val, M[8]))
@@ -168,13 +172,8 @@ def _d9(g, ins):
         _prologue(g)
         g.emit("FU.load_const(cpu, %r)" % _CONSTS[i])
     elif r in (6, 7):
-        call = {(6, 4): "FU.fxtract(cpu)", (6, 5): "FU.fprem(cpu, True)", (6, 6): "FU.step_top(cpu, -1)",
-                (6, 7): "FU.step_top(cpu, 1)", (7, 0): "FU.fprem(cpu, False)", (7, 2): "FU.fsqrt(cpu)",
-                (7, 4): "FU.frndint(cpu)", (7, 5): "FU.fscale(cpu)"}.get(key)
-        if call is None:
-            return g.ud()
         _prologue(g)
-        g.emit(call)
+        g.emit("FU.%s" % _D9_ROWS_6_7[(r - 6) * 8 + i])
     else:
         g.ud()
 
@@ -258,11 +257,9 @@ def _dd(g, ins):
 def _df(g, ins):
     r, i = ins.reg & 7, ins.rm & 7
     if ins.mod != 3:
-        kind = {0: "i16", 1: "i16", 2: "i16", 3: "i16", 5: "i64", 7: "i64"}.get(r)
-        if kind is None:
-            return g.ud()                   # FBLD / FBSTP
+        kind = ("i16", "i16", "i16", "i16", "bcd", "i64", "bcd", "i64")[r]
         _prologue(g)
-        if r in (0, 5):
+        if r in (0, 4, 5):
             return _load_op(g, ins, kind)
         return _store_op(g, ins, kind, r != 2, truncate=r == 1)
     if r == 4 and i == 0:
