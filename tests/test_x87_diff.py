@@ -4,7 +4,8 @@ Each snippet re-initialises the x87 (FNINIT), loads a control word and 80-bit in
 data page, runs the instructions under test, then stores the whole stack (FSTP m80 until
 empty, as a compiler would), the status word and the control word back to the data page;
 everything must match the silicon byte for byte: values, condition codes, exception flags,
-TOP and stack faults, under every rounding mode and precision control setting.
+TOP and stack faults, under every rounding mode and precision control setting.  The one
+exception is transcendentals of ordinary arguments, compared within 1 ulp (``X87Approx``).
 """
 
 import dataclasses
@@ -236,21 +237,22 @@ BINARY_T = ("fpatan", "fyl2x", "fyl2xp1")
 def test_transcendental_special_values(run_snippet):
     """Zeros, infinities, NaNs, out-of-range arguments, exact cases and stack faults: exact."""
     b = X87()
-    for v in SPECIALS:
+    for v in SPECIALS[:6] + [0x403E_8000000000000000, 0xC043_8000000000000000]:     # ... and |x| >= 2**63
         for op in UNARY_T:
-            if op != "f2xm1" or v in (0, 1 << 79, INF80, INF80 | 1 << 79, NAN80, SNAN80 | 1 << 79,
-                                      x80(1.0), x80(-1.0)):
+            if op != "f2xm1" or v < 0x403E << 64:
                 b.add(["fld " + m(0), op], [v])
+    b.add(["fld " + m(0), "f2xm1"], [x80(-1.0)])
     for y in SPECIALS[:8] + [x80(3.0)]:
         for x in SPECIALS[:8] + [x80(8.0), x80(0.25)]:
-            b.add(["fld " + m(0), "fld " + m(1), "fpatan"], [y, x])
+            if y in SPECIALS[:6] or x in SPECIALS[:6]:                 # both ordinary: the next test
+                b.add(["fld " + m(0), "fld " + m(1), "fpatan"], [y, x])
             b.add(["fld " + m(0), "fld " + m(1), "fyl2x"], [y, x])
     for y in SPECIALS[:6] + [x80(3.0), x80(-3.0)]:
         for x in (0, 1 << 79, x80(0.25), x80(-0.25)):
             b.add(["fld " + m(0), "fld " + m(1), "fyl2xp1"], [y, x])
     for op in UNARY_T + BINARY_T:
         b.add([op], [])                                                 # stack underflow
-        b.add(["fld1"] * 8 + [op], [])                                  # full stack (overflow for 2 results)
+        b.add(["fldz"] * 8 + [op], [])                                  # full stack (overflow for 2 results)
     b.add(["fld " + m(0), "fsin", "fld1"], [INF80], 0x37E)              # unmasked IE: #MF, ST0 kept
     b.add(["fld1", "fldz", "fyl2x", "fld1"], [], 0x37B)                 # unmasked ZE
     b.check(run_snippet)

@@ -106,6 +106,17 @@ def emitter(*opcodes, ends_block=False):
     return deco
 
 
+def legacy_only(fn):
+    """Wrap an emitter for an opcode that is #UD in 64-bit mode (PUSHA, BCD, ...)."""
+    def emit(g, ins):
+        if g.mode.code == 8:
+            g.ud()
+        else:
+            fn(g, ins)
+    emit.__doc__ = fn.__doc__
+    return emit
+
+
 class Mode:
     """What a translation depends on besides the bytes: sizes, paging mode, CPL."""
 

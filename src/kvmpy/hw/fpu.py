@@ -14,9 +14,10 @@ leave the destination unchanged; unmasked overflow/underflow deliver the masked 
 last-operand pointers (FIP/FDP/FOP) are not tracked.
 
 Transcendentals (FSIN, FCOS, FSINCOS, FPTAN, FPATAN, F2XM1, FYL2X, FYL2XP1) are computed
-far beyond 64 bits by ``softfloat``'s fixed-point kernels (exact argument reduction by pi)
-and rounded once in the RC direction, so they are correctly rounded; precision control does
-not apply to them, as on the hardware.  F2XM1 outside -1..+1 and FYL2XP1 outside its
+far beyond 64 bits by ``softfloat``'s fixed-point kernels and rounded once in the RC
+direction; the trigonometric argument reduction uses the silicon's 68-bit pi, so those match
+the hardware rather than the exact value for large arguments.  Precision control does not
+apply to them, as on the hardware.  F2XM1 outside -1..+1 and FYL2XP1 outside its
 documented range return the mathematical value (the hardware's result is undefined there).
 FBLD/FBSTP convert 18-digit packed BCD; FBLD of invalid digits weighs them as they are.
 """
@@ -588,15 +589,19 @@ def _fixed(u, w):
     return -v if s else v
 
 
+PI_68 = 0xC90FDAA22168C234C     # pi * 2**66, truncated: the hardware's reduction constant
+
+
 def _sin_cos(u):
     """(sin x, cos x, w) in fixed point for finite nonzero |x| < 2**63: x = k*pi/2 + r with
-    |r| <= pi/4, reduced with pi to 128 bits beyond the working precision."""
+    |r| <= pi/4.  The reduction uses the 68-bit pi of the silicon (checked against it), so
+    large arguments and those near multiples of pi/2 give the hardware's results."""
     w = _GUARD + 3 * max(0, -_magnitude(u))         # sin x = x(1 - x*x/6): see the x*x term
     x = _fixed(u, w)
     q, r = 0, x
     if _magnitude(u) > 0:
         g = w + 128
-        half_pi = sf.pi_fixed(g - 1)
+        half_pi = PI_68 << (g - 67)
         xg = x << 128
         k = (2 * xg + half_pi) // (2 * half_pi)
         q, r = k & 3, (xg - k * half_pi) >> 128
@@ -752,9 +757,9 @@ def _log2(ux, plus_one):
         zn += zd
     else:
         zn, zd = (m << max(0, e)) * (-1 if s else 1), 1 << max(0, -e)
-    if zn < 0 or (zn == 0 and not plus_one):
+    if zn < 0:
         return None, None, 0, False
-    if zn == 0:
+    if zn == 0:                         # FYL2XP1 of -1
         return (INF, 1, 0, 0, False), None, 0, True
     if zn & (zn - 1) == 0:
         k = zn.bit_length() - zd.bit_length()
@@ -777,6 +782,8 @@ def _ylog(plus_one):
             return INDEF, IE
         if exact is not None:
             r, fl = sf.mul(uy, exact, F80, rc)
+            if uy[0] == exact[0] == FINITE:
+                fl |= PE                # the silicon flags even an exact y * log2(2**k)
             return r, fl | (ZE if from_zero and uy[0] == FINITE else 0)
         cy, sy, my, ey, _ = uy
         if cy != FINITE:

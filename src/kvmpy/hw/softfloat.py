@@ -346,15 +346,21 @@ def pi_fixed(w: int) -> int:
     return _PI_CACHE[key] >> (key - w)
 
 
+def _div(a: int, d: int) -> int:
+    """a / d truncated toward zero, so that series terms of either sign reach 0."""
+    q = abs(a) // d
+    return -q if a < 0 else q
+
+
 def _mul(a: int, b: int, w: int) -> int:
-    return (a * b) >> w
+    return _div(a * b, 1 << w)
 
 
 def sincos_fixed(x: int, w: int):
     """(sin x, cos x) * 2**w for the fixed value ``x`` with |x| <= 1."""
     x2 = _mul(x, x, w)
-    s = _series(x, lambda k, t: -((t * x2) >> w) // ((2 * k) * (2 * k + 1)))
-    c = _series(1 << w, lambda k, t: -((t * x2) >> w) // ((2 * k - 1) * (2 * k)))
+    s = _series(x, lambda k, t: -_div(_mul(t, x2, w), (2 * k) * (2 * k + 1)))
+    c = _series(1 << w, lambda k, t: -_div(_mul(t, x2, w), (2 * k - 1) * (2 * k)))
     return s, c
 
 
@@ -383,7 +389,7 @@ def _atanh_fixed(u: int, w: int) -> int:
     u2 = _mul(u, u, w)
     total, power, k = 0, u, 0
     while power:
-        total += power // (2 * k + 1)
+        total += _div(power, 2 * k + 1)
         power = _mul(power, u2, w)
         k += 1
     return 2 * total
@@ -396,7 +402,7 @@ def ln_ratio_fixed(num: int, den: int, w: int) -> int:
 
 def expm1_fixed(y: int, w: int) -> int:
     """(e**y - 1) * 2**w for the fixed value ``y`` with |y| <= 1."""
-    return _series(y, lambda k, t: ((t * y) >> w) // (k + 1))
+    return _series(y, lambda k, t: _div(_mul(t, y, w), k + 1))
 
 
 def round_fixed(v: int, w: int, f: Fmt, rc: int, scale: int = 1, exp: int = 0):

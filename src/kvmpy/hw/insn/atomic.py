@@ -14,7 +14,7 @@ even on failure, as a locked read-modify-write does.
 from .. import flags as F
 from ..codegen import M, emitter
 from ..decoder import MAP0F
-from .bits import setfl, undefined
+from .bits import setfl
 
 
 @emitter(0x86, 0x87)
@@ -84,7 +84,7 @@ def _cmpxchg(g, ins):
 def _group9(g, ins):
     """0F C7 /1: CMPXCHG8B, or CMPXCHG16B with REX.W (#GP(0) unless 16-byte aligned)."""
     if ins.reg & 7 != 1 or not ins.is_mem:
-        undefined(g)
+        g.ud()
         return
     half = 8 if ins.rex_w else 4
     bits, m = half * 8, M[half]

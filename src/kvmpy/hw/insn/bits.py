@@ -8,7 +8,7 @@ ones that define SF/ZF/PF from a result and clear the rest (AAM, AAD) stay lazy.
 """
 
 from .. import flags as F
-from ..codegen import M, SIGN, emitter
+from ..codegen import M, SIGN, emitter, legacy_only
 from ..decoder import MAP0F
 from .alu import sx
 
@@ -24,11 +24,6 @@ def setfl(g, mask: int, bits: str) -> None:
 def szp(v: str) -> str:
     """Expression for SF|ZF|PF of a byte-sized local ``v`` (for eager flag writes)."""
     return "((%s & 0x80) | (0x40 if %s == 0 else 0) | (0 if %s.bit_count() & 1 else 4))" % (v, v, v)
-
-
-def undefined(g) -> None:
-    """The instruction raises #UD here (e.g. BCD instructions in 64-bit mode)."""
-    g.ud()
 
 
 # --- BT, BTS, BTR, BTC ------------------------------------------------------------------------
@@ -75,7 +70,7 @@ def _bt_reg(g, ins):
 @emitter(MAP0F | 0xBA)
 def _group8(g, ins):
     if ins.reg & 7 < 4:
-        undefined(g)
+        g.ud()
         return
     _bit_op(g, ins, ins.reg & 3, ins.opsize, str(ins.imm), reg_offset=False)
 
@@ -107,7 +102,7 @@ def _bit_scan(g, ins):
 @emitter(MAP0F | 0xB8)
 def _popcnt(g, ins):
     if ins.rep != 0xF3:       # 0F B8 without F3 is JMPE (IA-64 only)
-        undefined(g)
+        g.ud()
         return
     s = g.rm_read(ins.opsize)
     g.set_reg(ins.reg, ins.opsize, "%s.bit_count()" % s)
@@ -204,17 +199,6 @@ def _xlat(g, ins):
 
 
 # --- BCD adjustments (legacy and compatibility modes only) -------------------------------------
-def _bcd(fn):
-    """Wrap a BCD emitter: these opcodes are #UD in 64-bit mode."""
-    def emit(g, ins):
-        if g.mode.code == 8:
-            undefined(g)
-        else:
-            fn(g, ins)
-    emit.__doc__ = fn.__doc__
-    return emit
-
-
 def _decimal_adjust(g, ins, sub):
     """DAA/DAS, as the SDM's pseudo-code: adjust AL after a packed-BCD add or subtract."""
     fl = g.rflags()
@@ -253,31 +237,31 @@ def _ascii_adjust(g, ins, sub):
 
 
 @emitter(0x27)
-@_bcd
+@legacy_only
 def _daa(g, ins):
     _decimal_adjust(g, ins, sub=False)
 
 
 @emitter(0x2F)
-@_bcd
+@legacy_only
 def _das(g, ins):
     _decimal_adjust(g, ins, sub=True)
 
 
 @emitter(0x37)
-@_bcd
+@legacy_only
 def _aaa(g, ins):
     _ascii_adjust(g, ins, sub=False)
 
 
 @emitter(0x3F)
-@_bcd
+@legacy_only
 def _aas(g, ins):
     _ascii_adjust(g, ins, sub=True)
 
 
 @emitter(0xD4)
-@_bcd
+@legacy_only
 def _aam(g, ins):
     """AAM imm8: AH = AL / imm8, AL = AL mod imm8; #DE when imm8 is 0."""
     if ins.imm == 0:
@@ -291,7 +275,7 @@ def _aam(g, ins):
 
 
 @emitter(0xD5)
-@_bcd
+@legacy_only
 def _aad(g, ins):
     """AAD imm8: AL = (AL + AH * imm8) & 0xFF, AH = 0."""
     r = g.tmp("r")

@@ -1,6 +1,6 @@
 """Data movement: MOV, MOVZX/MOVSX, LEA, PUSH/POP, segment register moves, LEAVE/ENTER."""
 
-from ..codegen import M, emitter
+from ..codegen import M, emitter, legacy_only
 from ..decoder import MAP0F
 from .alu import sx
 
@@ -123,10 +123,8 @@ def _pop_rm(g, ins):
 
 
 @emitter(0x60)
+@legacy_only
 def _pusha(g, ins):
-    if g.mode.code == 8:
-        g.ud()
-        return
     s = ins.opsize
     vals = []
     for r in range(8):
@@ -137,10 +135,8 @@ def _pusha(g, ins):
 
 
 @emitter(0x61)
+@legacy_only
 def _popa(g, ins):
-    if g.mode.code == 8:
-        g.ud()
-        return
     s = ins.opsize
     vals, newsp = g.pop(s, 8)
     g.set_sp(newsp)
