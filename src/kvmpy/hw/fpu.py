@@ -466,14 +466,23 @@ def fxam(cpu):
     f.fsw = (f.fsw & ~CC) | cc | sign
 
 
-def fscale(cpu):
-    f = cpu.fpu
+def _st0_st1(f):
+    """ST(0) and ST(1) with their unpacked forms, or None after a stack underflow
+    (which leaves the indefinite in ST(0) when the invalid exception is masked)."""
     a, b = _get(f, 0), _get(f, 1)
     if a is None or b is None:
         if not _underflow(f):
             _put(f, 0, INDEF)
+        return None
+    return a, b, sf.unpack(a, F80), sf.unpack(b, F80)
+
+
+def fscale(cpu):
+    f = cpu.fpu
+    ops = _st0_st1(f)
+    if ops is None:
         return
-    ua, ub = sf.unpack(a, F80), sf.unpack(b, F80)
+    a, b, ua, ub = ops
     if ua[0] >= QNAN or ub[0] >= QNAN:
         r, fl = _nan_result([(ua, a), (ub, b)])
     elif ub[0] == INF:
@@ -531,12 +540,10 @@ def fprem(cpu, ieee):
     """FPREM (quotient truncated) / FPREM1 (quotient rounded to nearest): partial remainder;
     C0, C3, C1 = quotient bits 2, 1, 0; C2 = 1 when the reduction is incomplete."""
     f = cpu.fpu
-    a, b = _get(f, 0), _get(f, 1)
-    if a is None or b is None:
-        if not _underflow(f):
-            _put(f, 0, INDEF)
+    ops = _st0_st1(f)
+    if ops is None:
         return
-    ua, ub = sf.unpack(a, F80), sf.unpack(b, F80)
+    a, b, ua, ub = ops
     cc = 0
     if ua[0] >= QNAN or ub[0] >= QNAN:
         r, fl = _nan_result([(ua, a), (ub, b)])
