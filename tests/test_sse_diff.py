@@ -363,3 +363,43 @@ def test_reciprocal_approximations(run_snippet):
             if not same and not (finite and abs(y - x) <= abs(x) * 1.5 * 2 ** -12):
                 bad.append("%s: lane at %#x: silicon %r, kvmpy %r" % (title, off, x, y))
     assert not bad, "\n".join(bad[:10])
+
+
+def test_mmx_xmm_conversions(run_snippet):
+    """MOVQ2DQ/MOVDQ2Q and the MMX<->XMM conversions (register and memory forms) under every
+    rounding mode: edge values (NaN, infinities, out of range -> 0x80000000, ties, inexact
+    ints); the MMX operands come from memory (MOVQ) and go back to memory."""
+    s = Snippets()
+    r = rng("mmx-xmm")
+    mm_in, mm_out = DATA_ADDR + 0x400, DATA_ADDR + 0x900
+    load = ["movq mm%d, [%#x]" % (i, mm_in + 8 * i) for i in range(8)]
+    store = ["movq [%#x], mm%d" % (mm_out + 8 * i, i) for i in range(8)] + ["emms"]
+    ints = [0, 1, -1, 2 ** 31 - 1, -2 ** 31, 2 ** 24 + 1, -(2 ** 24 + 3), 16777217, -33554435, 0x7FFFFFC0]
+    for mx in MXCSRS:
+        for _ in range(4):
+            lanes = [r.choice(ints) & 0xFFFFFFFF if r.random() < 0.7 else r.getrandbits(32) for _ in range(16)]
+            extra = vec(lanes, 4).to_bytes(64, "little")
+            s.add(load + ["cvtpi2ps xmm0, mm0", "cvtpi2pd xmm1, mm1", "cvtpi2ps xmm2, qword ptr [%#x]" % (mm_in + 16),
+                          "cvtpi2pd xmm3, qword ptr [%#x]" % (mm_in + 28)] + store,
+                  [r.getrandbits(128) for _ in range(4)], mx, extra=extra)
+        for a, b in pairs(E32, 10, r):
+            c, d = pairs(E64, 1, r)[0]
+            s.add(load + ["cvtps2pi mm0, xmm0", "cvttps2pi mm1, xmm0", "cvtps2pi mm2, qword ptr [%#x]" % (DATA_ADDR + IN + 8),
+                          "cvtpd2pi mm3, xmm1", "cvttpd2pi mm4, xmm1", "cvtpd2pi mm5, xmmword ptr [%#x]" % (DATA_ADDR + IN + 32),
+                          "cvttpd2pi mm6, xmmword ptr [%#x]" % (DATA_ADDR + IN + 16)] + store,
+                  [a | b << 32 | vec([b, a], 4) << 64, c | d << 64, d | c << 64], mx)
+    s.add(load + ["movq2dq xmm0, mm3", "movdq2q mm4, xmm1", "movq2dq xmm5, mm7", "movdq2q mm6, xmm6"] + store,
+          [r.getrandbits(128) for _ in range(8)], extra=r.getrandbits(512).to_bytes(64, "little"))
+    # faults: misaligned m128 (#GP), unmasked precision / invalid (#XM), memory forms of MOVQ2DQ (#UD)
+    s.add(load + ["cvtpd2pi mm0, xmmword ptr [%#x]" % (DATA_ADDR + IN + 8)] + store, [1, 2])
+    s.add(load + ["cvtpi2ps xmm0, mm0"] + store, [], 0x1F80 & ~0x1000, extra=(2 ** 24 + 1).to_bytes(8, "little"))
+    s.add(load + ["cvttps2pi mm1, xmm0"] + store, [0x7FC00000], 0x1F80 & ~0x80)
+    s.add(load + [".byte 0xf3, 0x0f, 0xd6, 0x00"] + store, [1])
+    # the x87->MMX transition: not for CVTPI2PS/PD with a memory source, for every MMX register form
+    env = lambda off: ["fnstenv [%#x]" % (DATA_ADDR + off), "mov qword ptr [%#x], 0" % (DATA_ADDR + off + 12),
+                       "mov qword ptr [%#x], 0" % (DATA_ADDR + off + 20)]
+    for ins in ("cvtpi2ps xmm0, qword ptr [%#x]" % mm_in, "cvtpi2pd xmm1, qword ptr [%#x]" % mm_in, "cvtpi2ps xmm0, mm3",
+                "cvtpi2pd xmm0, mm3", "cvtps2pi mm1, xmm2", "cvttpd2pi mm1, xmm2", "movq2dq xmm1, mm5", "movdq2q mm1, xmm2"):
+        s.add(["fninit"] + ["fld1"] * 8 + ["fninit", "fld1", "fld1", ins] + env(0x900) + ["emms"],
+              [r.getrandbits(128) for _ in range(3)])
+    s.check(run_snippet)

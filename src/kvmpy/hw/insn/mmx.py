@@ -5,8 +5,12 @@ and sign to all ones, and every MMX instruction sets TOP to 0 and tags all regis
 (EMMS empties them and, like the AMD silicon, also zeroes TOP).  Checks: CR0.EM is #UD, CR0.TS #NM, a pending x87 exception #MF; CR4.OSFXSR
 is not needed.  ModRM register numbers ignore REX (there are eight MMX registers).  The lane
 arithmetic is the SSE unit's (``kvmpy.hw.simd``) on 8-byte registers, and the handlers go into
-``kvmpy.hw.insn.sse``'s table under the no-prefix key.  Not implemented: the MMX<->XMM
-conversions and moves (CVTPI2PS, CVTPS2PI, CVTPI2PD, CVTPD2PI, MOVQ2DQ, MOVDQ2Q).
+``kvmpy.hw.insn.sse``'s table under the no-prefix key.
+
+The MMX<->XMM moves and conversions (MOVQ2DQ, MOVDQ2Q, CVTPI2PS/PD, CVT(T)PS2PI, CVT(T)PD2PI)
+are SSE instructions too: they need the SSE checks (CR4.OSFXSR) as well as MMX's #MF, and
+they make the x87->MMX transition only when they touch an MMX register (CVTPI2PS/PD with a
+memory source do not).
 """
 
 from ..codegen import M, emitter
@@ -23,6 +27,11 @@ def mmx_prologue(g):
         g.emit("if cpu.cr0 & 8: raise_fault(7)")
         g.emit("FP = cpu.fpu; SV = FP.sse")
         g.mmx_ready = True
+    _pending_x87(g)
+
+
+def _pending_x87(g):
+    """#MF before any MMX register is touched if the x87 unit has an unmasked exception pending."""
     g.emit("if FP.fsw & 0x80: raise_fault(16)")
 
 
@@ -44,18 +53,42 @@ def src64(g, ins):
     return mm(ins.rm) if ins.mod == 3 else g.load(_ea(g, ins), 8)
 
 
+def sse_mmx_prologue(g):
+    """The checks of an SSE instruction that also obeys MMX's: SSE's (a superset of MMX's
+    control-register checks), then the pending x87 exception (#MF)."""
+    sse.sse_prologue(g)
+    if not vars(g).get("mmx_ready"):
+        g.emit("FP = cpu.fpu")
+        g.mmx_ready = True
+    _pending_x87(g)
+
+
+def transition(g):
+    """The x87 -> MMX transition: TOP = 0 and every register tagged valid."""
+    if not g.ended:
+        g.emit("FP.top = 0; FP.ftw = 0xff")
+
+
 def _mmx(*opcodes):
-    """Register an MMX handler; it ends with the x87 side effects (TOP = 0, all valid)."""
+    """Register an MMX handler; it ends with the x87->MMX transition."""
     def deco(fn):
         def handler(g, ins):
             fn(g, ins)
-            if not g.ended:
-                g.emit("FP.top = 0; FP.ftw = 0xff")
+            transition(g)
         for op in opcodes:
             sse.register((op, 0), handler, mmx_prologue)
         return fn
     return deco
 
+
+def _sse_mmx(*keys):
+    """Register an MMX<->XMM handler under (opcode, prefix) keys; it calls ``transition``
+    itself, since some of its forms leave the x87 state alone."""
+    def deco(fn):
+        for k in keys:
+            sse.register(k, fn, sse_mmx_prologue)
+        return fn
+    return deco
 
 
 def _lanes(call):
@@ -174,6 +207,46 @@ def _maskmovq(g, ins):
 def _palignr(g, ins):
     s = src64(g, ins)
     set_mm(g, ins.reg, "SV.palignr(%s, %s, %d, 8)" % (mm(ins.reg), s, ins.imm))
+
+
+# --- MMX <-> XMM ----------------------------------------------------------------------------
+@_sse_mmx((MAP0F | 0xD6, 0xF3), (MAP0F | 0xD6, 0xF2))
+def _movq_mm_xmm(g, ins):
+    """MOVQ2DQ xmm, mm (zero-extends) and MOVDQ2Q mm, xmm: register forms only."""
+    if ins.mod != 3:
+        return g.ud()
+    if ins.rep == 0xF3:
+        g.emit("XM[%d] = %s" % (ins.reg, mm(ins.rm)))
+    else:
+        set_mm(g, ins.reg, "(XM[%d] & %#x)" % (ins.rm, M64))
+    transition(g)
+
+
+@_sse_mmx((MAP0F | 0x2A, 0), (MAP0F | 0x2A, 0x66))
+def _cvtpi2f(g, ins):
+    """CVTPI2PS (low half of the XMM register; MXCSR rounding) and CVTPI2PD (exact) from
+    two dwords in mm/m64 (no alignment)."""
+    size = 8 if ins.opsize_prefix else 4
+    v = g.tmp()
+    g.emit("%s = SV.join(SV.cvt_i2f(cpu, SV.split(%s, 'i', 8), %d), %d)" % (v, src64(g, ins), size, size))
+    if size == 4:
+        sse.set_low(g, ins.reg, 8, v)
+    else:
+        g.emit("XM[%d] = %s" % (ins.reg, v))
+    if ins.mod == 3:
+        transition(g)
+
+
+@_sse_mmx(*[(MAP0F | op, p) for op in (0x2C, 0x2D) for p in (0, 0x66)])
+def _cvtf2pi(g, ins):
+    """CVT(T)PS2PI from xmm/m64 and CVT(T)PD2PI from xmm/m128 (aligned) to two dwords in an MMX
+    register; out of range and NaN give the integer indefinite 0x80000000."""
+    if ins.opsize_prefix:
+        size, s = 8, sse.src128(g, ins)
+    else:
+        size, s = 4, "(%s & %#x)" % (sse.src_low(g, ins, 8), M64)
+    set_mm(g, ins.reg, "SV.join(SV.cvt_f2i(cpu, %s, %d, 32, 2, %s), 4)" % (s, size, ins.opc & 1 == 0))
+    transition(g)
 
 
 @emitter(MAP0F | 0x77)
