@@ -21,7 +21,7 @@ class Fault(Exception):
 class Intercept(Exception):
     """A VM exit: ``kind`` names the event, ``info`` carries its details.
 
-    Kinds: io, hlt, cpuid, rdmsr, wrmsr, cr, invlpg, exception, ept_violation,
+    Kinds: io, hlt, cpuid, rdmsr, wrmsr, cr, invlpg, exception, ept_violation, task_switch,
     triple_fault, preemption, interrupt_window, vmcall, xsetbv, invalid_state.
     The vendor formatter (``kvmpy.hw.vmx`` / ``kvmpy.hw.svm``) turns them into the
     vendor's exit reason and qualification.

@@ -38,6 +38,10 @@ def parse_descriptor(d: int, seg: Segment, selector: int) -> Segment:
 class SegmentUnit:
     """Mixin for Processor: everything that loads CS/SS or walks the IDT."""
 
+    # VMX/SVM execution control: task switches are VM exits (kvmpy.hw.tasks).  Off for a bare
+    # processor; the vendor module sets it, as the silicon always intercepts them.
+    intercept_task_switch = False
+
     # ------------------------------------------------------------------ stack helpers
     def _sp_size(self):
         return self.mode.stack
@@ -510,7 +514,7 @@ class SegmentUnit:
         sel = (gate >> 16) & 0xFFFF
         if gtype == 5:
             from . import tasks
-            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext)
+            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext, event=(kind, vector))
             return
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
         if long_mode:

@@ -7,6 +7,8 @@ arch/x86/include/uapi/asm/svm.h).  ``SvmExit`` is what the VMCB control area hol
 instruction intercepts and MOV-to-CR / INVLPG exits carry their operand.
 """
 
+from . import tasks
+
 SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
 SVM_EXIT_EXCP_BASE = 0x040          # + vector
 SVM_EXIT_INTR = 0x060
@@ -16,6 +18,7 @@ SVM_EXIT_HLT = 0x078
 SVM_EXIT_INVLPG = 0x079
 SVM_EXIT_IOIO = 0x07B
 SVM_EXIT_MSR = 0x07C
+SVM_EXIT_TASK_SWITCH = 0x07D
 SVM_EXIT_SHUTDOWN = 0x07F
 SVM_EXIT_VMMCALL = 0x081
 SVM_EXIT_XSETBV = 0x08D
@@ -42,18 +45,38 @@ PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_FETCH = 1, 2, 4, 16
 PFERR_GUEST_FINAL = 1 << 32         # translating the final guest-physical address
 PFERR_GUEST_PAGE = 1 << 33          # reading/writing a guest page-table entry
 
+# TASK_SWITCH (APM 15.14.1): exit_info_1 the TSS selector; exit_info_2 bit 36 IRET, bit 38 JMP,
+# bit 44 an error code in bits 31:0.  A task gate in the IDT shows as a valid EXITINTINFO.
+SVM_EXITINFOSHIFT_TS_REASON_IRET = 36
+SVM_EXITINFOSHIFT_TS_REASON_JMP = 38
+SVM_EXITINFOSHIFT_TS_HAS_ERROR_CODE = 44
+
+# EXITINTINFO (APM 15.7.2): the event being delivered when the exit happened
+SVM_EXITINTINFO_VEC_MASK = 0xFF
+SVM_EXITINTINFO_TYPE_MASK = 7 << 8
+SVM_EXITINTINFO_TYPE_INTR, SVM_EXITINTINFO_TYPE_NMI = 0 << 8, 2 << 8
+SVM_EXITINTINFO_TYPE_EXEPT, SVM_EXITINTINFO_TYPE_SOFT = 3 << 8, 4 << 8
+SVM_EXITINTINFO_VALID_ERR = 1 << 11
+SVM_EXITINTINFO_VALID = 1 << 31
+# the processor's event kinds are VMX interruption types; SVM folds INT3/INTO/ICEBP into exceptions
+_INT_TYPES = {0: SVM_EXITINTINFO_TYPE_INTR, 2: SVM_EXITINTINFO_TYPE_NMI, 3: SVM_EXITINTINFO_TYPE_EXEPT,
+              4: SVM_EXITINTINFO_TYPE_SOFT, 5: SVM_EXITINTINFO_TYPE_EXEPT, 6: SVM_EXITINTINFO_TYPE_EXEPT}
+
 _U64 = (1 << 64) - 1
 
 
 class SvmExit:
     """The exit fields of the VMCB control area."""
 
-    __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "next_rip", "detail")
+    __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "exit_int_info", "exit_int_info_err", "next_rip",
+                 "detail")
 
     def __init__(self, exit_code, exit_info_1=0, exit_info_2=0, next_rip=0, detail=None):
         self.exit_code = exit_code
         self.exit_info_1 = exit_info_1
         self.exit_info_2 = exit_info_2
+        self.exit_int_info = 0
+        self.exit_int_info_err = 0
         self.next_rip = next_rip
         self.detail = detail            # the intercept's details (not a VMCB field), as VmxExit's
 
@@ -77,6 +100,8 @@ class SvmExitFormat:
         (reported as an internal error, never a crash of KVM_RUN)."""
         i = e.info
         x = SvmExit(_EXIT_CODES.get(e.kind, SVM_EXIT_ERR), detail=i)
+        if e.kind == "task_switch":
+            i["insn_len"] = tasks.exit_insn_len(cpu, i)
         if i.get("insn_len"):
             x.next_rip = (cpu.rip + i["insn_len"]) & _U64
         encode = getattr(self, "_" + e.kind, None)
@@ -112,6 +137,20 @@ class SvmExitFormat:
             x.exit_info_2 = i["cr2"] or 0
 
     @staticmethod
+    def _task_switch(cpu, x, i):
+        source, ec = i["source"], i["error_code"]
+        x.exit_info_1 = i["selector"]
+        x.exit_info_2 = ((1 << SVM_EXITINFOSHIFT_TS_REASON_IRET if source == "iret" else 0) |
+                         (1 << SVM_EXITINFOSHIFT_TS_REASON_JMP if source == "jmp" else 0) |
+                         (1 << SVM_EXITINFOSHIFT_TS_HAS_ERROR_CODE | ec if ec is not None else 0))
+        if i["event"] is not None:
+            kind, vector = i["event"]
+            x.exit_int_info = SVM_EXITINTINFO_VALID | _INT_TYPES[kind] | vector
+            if ec is not None:
+                x.exit_int_info |= SVM_EXITINTINFO_VALID_ERR
+                x.exit_int_info_err = ec
+
+    @staticmethod
     def _ept_violation(cpu, x, i):
         final = i["gla"] is not None
         user = cpu.mode.cpl == 3 if final else True   # the CPU's own table walks are user accesses
@@ -127,6 +166,7 @@ _EXIT_CODES = {
     "cpuid": SVM_EXIT_CPUID,
     "rdmsr": SVM_EXIT_MSR,
     "wrmsr": SVM_EXIT_MSR,
+    "task_switch": SVM_EXIT_TASK_SWITCH,
     "invlpg": SVM_EXIT_INVLPG,
     "ept_violation": SVM_EXIT_NPF,
     "triple_fault": SVM_EXIT_SHUTDOWN,

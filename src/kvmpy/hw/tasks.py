@@ -8,10 +8,11 @@ callers raise #GP there before getting here.  16-bit TSSs (type 1/3) are not sup
 
 On VMX a task switch is a VM exit (reason 9, TASK_SWITCH) that KVM emulates in software
 (kvm_task_switch -> emulator_task_switch); on SVM it is the TASK_SWITCH intercept that KVM
-also emulates.  kvmpy's processor performs the switch itself instead, inside the guest,
-so no exit is needed: the state it leaves is the one KVM's emulation would build.  One
-difference follows: under shadow paging the new CR3 is loaded without the CR3-write exit
-KVM would see while emulating, so tasks with a different CR3 need TDP (EPT/NPT).
+also emulates.  So with ``cpu.intercept_task_switch`` set (both vendors: always) the
+processor only raises ``Intercept("task_switch")`` before touching anything, and the
+kernel performs the switch by calling ``task_switch`` again with the intercept off and
+``deliver_faults=False`` (faults are KVM's to queue, as the emulator's are); that way a
+new CR3 is seen by KVM, which shadow paging needs.
 
 The switch is split at the SDM's commit point.  Before it, every check (new TSS
 descriptor, its limit, busy bit) faults in the old task with nothing changed.  After it
@@ -21,11 +22,11 @@ the new task's segments are delivered in the new task, as on hardware.
 
 from __future__ import annotations
 
-from .events import Fault
+from .events import Fault, Intercept
 from .segments import parse_descriptor
 from .state import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM, Segment
 
-JMP, CALL, IRET, INT = "jmp", "call", "iret", "int"
+JMP, CALL, IRET, INT = "jmp", "call", "iret", "gate"     # INT: a task gate in the IDT
 
 TSS32_MIN_LIMIT = 0x67
 # 32-bit TSS layout
@@ -34,12 +35,17 @@ SREG_ORDER = (ES, CS, SS, DS, FS, GS)           # as stored from offset 0x48, 4 
 TSS_AVAILABLE, TSS_BUSY = 9, 0xB
 
 
-def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0):
+def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0, event=None, deliver_faults=True):
     """Switch from the current task to the one whose TSS selector is ``sel``.
 
     ``source`` is JMP, CALL, IRET or INT; ``next_ip`` the EIP saved in the old task;
-    ``error_code`` (INT from an exception) is pushed on the new task's stack.
+    ``error_code`` (INT from an exception) is pushed on the new task's stack; ``event``
+    (INT only) the (kind, vector) being delivered, which the VM exit reports.  Faults past
+    the commit point are delivered in the new task, or raised with ``deliver_faults`` off.
     """
+    if cpu.intercept_task_switch:
+        raise Intercept("task_switch", selector=sel, source=source, error_code=error_code,
+                        next_ip=next_ip, event=event)
     err = (sel & ~3) + ext
     bad = 10 if source == IRET else 13
     if sel & 4:
@@ -77,7 +83,16 @@ def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0):
         if error_code is not None:
             cpu._push([error_code], 4)
     except Fault as f:
+        if not deliver_faults:
+            raise
         cpu.deliver(f.vector, 3, f.error_code, cr2=f.cr2)
+
+
+def exit_insn_len(cpu, info):
+    """The instruction length a TASK_SWITCH exit reports: CALL/JMP/IRET and INT n through a
+    task gate are retired by KVM before it switches; a hardware event has none.  Known only
+    once RIP is back at the instruction, i.e. when the exit is formatted."""
+    return (info["next_ip"] - cpu.rip) & 0xFFFFFFFF
 
 
 def _read_tss(cpu, base):
@@ -112,6 +127,7 @@ def _load_task_state(cpu, image, eflags):
     with their checks (#TS for a bad selector or descriptor, #NP/#SS when not present)."""
     if cpu.cr0 & CR0_PG:
         cpu.cr3 = image["cr3"]
+        cpu.flush_tlb()             # as MOV to CR3 does
     cpu.set_rflags(eflags)
     cpu.rip = image["eip"]
     cpu.regs[:8] = image["gprs"]

@@ -4,10 +4,13 @@ Intel SDM vol. 3 appendix C (exit reasons) and section 28.2.1 (exit
 qualifications).  ``VmxExit`` is what the VMCS exit fields would hold.
 """
 
+from . import tasks
+
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
 EXIT_REASON_TRIPLE_FAULT = 2
 EXIT_REASON_INTERRUPT_WINDOW = 7
+EXIT_REASON_TASK_SWITCH = 9
 EXIT_REASON_CPUID = 10
 EXIT_REASON_HLT = 12
 EXIT_REASON_INVLPG = 14
@@ -25,6 +28,11 @@ EXIT_REASON_XSETBV = 55
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_CODE = 1 << 11
 INTR_TYPE_HARD_EXCEPTION = 3 << 8
+VECTORING_INFO_TYPE_SHIFT = 8
+
+# TASK_SWITCH exit qualification (SDM table 28-2): bits 15:0 the TSS selector, bits 31:30 the source
+TASK_SWITCH_SOURCE_SHIFT = 30
+TASK_SWITCH_SOURCES = ("call", "iret", "jmp", "gate")       # 0 CALL, 1 IRET, 2 JMP, 3 task gate in the IDT
 
 _REASONS = {
     "hlt": EXIT_REASON_HLT, "cpuid": EXIT_REASON_CPUID, "rdmsr": EXIT_REASON_MSR_READ,
@@ -33,6 +41,7 @@ _REASONS = {
     "triple_fault": EXIT_REASON_TRIPLE_FAULT, "preemption": EXIT_REASON_PREEMPTION_TIMER,
     "interrupt_window": EXIT_REASON_INTERRUPT_WINDOW, "vmcall": EXIT_REASON_VMCALL,
     "xsetbv": EXIT_REASON_XSETBV, "io": EXIT_REASON_IO_INSTRUCTION, "internal": EXIT_REASON_INVALID_STATE,
+    "task_switch": EXIT_REASON_TASK_SWITCH,
     # SDM 27.8: a guest-state check failed, the entry did not happen (0x80000021)
     "invalid_state": VMX_EXIT_REASONS_FAILED_VMENTRY | EXIT_REASON_INVALID_STATE,
 }
@@ -42,10 +51,10 @@ class VmxExit:
     """The exit-information fields of the VMCS."""
 
     __slots__ = ("reason", "qualification", "instruction_len", "guest_linear", "guest_physical",
-                 "intr_info", "intr_error_code", "detail")
+                 "intr_info", "intr_error_code", "idt_vectoring_info", "idt_vectoring_error_code", "detail")
 
     def __init__(self, reason, qualification=0, instruction_len=0, guest_linear=0, guest_physical=0,
-                 intr_info=0, intr_error_code=0, detail=None):
+                 intr_info=0, intr_error_code=0, idt_vectoring_info=0, idt_vectoring_error_code=0, detail=None):
         self.reason = reason
         self.qualification = qualification
         self.instruction_len = instruction_len
@@ -53,6 +62,8 @@ class VmxExit:
         self.guest_physical = guest_physical
         self.intr_info = intr_info
         self.intr_error_code = intr_error_code
+        self.idt_vectoring_info = idt_vectoring_info
+        self.idt_vectoring_error_code = idt_vectoring_error_code
         self.detail = detail
 
     def __repr__(self):
@@ -88,4 +99,19 @@ class VmxExitFormat:
                 x.intr_error_code = i["error_code"]
             if i["vector"] == 14:
                 x.qualification = i["cr2"] or 0
+        elif k == "task_switch":
+            _task_switch(cpu, x, i)
         return x
+
+
+def _task_switch(cpu, x, i):
+    """TASK_SWITCH: selector and source in the qualification; through an IDT task gate, the
+    event being delivered (with its error code) in the IDT-vectoring information."""
+    x.instruction_len = tasks.exit_insn_len(cpu, i)
+    x.qualification = i["selector"] | TASK_SWITCH_SOURCES.index(i["source"]) << TASK_SWITCH_SOURCE_SHIFT
+    if i["event"] is not None:
+        kind, vector = i["event"]
+        x.idt_vectoring_info = INTR_INFO_VALID | kind << VECTORING_INFO_TYPE_SHIFT | vector
+        if i["error_code"] is not None:
+            x.idt_vectoring_info |= INTR_INFO_DELIVER_CODE
+            x.idt_vectoring_error_code = i["error_code"]

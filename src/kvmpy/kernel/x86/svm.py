@@ -80,6 +80,27 @@ def xsetbv_interception(vcpu, x) -> int:
     return vendor.kvm_emulate_xsetbv(vcpu, svm_insn_len(vcpu, x))
 
 
+def task_switch_interception(vcpu, x) -> int:
+    """TASK_SWITCH: IRET and JMP are flagged in exit_info_2, a task gate in the IDT by a valid
+    EXITINTINFO, anything else is a CALL.  Only a software interrupt (INT n, INT3, INTO)
+    through a gate is an instruction to retire."""
+    info2, int_info = x.exit_info_2, x.exit_int_info
+    int_type, int_vec = int_info & hwsvm.SVM_EXITINTINFO_TYPE_MASK, int_info & hwsvm.SVM_EXITINTINFO_VEC_MASK
+    if info2 >> hwsvm.SVM_EXITINFOSHIFT_TS_REASON_IRET & 1:
+        source = "iret"
+    elif info2 >> hwsvm.SVM_EXITINFOSHIFT_TS_REASON_JMP & 1:
+        source = "jmp"
+    elif int_info & hwsvm.SVM_EXITINTINFO_VALID:
+        source = "gate"
+    else:
+        source = "call"
+    error_code = info2 & 0xFFFFFFFF if info2 >> hwsvm.SVM_EXITINFOSHIFT_TS_HAS_ERROR_CODE & 1 else None
+    soft = int_type == hwsvm.SVM_EXITINTINFO_TYPE_SOFT or (int_type == hwsvm.SVM_EXITINTINFO_TYPE_EXEPT and
+                                                           int_vec in (3, 4))
+    insn_len = svm_insn_len(vcpu, x) if source != "gate" or soft else 0
+    return vendor.kvm_task_switch(vcpu, x.exit_info_1 & 0xFFFF, source, error_code, insn_len)
+
+
 def shutdown_interception(vcpu, x) -> int:
     """SHUTDOWN (a triple fault in the guest): KVM_EXIT_SHUTDOWN."""
     return run.kvm_handle_triple_fault(vcpu)
@@ -112,6 +133,7 @@ svm_exit_handlers = {
     hwsvm.SVM_EXIT_INVLPG: invlpg_interception,
     hwsvm.SVM_EXIT_IOIO: io_interception,
     hwsvm.SVM_EXIT_MSR: msr_interception,
+    hwsvm.SVM_EXIT_TASK_SWITCH: task_switch_interception,
     hwsvm.SVM_EXIT_SHUTDOWN: shutdown_interception,
     hwsvm.SVM_EXIT_VMMCALL: vmmcall_interception,
     hwsvm.SVM_EXIT_XSETBV: xsetbv_interception,

@@ -7,13 +7,18 @@ x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx.py`` and
 ``kernel/x86/svm.py`` hold the decoding and the handler tables, this module the ops class,
 the guest entry and exit dispatch both use, and the common functions their handlers call
 that have no home in ``run.py`` yet (``kvm_mmu_page_fault``, ``kvm_handle_page_fault``,
-``kvm_emulate_hypercall``, ``kvm_emulate_xsetbv``).
+``kvm_emulate_hypercall``, ``kvm_emulate_xsetbv``, ``kvm_task_switch``).
 """
 
 from __future__ import annotations
 
+import contextlib
+
+from ...hw import tasks
 from ...hw.cpu import Processor
+from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
+from .. import kvm_main
 from ..trace import event, traced
 from . import emulate, mmu, params, run, x86
 
@@ -48,7 +53,8 @@ class KvmX86Ops:
         """Nothing to probe: the software processor always has the features."""
 
     def vcpu_create(self, vcpu) -> None:
-        vcpu.arch.cpu = Processor(self.exit_format())
+        cpu = vcpu.arch.cpu = Processor(self.exit_format())
+        cpu.intercept_task_switch = True        # VMX and SVM: task switches always exit
 
     def vcpu_reset(self, vcpu, init_event: bool) -> None:
         vcpu.arch.cpu.flush_code()
@@ -148,3 +154,73 @@ def handle_processor_error(vcpu) -> int:
     """The processor failed internally (VMX invalid state / SVM_EXIT_ERR): report it to user
     space like KVM's emulation failure, with the RIP it stopped at."""
     return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, vcpu.arch.cpu.rip)
+
+
+@traced
+def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, insn_len: int) -> int:
+    """Emulate the task switch of a TASK_SWITCH exit (x86.c's kvm_task_switch).
+
+    The processor's own task switch does the work, with the intercept off and its memory
+    accesses going through the guest's page tables and the memslots (the emulator's guest
+    virtual accesses), not through KVM's shadow or TDP table.  The old task saves the EIP
+    after the instruction (``insn_len``, 0 for a hardware event); a fault is queued for the
+    guest, in the old task or, past the commit point, in the new one.  A new CR3 is a new
+    root for the MMU.  Through an IDT task gate the switch delivers the event itself, so
+    the event the exit interrupted is not injected again.
+    """
+    cpu = vcpu.arch.cpu
+    if source == tasks.INT:
+        cpu.pending_event = None
+    next_ip = (cpu.rip + insn_len) & 0xFFFFFFFF
+    old_cr3 = cpu.cr3
+    cpu.intercept_task_switch = False
+    try:
+        with _guest_virtual_access(vcpu):
+            tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
+                              ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
+    except Fault as f:
+        run.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+    except Intercept:           # a TSS or descriptor table outside RAM
+        return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
+    finally:
+        cpu.intercept_task_switch = True
+        if cpu.cr3 != old_cr3:
+            mmu.kvm_mmu_new_pgd(vcpu)
+    return 1
+
+
+class _GuestRam:
+    """gfn -> host page from the memslots, as the processor's second-level table is read:
+    what the emulator reaches with kvm_read_guest/kvm_write_guest."""
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+
+    def get(self, gfn):
+        return mmu.gpa_to_host(self.kvm, gfn << 12, False)
+
+
+class _ReadOnlyGfns:
+    """gfns of read-only memslots (``gfn in``), the second level's read-only set."""
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+
+    def __contains__(self, gfn):
+        slot = kvm_main.gfn_to_memslot(self.kvm, gfn)
+        return slot is not None and bool(slot.flags & uapi.KVM_MEM_READONLY)
+
+
+@contextlib.contextmanager
+def _guest_virtual_access(vcpu):
+    """Make the processor translate through the guest's page tables and the memslots for a
+    while (its TLB emptied on both sides), instead of KVM's shadow or TDP table."""
+    cpu = vcpu.arch.cpu
+    saved = cpu.tdp, cpu.ept, cpu.ept_ro
+    cpu.tdp, cpu.ept, cpu.ept_ro = True, _GuestRam(vcpu.kvm), _ReadOnlyGfns(vcpu.kvm)
+    cpu.flush_tlb()
+    try:
+        yield
+    finally:
+        cpu.tdp, cpu.ept, cpu.ept_ro = saved
+        cpu.flush_tlb()

@@ -14,6 +14,8 @@ from ...hw import vmx as hwvmx
 from ..trace import traced
 from . import emulate, mmu, run, vendor
 
+INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
+
 
 # ------------------------------------------------------------------ exit handlers
 def handle_io(vcpu, x) -> int:
@@ -48,10 +50,25 @@ def handle_invlpg(vcpu, x) -> int:
     return run.kvm_skip_emulated_instruction(vcpu, x.instruction_len)
 
 
+def handle_task_switch(vcpu, x) -> int:
+    """TASK_SWITCH: the instruction (CALL/JMP/IRET, or INT n through a task gate) is retired
+    by the switch; an event through a task gate brings its error code in the IDT-vectoring
+    information."""
+    q, idt = x.qualification, x.idt_vectoring_info
+    source = hwvmx.TASK_SWITCH_SOURCES[q >> hwvmx.TASK_SWITCH_SOURCE_SHIFT & 3]
+    idt_v = bool(idt & hwvmx.INTR_INFO_VALID)
+    soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION,
+                                                            INTR_TYPE_SOFT_EXCEPTION)
+    error_code = x.idt_vectoring_error_code if idt_v and idt & hwvmx.INTR_INFO_DELIVER_CODE else None
+    insn_len = x.instruction_len if source != "gate" or soft else 0
+    return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len)
+
+
 kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_EXCEPTION_NMI: handle_exception_nmi,
     hwvmx.EXIT_REASON_TRIPLE_FAULT: lambda v, x: run.kvm_handle_triple_fault(v),
     hwvmx.EXIT_REASON_INTERRUPT_WINDOW: lambda v, x: run.handle_interrupt_window(v),
+    hwvmx.EXIT_REASON_TASK_SWITCH: handle_task_switch,
     hwvmx.EXIT_REASON_CPUID: lambda v, x: run.kvm_emulate_cpuid(v, x.instruction_len),
     hwvmx.EXIT_REASON_HLT: lambda v, x: run.kvm_emulate_halt(v, x.instruction_len),
     hwvmx.EXIT_REASON_INVLPG: handle_invlpg,
