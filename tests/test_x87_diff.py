@@ -15,8 +15,8 @@ import struct
 import pytest
 
 from tests.fpu_oracle import Batch
-from tests.oracle import asm, diff
-from tests.oracle.native import DATA_ADDR, run_native, unavailable_reason
+from tests.oracle import diff
+from tests.oracle.native import DATA_ADDR, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 
@@ -211,23 +211,15 @@ class X87Approx(X87):
     ulp and the status word's C1 (round-up indication, which follows that rounding) is
     ignored.  Everything else (exception flags, C0/C2/C3, TOP, tags) must match exactly."""
 
-    def check(self, run_snippet):
-        codes = asm.assemble_many(src for src, _, _, _ in self.items)
-        problems = []
-        for (_, regs, mem, title), code in zip(self.items, codes):
-            expected = run_native(code, regs, 0, mem)
-            actual = run_snippet(code, dict(regs), 0, mem)
-            got = bytearray(actual.mem)
-            for k in range(8):
-                at = OUT + 16 * k
-                e, a = (int.from_bytes(x[at:at + 10], "little") for x in (expected.mem, got))
-                if _ulps(e, a) <= ULP_TOLERANCE:
-                    got[at:at + 10] = expected.mem[at:at + 10]
-            got[SW_OUT + 1] = (got[SW_OUT + 1] & ~(C1 >> 8)) | (expected.mem[SW_OUT + 1] & (C1 >> 8))
-            actual = dataclasses.replace(actual, mem=bytes(got))
-            problems += ["%s: %s" % (title, d) for d in diff.compare(expected, actual)]
-        shown = "\n".join(problems[:15])
-        assert not problems, f"{len(problems)} differences from the silicon:\n{shown}"
+    def tolerate(self, expected, actual):
+        got = bytearray(actual.mem)
+        for k in range(8):
+            at = OUT + 16 * k
+            e, a = (int.from_bytes(x[at:at + 10], "little") for x in (expected.mem, got))
+            if _ulps(e, a) <= ULP_TOLERANCE:
+                got[at:at + 10] = expected.mem[at:at + 10]
+        got[SW_OUT + 1] = (got[SW_OUT + 1] & ~(C1 >> 8)) | (expected.mem[SW_OUT + 1] & (C1 >> 8))
+        return dataclasses.replace(actual, mem=bytes(got))
 
 
 UNARY_T = ("fsin", "fcos", "fsincos", "fptan", "f2xm1")
