@@ -244,6 +244,16 @@ def run_guest(image, syscalls=HOST, max_exits=20000):
     return result
 
 
+RUN_FIELDS = ("console", "exits", "exit_value", "completion", "regs", "sregs")
+
+
+def assert_same_run(result, reference):
+    """Two runs of a guest ended alike: console, exit sequence, final state (field by field,
+    so a failure names what differs)."""
+    for field in RUN_FIELDS:
+        assert result[field] == reference[field], field
+
+
 def to_json(result):
     """``result`` as JSON text with one exit per line, for reading and for diffs."""
     rest = json.dumps({k: v for k, v in result.items() if k != "exits"}, indent=1)

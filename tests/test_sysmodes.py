@@ -62,9 +62,4 @@ def test_soft_matches_host(soft_mmu):
 
     result = rawvmm.run_guest(load_image("sysmodes"), syscalls)
 
-    assert result["console"] == reference["console"]
-    assert result["exits"] == reference["exits"]
-    assert result["exit_value"] == reference["exit_value"]
-    assert result["completion"] == reference["completion"]
-    assert result["regs"] == reference["regs"]
-    assert result["sregs"] == reference["sregs"]
+    rawvmm.assert_same_run(result, reference)
