@@ -26,27 +26,19 @@ def _run(src):
 
 
 def test_fault_after_followed_jump_reports_the_faulting_instruction():
-    r = _run("""
+    before_fault = """
         mov eax, 1
         jmp 1f
         ud2
     1:  inc eax
         call 2f
     2:  add eax, 4
-        mov ecx, dword ptr [{bad}]
-    """)
+    """
+    r = _run(before_fault + "    mov ecx, dword ptr [{bad}]\n")
     assert r.exception == 14
     assert r.regs["rax"] == 6
     assert r.regs["rsp"] == STACK_TOP - 8
-    code = asm.assemble("""
-        mov eax, 1
-        jmp 1f
-        ud2
-    1:  inc eax
-        call 2f
-    2:  add eax, 4
-    """)
-    assert r.rip == CODE_ADDR + len(code)
+    assert r.rip == CODE_ADDR + len(asm.assemble(before_fault))
 
 
 BARRIER_THEN_FAULT = """
