@@ -29,19 +29,9 @@ GUEST = bytes([
 MMIO_ADDR = 0xFFFF0 + 0x20
 
 
-def _soft_available():
-    try:
-        import kvmpy.kernel.x86.run  # noqa: F401
-        import kvmpy.syscalls  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 @pytest.fixture(params=[
     pytest.param("host", marks=pytest.mark.host),
-    pytest.param("soft", marks=pytest.mark.skipif(not _soft_available(),
-                                                  reason="soft KVM not built yet")),
+    "soft",
 ])
 def kvm(request):
     with Kvm(request.param) as k:

@@ -177,18 +177,6 @@ def test_elf_guest_starts_in_protected_mode(capsys, tmp_path):
 # -- runs on kvmpy's soft KVM -------------------------------------------------------
 
 
-def _soft_available():
-    try:
-        import kvmpy.kernel.x86.run  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-soft = pytest.mark.skipif(not _soft_available(), reason="soft KVM not built yet")
-
-
-@soft
 def test_demo_on_soft_kvm_exits_0():
     result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--timeout", "60"],
                             capture_output=True, timeout=90)
@@ -196,7 +184,6 @@ def test_demo_on_soft_kvm_exits_0():
     assert b"demo ok" in result.stdout
 
 
-@soft
 def test_trace_prints_the_kernel_call_chain(capsys, image):
     status, out, err = run_main(capsys, "run", image(OUT_COM1 + [0xFA, 0xF4]), "--trace")
     assert (status, out) == (0, "!")

@@ -55,9 +55,6 @@ def test_shrinker_isolates_the_offending_instruction():
 
 
 def test_fuzz_matches_kvmpy():
-    try:
-        run_snippet = diff.load_run_snippet()
-    except ImportError as exc:
-        pytest.skip(f"kvmpy.hw.snippet.run_snippet not available: {exc}")
+    run_snippet = diff.load_run_snippet()
     compared, failures = fuzz.fuzz(COUNT, SEED, LENGTH, run_snippet)
     assert not failures, f"{len(failures)} of {COUNT} programs differ:\n\n" + "\n\n".join(failures[:5])

@@ -23,10 +23,7 @@ def assembled():
 
 @pytest.fixture(scope="module")
 def run_snippet():
-    try:
-        return diff.load_run_snippet()
-    except ImportError as exc:
-        pytest.skip(f"kvmpy.hw.snippet.run_snippet not available: {exc}")
+    return diff.load_run_snippet()
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

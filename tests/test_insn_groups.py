@@ -166,10 +166,7 @@ def run_snippet():
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)
-    try:
-        return diff.load_run_snippet()
-    except ImportError as exc:
-        pytest.skip(f"kvmpy.hw.snippet.run_snippet not available: {exc}")
+    return diff.load_run_snippet()
 
 
 @pytest.fixture(scope="module")

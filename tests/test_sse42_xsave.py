@@ -7,14 +7,13 @@ each instruction, save areas) into the data page; the data page, the registers, 
 the exception must match the silicon byte for byte.
 """
 
-import ctypes
 import random
 
 import pytest
 
 from kvmpy import uapi
 from tests.oracle.native import DATA_ADDR, unavailable_reason
-from tests.test_sse_diff import IN, INT_EDGE, NREGS, Snippets, run_snippet  # noqa: F401 (fixture)
+from tests.test_sse_diff import IN, NREGS, Snippets, run_snippet  # noqa: F401 (fixture)
 
 silicon = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 D = DATA_ADDR

@@ -15,7 +15,7 @@ import struct
 
 from . import softfloat as sf
 from .events import Fault
-from .softfloat import F32, F64, IE, DE, PE, QNAN, SNAN
+from .softfloat import F32, F64, IE, DE, QNAN, SNAN
 
 _SIZE = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "q": 8, "Q": 8}
 _UNSIGNED = {1: "B", 2: "H", 4: "I", 8: "Q"}

@@ -16,6 +16,7 @@ from ...hw.events import Fault
 from ...hw.segments import EXT_INTR, HW_EXC, NMI
 from ...hw.state import IF
 from ...uapi import kvm as uapi
+from ..fs import kernel_error
 from ..trace import event, traced
 from . import mmu, params
 
@@ -31,17 +32,13 @@ def _ops(vcpu):
     return x86.kvm_x86_ops()
 
 
-def _err(code):
-    return OSError(code, __import__("os").strerror(code))
-
-
 # ------------------------------------------------------------------ KVM_RUN
 @traced
 def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     run = vcpu.run
     arch = vcpu.arch
     if run.kvm_valid_regs & ~KVM_SYNC_X86_VALID_FIELDS or run.kvm_dirty_regs & ~KVM_SYNC_X86_VALID_FIELDS:
-        raise _err(errno.EINVAL)
+        raise kernel_error(errno.EINVAL)
     if run.kvm_dirty_regs:
         from . import x86
         x86.sync_regs(vcpu)
@@ -60,7 +57,7 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
         x86.store_regs(vcpu)
     post_kvm_run_save(vcpu)
     if r < 0:
-        raise _err(-r)
+        raise kernel_error(-r)
     return 0
 
 
