@@ -165,7 +165,7 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
         t.ro.add(gfn)
     else:
         t.ro.discard(gfn)
-    vcpu.stat["pf_fixed"] = vcpu.stat.get("pf_fixed", 0) + 1
+    vcpu.stat["pf_fixed"] += 1
     return RET_PF_RETRY
 
 
@@ -267,7 +267,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     try:
         gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=True)
     except Fault as f:
-        vcpu.stat["pf_guest"] = vcpu.stat.get("pf_guest", 0) + 1
+        vcpu.stat["pf_guest"] += 1
         from .run import kvm_queue_exception
         kvm_queue_exception(vcpu, 14, f.error_code, cr2=gva)
         return RET_PF_RETRY
@@ -281,7 +281,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
         writable = False
     if gfn in vcpu.arch.mmu.pt_gfns:
         if error_code & paging.PFERR_WRITE and writable:
-            vcpu.kvm.stat["mmu_pte_write"] = vcpu.kvm.stat.get("mmu_pte_write", 0) + 1
+            vcpu.kvm.stat["mmu_pte_write"] += 1
             return RET_PF_EMULATE           # emulate the write, then zap (see kvm_mmu_pte_write)
         writable = False
     if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
@@ -294,7 +294,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
         return RET_PF_EMULATE
     cpu.shadow[gva >> 12] = (_slot_host(slot, gfn), writable, t.user, gfn)
     cpu.flush_tlb()
-    vcpu.stat["pf_fixed"] = vcpu.stat.get("pf_fixed", 0) + 1
+    vcpu.stat["pf_fixed"] += 1
     return RET_PF_RETRY
 
 
@@ -304,7 +304,7 @@ def kvm_mmu_pte_write(vcpu, gpa: int) -> None:
         vcpu.arch.cpu.shadow.clear()
         vcpu.arch.mmu.pt_gfns.clear()
         vcpu.arch.cpu.flush_tlb()
-        vcpu.kvm.stat["mmu_shadow_zapped"] = vcpu.kvm.stat.get("mmu_shadow_zapped", 0) + 1
+        vcpu.kvm.stat["mmu_shadow_zapped"] += 1
 
 
 @traced
@@ -314,7 +314,7 @@ def kvm_mmu_new_pgd(vcpu) -> None:
         vcpu.arch.cpu.shadow.clear()
         vcpu.arch.mmu.pt_gfns.clear()
     vcpu.arch.cpu.flush_tlb()
-    vcpu.stat["tlb_flush"] = vcpu.stat.get("tlb_flush", 0) + 1
+    vcpu.stat["tlb_flush"] += 1
 
 
 @traced
@@ -323,7 +323,7 @@ def kvm_mmu_invlpg(vcpu, gva: int) -> None:
     cpu.shadow.pop(gva >> 12, None)
     for t in (cpu.tlb_r, cpu.tlb_w, cpu.tlb_x):
         t.pop(gva >> 12, None)
-    vcpu.stat["invlpg"] = vcpu.stat.get("invlpg", 0) + 1
+    vcpu.stat["invlpg"] += 1
 
 
 def kvm_mmu_reset_context(vcpu) -> None:

@@ -24,7 +24,7 @@ KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | u
 
 
 def _stat(vcpu, name, n=1):
-    vcpu.stat[name] = vcpu.stat.get(name, 0) + n
+    vcpu.stat[name] += n
 
 
 def _ops(vcpu):

@@ -132,7 +132,7 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
 
 def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
     """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
-    vcpu.stat["hypercalls"] = vcpu.stat.get("hypercalls", 0) + 1
+    vcpu.stat["hypercalls"] += 1
     vcpu.arch.cpu.regs[0] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
     return run.kvm_skip_emulated_instruction(vcpu, insn_len)
 
