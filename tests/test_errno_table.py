@@ -19,6 +19,7 @@ from kvmpy import syscalls
 from kvmpy import uapi as K
 
 PAGE = 4096
+FIONBIO, FIOASYNC, FIOQSIZE, FIGETBSZ, FS_IOC_FIEMAP = 0x5421, 0x5452, 0x5460, 0x0002, 0xC020660B
 HOST_USABLE = os.access("/dev/kvm", os.R_OK | os.W_OK)
 SOFT = types.SimpleNamespace(
     name="soft", open=syscalls.open, ioctl=syscalls.ioctl, close=syscalls.close,
@@ -112,6 +113,45 @@ def _setup_two_cpuid(e):
     return _cpuid(1)
 
 
+def _u32(v):
+    """A 32-bit value as fcntl.ioctl takes it (a C int: the kernel sees it zero-extended)."""
+    return ctypes.c_int32(v).value
+
+
+def _dirty_log(e, slot):
+    return e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, K.kvm_dirty_log(slot=slot))
+
+
+def _nonblocking_after_fionbio(e, fd):
+    e.ioctl(fd, FIONBIO, b"\1\0\0\0")
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+def _open(e, path, flags=os.O_RDWR):
+    return e.track(e.sys.open(path, flags))
+
+
+def _run_through_big_mapping(e):
+    """mmap(vcpu, 4 pages) maps kvm_run at offset 0: immediate_exit set there is seen by KVM_RUN."""
+    m = e.sys.mmap(e.vcpu, 4 * PAGE)
+    K.kvm_run.from_buffer(m).immediate_exit = 1
+    try:
+        return e.ioctl(e.vcpu, K.KVM_RUN)
+    finally:
+        m.close()
+
+
+def _pio_page_at_offset_1(e):
+    """Page 1 of the vCPU mapping is the same page however it is mapped (io.data_offset)."""
+    big, one = e.sys.mmap(e.vcpu, 4 * PAGE), e.sys.mmap(e.vcpu, PAGE, K.KVM_PIO_PAGE_OFFSET * PAGE)
+    try:
+        big[PAGE + 10] = 0x5A
+        return one[10]
+    finally:
+        big.close()
+        one.close()
+
+
 def _set_dirty_then_get_log(e):
     e.region()
     return e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, K.kvm_dirty_log(slot=0))
@@ -144,6 +184,16 @@ CASES = [
     ("vCPU id -1", lambda e: e.ioctl(e.vm, K.KVM_CREATE_VCPU, -1), "EINVAL"),
     ("SET_IDENTITY_MAP_ADDR after vCPU",
      lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(0xFEFFC000))), "EINVAL"),
+    ("SET_IDENTITY_MAP_ADDR after vCPU, bad pointer",
+     lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_SET_IDENTITY_MAP_ADDR, 0)), "EINVAL"),
+    ("SET_IDENTITY_MAP_ADDR bad pointer", lambda e: e.ioctl(e.vm, K.KVM_SET_IDENTITY_MAP_ADDR, 0), "EFAULT"),
+    # VM ioctls with a scalar argument
+    ("SET_TSS_ADDR 0xffffd000", lambda e: e.ioctl(e.vm, K.KVM_SET_TSS_ADDR, _u32(0xFFFFD000)), 0),
+    ("SET_TSS_ADDR 0xffffd001", lambda e: e.ioctl(e.vm, K.KVM_SET_TSS_ADDR, _u32(0xFFFFD001)), "EINVAL"),
+    ("SET_BOOT_CPU_ID 4096", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 4096), 0),
+    ("SET_BOOT_CPU_ID 4097", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 4097), "EINVAL"),
+    ("SET_BOOT_CPU_ID -1", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, -1), "EINVAL"),
+    ("SET_BOOT_CPU_ID after vCPU", lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 9999)), "EBUSY"),
     # memslots
     ("memslot ok", lambda e: e.region(), 0),
     ("memslot gpa misaligned", lambda e: e.region(gpa=0x800), "EINVAL"),
@@ -168,6 +218,11 @@ CASES = [
     ("memslot gpa wraps", lambda e: e.region(gpa=0xFFFFFFFFFFFFF000, size=2 * PAGE), "EINVAL"),
     ("memslot too many pages", lambda e: e.region(size=1 << 50), "EINVAL"),
     ("dirty log without logging", _set_dirty_then_get_log, "ENOENT"),
+    ("dirty log slot 32763 absent", lambda e: _dirty_log(e, 32763), "ENOENT"),
+    ("dirty log slot 32764", lambda e: _dirty_log(e, 32764), "EINVAL"),
+    ("dirty log slot 0xffff", lambda e: _dirty_log(e, 0xFFFF), "EINVAL"),
+    ("dirty log address space 1", lambda e: _dirty_log(e, 1 << 16), "EINVAL"),
+    ("dirty log null pointer", lambda e: e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, 0), "EFAULT"),
     # vCPU state ioctls
     ("GET_REGS null pointer", lambda e: e.ioctl(e.vcpu, K.KVM_GET_REGS, 0), "EFAULT"),
     ("KVM_RUN with arg", lambda e: e.ioctl(e.vcpu, K.KVM_RUN, 1), "EINVAL"),
@@ -192,12 +247,36 @@ CASES = [
     ("SET_DEBUGREGS dr7 high", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(dr7=1 << 40)), "EINVAL"),
     ("SET_SREGS PG without PE", lambda e: e.ioctl(e.vcpu, K.KVM_SET_SREGS, _sregs(e, cr0=0x80000010)), "EINVAL"),
     ("SET_SREGS LMA without paging", lambda e: e.ioctl(e.vcpu, K.KVM_SET_SREGS, _sregs(e, efer=0x500)), "EINVAL"),
+    # the ioctls the VFS answers for any file (fs/ioctl.c), on each kind of kvm descriptor
+    ("FIONBIO on /dev/kvm", lambda e: _nonblocking_after_fionbio(e, e.kvm), os.O_NONBLOCK),
+    ("FIONBIO on a VM", lambda e: _nonblocking_after_fionbio(e, e.vm), os.O_NONBLOCK),
+    ("FIONBIO on a vCPU", lambda e: _nonblocking_after_fionbio(e, e.vcpu), os.O_NONBLOCK),
+    ("FIONBIO null pointer", lambda e: e.ioctl(e.vm, FIONBIO, 0), "EFAULT"),
+    ("FIOASYNC on (no fasync)", lambda e: e.ioctl(e.vcpu, FIOASYNC, b"\1\0\0\0"), "ENOTTY"),
+    ("FIOASYNC off", lambda e: e.ioctl(e.kvm, FIOASYNC, b"\0\0\0\0"), b"\0\0\0\0"),
+    ("FIOASYNC null pointer", lambda e: e.ioctl(e.vm, FIOASYNC, 0), "EFAULT"),
+    ("FIOQSIZE", lambda e: e.ioctl(e.vm, FIOQSIZE, bytes(8)), "ENOTTY"),
+    ("FIGETBSZ", lambda e: e.ioctl(e.vcpu, FIGETBSZ, bytes(4)), (PAGE).to_bytes(4, "little")),
+    ("FS_IOC_FIEMAP", lambda e: e.ioctl(e.kvm, FS_IOC_FIEMAP, bytes(32)), errno.errorcode[errno.EOPNOTSUPP]),
+    # open(2) path walk: a device node is not a directory
+    ("open /dev/kvm/", lambda e: _open(e, "/dev/kvm/"), "ENOTDIR"),
+    ("open /dev/kvm/.", lambda e: _open(e, "/dev/kvm/."), "ENOTDIR"),
+    ("open /dev/kvm/..", lambda e: _open(e, "/dev/kvm/..", os.O_RDONLY), "ENOTDIR"),
+    ("open /dev/kvm O_DIRECTORY", lambda e: _open(e, "/dev/kvm", os.O_RDONLY | os.O_DIRECTORY), "ENOTDIR"),
+    ("open /dev/kvm O_CREAT|O_EXCL", lambda e: _open(e, "/dev/kvm", os.O_RDWR | os.O_CREAT | os.O_EXCL), "EEXIST"),
+    ("open /dev//kvm", lambda e: e.ioctl(_open(e, "/dev//kvm"), K.KVM_GET_API_VERSION), K.KVM_API_VERSION),
+    ("open /dev/kvmx", lambda e: _open(e, "/dev/kvmx"), "ENOENT"),
     # closed descriptors and mmap
     ("ioctl on closed vCPU", lambda e: e.ioctl(_closed_vcpu(e), K.KVM_GET_REGS, K.kvm_regs()), "EBADF"),
     ("close twice", lambda e: e.sys.close(_closed_vcpu(e)), "EBADF"),
     ("mmap of the VM fd", lambda e: e.sys.mmap(e.vm, PAGE), "ENODEV"),
     ("mmap of /dev/kvm", lambda e: e.sys.mmap(e.kvm, PAGE), "ENODEV"),
     ("mmap vCPU length 0", lambda e: e.sys.mmap(e.vcpu, 0), "EINVAL"),
+    ("mmap vCPU size from GET_VCPU_MMAP_SIZE", lambda e: e.ioctl(e.kvm, K.KVM_GET_VCPU_MMAP_SIZE), 3 * PAGE),
+    ("mmap vCPU 16384 bytes", lambda e: len(e.sys.mmap(e.vcpu, 4 * PAGE)), 4 * PAGE),
+    ("mmap vCPU past the pages", lambda e: len(e.sys.mmap(e.vcpu, PAGE, 100 * PAGE)), PAGE),
+    ("mmap vCPU 16384: kvm_run at page 0", _run_through_big_mapping, "EINTR"),
+    ("mmap vCPU: PIO data at page 1", _pio_page_at_offset_1, 0x5A),
 ]
 
 

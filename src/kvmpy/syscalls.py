@@ -81,11 +81,11 @@ def _ret(ret) -> int:
     return 0 if ret is None else int(ret)
 
 
-def _call(file, request: int, arg, buf_addr: int | None, buf_size: int):
+def _call(file, fd: int, request: int, arg, buf_addr: int | None, buf_size: int):
     if buf_addr is None:
-        return _ret(fs.vfs_ioctl(file, request, arg))
+        return _ret(fs.sys_ioctl(file, fd, request, arg))
     with fs.user_buffer(buf_addr, buf_size):
-        return _ret(fs.vfs_ioctl(file, request, arg))
+        return _ret(fs.sys_ioctl(file, fd, request, arg))
 
 
 def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
@@ -95,10 +95,6 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
     file = fs.lookup_file(fd)
     if file is None:
         return _fcntl.ioctl(fd, request, arg, mutate_flag)
-    ret = fs.do_vfs_ioctl(file, fd, request, arg)
-    if ret is not None:
-        return ret
-
     if isinstance(arg, int):
         # fcntl.ioctl passes a C int (32 bits); larger values are taken as the kernel's
         # unsigned long, as a C caller (or libc's ioctl) would pass them.
@@ -106,7 +102,7 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
             arg &= 0xFFFFFFFF
         elif not -(1 << 63) <= arg < (1 << 64):
             raise OverflowError("ioctl argument out of range")
-        return _call(file, request, arg & 0xFFFFFFFFFFFFFFFF, None, 0)
+        return _call(file, fd, request, arg & 0xFFFFFFFFFFFFFFFF, None, 0)
 
     mutable = _writable_view(arg)
     if mutable is not None and mutate_flag:
@@ -115,12 +111,12 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
             # the buffer itself is the user memory the kernel reads and writes
             c = (ctypes.c_char * n).from_buffer(mutable)
             try:
-                return _call(file, request, ctypes.addressof(c), ctypes.addressof(c), n)
+                return _call(file, fd, request, ctypes.addressof(c), ctypes.addressof(c), n)
             finally:
                 del c
         tmp = ctypes.create_string_buffer(mutable.tobytes(), _IOCTL_BUFSZ + 1)
         try:
-            return _call(file, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
+            return _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
         finally:
             mutable[:] = tmp.raw[:n]
 
@@ -128,7 +124,7 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
     if len(data) > _IOCTL_BUFSZ:
         raise ValueError("ioctl string arg too long")
     tmp = ctypes.create_string_buffer(data, _IOCTL_BUFSZ + 1)
-    _call(file, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
+    _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
     return tmp.raw[:len(data)]
 
 

@@ -25,7 +25,7 @@ import threading
 __all__ = [
     "File", "FileOperations", "MiscDevice", "kernel_error", "noop_llseek",
     "get_unused_fd_flags", "put_unused_fd", "fd_install", "anon_inode_getfile", "anon_inode_getfd",
-    "lookup_file", "fdget", "fget", "fput", "vfs_ioctl", "do_vfs_ioctl", "vfs_mmap", "close_fd", "misc_register",
+    "lookup_file", "fdget", "fget", "fput", "vfs_ioctl", "do_vfs_ioctl", "sys_ioctl", "vfs_mmap", "close_fd", "misc_register",
     "misc_deregister", "misc_is_registered", "misc_open", "copy_from_user", "copy_to_user", "user_buffer",
 ]
 
@@ -203,19 +203,73 @@ def close_fd(fd: int) -> None:
 # --------------------------------------------------------------------------------------
 # ioctl and mmap
 # --------------------------------------------------------------------------------------
+# The generic ioctls of fs/ioctl.c (asm-generic/ioctls.h, linux/fs.h)
+FIGETBSZ = 0x0002
+FIONBIO = 0x5421
 FIONCLEX = 0x5450
 FIOCLEX = 0x5451
+FIOASYNC = 0x5452
+FIOQSIZE = 0x5460
+FS_IOC_FIEMAP = 0xC020660B
+FASYNC = os.O_ASYNC
+PSEUDO_FS_BLOCKSIZE = 4096      # s_blocksize of anon_inodefs and devtmpfs (PAGE_SIZE)
 
 
-def do_vfs_ioctl(file: File, fd: int, cmd: int, arg):
-    """The ioctls every file understands, before the file's own (fs/ioctl.c)."""
+def _get_user_int(arg: int) -> int:
+    """get_user() of an ``int __user *``."""
+    return int.from_bytes(copy_from_user(arg, 4), "little", signed=True)
+
+
+def ioctl_fionbio(file: File, fd: int, arg: int) -> int:
+    """FIONBIO: O_NONBLOCK on or off, for any file (the flag lives in the open file)."""
+    on = _get_user_int(arg)
+    file.f_flags = file.f_flags | os.O_NONBLOCK if on else file.f_flags & ~os.O_NONBLOCK
+    os.set_blocking(fd, not on)
+    return 0
+
+
+def ioctl_fioasync(file: File, arg: int) -> int:
+    """FIOASYNC: kvmpy's files have no ``fasync``, so changing the FASYNC state is ENOTTY."""
+    flag = FASYNC if _get_user_int(arg) else 0
+    if (flag ^ file.f_flags) & FASYNC:
+        raise kernel_error(errno.ENOTTY)
+    return 0
+
+
+def do_vfs_ioctl(file: File, fd: int, cmd: int, arg: int):
+    """The ioctls fs/ioctl.c answers for every file before the file's own ``unlocked_ioctl``;
+    None (the kernel's -ENOIOCTLCMD) for any other command.
+
+    kvmpy's files are a character device and anonymous inodes: no size (FIOQSIZE is ENOTTY),
+    no extent map (FS_IOC_FIEMAP is EOPNOTSUPP), and their pseudo filesystem's block size.
+    FIONREAD and FIBMAP only mean something for regular files: here they reach the owner.
+    """
     if cmd == FIOCLEX:
         os.set_inheritable(fd, False)
         return 0
     if cmd == FIONCLEX:
         os.set_inheritable(fd, True)
         return 0
+    if cmd == FIONBIO:
+        return ioctl_fionbio(file, fd, arg)
+    if cmd == FIOASYNC:
+        return ioctl_fioasync(file, arg)
+    if cmd == FIOQSIZE:
+        raise kernel_error(errno.ENOTTY)
+    if cmd == FS_IOC_FIEMAP:
+        raise kernel_error(errno.EOPNOTSUPP)
+    if cmd == FIGETBSZ:
+        copy_to_user(arg, ctypes.c_int(PSEUDO_FS_BLOCKSIZE))
+        return 0
     return None
+
+
+def sys_ioctl(file: File, fd: int, cmd: int, arg: int):
+    """ioctl(2) once the argument is a user address: the VFS's own ioctls, then the file's."""
+    ret = do_vfs_ioctl(file, fd, cmd, arg)
+    if ret is not None:
+        return ret
+    return vfs_ioctl(file, cmd, arg)
 
 
 def vfs_ioctl(file: File, cmd: int, arg) -> int:
@@ -268,11 +322,35 @@ def misc_deregister(misc: MiscDevice) -> None:
     _misc_devices.pop(misc.nodename, None)
 
 
+def misc_lookup(path: str, flags: int) -> MiscDevice:
+    """The path walk of open(2) (fs/namei.c), over the nodes kvmpy registers.
+
+    A device node is not a directory: a component after it (``/dev/kvm/``, ``/dev/kvm/.``,
+    ``/dev/kvm/..``) or O_DIRECTORY is ENOTDIR; O_CREAT|O_EXCL of an existing node is EEXIST.
+    """
+    walked = []
+    parts = os.path.join(os.getcwd(), path).split("/")
+    for i, part in enumerate(parts):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            walked = walked[:-1]
+            continue
+        walked.append(part)
+        misc = _misc_devices.get("/" + "/".join(walked))
+        if misc is None:
+            continue
+        if i + 1 < len(parts) or flags & os.O_DIRECTORY:
+            raise kernel_error(errno.ENOTDIR)
+        if flags & os.O_CREAT and flags & os.O_EXCL:
+            raise kernel_error(errno.EEXIST)
+        return misc
+    raise kernel_error(errno.ENOENT)
+
+
 def misc_open(path: str, flags: int) -> int:
     """open(2) of a misc device node: a new file with the device's fops."""
-    misc = _misc_devices.get(os.path.normpath(path))
-    if misc is None:
-        raise kernel_error(errno.ENOENT)
+    misc = misc_lookup(path, flags)
     fd = get_unused_fd_flags(flags, misc.name)
     file = File(misc.name, misc.fops, misc, flags)
     try:

@@ -161,9 +161,10 @@ class RunArea:
     same memfd, so both see the same bytes as with the kernel's page.
     """
 
-    __slots__ = ("memfd", "map", "run")
+    __slots__ = ("memfd", "map", "run", "map_lock")
 
     def __init__(self, name: str):
+        self.map_lock = threading.Lock()
         self.memfd = os.memfd_create(name, os.MFD_CLOEXEC)
         os.ftruncate(self.memfd, RUN_PAGES * PAGE_SIZE)
         self.map = _mmap.mmap(self.memfd, RUN_PAGES * PAGE_SIZE, _mmap.MAP_SHARED,
@@ -172,6 +173,25 @@ class RunArea:
 
     def page(self, n: int) -> memoryview:
         return memoryview(self.map)[n * PAGE_SIZE:(n + 1) * PAGE_SIZE]
+
+    def map_user(self, length: int, offset: int, flags: int, prot: int, access: int):
+        """A user mapping of the pages: any length and offset, as KVM allows (kvm_vcpu_mmap).
+
+        Pages 0-2 are kvm_run, the PIO data page and the coalesced MMIO ring, at the offsets
+        KVM gives them; a page past them faults with SIGBUS when touched (kvm_vcpu_fault).
+        Python's mmap refuses a length past the end of the file, so the memfd is grown for the
+        call and shrunk back: the mapping keeps its length, and the pages past the end of the
+        file raise SIGBUS, as the kernel's do.
+        """
+        size = RUN_PAGES * PAGE_SIZE
+        with self.map_lock:
+            if offset + length <= size:
+                return _mmap.mmap(self.memfd, length, flags, prot, access, offset)
+            os.ftruncate(self.memfd, offset + length)
+            try:
+                return _mmap.mmap(self.memfd, length, flags, prot, access, offset)
+            finally:
+                os.ftruncate(self.memfd, size)
 
     def free(self) -> None:
         self.run = None
@@ -488,10 +508,13 @@ def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
 def kvm_vm_ioctl_get_dirty_log(kvm: Kvm, log) -> int:
     """Copy the slot's dirty bitmap to user space and clear it (pages are write-protected
     again by the arch, so the next write is caught)."""
+    as_id, slot_id = log.slot >> 16, log.slot & 0xFFFF
+    if as_id >= KVM_ADDRESS_SPACE_NUM or slot_id >= uapi.KVM_USER_MEM_SLOTS:
+        raise kernel_error(errno.EINVAL)          # not a slot number at all
     with kvm.slots_lock:
         slot = kvm.memslots.get(log.slot)
-        if slot is None or slot.dirty_bitmap is None or log.slot >> 16 >= KVM_ADDRESS_SPACE_NUM:
-            raise kernel_error(errno.ENOENT)
+        if slot is None or slot.dirty_bitmap is None:
+            raise kernel_error(errno.ENOENT)      # no such slot, or it does not log
         n = ((slot.npages + 63) // 64) * 8        # the user bitmap is in longs
         snapshot = bytes(slot.dirty_bitmap).ljust(n, b"\0")
         slot.dirty_bitmap[:] = bytes(len(slot.dirty_bitmap))
@@ -593,7 +616,7 @@ def kvm_vcpu_release(inode, file) -> int:
 def kvm_vcpu_mmap(file, length: int, offset: int, flags: int, prot: int, access: int):
     """Map the vCPU's kvm_run pages (the same memory the kernel writes)."""
     vcpu: KvmVcpu = file.private_data
-    return _mmap.mmap(vcpu.run_area.memfd, length, flags, prot, access, offset)
+    return vcpu.run_area.map_user(length, offset, flags, prot, access)
 
 
 def _vcpu_ioctl_run(vcpu: KvmVcpu, arg) -> int:

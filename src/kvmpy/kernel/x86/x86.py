@@ -226,27 +226,45 @@ def kvm_arch_mmu_enable_log_dirty(kvm, slot, gfns) -> None:
     _mmu_call("kvm_arch_mmu_enable_log_dirty_pt_masked", kvm, slot, gfns)
 
 
+def kvm_vm_ioctl_set_tss_addr(kvm, addr: int) -> int:
+    """KVM_SET_TSS_ADDR: the three pages at ``addr`` must lie below 4 GiB, so the highest
+    accepted address is (u32)(-3 * PAGE_SIZE) = 0xffffd000."""
+    if addr > -3 * uapi.PAGE_SIZE & 0xFFFFFFFF:
+        raise kernel_error(errno.EINVAL)
+    kvm.arch.tss_addr = addr
+    return 0
+
+
+def kvm_vm_ioctl_set_identity_map_addr(kvm, arg: int) -> int:
+    """KVM_SET_IDENTITY_MAP_ADDR: refused (EINVAL) once a vCPU exists, before the u64 at
+    ``arg`` is even read (so a bad pointer then is EINVAL, not EFAULT)."""
+    with kvm.lock:
+        if kvm.created_vcpus:
+            raise kernel_error(errno.EINVAL)
+        kvm.arch.ept_identity_map_addr = int.from_bytes(copy_from_user(arg, 8), "little")
+    return 0
+
+
+def kvm_vm_ioctl_set_boot_cpu_id(kvm, arg: int) -> int:
+    """KVM_SET_BOOT_CPU_ID: EBUSY once a vCPU exists, EINVAL for an id above KVM_MAX_VCPU_IDS."""
+    with kvm.lock:
+        if kvm.created_vcpus:
+            raise kernel_error(errno.EBUSY)
+        if arg > uapi.KVM_MAX_VCPU_IDS:
+            raise kernel_error(errno.EINVAL)
+        kvm.arch.bsp_vcpu_id = arg
+    return 0
+
+
 @traced
 def kvm_arch_vm_ioctl(file, cmd: int, arg):
     kvm = file.private_data
     if cmd == uapi.KVM_SET_TSS_ADDR:
-        if arg > 0xFFFFFFFF - 3 * 4096:
-            raise kernel_error(errno.EINVAL)
-        kvm.arch.tss_addr = arg
-        return 0
+        return kvm_vm_ioctl_set_tss_addr(kvm, arg)
     if cmd == uapi.KVM_SET_IDENTITY_MAP_ADDR:
-        addr = int.from_bytes(copy_from_user(arg, 8), "little")
-        with kvm.lock:
-            if kvm.created_vcpus:
-                raise kernel_error(errno.EINVAL)
-            kvm.arch.ept_identity_map_addr = addr
-        return 0
+        return kvm_vm_ioctl_set_identity_map_addr(kvm, arg)
     if cmd == uapi.KVM_SET_BOOT_CPU_ID:
-        with kvm.lock:
-            if kvm.created_vcpus:
-                raise kernel_error(errno.EBUSY)
-            kvm.arch.bsp_vcpu_id = arg
-        return 0
+        return kvm_vm_ioctl_set_boot_cpu_id(kvm, arg)
     handler = vm_ioctl_handlers.get(cmd)
     if handler is None:
         raise kernel_error(errno.ENOTTY)
