@@ -167,7 +167,9 @@ def mmap(fd, length: int, flags: int = _mmap.MAP_SHARED,
         return _mmap.mmap(fd, length, flags, prot, access, offset)
     if length < 0:
         raise OverflowError("memory mapped length must be positive")
-    if length == 0 or offset < 0 or offset % _mmap.ALLOCATIONGRANULARITY:
+    if offset < 0:
+        raise OverflowError("memory mapped offset must be positive")
+    if length == 0 or offset % _mmap.ALLOCATIONGRANULARITY:
         raise fs.kernel_error(errno.EINVAL)
     return fs.vfs_mmap(file, length, offset, flags, prot, access)
 
