@@ -65,10 +65,12 @@ def act(vm, action, state):
         state["slot"], state["gpa"] = True, mv.DATA_GPA
 
 
-def run_to_end(vm, between=None):
-    """KVM_RUN until a final exit; ``between(i)`` runs at each progress OUT."""
+def run_to_end(vm, between=None, stop=None, max_runs=MAX_RUNS):
+    """KVM_RUN until a final exit or ``stop`` is set; ``between(i)`` runs at each progress OUT."""
     outcomes = []
-    for i in range(MAX_RUNS):
+    for i in range(max_runs):
+        if stop is not None and stop.is_set():
+            return outcomes
         o = vm.run_once()
         outcomes.append(o)
         if mv.final(o):
@@ -128,18 +130,19 @@ def threaded_case(sc, rng):
     slot, snapshots the old memory, and munmaps it after a while.  Returns defects found."""
     defects = []
     offsets = rng.sample(range(0, mv.SLOT_SIZE, 7), rng.randint(1, 4))
-    ops = [("loop", o, rng.randint(200, 1500)) for o in offsets]
+    ops = [("loop", o, rng.randint(5000, 40000)) for o in offsets]
     vm = mv.MemoryVm(sc, mv.guest(ops))
     outcomes, errors = [], []
+    stop = threading.Event()
 
     def vcpu_thread():
         try:
-            outcomes.extend(run_to_end(vm))
+            outcomes.extend(run_to_end(vm, stop=stop, max_runs=10 ** 6))
         except BaseException as e:         # noqa: BLE001 - any escape is the defect reported
             errors.append(repr(e))
     t = threading.Thread(target=vcpu_thread)
     t.start()
-    time.sleep(rng.uniform(0, 0.05))
+    time.sleep(rng.uniform(0, 0.03))
     if rng.random() < 0.7:
         vm.delete_data_slot()
     else:
@@ -150,6 +153,8 @@ def threaded_case(sc, rng):
         defects.append("memory written after its slot was deleted/moved")
     if rng.random() < 0.8:
         vm.munmap_data()
+    time.sleep(rng.uniform(0, 0.02))
+    stop.set()                      # the vCPU thread ends at its next exit to user space
     t.join(CASE_TIMEOUT / 2)
     if t.is_alive():
         defects.append("vCPU thread hangs")
@@ -160,8 +165,9 @@ def threaded_case(sc, rng):
     defects += ["outcome %r" % o for o in outcomes if not mv.host_like(o)]
     if not vm.canaries_intact():
         defects.append("canary changed")
+    insns = vm.guest_insns()
     vm.close()
-    return defects, outcomes, sum(o[2] for o in ops)
+    return defects, outcomes, insns
 
 
 # ------------------------------------------------------------------ random sequential cases
@@ -192,8 +198,8 @@ def sequential_case(sc, rng):
     if not vm.canaries_intact():
         defects.append("canary changed")
     data = vm.data().hex() if vm.data_mapped and state["prot"] != "none" else None
+    insns = vm.guest_insns()
     vm.close()
-    insns = sum(o[2] * 2 if o[0] == "loop" else 1 for o in ops)
     return defects, outcomes, insns, data
 
 

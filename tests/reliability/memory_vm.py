@@ -19,6 +19,7 @@ fetch from it ends in INTERNAL_ERROR (emulation failure) or EFAULT.
 
 import ctypes
 import errno
+import gc
 
 from kvmpy.uapi import kvm as uapi
 
@@ -72,7 +73,7 @@ class MemoryVm:
         for g in self.guards:
             ctypes.memmove(g, CANARY, PAGE)
         ctypes.memmove(self.code_addr + ENTRY, code, len(code))
-        self.data_mapped = True
+        self.data_mapped = self.code_mapped = True
         if not data_mapped:
             self.munmap_data()
         self.kvm = sc.open("/dev/kvm")
@@ -109,6 +110,7 @@ class MemoryVm:
         _libc.munmap(self.data_addr, SLOT_SIZE)
 
     def munmap_code(self):
+        self.code_mapped = False
         _libc.munmap(self.code_addr, SLOT_SIZE)
 
     def remap_data(self):
@@ -145,12 +147,27 @@ class MemoryVm:
             return "INTERNAL_ERROR %d" % run.internal.suberror
         return uapi.EXIT_REASON_NAMES.get(reason, str(reason))
 
+    def guest_insns(self) -> int:
+        """Instructions the guest retired (kvmpy's processor counts them; 0 on the host)."""
+        from kvmpy.kernel import fs
+        f = fs.fdget(self.vcpu) if self.sc.__name__ == "kvmpy.syscalls" else None
+        return f.private_data.arch.cpu.icount if f is not None else 0
+
     def close(self):
         self.run = None
-        self.run_buf.close()
+        gc.collect()                # ctypes views of kvm_run left in frames of the vCPU thread
+        try:
+            self.run_buf.close()
+        except BufferError:         # a view still exported after a threaded run: left to exit
+            pass
         for fd in (self.vcpu, self.vm, self.kvm):
             self.sc.close(fd)
-        _libc.munmap(self.base, self.size)
+        # only what is still ours: a hole the test unmapped may hold someone else's mapping now
+        for addr, size, ours in ((self.base, PAGE, True), (self.code_addr, SLOT_SIZE, self.code_mapped),
+                                 (self.guards[1], PAGE, True), (self.data_addr, SLOT_SIZE, self.data_mapped),
+                                 (self.guards[2], PAGE, True)):
+            if ours:
+                _libc.munmap(addr, size)
 
 
 def final(outcome: str) -> bool:
