@@ -154,10 +154,11 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
     slot = soft_kvm.gfn_to_memslot(kvm_obj, 0x12)
     assert slot is not None and soft_kvm.gfn_to_memslot(kvm_obj, 0x14) is None
     assert soft_kvm.gfn_to_memslot(kvm_obj, 0xF) is None
-    slot.mem[0x2005] = 0x5A
+    from kvmpy.kernel.x86 import mmu
+    mmu.kvm_write_guest(kvm_obj, 0x12005, 1, 0x5A)
     assert mem[0x2005] == 0x5A
     mem[7] = 9
-    assert slot.mem[7] == 9
+    assert mmu.kvm_read_guest(kvm_obj, 0x10007, 1) == 9
     # move, then delete
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION, uapi.kvm_userspace_memory_region(0, 0, 0x20000, 0x4000, addr))
     assert soft_kvm.gfn_to_memslot(kvm_obj, 0x12) is None and soft_kvm.gfn_to_memslot(kvm_obj, 0x22) is not None
@@ -167,14 +168,16 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
     S.close(vm)
 
 
-def test_unmapped_slot_memory_is_efault_not_a_crash(kvm, soft_kvm):
+def test_unmapped_slot_memory_is_not_ram_not_a_crash(kvm, soft_kvm):
+    from kvmpy.kernel.x86 import mmu
     vm = S.ioctl(kvm, uapi.KVM_CREATE_VM)
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION,
             uapi.kvm_userspace_memory_region(0, 0, 0, 0x1000, 0x10000000))   # accepted, like KVM
-    slot = fs.fdget(vm).private_data.memslots[0]
-    with pytest.raises(OSError) as e:
-        slot.mem
-    assert e.value.errno == errno.EFAULT
+    kvm_obj = fs.fdget(vm).private_data
+    assert soft_kvm.hva_to_pfn(0x10000000, False) is None
+    assert mmu.gpa_to_host(kvm_obj, 0, False) is None
+    with pytest.raises(LookupError):
+        mmu.kvm_read_guest(kvm_obj, 0, 1)
     S.close(vm)
 
 

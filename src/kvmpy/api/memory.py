@@ -7,6 +7,7 @@ in place. The mapping must outlive every VM that uses it, so close it only after
 
 import ctypes
 import mmap
+import sys
 
 PAGE_SIZE = 4096
 
@@ -36,6 +37,11 @@ class GuestMemory:
         self.close()
 
     def close(self):
+        """Unmap the memory, first telling kvmpy's kernel (if loaded) that it goes away:
+        its MMU drops what it mapped there, as KVM's mmu notifier does on munmap."""
+        kernel = sys.modules.get("kvmpy.kernel.kvm_main")
+        if kernel is not None and not self._map.closed:
+            kernel.mmu_notifier_invalidate_range_start(self.host_addr, self.host_addr + self.size)
         self._map.close()
 
     def contains(self, gpa, length=1):

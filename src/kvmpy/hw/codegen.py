@@ -10,8 +10,8 @@ path instead of guest RAM.
 Conventions of the generated code (its namespace is built by the processor):
 
 - ``R`` is the register list (encoding order), ``SB`` the six segment bases,
-  ``cpu`` the processor, ``HM`` a byte view of host memory, ``TR``/``TW`` the
-  software TLBs (linear page -> host address delta) for reads and writes.
+  ``cpu`` the processor, ``TR``/``TW`` the software TLBs for reads and writes
+  (linear page -> byte view of the host page, ``kvmpy.hw.memory.page``).
 - ``rd(a, n)`` / ``wr(a, n, v)`` are the slow paths (page walks, faults, MMIO).
 - Every instruction first reads, then computes, then stores to memory, then
   writes registers and flags: a fault or VM exit raised by any read or store
@@ -343,10 +343,10 @@ class Gen:
             self.emit("%s = %s" % (a, addr))
         self.emit("%s = TR.get(%s >> 12)" % (d, a))
         if size == 1:
-            self.emit("%s = HM[%s + %s] if %s is not None else rd(%s, 1)" % (dest, a, d, d, a))
+            self.emit("%s = %s[%s & 4095] if %s is not None else rd(%s, 1)" % (dest, d, a, d, a))
         else:
-            self.emit("%s = %s(HM, %s + %s)[0] if %s is not None and (%s & 4095) <= %d else rd(%s, %d)"
-                      % (dest, UNPACK[size], a, d, d, a, 4096 - size, a, size))
+            self.emit("%s = %s(%s, %s & 4095)[0] if %s is not None and (%s & 4095) <= %d else rd(%s, %d)"
+                      % (dest, UNPACK[size], d, a, d, a, 4096 - size, a, size))
         return dest
 
     def store(self, addr: str, size: int, val: str) -> None:
@@ -359,10 +359,10 @@ class Gen:
         d = self.tmp("d")
         self.emit("%s = TW.get(%s >> 12)" % (d, a))
         if size == 1:
-            self.emit("if %s is not None: HM[%s + %s] = %s" % (d, a, d, val))
+            self.emit("if %s is not None: %s[%s & 4095] = %s" % (d, d, a, val))
         else:
-            self.emit("if %s is not None and (%s & 4095) <= %d: %s(HM, %s + %s, %s)"
-                      % (d, a, 4096 - size, PACK[size], a, d, val))
+            self.emit("if %s is not None and (%s & 4095) <= %d: %s(%s, %s & 4095, %s)"
+                      % (d, a, 4096 - size, PACK[size], d, a, val))
         self.emit("else: smc = wr(%s, %d, %s) or smc" % (a, size, val))
 
     # --- ModRM operands --------------------------------------------------------------------

@@ -82,6 +82,7 @@ class Processor(CPUState, SegmentUnit):
         self.intercept_cr0_cr4 = False
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
+        self.exit_request = False       # set from another thread (request_exit): leave guest mode
         # --- internal ---
         self.icount = 0
         self.sbase = [0] * 6
@@ -103,7 +104,7 @@ class Processor(CPUState, SegmentUnit):
     def _namespace(self) -> dict:
         """Globals of translated code: registers, TLBs and the slow-path helpers."""
         return {
-            "cpu": self, "R": self.regs, "SB": self.sbase, "HM": hm.HOST, "TR": self.tlb_r, "TW": self.tlb_w,
+            "cpu": self, "R": self.regs, "SB": self.sbase, "TR": self.tlb_r, "TW": self.tlb_w,
             "U16": hm.U16, "U32": hm.U32, "U64": hm.U64, "P8": hm.P8, "P16": hm.P16, "P32": hm.P32,
             "P64": hm.P64, "rd": self.read_slow, "wr": self.write_slow, "probe_w": self.probe_write,
             "raise_ud": self.raise_ud, "cf_of": self.carry_flag, "raise_fault": self.raise_fault, "setfl": self.set_some_flags,
@@ -139,6 +140,13 @@ class Processor(CPUState, SegmentUnit):
         if pk != self.paging_key:
             self.paging_key = pk
             self.flush_tlb()
+
+    def request_exit(self):
+        """An IPI from another thread (KVM's kick): exit at the next block boundary.  Breaking
+        the block chains sends the run loop through ``lookup_block``, which checks the flag,
+        so the loop itself pays nothing for it."""
+        self.exit_request = True
+        self.chain_gen += 1
 
     def flush_tlb(self):
         self.tlb_r.clear()
@@ -215,7 +223,7 @@ class Processor(CPUState, SegmentUnit):
         hm.write(host, size, value)
 
     def translate(self, lin, access):
-        """Linear -> (host page address, guest-physical page, writable) for one access.
+        """Linear -> (host page address, guest-physical page) for one access.
 
         Fills the software TLB; raises Fault(14)/Intercept on failure.
         """
@@ -249,25 +257,24 @@ class Processor(CPUState, SegmentUnit):
                                 present=host is not None)
             if gfn in self.ept_ro:
                 writable = False
-        delta = host - (lpn << 12)
+        view = hm.page(host)
         if not uok:
             self.tlb_supervisor = True
         if access & paging.PFERR_FETCH:
             self.tlb_x[lpn] = gpa
-        self.tlb_r[lpn] = delta
+        self.tlb_r[lpn] = view
         if writable and (access & paging.PFERR_WRITE) and gfn not in self.code_pages:
-            self.tlb_w[lpn] = delta
+            self.tlb_w[lpn] = view
         return host, gpa
 
     def read_slow(self, a, size):
         if (a & 0xFFF) + size > 0x1000:
             lo = 0x1000 - (a & 0xFFF)
             return self.read_slow(a, lo) | (self.read_slow(a + lo, size - lo) << (8 * lo))
-        d = self.tlb_r.get(a >> 12)
-        if d is None:
-            host, _ = self.translate(a, 0)
-            d = host - (a & ~0xFFF)
-        return hm.read(a + d, size)
+        v = self.tlb_r.get(a >> 12)
+        if v is None:
+            v = hm.page(self.translate(a, 0)[0])
+        return int.from_bytes(v[a & 0xFFF:(a & 0xFFF) + size], "little")
 
     def write_slow(self, a, size, v):
         """Write through the page walk; True if the write invalidated translated code."""
@@ -298,13 +305,14 @@ class Processor(CPUState, SegmentUnit):
 
     # ------------------------------------------------------------------ code fetch
     def fetch_byte(self, lin):
-        d = self.tlb_r.get(lin >> 12)
-        if d is None or (lin >> 12) not in self.tlb_x:
-            host, _ = self.translate(lin, paging.PFERR_FETCH)
-            d = host - (lin & ~0xFFF)
-        return hm.HOST[lin + d]
+        v = self.tlb_r.get(lin >> 12)
+        if v is None or (lin >> 12) not in self.tlb_x:
+            v = hm.page(self.translate(lin, paging.PFERR_FETCH)[0])
+        return v[lin & 0xFFF]
 
     def lookup_block(self):
+        if self.exit_request:
+            raise Intercept("preemption")       # an external interrupt, as the IPI would be
         rip = self.rip
         csb = self.sbase[CS]
         lin = (csb + rip) & (0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF)
@@ -354,8 +362,9 @@ class Processor(CPUState, SegmentUnit):
 
     def _unmap_writes(self, gfn):
         host = self.ept.get(gfn) if self.tdp else None
-        for lpn, delta in list(self.tlb_w.items()):
-            if host is None or delta + (lpn << 12) == host:
+        view = hm.page(host) if host is not None else None
+        for lpn, v in list(self.tlb_w.items()):
+            if view is None or v is view:
                 del self.tlb_w[lpn]
 
     # ------------------------------------------------------------------ VM entry

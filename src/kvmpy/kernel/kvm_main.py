@@ -24,10 +24,13 @@ import errno
 import mmap as _mmap
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import uapi
+from ..hw import memory as hm
 from . import fs
+from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock, synchronize_srcu_expedited
 from .fs import kernel_error
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
@@ -55,6 +58,9 @@ TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 KVM_VALID_MEM_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
 KVM_X86_DEFAULT_VM = 0
 RUN_PAGES = 3                       # kvm_run, PIO data page, coalesced MMIO ring
+OUTSIDE_GUEST_MODE, IN_GUEST_MODE = 0, 1      # kvm_vcpu.mode
+KVM_REQ_TLB_FLUSH = "tlb_flush"     # a KVM_REQUEST_WAIT request: the sender waits for guest exits
+_KICK_POLL = 0.0002                 # s between looks at a kicked vCPU (the wait releases the GIL)
 
 
 def kvm_vcpu_mmap_size() -> int:
@@ -73,14 +79,11 @@ irqfd_cleanup_wq: ThreadPoolExecutor | None = None
 class KvmMemorySlot:
     """struct kvm_memory_slot: a range of guest frames backed by user memory, in place.
 
-    ``mem`` is a writable memoryview of the user's pages (no copy).  It is made on first use,
-    after checking in /proc/self/maps that the range is mapped with the needed access: KVM
-    itself accepts any user address at KVM_SET_USER_MEMORY_REGION time and only faults when
-    the guest touches the memory, and kvmpy must never touch an unmapped page.
+    Like KVM, kvmpy accepts any user address at KVM_SET_USER_MEMORY_REGION time; the memory
+    is only checked, page by page, when the MMU maps it (``hva_to_pfn``).
     """
 
-    __slots__ = ("id", "as_id", "base_gfn", "npages", "userspace_addr", "flags", "dirty_bitmap",
-                 "_mem")
+    __slots__ = ("id", "as_id", "base_gfn", "npages", "userspace_addr", "flags", "dirty_bitmap")
 
     def __init__(self, id, as_id, base_gfn, npages, userspace_addr, flags):
         self.id = id
@@ -90,18 +93,6 @@ class KvmMemorySlot:
         self.userspace_addr = userspace_addr
         self.flags = flags
         self.dirty_bitmap = bytearray((npages + 7) // 8) if flags & uapi.KVM_MEM_LOG_DIRTY_PAGES else None
-        self._mem = None
-
-    @property
-    def mem(self) -> memoryview:
-        """The slot's memory; EFAULT if the user range is not (or no longer) mapped."""
-        if self._mem is None:
-            size = self.npages << PAGE_SHIFT
-            need = "r" if self.flags & uapi.KVM_MEM_READONLY else "rw"
-            if not user_range_mapped(self.userspace_addr, size, need):
-                raise kernel_error(errno.EFAULT)
-            self._mem = memoryview((ctypes.c_char * size).from_address(self.userspace_addr)).cast("B")
-        return self._mem
 
     @property
     def end_gfn(self) -> int:
@@ -110,24 +101,6 @@ class KvmMemorySlot:
     def __repr__(self):
         return "<memslot %d gfn %#x+%#x at %#x flags %d>" % (
             self.id, self.base_gfn, self.npages, self.userspace_addr, self.flags)
-
-
-def user_range_mapped(addr: int, size: int, perms: str) -> bool:
-    """True when [addr, addr+size) is covered by mappings of this process with ``perms``."""
-    need = addr
-    end = addr + size
-    with open("/proc/self/maps") as f:
-        for line in f:
-            rng, mode = line.split(None, 2)[:2]
-            lo, hi = (int(x, 16) for x in rng.split("-"))
-            if hi <= need or lo > need:
-                continue
-            if any(p not in mode for p in perms):
-                return False
-            need = hi
-            if need >= end:
-                return True
-    return False
 
 
 class Kvm:
@@ -144,6 +117,8 @@ class Kvm:
         self.max_vcpus = uapi.KVM_MAX_VCPUS
         self.memslots: dict[int, KvmMemorySlot] = {}
         self.memslots_generation = 0
+        self.srcu = SrcuStruct()               # readers: vCPUs using the memslots
+        self.mmu_mapped_slots: set = set()     # ids of slots the MMU mapped pages of
         self._slots_by_gfn: list = []          # sorted (base_gfn, slot) for gfn_to_memslot
         self.nr_memslot_pages = 0
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
@@ -213,6 +188,11 @@ class KvmVcpu:
         self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0
+        self.mode = OUTSIDE_GUEST_MODE
+        self.guest_entries = 0          # VM entries so far (a kicker waits for the next exit)
+        self.requests: set = set()      # KVM_REQ_* pending (set from any thread)
+        self.srcu_idx = None
+        self.srcu_thread = None         # the thread in the vCPU's SRCU read section
 
     def __repr__(self):
         return "<vcpu %d>" % self.vcpu_id
@@ -415,13 +395,26 @@ kvm_vm_fops = fs.FileOperations("kvm_vm_fops", release=kvm_vm_release, unlocked_
 # Memslots
 # --------------------------------------------------------------------------------------
 def _replace_memslots(kvm: Kvm, slots: dict) -> None:
-    """Publish a new set of memslots and bump the generation (the MMU drops its caches)."""
+    """kvm_swap_active_memslots: publish a new set of memslots, bump the generation (the MMU
+    drops its caches at the next entry) and wait until no vCPU can still be using the old
+    set (``synchronize_srcu_expedited(&kvm->srcu)``)."""
     with kvm.slots_lock:
         kvm.memslots = slots
         kvm._slots_by_gfn = sorted(((s.base_gfn, s.id, s) for s in slots.values()), key=lambda t: t[0])
         kvm.nr_memslot_pages = sum(s.npages for s in slots.values())
         kvm.memslots_generation += 1
     arch.kvm_arch_memslots_updated(kvm, kvm.memslots_generation)
+    synchronize_srcu_expedited(kvm.srcu)
+
+
+def _retire_memslot(kvm: Kvm, old: KvmMemorySlot) -> None:
+    """After a delete or move has been published: zap what the MMU derived from the old slot
+    and flush every vCPU's TLB, waiting for vCPUs in guest mode to exit
+    (kvm_arch_flush_shadow_memslot).  Done after the SRCU grace period, so that no page fault
+    still in flight can map the old memory again; when this returns nothing touches it."""
+    kvm.mmu_mapped_slots.discard(old.id)
+    arch.kvm_arch_flush_shadow_memslot(kvm, old)
+    kvm_flush_remote_tlbs(kvm)
 
 
 def gfn_to_memslot(kvm: Kvm, gfn: int) -> KvmMemorySlot | None:
@@ -464,8 +457,8 @@ def kvm_set_memory_region(kvm: Kvm, mem) -> int:
             if old is None:
                 raise kernel_error(errno.EINVAL)
             del slots[mem.slot]
-            arch.kvm_arch_flush_shadow_memslot(kvm, old)
             _replace_memslots(kvm, slots)
+            _retire_memslot(kvm, old)
             return 0
         base_gfn, npages = gpa >> PAGE_SHIFT, size >> PAGE_SHIFT
         if old is not None:
@@ -482,15 +475,62 @@ def kvm_set_memory_region(kvm: Kvm, mem) -> int:
         new = KvmMemorySlot(mem.slot, as_id, base_gfn, npages, hva, mem.flags)
         if old is not None and old.dirty_bitmap is not None and new.dirty_bitmap is not None:
             new.dirty_bitmap[:] = old.dirty_bitmap
-        if old is not None and moved:
-            arch.kvm_arch_flush_shadow_memslot(kvm, old)
         slots[mem.slot] = new
         _replace_memslots(kvm, slots)
+        if old is not None:         # moved, or flags changed: nothing may keep the old mappings
+            _retire_memslot(kvm, old)
     return 0
 
 
 def kvm_vm_ioctl_set_memory_region(kvm: Kvm, mem) -> int:
     return kvm_set_memory_region(kvm, mem)
+
+
+def hva_to_pfn(hva: int, write_fault: bool):
+    """The host page at user address ``hva``, faulted in for the access as get_user_pages
+    does; None when it is not mapped with the needed permission.  (kvmpy's "pfn" is the
+    host page's user address: the processor reaches it through ``kvmpy.hw.memory``.)"""
+    return None if hm.populate(hva, PAGE_SIZE, write_fault) else hva & ~(PAGE_SIZE - 1)
+
+
+def kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, start: int, end: int) -> None:
+    """The process's address space changes in [start, end) (munmap, mprotect, mremap): zap
+    every mapping the MMU made of pages there and flush the vCPUs' TLBs, so that the next
+    access faults and checks the backing again.  kvmpy's own GuestMemory calls this before it
+    unmaps; an interposed munmap/mprotect/mremap does for other VMMs (see ``mmu_notifier``)."""
+    hit = False
+    for slot in list(kvm.memslots.values()):
+        lo = max(start, slot.userspace_addr)
+        hi = min(end, slot.userspace_addr + (slot.npages << PAGE_SHIFT))
+        if lo < hi and slot.id in kvm.mmu_mapped_slots:
+            first = slot.base_gfn + ((lo - slot.userspace_addr) >> PAGE_SHIFT)
+            last = slot.base_gfn + ((hi - 1 - slot.userspace_addr) >> PAGE_SHIFT)
+            arch.kvm_unmap_gfn_range(kvm, first, last + 1)
+            hit = True
+    if hit:
+        kvm_flush_remote_tlbs(kvm)
+
+
+def mmu_notifier_invalidate_range_start(start: int, end: int) -> None:
+    """mm/mmu_notifier.c for kvmpy's one address space: tell every VM that [start, end) of
+    the process's memory is about to change."""
+    for kvm in list(vm_list):
+        kvm_mmu_notifier_invalidate_range_start(kvm, start, end)
+
+
+def kvm_check_mapped_memslots(kvm: Kvm) -> None:
+    """At each KVM_RUN, for a VMM whose munmap kvmpy does not see: a slot the MMU mapped
+    pages of whose user range is no longer wholly mapped gets those mappings zapped, as the
+    mmu notifier would have.  One msync per such slot: the cost does not grow with the
+    slot's size.  (An mprotect is only seen through the notifier.)"""
+    for sid in list(kvm.mmu_mapped_slots):
+        slot = kvm.memslots.get(sid)
+        if slot is None:
+            kvm.mmu_mapped_slots.discard(sid)
+        elif not hm.mapped(slot.userspace_addr, slot.npages << PAGE_SHIFT):
+            kvm_mmu_notifier_invalidate_range_start(
+                kvm, slot.userspace_addr, slot.userspace_addr + (slot.npages << PAGE_SHIFT))
+            kvm.mmu_mapped_slots.discard(sid)
 
 
 def mark_page_dirty_in_slot(kvm: Kvm, slot: KvmMemorySlot, gfn: int) -> None:
@@ -619,9 +659,74 @@ def kvm_vcpu_mmap(file, length: int, offset: int, flags: int, prot: int, access:
     return vcpu.run_area.map_user(length, offset, flags, prot, access)
 
 
+# --------------------------------------------------------------------------------------
+# Requests, kicks and guest mode
+# --------------------------------------------------------------------------------------
+def kvm_vcpu_kick(vcpu: KvmVcpu) -> None:
+    """The IPI that makes a vCPU in guest mode exit: the processor leaves at the next block."""
+    vcpu.arch.cpu.request_exit()
+
+
+def kvm_make_all_cpus_request(kvm: Kvm, req) -> None:
+    """Post ``req`` to every vCPU and kick those in guest mode; return once each of them has
+    left guest mode or served the request (KVM_REQUEST_WAIT).  A vCPU outside guest mode
+    serves it before its next entry."""
+    me = threading.get_ident()
+    kicked = []
+    for vcpu in list(kvm.vcpus):
+        vcpu.requests.add(req)
+        if vcpu.mode == IN_GUEST_MODE and vcpu.srcu_thread != me:
+            kicked.append((vcpu, vcpu.guest_entries))
+            kvm_vcpu_kick(vcpu)
+    for vcpu, entries in kicked:
+        while vcpu.mode == IN_GUEST_MODE and vcpu.guest_entries == entries and req in vcpu.requests:
+            time.sleep(_KICK_POLL)
+
+
+def kvm_flush_remote_tlbs(kvm: Kvm) -> None:
+    kvm_make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH)
+    kvm.stat["remote_tlb_flush"] += 1
+
+
+def kvm_check_request(req, vcpu: KvmVcpu) -> bool:
+    if req in vcpu.requests:
+        vcpu.requests.discard(req)
+        return True
+    return False
+
+
+def kvm_guest_mode_run(vcpu: KvmVcpu, vcpu_run):
+    """The part of vcpu_enter_guest in guest mode: ``vcpu_run(vcpu)`` (the vendor's VM
+    entry) with the vCPU marked IN_GUEST_MODE and out of its SRCU read section, as the
+    kernel drops kvm->srcu while the guest runs.  Requests posted before the mode was set
+    are served first; later ones kick the processor out."""
+    vcpu.arch.cpu.exit_request = False
+    vcpu.guest_entries += 1
+    vcpu.mode = IN_GUEST_MODE
+    kvm_vcpu_srcu_read_unlock(vcpu)
+    try:
+        if kvm_check_request(KVM_REQ_TLB_FLUSH, vcpu):
+            vcpu.arch.cpu.flush_tlb()
+        return vcpu_run(vcpu)
+    finally:
+        vcpu.mode = OUTSIDE_GUEST_MODE
+        kvm_vcpu_srcu_read_lock(vcpu)
+
+
+def kvm_vcpu_srcu_read_lock(vcpu: KvmVcpu) -> None:
+    vcpu.srcu_idx = srcu_read_lock(vcpu.kvm.srcu)
+    vcpu.srcu_thread = threading.get_ident()
+
+
+def kvm_vcpu_srcu_read_unlock(vcpu: KvmVcpu) -> None:
+    idx, vcpu.srcu_idx, vcpu.srcu_thread = vcpu.srcu_idx, None, None
+    srcu_read_unlock(vcpu.kvm.srcu, idx)
+
+
 def _vcpu_ioctl_run(vcpu: KvmVcpu, arg) -> int:
     if arg:
         raise kernel_error(errno.EINVAL)
+    kvm_check_mapped_memslots(vcpu.kvm)
     try:
         from .x86 import run as x86_run
     except ImportError as e:
@@ -648,13 +753,17 @@ def kvm_vcpu_ioctl(file, cmd: int, arg):
     """unlocked_ioctl of a vCPU file."""
     vcpu: KvmVcpu = file.private_data
     with vcpu.mutex:
-        if cmd == uapi.KVM_RUN:
-            return _vcpu_ioctl_run(vcpu, arg)
-        if cmd == uapi.KVM_SET_SIGNAL_MASK:
-            return _vcpu_ioctl_set_signal_mask(vcpu, arg)
-        if cmd == uapi.KVM_GET_STATS_FD:
-            return kvm_vcpu_ioctl_get_stats_fd(vcpu)
-        return arch.kvm_arch_vcpu_ioctl(file, cmd, arg)
+        kvm_vcpu_srcu_read_lock(vcpu)       # the memslots stay while the ioctl uses them
+        try:
+            if cmd == uapi.KVM_RUN:
+                return _vcpu_ioctl_run(vcpu, arg)
+            if cmd == uapi.KVM_SET_SIGNAL_MASK:
+                return _vcpu_ioctl_set_signal_mask(vcpu, arg)
+            if cmd == uapi.KVM_GET_STATS_FD:
+                return kvm_vcpu_ioctl_get_stats_fd(vcpu)
+            return arch.kvm_arch_vcpu_ioctl(file, cmd, arg)
+        finally:
+            kvm_vcpu_srcu_read_unlock(vcpu)
 
 
 kvm_vcpu_fops = fs.FileOperations("kvm_vcpu_fops", release=kvm_vcpu_release,

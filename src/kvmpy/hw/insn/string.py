@@ -11,7 +11,7 @@ restarts where it stopped; when the budget runs out the block is left with RIP
 still at the instruction (the partial execution counted as one instruction),
 which lets the processor take interrupts and VM exits in the middle of a long
 copy.  Forward REP MOVS/STOS of bytes or dwords copy whole runs within a page
-through ``HM`` slices when both pages are in the TLB.
+through slices of the TLB's page views when both pages are in the TLB.
 """
 
 from .. import flags as F
@@ -88,7 +88,7 @@ def _element(g, ins, kind, size, regs, step):
 
 
 def _fast_run(g, ins, kind, size, regs, step):
-    """Copy/fill a run of elements inside one page with a slice of HM, when possible.
+    """Copy/fill a run of elements inside one page with a slice of the page views, when possible.
 
     Only forward, only when the TLB has both pages, and for MOVS only when the
     destination does not overlap the source ahead of it (where element-by-element
@@ -110,19 +110,20 @@ def _fast_run(g, ins, kind, size, regs, step):
     if regs.am != M[8]:     # the offsets wrap at the address size
         limits += ["(%#x - %s) // %d" % (regs.am + 1, regs[r], size) for r in (RSI, RDI) if r in regs.used]
     k, nb = g.tmp("k"), g.tmp("nb")
-    hosts = "%s += %s; %s += %s; " % (hs, src, hd, dst) if kind == "movs" else "%s += %s; " % (hd, dst)
-    g.emit("if %s: %s%s = min(%s)" % (ok, hosts, k, ", ".join(limits)))
+    od, os_ = g.tmp("od"), g.tmp("os")
+    offsets = "%s = %s & 4095; %s = %s & 4095; " % (os_, src, od, dst) if kind == "movs" else "%s = %s & 4095; " % (od, dst)
+    g.emit("if %s: %s%s = min(%s)" % (ok, offsets, k, ", ".join(limits)))
     g.emit("else: %s = 0" % k)
     g.emit("%s = %s * %d" % (nb, k, size))
     cond = "%s > 1" % k
-    if kind == "movs":
-        cond += " and (%s <= %s or %s + %s <= %s)" % (hd, hs, hs, nb, hd)
+    if kind == "movs":      # views of one host page are one object (memory.page)
+        cond += " and (%s is not %s or %s <= %s or %s + %s <= %s)" % (hd, hs, od, os_, os_, nb, od)
     g.emit("if %s:" % cond)
     g.indent()
     if kind == "movs":
-        g.emit("HM[%s:%s + %s] = HM[%s:%s + %s]" % (hd, hd, nb, hs, hs, nb))
+        g.emit("%s[%s:%s + %s] = %s[%s:%s + %s]" % (hd, od, od, nb, hs, os_, os_, nb))
     else:
-        g.emit("HM[%s:%s + %s] = %s.to_bytes(%d, 'little') * %s" % (hd, hd, nb, g.reg(0, size), size, k))
+        g.emit("%s[%s:%s + %s] = %s.to_bytes(%d, 'little') * %s" % (hd, od, od, nb, g.reg(0, size), size, k))
     parts = ["%s = (%s + %s) & %#x" % (regs[r], regs[r], nb, regs.am) for r in (RSI, RDI) if r in regs.used]
     parts.append("%s -= %s" % (regs[RCX], k))
     g.emit("; ".join(parts))

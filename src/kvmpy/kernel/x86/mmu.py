@@ -128,6 +128,19 @@ def _slot_host(slot, gfn) -> int:
     return slot.userspace_addr + ((gfn - slot.base_gfn) << 12)
 
 
+def kvm_faultin_pfn(kvm, slot, gfn: int, write: bool):
+    """The host page backing ``gfn`` in ``slot``, faulted in for the access; None when the
+    user memory is not there with the needed permission (unmapped, never mapped, read-only
+    or PROT_NONE).  Every mapping KVM's MMU installs, and every access KVM itself makes to
+    guest memory, comes through here first.  A frame without backing is handled like one
+    without a slot: the access goes to the emulator and out as MMIO (an instruction fetch
+    from it is an emulation failure), which is what the host's KVM answers."""
+    host = kvm_main.hva_to_pfn(_slot_host(slot, gfn), write)
+    if host is not None:
+        kvm.mmu_mapped_slots.add(slot.id)
+    return host
+
+
 def _slot_ro(slot, gfn) -> bool:
     from ...uapi import kvm as uapi
     if slot.flags & uapi.KVM_MEM_READONLY:
@@ -158,15 +171,41 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
     t = _tdp_table(vcpu.kvm)
     if write and slot.flags & uapi.KVM_MEM_READONLY:
         return RET_PF_EMULATE
+    host = kvm_faultin_pfn(vcpu.kvm, slot, gfn, write)
+    if host is None:
+        return RET_PF_EMULATE
     if write and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
         kvm_main.mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
-    t.map[gfn] = _slot_host(slot, gfn)
-    if _slot_ro(slot, gfn) and not (write and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES):
+    t.map[gfn] = host
+    # mapped writable only after a write fault: a read fault checked the backing for reading
+    if not write or _slot_ro(slot, gfn) and not slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
         t.ro.add(gfn)
     else:
         t.ro.discard(gfn)
     vcpu.stat["pf_fixed"] += 1
     return RET_PF_RETRY
+
+
+def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
+    """Zap the TDP and shadow entries of gfns [start, end); the caller then flushes the
+    vCPUs' TLBs (kvm_flush_remote_tlbs), kicking those in guest mode out first."""
+    t = _tdp_table(kvm)
+    if end - start <= len(t.map):
+        gone = [g for g in range(start, end) if g in t.map]
+    else:
+        gone = [g for g in list(t.map) if start <= g < end]
+    for g in gone:
+        t.map.pop(g, None)
+        t.ro.discard(g)
+    for vcpu in kvm.vcpus:
+        shadow = vcpu.arch.cpu.shadow
+        for lpn, ent in list(shadow.items()):
+            if start <= ent[3] < end:
+                shadow.pop(lpn, None)
+
+
+def kvm_arch_flush_shadow_memslot(kvm, slot) -> None:
+    kvm_unmap_gfn_range(kvm, slot.base_gfn, slot.base_gfn + slot.npages)
 
 
 def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
@@ -187,29 +226,34 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
 
 # ------------------------------------------------------------------ guest memory by gpa
 def kvm_read_guest(kvm, gpa: int, size: int) -> int:
-    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
-    if slot is None:
+    """Read guest RAM within one page; LookupError when ``gpa`` is not backed RAM."""
+    host = gpa_to_host(kvm, gpa, False)
+    if host is None:
         raise LookupError(gpa)
-    return hm.read(_slot_host(slot, gpa >> 12) + (gpa & 0xFFF), size)
+    return hm.read(host, size)
 
 
 def kvm_write_guest(kvm, gpa: int, size: int, value: int) -> None:
-    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
-    if slot is None:
+    host = gpa_to_host(kvm, gpa, True)
+    if host is None:
         raise LookupError(gpa)
-    kvm_main.mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
-    hm.write(_slot_host(slot, gpa >> 12) + (gpa & 0xFFF), size, value)
+    hm.write(host, size, value)
 
 
 def gpa_to_host(kvm, gpa: int, write: bool):
-    """Host address of guest-physical ``gpa`` if RAM (writable for ``write``), else None (MMIO)."""
+    """Host address of guest-physical ``gpa`` if backed RAM (writable for ``write``), else
+    None (MMIO).  The one way KVM's own accesses (emulator, page walker, task switches,
+    KVM_TRANSLATE) reach guest memory: through ``kvm_faultin_pfn``'s check."""
     from ...uapi import kvm as uapi
     slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
     if slot is None or (write and slot.flags & uapi.KVM_MEM_READONLY):
         return None
+    host = kvm_faultin_pfn(kvm, slot, gpa >> 12, write)
+    if host is None:
+        return None
     if write:
         kvm_main.mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
-    return _slot_host(slot, gpa >> 12) + (gpa & 0xFFF)
+    return host + (gpa & 0xFFF)
 
 
 def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
@@ -292,7 +336,11 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
         return RET_PF_EMULATE
     if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_READONLY:
         return RET_PF_EMULATE
-    cpu.shadow[gva >> 12] = (_slot_host(slot, gfn), writable, t.user, gfn)
+    host = kvm_faultin_pfn(vcpu.kvm, slot, gfn, bool(error_code & paging.PFERR_WRITE))
+    if host is None:
+        return RET_PF_EMULATE
+    writable = writable and bool(error_code & paging.PFERR_WRITE)   # backing checked for writes only
+    cpu.shadow[gva >> 12] = (host, writable, t.user, gfn)
     cpu.flush_tlb()
     vcpu.stat["pf_fixed"] += 1
     return RET_PF_RETRY

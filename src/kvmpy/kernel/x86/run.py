@@ -16,6 +16,7 @@ from ...hw.events import Fault
 from ...hw.segments import EXT_INTR, HW_EXC, NMI
 from ...hw.state import IF
 from ...uapi import kvm as uapi
+from .. import kvm_main
 from ..fs import kernel_error
 from ..trace import event, traced
 from . import mmu, params
@@ -115,7 +116,7 @@ def vcpu_enter_guest(vcpu) -> int:
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
     ops = _ops(vcpu)
-    exit_info = ops.vcpu_run(vcpu)
+    exit_info = kvm_main.kvm_guest_mode_run(vcpu, ops.vcpu_run)
     _stat(vcpu, "exits")
     return ops.handle_exit(vcpu, exit_info)
 

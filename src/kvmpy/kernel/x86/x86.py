@@ -216,6 +216,10 @@ def kvm_arch_flush_shadow_memslot(kvm, slot) -> None:
     _mmu_call("kvm_arch_flush_shadow_memslot", kvm, slot)
 
 
+def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
+    _mmu_call("kvm_unmap_gfn_range", kvm, start, end)
+
+
 def kvm_arch_prepare_memory_region(kvm, base_gfn: int, npages: int, flags: int) -> None:
     if base_gfn + npages > 1 << (kcpuid.PHYS_ADDR_BITS - 12):       # kvm_mmu_max_gfn()
         raise kernel_error(errno.EINVAL)
