@@ -14,9 +14,11 @@ area; rbx and rsp are never written except by balanced stack units.
 
 import argparse
 import dataclasses
+import functools
 import random
 import sys
 
+from kvmpy.hw import models
 from tests.oracle import asm, diff, native
 from tests.oracle.cases import BINARY, CONDITIONS, CPU, SHIFTS, UNARY
 from tests.oracle.flagspec import ARITH, masked_count, undefined_flags
@@ -312,10 +314,12 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=1000, help="programs to run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--length", type=int, default=10, help="units per program")
+    parser.add_argument("--cpu", default="host",
+                        help="kvmpy's CPU model (default: host, the model of this machine's vendor)")
     args = parser.parse_args(argv)
-    run_snippet = diff.load_run_snippet()
+    run_snippet = functools.partial(diff.load_run_snippet(), model=args.cpu)
     compared, failures = fuzz(args.count, args.seed, args.length, run_snippet)
-    print(f"{compared} instructions compared in {args.count} programs, "
+    print(f"{compared} instructions compared in {args.count} programs on {models.lookup(args.cpu).name}, "
           f"{len(failures)} mismatches")
     return 1 if failures else 0
 

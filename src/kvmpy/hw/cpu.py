@@ -20,7 +20,7 @@ from . import codegen, insn  # noqa: F401  (insn registers the emitters)
 from . import entry
 from . import flags as lazy
 from . import memory as hm
-from . import paging
+from . import models, paging
 from .decoder import DecodeError, decode
 from .events import CONTRIBUTORY, HAS_ERROR_CODE, Fault, Intercept
 from .segments import SegmentUnit
@@ -66,11 +66,13 @@ EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX in
 
 
 class Processor(CPUState, SegmentUnit):
-    """One logical processor.  ``exit_format`` is the vendor's VM-exit encoder."""
+    """One logical processor.  ``exit_format`` is the vendor's VM-exit encoder; ``model`` the
+    CPU model (``kvmpy.hw.models``) whose vendor-specific behaviours it has."""
 
-    def __init__(self, exit_format):
+    def __init__(self, exit_format, model=None):
         super().__init__()
         self.exit_format = exit_format
+        self.model = model or models.MODELS[models.DEFAULT_FOR_MODULE["vmx"]]
         # --- controls set by the vendor module (VMCS/VMCB execution controls) ---
         self.tdp = True                 # EPT/NPT enabled: walk guest tables + second level
         self.ept = {}                   # gfn -> host address of the page (KVM's TDP table)

@@ -103,7 +103,7 @@ def _limit_granularity_error(name, seg):
     return None
 
 
-def _canonical(addr) -> bool:
+def canonical(addr) -> bool:
     top = addr >> 47
     return top == 0 or top == (1 << 17) - 1
 
@@ -163,10 +163,10 @@ def _system_segment_errors(cpu, lma):
         return "TR.S=1"
     if reason := _limit_granularity_error("TR", tr):
         return reason
-    if not _canonical(tr.base):
+    if not canonical(tr.base):
         return "TR base not canonical"
     for i in (FS, GS):
-        if not _canonical(cpu.seg[i].base):
+        if not canonical(cpu.seg[i].base):
             return SEG_NAMES[i].upper() + " base not canonical"
     if _usable(ldtr):
         if ldtr.selector & 4:
@@ -175,9 +175,9 @@ def _system_segment_errors(cpu, lma):
             return "LDTR type %d" % ldtr.type
         if reason := _limit_granularity_error("LDTR", ldtr):
             return reason
-        if not _canonical(ldtr.base):
+        if not canonical(ldtr.base):
             return "LDTR base not canonical"
-    if not _canonical(cpu.gdt_base) or not _canonical(cpu.idt_base):
+    if not canonical(cpu.gdt_base) or not canonical(cpu.idt_base):
         return "GDTR/IDTR base not canonical"
     return None
 
@@ -185,7 +185,7 @@ def _system_segment_errors(cpu, lma):
 def _rip_rflags_errors(cpu, lma):
     """SDM 27.3.1.4: RIP fits the mode; RFLAGS reserved bits, VM, and IF for an injected interrupt."""
     if lma and cpu.seg[CS].l:
-        if not _canonical(cpu.rip):
+        if not canonical(cpu.rip):
             return "RIP not canonical"
     elif cpu.rip >> 32:
         return "RIP[63:32] not zero outside 64-bit mode"

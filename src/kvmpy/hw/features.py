@@ -36,7 +36,9 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
     "lahf_lm": (0x80000001, 0, ECX, 0), "abm": (0x80000001, 0, ECX, 5),
     "syscall": (0x80000001, 0, EDX, 11), "nx": (0x80000001, 0, EDX, 20),
     "pdpe1gb": (0x80000001, 0, EDX, 26), "rdtscp": (0x80000001, 0, EDX, 27),
-    "lm": (0x80000001, 0, EDX, 29),
+    "lm": (0x80000001, 0, EDX, 29), "misalignsse": (0x80000001, 0, ECX, 7),
+    # leaf 0x80000021 (AMD)
+    "null_sel_clr_base": (0x80000021, 0, EAX, 6),
 }
 
 IMPLEMENTED: frozenset[str] = frozenset({
@@ -50,6 +52,11 @@ IMPLEMENTED: frozenset[str] = frozenset({
     # integer instructions of those generations (kvmpy.hw.insn.bits / atomic)
     "popcnt", "abm", "cx16",
 })
+
+
+# Vendor-only features a CPU model may add (``kvmpy.hw.models``): misaligned SSE mode
+# (MXCSR.MM, kvmpy.hw.insn.sse) and the null-selector base clearing (kvmpy.hw.segments)
+MODEL_FEATURES: frozenset[str] = frozenset({"misalignsse", "null_sel_clr_base"})
 
 
 def implemented(name: str) -> bool:

@@ -616,9 +616,14 @@ def _sin_cos(u):
     return (s, c, -s, -c)[q], (c, -s, -c, s)[q], w
 
 
-def _trig_results(kind, u, a, rc):
+TINY_COS_MAGNITUDE = -31       # |x| < 2**-32: cos x rounds to 1.0 to nearest
+
+
+def _trig_results(kind, u, a, rc, tiny_cos_is_one=False):
     """(results for ST0 then the pushed value, flags) of FSIN/FCOS/FPTAN/FSINCOS on a
-    non-empty, in-range ST0."""
+    non-empty, in-range ST0.  ``tiny_cos_is_one`` (the CPU model's ``x87_cos_tiny_is_one``):
+    the cosine of a tiny argument is 1.0, inexact and rounded up, whatever the rounding
+    mode, as Intel's silicon gives it; otherwise it is rounded as RC says (AMD)."""
     c = u[0]
     if c >= QNAN:
         r, fl = _nan_result([(u, a)])
@@ -632,6 +637,8 @@ def _trig_results(kind, u, a, rc):
         r, fl = sf.round_fixed((s << w) // co, w, F80, rc)
         return (r, ONE), fl | _denormal(u)
     out = [sf.round_fixed(v, w, F80, rc) for v in {"sin": [s], "cos": [co], "sincos": [s, co]}[kind]]
+    if tiny_cos_is_one and kind != "sin" and _magnitude(u) <= TINY_COS_MAGNITUDE:
+        out[-1] = (ONE, PE | UP)
     fl = _denormal(u)
     for _, f1 in out:
         fl |= f1
@@ -659,7 +666,7 @@ def trig(cpu, kind):
     if u[0] == FINITE and _magnitude(u) > 63:
         _signal(f, 0, cc | C2)
         return
-    res, fl = _trig_results(kind, u, a, (f.fcw >> 10) & 3)
+    res, fl = _trig_results(kind, u, a, (f.fcw >> 10) & 3, cpu.model.x87_cos_tiny_is_one)
     if _signal(f, fl, cc | (C1 if fl & UP else 0)):
         return
     _put(f, 0, res[0])

@@ -4,7 +4,9 @@ Layout (SDM vol. 1, table 10-2): FCW, FSW (with TOP), abridged FTW, FOP, FIP, FD
 pointers with REX.W, else 32-bit offset + selector), MXCSR, MXCSR_MASK, ST0..ST7 as ST(i)
 relative to TOP in 16-byte slots, XMM0..15 (8 outside 64-bit mode).  Bytes 416..511 are
 neither written nor read, as on the hardware.  The x87 last-instruction pointers are not
-tracked by kvmpy's processor: they are saved as the state holds them (zero after reset).
+tracked by kvmpy's processor: they are saved as the state holds them (zero after reset, or
+what FXRSTOR loaded), and by a CPU model with ``fpu_pointers_need_es`` (AMD) as zeros while
+no x87 exception is pending.  MXCSR_MASK is the model's (``kvmpy.hw.models``).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from __future__ import annotations
 from .events import Fault
 from .state import CR0_EM, CR0_TS, CR4_OSFXSR
 
-MXCSR_MASK = 0xFFFF          # FZ, DAZ and everything below: no misaligned-SSE mode
 XSTATE_BYTES = 416
+FSW_ES = 0x80
 
 
 def check_fpu(cpu) -> None:
@@ -30,7 +32,7 @@ def check_sse(cpu) -> None:
 
 
 def load_mxcsr(cpu, value: int) -> None:
-    if value & ~MXCSR_MASK:
+    if value & ~cpu.model.mxcsr_mask:
         raise Fault(13, 0)
     cpu.fpu.mxcsr = value
 
@@ -42,12 +44,13 @@ def image(cpu, wide: bool, nxmm: int | None = None) -> bytes:
     out[0:2] = f.fcw.to_bytes(2, "little")
     out[2:4] = ((f.fsw & ~0x3800) | (f.top << 11)).to_bytes(2, "little")
     out[4] = f.ftw & 0xFF
-    out[6:8] = (f.fop & 0x7FF).to_bytes(2, "little")
-    ptr = 8 if wide else 4
-    out[8:8 + ptr] = (f.fip & ((1 << (8 * ptr)) - 1)).to_bytes(ptr, "little")
-    out[16:16 + ptr] = (f.fdp & ((1 << (8 * ptr)) - 1)).to_bytes(ptr, "little")
+    if f.fsw & FSW_ES or not cpu.model.fpu_pointers_need_es:
+        out[6:8] = (f.fop & 0x7FF).to_bytes(2, "little")
+        ptr = 8 if wide else 4
+        out[8:8 + ptr] = (f.fip & ((1 << (8 * ptr)) - 1)).to_bytes(ptr, "little")
+        out[16:16 + ptr] = (f.fdp & ((1 << (8 * ptr)) - 1)).to_bytes(ptr, "little")
     out[24:28] = f.mxcsr.to_bytes(4, "little")
-    out[28:32] = MXCSR_MASK.to_bytes(4, "little")
+    out[28:32] = cpu.model.mxcsr_mask.to_bytes(4, "little")
     for i in range(8):
         out[32 + 16 * i:42 + 16 * i] = f.st[(f.top + i) & 7].to_bytes(10, "little")
     for i in range(xmm_count(cpu) if nxmm is None else nxmm):
@@ -60,10 +63,10 @@ def xmm_count(cpu) -> int:
     return 16 if cpu.mode.code == 8 else 8
 
 
-def check_mxcsr_image(data: bytes) -> int:
+def check_mxcsr_image(cpu, data: bytes) -> int:
     """The MXCSR of an FXSAVE/XSAVE legacy area (#GP if it sets reserved bits)."""
     mxcsr = int.from_bytes(data[24:28], "little")
-    if mxcsr & ~MXCSR_MASK:
+    if mxcsr & ~cpu.model.mxcsr_mask:
         raise Fault(13, 0)
     return mxcsr
 
@@ -92,7 +95,8 @@ def restore_xmm(cpu, data: bytes, nxmm: int | None = None) -> None:
 
 def restore(cpu, data: bytes, wide: bool) -> None:
     """Load an FXSAVE image (#GP if it sets reserved MXCSR bits, before any change)."""
-    mxcsr = check_mxcsr_image(data)
+    mxcsr = check_mxcsr_image(cpu, data)
+    cpu.fpu.used |= 3                   # x87 and SSE state written (XINUSE, xsave.py)
     restore_x87(cpu, data, wide)
     cpu.fpu.mxcsr = mxcsr
     restore_xmm(cpu, data)

@@ -161,6 +161,8 @@ class SegmentUnit:
             if sreg == SS:
                 self.seg[SS].dpl = cpl
                 self.refresh()
+            elif self.mode.code == 8 and self.model.null_sel_clears_base:
+                self.seg[sreg].base = self.sbase[sreg] = 0      # the CPU model's behaviour
             return
         if sreg == SS:
             self.commit_seg(SS, self.stack_descriptor(sel, cpl))

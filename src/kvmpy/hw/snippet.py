@@ -7,13 +7,15 @@ table mapping code, data and stack pages directly (no guest page tables
 needed); every exception is intercepted so the state at the faulting
 instruction is returned, as the native side reports it.  With ``bits=32`` the
 code runs in compatibility mode with flat 32-bit code, stack and data segments
-(what a 32-bit protected-mode guest sees), at the same addresses.
+(what a 32-bit protected-mode guest sees), at the same addresses.  The processor has the CPU
+model of the host's vendor unless told another (``model``, a ``kvmpy.hw.models`` name), so
+that it can be compared with the silicon it runs on.
 """
 
 import mmap
 from dataclasses import dataclass
 
-from . import memory as hm
+from . import memory as hm, models
 from .cpu import Processor
 from .state import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CS, EFER_LMA, EFER_LME, Segment
 from .xsave import XCR0_SUPPORTED
@@ -39,7 +41,8 @@ class SnippetResult:
 
 
 def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
-                budget: int = 1_000_000, bits: int = 64, code_writable: bool = False) -> SnippetResult:
+                budget: int = 1_000_000, bits: int = 64, code_writable: bool = False,
+                model: str = "host") -> SnippetResult:
     """Run ``code`` at CODE_ADDR until its appended HLT or an exception.
 
     ``code_writable`` maps the code page writable, for self-modifying code.
@@ -50,7 +53,7 @@ def run_snippet(code: bytes, regs: dict, rflags: int, mem: bytes | None = None,
     data_buf = mmap.mmap(-1, len(mem))
     data_buf[:] = mem
     stack_buf = mmap.mmap(-1, STACK_SIZE)
-    cpu = Processor(VmxExitFormat())
+    cpu = Processor(VmxExitFormat(), models.lookup(model))
     cpu.tdp = False
     for base, buf, writable in ((CODE_ADDR, code_buf, code_writable), (DATA_ADDR, data_buf, True),
                                 (STACK_ADDR, stack_buf, True)):

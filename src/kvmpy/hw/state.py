@@ -79,7 +79,7 @@ class FPUState:
     ``cpu.fpu.sse`` (``kvmpy.hw.simd``) and ``cpu.fpu.x87`` (``kvmpy.hw.fpu``).
     """
 
-    __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top")
+    __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top", "used")
     from . import simd as sse
     from . import fpu as x87
 
@@ -98,6 +98,7 @@ class FPUState:
         self.fdp = 0
         self.xmm = [0] * 16        # 128-bit ints
         self.mxcsr = 0x1F80
+        self.used = 0              # XSAVE components an instruction touched since their init
 
 
 class CPUState:

@@ -10,6 +10,7 @@ from .events import Fault, Intercept
 from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME,
                     EFER_SCE, IF,
                     RF, SS, VM, FS, GS)
+from .entry import canonical
 from .segments import parse_descriptor
 from .state import Segment
 
@@ -202,9 +203,17 @@ def _flat(seg, sel, dpl, code, long=False, db=True):
     seg.dpl, seg.type, seg.l, seg.db, seg.unusable, seg.avl = dpl, (0xB if code else 3), int(long), int(db), 0, 0
 
 
-def syscall(cpu, next_ip, opsize):
+def _check_syscall(cpu):
+    """#UD unless SYSCALL/SYSRET are enabled (EFER.SCE, protected mode) and, on a CPU model
+    without ``syscall_legacy`` (Intel), the processor is in 64-bit mode."""
     if not cpu.efer & EFER_SCE or not cpu.cr0 & CR0_PE:
         raise Fault(6)
+    if not cpu.model.syscall_legacy and cpu.mode.code != 8:
+        raise Fault(6)
+
+
+def syscall(cpu, next_ip, opsize):
+    _check_syscall(cpu)
     star = cpu.msrs.get(MSR_STAR, 0)
     sel = (star >> 32) & 0xFFFC
     fl = cpu.get_rflags()
@@ -226,10 +235,11 @@ def syscall(cpu, next_ip, opsize):
 
 
 def sysret(cpu, next_ip, opsize):
-    if not cpu.efer & EFER_SCE or not cpu.cr0 & CR0_PE:
-        raise Fault(6)
+    _check_syscall(cpu)
     if cpu.mode.cpl:
         raise Fault(13, 0)
+    if opsize == 8 and cpu.model.sysret_canonical_gp and not canonical(cpu.regs[1]):
+        raise Fault(13, 0)              # Intel: at CPL 0, before the return
     star = cpu.msrs.get(MSR_STAR, 0)
     base = (star >> 48) & 0xFFFF
     if opsize == 8:
@@ -249,7 +259,14 @@ def sysret(cpu, next_ip, opsize):
     cpu.rip = rip
 
 
+def _check_sysenter(cpu):
+    """#UD for SYSENTER/SYSEXIT in long mode on a CPU model without ``sysenter_long_mode`` (AMD)."""
+    if cpu.efer & EFER_LMA and not cpu.model.sysenter_long_mode:
+        raise Fault(6)
+
+
 def sysenter(cpu, next_ip, opsize):
+    _check_sysenter(cpu)
     cs_sel = cpu.msrs.get(MSR_SYSENTER_CS, 0) & 0xFFFC
     if not cpu.cr0 & CR0_PE or cs_sel == 0:
         raise Fault(13, 0)
@@ -263,6 +280,7 @@ def sysenter(cpu, next_ip, opsize):
 
 
 def sysexit(cpu, next_ip, opsize):
+    _check_sysenter(cpu)
     cs_sel = cpu.msrs.get(MSR_SYSENTER_CS, 0) & 0xFFFC
     if not cpu.cr0 & CR0_PE or cs_sel == 0 or cpu.mode.cpl:
         raise Fault(13, 0)

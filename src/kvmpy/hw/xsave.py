@@ -6,9 +6,14 @@ legacy area of FXSAVE (``kvmpy.hw.fxsave``) and the 64-byte XSAVE header, whose 
 quadword is XSTATE_BV and second XCOMP_BV (always 0 here: no compacted format, no XSAVEC).
 
 Which components an instruction touches is RFBM = XCR0 & EDX:EAX.  XINUSE, the components
-not in their initial configuration, is computed from the state itself (x87: default control
-word, empty stack, zero registers and pointers; SSE: all XMM registers zero), which the SDM
-allows: a processor may only report a component in use when it might not be initial.
+that may not be in their initial configuration, follows the CPU model (``xinuse_by_use``):
+on AMD it is computed from the state itself (x87: default control word, empty stack, zero
+registers and pointers; SSE: all XMM registers zero); on Intel a component is in use from
+the first instruction that touches it (``FPUState.used``, set once per translated block that
+has x87, MMX or SSE instructions, and by FXRSTOR) until XRSTOR initialises it or a reset
+(and, so as never to under-report, whenever its state is not initial).
+The SDM allows both: a processor may report a component in use whenever it might not be
+initial.
 ``standard_image``/``load_standard_image`` serve KVM_GET_XSAVE/KVM_SET_XSAVE with the same
 layout.
 """
@@ -37,9 +42,9 @@ def _xmm_range(cpu) -> tuple[int, int]:
 
 
 def xinuse(cpu) -> int:
-    """The components whose state differs from their initial configuration."""
+    """The components the model reports as not in their initial configuration."""
     f = cpu.fpu
-    used = 0
+    used = f.used & XCR0_SUPPORTED if cpu.model.xinuse_by_use else 0
     if (f.fcw != FCW_INIT or f.fsw & ~0x3800 or f.top or f.ftw or f.fop or f.fip or f.fdp
             or any(f.st)):
         used |= X87
@@ -115,8 +120,9 @@ def restore_components(cpu, legacy: bytes, bv: int, rfbm: int, wide: bool,
     """Load each component of RFBM from ``legacy`` if its XSTATE_BV bit is set, else put it
     in its initial configuration; MXCSR comes from memory whenever RFBM has SSE.  All checks
     happen before any state changes.  ``nxmm``: XMM registers to load (default: the mode's)."""
-    mxcsr = fxsave.check_mxcsr_image(legacy) if rfbm & SSE else None
+    mxcsr = fxsave.check_mxcsr_image(cpu, legacy) if rfbm & SSE else None
     init_components(cpu, rfbm & ~bv, fxsave.xmm_count(cpu) if nxmm is None else nxmm)
+    cpu.fpu.used = (cpu.fpu.used & ~rfbm) | (bv & rfbm)
     if rfbm & bv & X87:
         fxsave.restore_x87(cpu, legacy, wide)
     if rfbm & bv & SSE:

@@ -1,7 +1,7 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
-    kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [-m MIB]
-              [--format auto|flat|elf] [--trace] [--max-insns N] [--timeout S]
+    kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
+              [-m MIB] [--format auto|flat|elf] [--trace] [--max-insns N] [--timeout S]
     kvmpy version
 
 Exit status of ``kvmpy run``:
@@ -48,6 +48,9 @@ def build_parser():
                      help="soft KVM's MMU: two-dimensional paging or shadow paging")
     run.add_argument("--vendor", choices=("vmx", "svm"),
                      help="soft KVM's vendor module")
+    run.add_argument("--cpu", metavar="MODEL",
+                     help="soft KVM's CPU model, QEMU's spelling (Skylake-Server, EPYC, host, max...; "
+                          "default: the vendor module's)")
     run.add_argument("-m", "--memory", type=int, default=16, metavar="MIB",
                      help="guest RAM in MiB (default 16)")
     run.add_argument("--format", choices=("auto", "flat", "elf"), default="auto",
@@ -65,7 +68,7 @@ def build_parser():
 def _soft_params(args):
     """Module parameters for the soft kernel; errors if soft-only options meet --accel host."""
     soft_only = {"--mmu": args.mmu, "--vendor": args.vendor, "--trace": args.trace or None,
-                 "--max-insns": args.max_insns}
+                 "--max-insns": args.max_insns, "--cpu": args.cpu}
     if args.accel == "host":
         given = [name for name, value in soft_only.items() if value is not None]
         if given:
@@ -78,7 +81,22 @@ def _soft_params(args):
         params["vendor"] = args.vendor
     if args.max_insns is not None:
         params["max_insns"] = args.max_insns
+    if args.cpu is not None:
+        params["cpu"] = _cpu_model(args.cpu)
     return params
+
+
+def _cpu_model(text):
+    """The model name of ``--cpu MODEL[,+feat,-feat...]`` (feature edits: not yet)."""
+    from kvmpy.hw import models
+    try:
+        name, edits = models.parse_cpu_option(text)
+        models.lookup(name)
+    except KeyError as e:
+        raise UsageError(f"--cpu {text}: {e.args[0]}") from None
+    if edits:
+        raise UsageError(f"--cpu {text}: feature edits ({', '.join(edits)}) are not supported yet")
+    return name
 
 
 def _check_args(args):

@@ -25,7 +25,7 @@ def mmx_prologue(g):
     if not vars(g).get("mmx_ready"):
         g.emit("if cpu.cr0 & 4: raise_ud()")
         g.emit("if cpu.cr0 & 8: raise_fault(7)")
-        g.emit("FP = cpu.fpu; SV = FP.sse")
+        g.emit("FP = cpu.fpu; SV = FP.sse; FP.used |= 1")     # MMX registers are x87 state
         g.mmx_ready = True
     _pending_x87(g)
 
@@ -58,7 +58,7 @@ def sse_mmx_prologue(g):
     control-register checks), then the pending x87 exception (#MF)."""
     sse.sse_prologue(g)
     if not vars(g).get("mmx_ready"):
-        g.emit("FP = cpu.fpu")
+        g.emit("FP = cpu.fpu; FP.used |= 1")
         g.mmx_ready = True
     _pending_x87(g)
 

@@ -45,7 +45,7 @@ def sse_prologue(g):
         return
     g.emit("if cpu.cr0 & 4 or not cpu.cr4 & 0x200: raise_ud()")
     g.emit("if cpu.cr0 & 8: raise_fault(7)")
-    g.emit("XM = cpu.fpu.xmm; SV = cpu.fpu.sse")
+    g.emit("XM = cpu.fpu.xmm; SV = cpu.fpu.sse; cpu.fpu.used |= 2")    # XINUSE (xsave.py)
     g.sse_ready = True
 
 
@@ -66,9 +66,13 @@ def _ea(g, ins):
     return ea
 
 
-def load128(g, ea, aligned=True):
+def load128(g, ea, aligned=True, misaligned_mode=False):
+    """A 16-byte load; ``aligned``: #GP if misaligned, unless ``misaligned_mode`` and
+    MXCSR.MM (AMD's misaligned SSE mode: only arithmetic operands, never the aligned moves;
+    the bit can be set only where the CPU model's MXCSR_MASK has it)."""
     if aligned:
-        g.emit("if %s & 15: raise_fault(13, 0)" % ea)
+        mm = " and not cpu.fpu.mxcsr & 0x20000" if misaligned_mode else ""
+        g.emit("if %s & 15%s: raise_fault(13, 0)" % (ea, mm))
     lo = g.load(ea, 8)
     hi = g.load("((%s + 8) & %#x)" % (ea, M64), 8)
     v = g.tmp("x")
@@ -85,11 +89,11 @@ def store128(g, ea, val, aligned=True):
     g.store("((%s + 8) & %#x)" % (ea, M64), 8, "(%s >> 64)" % val)
 
 
-def src128(g, ins, aligned=True):
-    """The xmm/m128 source operand."""
+def src128(g, ins, aligned=True, move=False):
+    """The xmm/m128 source operand (of an arithmetic instruction unless ``move``)."""
     if ins.mod == 3:
         return "XM[%d]" % ins.rm
-    return load128(g, _ea(g, ins), aligned)
+    return load128(g, _ea(g, ins), aligned, misaligned_mode=not move)
 
 
 def src_low(g, ins, size):
@@ -110,7 +114,7 @@ def set_low(g, r, size, val):
 # --- moves ------------------------------------------------------------------------------------
 def _mov_load(aligned):
     def h(g, ins):
-        v = src128(g, ins, aligned)
+        v = src128(g, ins, aligned, move=True)
         g.emit("XM[%d] = %s" % (ins.reg, v))
     return h
 

@@ -36,7 +36,7 @@ def _x87(*opcodes):
 def _prologue(g, waiting=True):
     if not vars(g).get("x87_ready"):
         g.emit("if cpu.cr0 & 12: raise_fault(7)")
-        g.emit("FP = cpu.fpu; FU = FP.x87")
+        g.emit("FP = cpu.fpu; FU = FP.x87; FP.used |= 1")      # XINUSE tracking (xsave.py)
         g.x87_ready = True
     if waiting:
         g.emit("if FP.fsw & 0x80: raise_fault(16)")

@@ -1,7 +1,8 @@
 """CPUID for guests (arch/x86/kvm/cpuid.c).
 
-``KVM_GET_SUPPORTED_CPUID`` tells user space what kvmpy can virtualise -- exactly the features
-the software processor implements (``kvmpy.hw.features``) -- and ``KVM_SET_CPUID2`` gives a
+``KVM_GET_SUPPORTED_CPUID`` tells user space what kvmpy can virtualise: the CPU model in use
+(``kvmpy.hw.models``: identity, caches, topology, address sizes) with exactly the features
+the software processor implements (``kvmpy.hw.features``); and ``KVM_SET_CPUID2`` gives a
 vCPU the table its CPUID instruction answers from (the CPUID exit, ``kvm_emulate_cpuid`` in
 ``run.py``, asks ``kvm_cpuid``).  ``kvm_cpuid`` applies KVM's lookup rules,
 including the one for leaves the table lacks (Intel guests get the highest basic leaf).
@@ -13,24 +14,23 @@ import ctypes
 import errno
 
 from ... import uapi
-from ...hw import features, xsave
+from ...hw import features, models, xsave
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
+from . import params
 
 __all__ = [
-    "KVM_MAX_CPUID_ENTRIES", "PHYS_ADDR_BITS", "VIRT_ADDR_BITS", "CpuidEntry", "vendor_string",
+    "KVM_MAX_CPUID_ENTRIES", "PHYS_ADDR_BITS", "CpuidEntry", "vendor_string", "kvm_cpu_model",
     "supported_cpuid", "kvm_dev_ioctl_get_supported_cpuid", "kvm_vcpu_ioctl_set_cpuid2",
     "kvm_vcpu_ioctl_get_cpuid2", "kvm_find_cpuid_entry", "guest_cpuid_has", "guest_maxphyaddr",
     "kvm_cpuid", "guest_cpuid_is_amd",
 ]
 
 KVM_MAX_CPUID_ENTRIES = 256
-PHYS_ADDR_BITS = 48
-VIRT_ADDR_BITS = 48
+PHYS_ADDR_BITS = 48                     # the host's: KVM's limit on guest-physical addresses
 MAX_BASIC_LEAF = 0xD
-MAX_EXT_LEAF = 0x80000008
-FAMILY_MODEL_STEPPING = 0x600           # what RDX holds at reset, too
-VENDORS = {"vmx": b"GenuineIntel", "svm": b"AuthenticAMD"}
+FAMILY_MODEL_STEPPING = 0x600           # RDX at reset when the guest has no CPUID leaf 1
+VENDORS = models.VENDOR_OF_MODULE
 _ENTRY = ctypes.sizeof(uapi.kvm_cpuid_entry2)
 _SIG = uapi.KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 
@@ -60,44 +60,69 @@ class CpuidEntry:
             self.function, self.index, self.eax, self.ebx, self.ecx, self.edx)
 
 
-def vendor_string(vendor_name: str) -> tuple[int, int, int]:
-    """(ebx, ecx, edx) of CPUID leaf 0 for the vendor module ``vmx`` or ``svm``."""
-    s = VENDORS[vendor_name]
-    return (int.from_bytes(s[0:4], "little"), int.from_bytes(s[8:12], "little"),
-            int.from_bytes(s[4:8], "little"))
+def vendor_string(vendor: str) -> tuple[int, int, int]:
+    """(ebx, ecx, edx) of CPUID leaf 0 for a vendor string (``GenuineIntel``...)."""
+    b = vendor.encode("ascii")
+    return (int.from_bytes(b[0:4], "little"), int.from_bytes(b[8:12], "little"),
+            int.from_bytes(b[4:8], "little"))
 
 
-def _regs(leaf: int, subleaf: int) -> dict:
-    return {r: features.feature_mask(leaf, subleaf, r) for r in ("eax", "ebx", "ecx", "edx")}
+def kvm_cpu_model(vendor_name: str) -> models.CpuModel:
+    """The CPU model the vCPUs run: the ``cpu`` module parameter, else the vendor module's
+    own (kvm_intel: an Intel model, kvm_amd: an AMD one, as on real machines)."""
+    return models.lookup(params.cpu or models.DEFAULT_FOR_MODULE[vendor_name], vendor_name)
 
 
-def _xsave_leaves() -> list[CpuidEntry]:
+def _regs(leaf: int, subleaf: int, names) -> dict:
+    return {r: features.feature_mask(leaf, subleaf, r, names) for r in ("eax", "ebx", "ecx", "edx")}
+
+
+def _xsave_leaves(names) -> list[CpuidEntry]:
     """Leaf 0xD: sub-leaf 0 has the XCR0 bits the processor supports and the area size
     (the same for every XCR0 it allows), sub-leaf 1 the XSAVE extensions (XSAVEOPT)."""
-    if not features.implemented("xsave"):
+    if "xsave" not in names:
         return [CpuidEntry(0xD, 0, _SIG), CpuidEntry(0xD, 1, _SIG)]
     size = xsave.AREA_SIZE
     return [CpuidEntry(0xD, 0, _SIG, xsave.XCR0_SUPPORTED & 0xFFFFFFFF, size, size, xsave.XCR0_SUPPORTED >> 32),
-            CpuidEntry(0xD, 1, _SIG, _regs(0xD, 1)["eax"])]
+            CpuidEntry(0xD, 1, _SIG, _regs(0xD, 1, names)["eax"])]
 
 
-def supported_cpuid(vendor_name: str) -> list[CpuidEntry]:
-    """The CPUID table kvmpy can give a guest of this vendor."""
-    ebx, ecx, edx = vendor_string(vendor_name)
-    leaf1 = _regs(1, 0)
-    if features.implemented("clflush"):
+def _model_leaves(model, lo: int, hi: int) -> list[CpuidEntry]:
+    """The model's own leaves (caches, topology) between ``lo`` and ``hi``; leaves with
+    sub-leaves are marked index-significant."""
+    subleafs = {leaf for leaf, sub in model.leaves if sub}
+    return [CpuidEntry(leaf, sub, _SIG if leaf in subleafs else 0, *regs)
+            for (leaf, sub), regs in sorted(model.leaves.items()) if lo <= leaf <= hi]
+
+
+def supported_cpuid(model: models.CpuModel) -> list[CpuidEntry]:
+    """The CPUID table kvmpy can give a guest of this CPU model: its identity and leaves, with
+    exactly the features the processor implements (plus the model's vendor-only ones)."""
+    names = features.IMPLEMENTED | model.features
+    ebx, ecx, edx = vendor_string(model.vendor)
+    leaf1 = _regs(1, 0, names)
+    if "clflush" in names:
         leaf1["ebx"] |= 8 << 8                  # CLFLUSH line size: 8 quadwords
-    ext = _regs(0x80000001, 0)
-    amd = vendor_name == "svm"
-    return [
+    ext = _regs(0x80000001, 0, names)
+    amd = model.is_amd
+    brand = [CpuidEntry(0x80000002 + i, 0, 0, *regs) for i, regs in enumerate(model.brand_leaves())]
+    out = [
         CpuidEntry(0, 0, 0, MAX_BASIC_LEAF, ebx, ecx, edx),
-        CpuidEntry(1, 0, 0, FAMILY_MODEL_STEPPING, leaf1["ebx"], leaf1["ecx"], leaf1["edx"]),
-        CpuidEntry(7, 0, _SIG, 0, *(v for k, v in _regs(7, 0).items() if k != "eax")),
-        *_xsave_leaves(),
-        CpuidEntry(0x80000000, 0, 0, MAX_EXT_LEAF, *((ebx, ecx, edx) if amd else (0, 0, 0))),
-        CpuidEntry(0x80000001, 0, 0, FAMILY_MODEL_STEPPING if amd else 0, 0, ext["ecx"], ext["edx"]),
-        CpuidEntry(0x80000008, 0, 0, PHYS_ADDR_BITS | VIRT_ADDR_BITS << 8),
+        CpuidEntry(1, 0, 0, model.signature, leaf1["ebx"], leaf1["ecx"], leaf1["edx"]),
+        *_model_leaves(model, 2, 6),
+        CpuidEntry(7, 0, _SIG, 0, *(v for k, v in _regs(7, 0, names).items() if k != "eax")),
+        *_model_leaves(model, 8, 0xC),
+        *_xsave_leaves(names),
+        CpuidEntry(0x80000000, 0, 0, model.max_ext_leaf, *((ebx, ecx, edx) if amd else (0, 0, 0))),
+        CpuidEntry(0x80000001, 0, 0, model.signature if amd else 0, 0, ext["ecx"], ext["edx"]),
+        *brand,
+        *_model_leaves(model, 0x80000005, 0x80000007),
+        CpuidEntry(0x80000008, 0, 0, model.phys_bits | model.virt_bits << 8),
+        *_model_leaves(model, 0x80000009, 0x8000001F),
     ]
+    if model.max_ext_leaf >= 0x80000021:
+        out.append(CpuidEntry(0x80000021, 0, 0, *_regs(0x80000021, 0, names).values()))
+    return out
 
 
 def _read_cpuid2_header(arg: int) -> uapi.kvm_cpuid2:
@@ -114,7 +139,7 @@ def _write_entries(arg: int, entries: list[CpuidEntry]) -> None:
 def kvm_dev_ioctl_get_supported_cpuid(arg: int, vendor_name: str) -> int:
     """KVM_GET_SUPPORTED_CPUID: E2BIG (nent untouched) when the caller's array is too small."""
     nent = _read_cpuid2_header(arg).nent
-    entries = supported_cpuid(vendor_name)
+    entries = supported_cpuid(kvm_cpu_model(vendor_name))
     if nent < 1 or nent < len(entries):
         raise kernel_error(errno.E2BIG)
     _write_entries(arg, entries)
@@ -175,7 +200,7 @@ def guest_maxphyaddr(vcpu) -> int:
 
 def guest_cpuid_is_amd(vcpu) -> bool:
     e = kvm_find_cpuid_entry(vcpu, 0)
-    return e is not None and (e.ebx, e.ecx, e.edx) == vendor_string("svm")
+    return e is not None and (e.ebx, e.ecx, e.edx) == vendor_string(models.AMD)
 
 
 def _out_of_range_entry(vcpu, function: int, index: int):

@@ -20,7 +20,7 @@ from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
 from .. import kvm_main
 from ..trace import event, traced
-from . import emulate, mmu, params, run, x86
+from . import cpuid, emulate, mmu, params, run, x86
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 
@@ -53,7 +53,7 @@ class KvmX86Ops:
         """Nothing to probe: the software processor always has the features."""
 
     def vcpu_create(self, vcpu) -> None:
-        cpu = vcpu.arch.cpu = Processor(self.exit_format())
+        cpu = vcpu.arch.cpu = Processor(self.exit_format(), cpuid.kvm_cpu_model(self.name))
         cpu.intercept_task_switch = True        # VMX and SVM: task switches always exit
 
     def vcpu_reset(self, vcpu, init_event: bool) -> None:

@@ -623,10 +623,15 @@ def kvm_arch_vcpu_ioctl_set_fpu(vcpu, f: uapi.kvm_fpu) -> None:
 # ----------------------------------------------------------------------------------------
 # MSRs
 # ----------------------------------------------------------------------------------------
-def is_noncanonical_address(la: int, vcpu) -> bool:
-    bits = kcpuid.VIRT_ADDR_BITS
-    sext = la & ((1 << 64) - 1)
-    top = sext >> (bits - 1)
+def max_host_virt_addr_bits() -> int:
+    """57 when KVM supports LA57 (kvm_cpu_cap_has), else 48: what MSR addresses are
+    checked against since Linux 6.13, whatever the guest's own paging mode."""
+    return 57 if features.implemented("la57") else 48
+
+
+def is_noncanonical_msr_address(la: int, vcpu) -> bool:
+    bits = max_host_virt_addr_bits()
+    top = (la & ((1 << 64) - 1)) >> (bits - 1)
     return top not in (0, (1 << (65 - bits)) - 1)
 
 
@@ -681,13 +686,13 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
     if index == MSR_EFER:
         return kvm_set_efer(vcpu, data, host_initiated)
     if index in _PLAIN_MSRS:
-        if index in _CANONICAL_MSRS and is_noncanonical_address(data, vcpu):
+        if index in _CANONICAL_MSRS and is_noncanonical_msr_address(data, vcpu):
             return 1
         cpu.msrs[index] = data
     elif index in (MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP):
         cpu.msrs[index] = data
     elif index in (MSR_FS_BASE, MSR_GS_BASE):
-        if is_noncanonical_address(data, vcpu):
+        if is_noncanonical_msr_address(data, vcpu):
             return 1
         cpu.seg[hs.FS if index == MSR_FS_BASE else hs.GS].base = data
         _state_changed(vcpu)
