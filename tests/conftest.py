@@ -1,18 +1,8 @@
 """Shared pytest configuration for kvmpy's tests."""
 
-import os
-
 import pytest
 
-
-def host_kvm_usable():
-    """True when the host's /dev/kvm exists and this process may open it."""
-    try:
-        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
-    except OSError:
-        return False
-    os.close(fd)
-    return True
+from tests.support.hostkvm import host_kvm_usable
 
 
 def pytest_runtest_setup(item):
@@ -21,7 +11,6 @@ def pytest_runtest_setup(item):
         pytest.skip("needs the host's /dev/kvm")
 
 
-# --- kvmpy's soft kernel (added with tests/test_kernel_files.py) -----------------------------
 @pytest.fixture(scope="session")
 def soft_kvm():
     """Make sure kvmpy's /dev/kvm is registered (the vendor module loaded, like modprobe)."""

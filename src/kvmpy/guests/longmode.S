@@ -1,7 +1,7 @@
 /*
  * longmode.S - differential-test guest: the same bytes run on the host's /dev/kvm and on
  * kvmpy must produce the same console output, the same sequence of exits and the same
- * final registers (tests/test_host_vs_soft.py, driven by tests/rawvmm.py).
+ * final registers (tests/guests/test_host_vs_soft.py, driven by tests/support/rawvmm.py).
  *
  * What it exercises, by stage (mode switches and page tables come from boot.inc):
  *   real mode    COM1 output; 8-bit IN from COM1 LSR (0x3fd) with AH kept

@@ -2,7 +2,7 @@
  * sysmodes.S - differential-test guest for the processor's system paths: mode switches,
  * exception delivery (with privilege changes, TSS stacks and an IST stack), paging faults,
  * fast system calls and SWAPGS.  Run on the host's /dev/kvm and on kvmpy it must print the
- * same lines, exit the same way and end in the same registers (tests/test_sysmodes.py).
+ * same lines, exit the same way and end in the same registers (tests/guests/test_sysmodes.py).
  *
  * The host runs guests in KVM's instruction emulator, which implements INT n and IRET only
  * in real mode, no far RET to an outer privilege level, and no SYSRET/SYSEXIT in long mode.
@@ -23,7 +23,7 @@
  *               (demand mapping), SYSCALL with STAR/LSTAR/SFMASK and SWAPGS in the handler,
  *               a far call into a 32-bit compatibility-mode segment and far RET back
  * Finally it prints the number of checks passed and leaves RAX..R15 as listed in
- * tests/test_sysmodes.py before writing 0 to the isa-debug-exit port.
+ * tests/guests/test_sysmodes.py before writing 0 to the isa-debug-exit port.
  */
         .include "boot.inc"
 

@@ -1,6 +1,6 @@
 /*
  * tasks.S - guest for call gates, hardware task switches and virtual-8086 mode, checked
- * against QEMU TCG (tests/test_tasks.py; the host's KVM emulator does none of these).
+ * against QEMU TCG (tests/guests/test_tasks.py; the host's KVM emulator does none of these).
  *
  * Steps (one console line each after its checks pass; a failed check writes the step
  * number to port 0xf4, success writes 0):

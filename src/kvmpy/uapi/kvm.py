@@ -5,7 +5,7 @@ system, VM and vCPU files, the ``ctypes`` structures with the kernel's exact lay
 constants (exit reasons, capabilities, flags).  Both backends use these definitions: the
 soft kernel (``kvmpy.kernel``) decodes the same bytes the host's ``/dev/kvm`` does, so one VMM
 can drive either.  Sizes are encoded in the ioctl numbers from the structures themselves, and
-``tests/test_uapi.py`` checks them against the C headers and the facts file.
+``tests/uapi/test_uapi.py`` checks them against the C headers and the facts file.
 
 Variable-length structures (``kvm_msrs``, ``kvm_cpuid2``, ``kvm_msr_list``,
 ``kvm_irq_routing``, ``kvm_signal_mask``) are declared as their fixed header; ``with_entries``

@@ -27,7 +27,7 @@ import sys
 
 import pytest
 
-import rawvmm
+from tests.support import rawvmm
 from kvmpy import syscalls
 from kvmpy.hw import entry
 from kvmpy.hw.cpu import Processor
@@ -228,7 +228,7 @@ SVM_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
 from kvmpy import syscalls
-import test_entry_checks as t
+from tests.kernel import test_entry_checks as t
 print(json.dumps({c: t.enter(syscalls, c) for c in sys.argv[2:]}))
 """
 
@@ -236,8 +236,8 @@ print(json.dumps({c: t.enter(syscalls, c) for c in sys.argv[2:]}))
 def test_svm_vendor_end_to_end():
     """With kvm_amd loaded: SVM_EXIT_ERR -> KVM_EXIT_FAIL_ENTRY with reason -1 (as u64)."""
     cases = ["long mode", "CS.L and CS.D in IA-32e mode", "TR unusable in protected mode"]
-    tests_dir = str(pathlib.Path(__file__).resolve().parent)
-    proc = subprocess.run([sys.executable, "-c", SVM_CHILD, tests_dir, *cases], capture_output=True,
+    repo = str(pathlib.Path(__file__).resolve().parents[2])
+    proc = subprocess.run([sys.executable, "-c", SVM_CHILD, repo, *cases], capture_output=True,
                           text=True, timeout=60, env={**os.environ, "KVMPY_VENDOR": "svm"})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"long mode": "HLT", "CS.L and CS.D in IA-32e mode": SVM_FAIL,

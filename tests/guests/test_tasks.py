@@ -6,7 +6,7 @@ its console output and exit value are committed in tests/data/tasks.qemu.json; k
 print the same lines and exit the same way.  Where QEMU is installed the recording is
 checked against a fresh run, and refreshed with
 
-    KVMPY_RECORD=1 pytest tests/test_tasks.py -k qemu
+    KVMPY_RECORD=1 pytest tests/guests/test_tasks.py -k qemu
 
 QEMU runs the flat image without SeaBIOS: a 64 KiB "BIOS" whose reset vector jumps to
 0:0x7c00, and the image placed there by QEMU's generic loader device, so the guest starts
@@ -24,7 +24,7 @@ import tempfile
 
 import pytest
 
-import rawvmm
+from tests.support import rawvmm
 from kvmpy.guests import load_image
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
@@ -32,7 +32,7 @@ from kvmpy.hw.events import Fault
 from kvmpy.hw.state import CR0_PE, CS, EFER_LMA, EFER_LME, SS, Segment
 from kvmpy.hw.vmx import VmxExitFormat
 
-RECORDED = pathlib.Path(__file__).resolve().parent / "data" / "tasks.qemu.json"
+RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "tasks.qemu.json"
 RECORD = os.environ.get("KVMPY_RECORD") == "1"
 QEMU = "qemu-system-x86_64"
 RESET_JUMP = bytes([0xEA, 0x00, 0x7C, 0x00, 0x00])      # jmp far 0000:7c00 at F000:FFF0

@@ -6,7 +6,7 @@ stack), SYSENTER/SYSEXIT, SYSCALL with SWAPGS and a compatibility-mode excursion
 each result itself (a failed check ends the run with the step number).  The host's /dev/kvm
 is the oracle; its run is committed in tests/data/sysmodes.host.json, refreshed with
 
-    KVMPY_RECORD=1 pytest tests/test_sysmodes.py -k host
+    KVMPY_RECORD=1 pytest tests/guests/test_sysmodes.py -k host
 """
 
 import json
@@ -15,11 +15,11 @@ import pathlib
 
 import pytest
 
-import rawvmm
-from conftest import host_kvm_usable
+from tests.support import rawvmm
+from tests.support.hostkvm import host_kvm_usable
 from kvmpy.guests import load_image
 
-RECORDED = pathlib.Path(__file__).resolve().parent / "data" / "sysmodes.host.json"
+RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "sysmodes.host.json"
 RECORD = os.environ.get("KVMPY_RECORD") == "1"
 
 STEPS = ("real mode INT/IRET", "16-bit protected mode", "pm32 #DE #UD #GP",

@@ -21,11 +21,6 @@ def assembled():
     return cases
 
 
-@pytest.fixture(scope="module")
-def run_snippet():
-    return diff.load_run_snippet()
-
-
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_matches_silicon(name, assembled, run_snippet):
     problems = []

@@ -16,7 +16,7 @@ device at 0xd0000000 answering reads from a fixed byte pattern and recording wri
 isa-debug-exit at 0xf4. The result is a JSON-ready dict: console text, the exit sequence,
 the debug-exit value and the final REGS/SREGS.
 
-Command line:  python tests/rawvmm.py [--soft] GUEST   (GUEST: a name like "longmode" or a path)
+Command line:  python tests/support/rawvmm.py [--soft] GUEST   (GUEST: a name like "longmode" or a path)
 """
 
 import ctypes

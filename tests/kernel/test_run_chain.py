@@ -1,14 +1,9 @@
 """KVM_RUN follows the seed's chain (steps 7 and 8), recorded by the tracer."""
 
-import sys
-from pathlib import Path
-
 from kvmpy import syscalls
 from kvmpy.guests import load_image
 from kvmpy.kernel import trace
-
-sys.path.insert(0, str(Path(__file__).parent))
-import rawvmm  # noqa: E402
+from tests.support import rawvmm
 
 
 def _names(records):

@@ -18,7 +18,7 @@ from kvmpy.hw.state import CPUState
 from tests.oracle import asm, diff
 from tests.oracle.diff import Case
 from tests.oracle.flagspec import ARITH, undefined_flags
-from tests.oracle.native import AF, CF, DATA_ADDR, DF, OF, PF, SF, ZF, run_native, unavailable_reason
+from tests.oracle.native import AF, CF, DATA_ADDR, DF, OF, PF, SF, ZF, run_native
 from tests.oracle.operands import in_reg, mask, pattern, reg, sign
 
 MAX_REPORTED = 20
@@ -159,14 +159,6 @@ def _ud_cases():
 
 GROUPS = {"rep": _rep_cases, "shift": _shift_cases, "bits": _bits_cases, "atomic": _atomic_cases}
 FAULTING = {"rep-fault": _rep_fault_cases, "ud-gp": _ud_cases}
-
-
-@pytest.fixture(scope="module")
-def run_snippet():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    return diff.load_run_snippet()
 
 
 @pytest.fixture(scope="module")

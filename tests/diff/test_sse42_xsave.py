@@ -13,7 +13,8 @@ import pytest
 
 from kvmpy import uapi
 from tests.oracle.native import DATA_ADDR, unavailable_reason
-from tests.test_sse_diff import IN, NREGS, Snippets, run_snippet  # noqa: F401 (fixture)
+from tests.support.fpu_oracle import IN, NREGS, Snippets
+from tests.support.vcpu import Vcpu, host_vcpu
 
 silicon = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
 D = DATA_ADDR
@@ -189,7 +190,6 @@ def test_xrstor(run_snippet):
 
 # --- the KVM API around XSAVE ----------------------------------------------------------------
 def _soft_vcpu(soft_kvm):
-    from tests.test_vcpu_state_ioctls import Vcpu
     from kvmpy import syscalls as S
     return Vcpu(S.open, S.ioctl, S.close)
 
@@ -260,7 +260,6 @@ def test_get_set_xsave(soft_kvm):
 def test_fresh_xsave_matches_host(soft_kvm):
     """A fresh vCPU's KVM_GET_XSAVE and XCR0 equal the host KVM's (MXCSR_MASK and the
     software-reserved bytes 464..511 are the host kernel's own)."""
-    from tests.test_vcpu_state_ioctls import host_vcpu
     host, soft = host_vcpu(), _soft_vcpu(soft_kvm)
     try:
         h, s = (bytes(c.get(uapi.KVM_GET_XSAVE, uapi.kvm_xsave)) for c in (host, soft))

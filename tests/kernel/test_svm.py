@@ -19,19 +19,19 @@ from kvmpy.hw import svm as hwsvm
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Intercept
 from kvmpy.kernel.x86 import svm
-import rawvmm
+from tests.support import rawvmm
 
-TESTS_DIR = pathlib.Path(__file__).resolve().parent
-DATA_DIR = TESTS_DIR / "data"
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DATA_DIR = REPO / "tests" / "data"
 GUESTS = ("demo", "longmode")
 MMU_MODES = {"npt": True, "shadow": False}
 
-# Runs one guest on SVM through tests/rawvmm.py, with the tracer on; prints the rawvmm
+# Runs one guest on SVM through tests/support/rawvmm.py, with the tracer on; prints the rawvmm
 # result plus the loaded vendor, the traced kernel functions and the exit codes seen.
 GUEST_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-import rawvmm
+from tests.support import rawvmm
 from kvmpy import syscalls
 from kvmpy.guests import load_image
 from kvmpy.kernel import trace
@@ -62,7 +62,7 @@ def _python(code, *args, **env):
 @pytest.fixture(scope="module")
 def svm_runs():
     """{(guest, mmu): the child's result}; the four children run at the same time."""
-    procs = {(g, m): subprocess.Popen([sys.executable, "-c", GUEST_CHILD, str(TESTS_DIR), g,
+    procs = {(g, m): subprocess.Popen([sys.executable, "-c", GUEST_CHILD, str(REPO), g,
                                        "1" if ept else "0"],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       env=_child_env())

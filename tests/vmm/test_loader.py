@@ -2,7 +2,7 @@
 
 import pytest
 
-from elfgen import make_elf
+from tests.support.elfgen import make_elf
 from kvmpy.api import GuestMemory
 from kvmpy.vmm.loader import LoadError, load
 

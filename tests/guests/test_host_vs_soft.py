@@ -1,4 +1,4 @@
-"""Differential test: one raw-ioctl VMM (tests/rawvmm.py), two kernels.
+"""Differential test: one raw-ioctl VMM (tests/support/rawvmm.py), two kernels.
 
 Each guest from kvmpy.guests runs once on the host's /dev/kvm, the oracle, and once on
 kvmpy's soft kernel through ``kvmpy.syscalls``. Both runs must print the same console text,
@@ -6,7 +6,7 @@ produce the same sequence of exits (reason, port/address, size, count, data) and
 the same REGS and SREGS. The host results are committed in tests/data/<guest>.host.json so
 the soft half can be checked where /dev/kvm is absent; refresh them with
 
-    KVMPY_RECORD=1 pytest tests/test_host_vs_soft.py -k host
+    KVMPY_RECORD=1 pytest tests/guests/test_host_vs_soft.py -k host
 """
 
 import json
@@ -15,11 +15,11 @@ import pathlib
 
 import pytest
 
-import rawvmm
-from conftest import host_kvm_usable
+from tests.support import rawvmm
+from tests.support.hostkvm import host_kvm_usable
 from kvmpy.guests import load_image
 
-DATA_DIR = pathlib.Path(__file__).resolve().parent / "data"
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data"
 RECORD = os.environ.get("KVMPY_RECORD") == "1"
 
 LONGMODE_CONSOLE = ("longmode: real mode\r\nlongmode: protected mode\r\n"

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-BENCH_DIR = pathlib.Path(__file__).resolve().parents[1] / "bench"
+BENCH_DIR = pathlib.Path(__file__).resolve().parents[2] / "bench"
 SMALL = {"int": 20_000, "sieve32": 1, "memcpy64": 10}
 
 

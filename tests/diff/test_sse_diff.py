@@ -13,15 +13,11 @@ import struct
 
 import pytest
 
-from tests.fpu_oracle import Batch
-from tests.oracle import asm, diff
+from tests.support.fpu_oracle import IN, MXCSR_OUT, NREGS, OUT, Snippets
+from tests.oracle import asm
 from tests.oracle.native import DATA_ADDR, run_native, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
-
-IN, OUT, MXCSR_IN, MXCSR_OUT, FLAGS_OUT = 0x000, 0x800, 0xFF0, 0xFF4, 0xF00
-NREGS = 8
-
 
 def f32(x):
     return struct.unpack("<I", struct.pack("<f", x))[0]
@@ -50,33 +46,6 @@ MXCSRS = [0x1F80, 0x1F80 | 1 << 13, 0x1F80 | 2 << 13, 0x1F80 | 3 << 13, 0x1F80 |
 
 def vec(lanes, size):
     return sum(v << (8 * size * i) for i, v in enumerate(lanes))
-
-
-class Snippets(Batch):
-    """Snippets that start from given XMM registers and MXCSR and store them all at the end."""
-
-    def add(self, body, xmm, mxcsr=0x1F80, regs=None, flags=False, extra=b""):
-        """``xmm``: initial values of xmm0..; ``body``: the instructions under test."""
-        mem = bytearray(4096)
-        for i, v in enumerate(xmm):
-            mem[IN + 16 * i:IN + 16 * i + 16] = (v & ((1 << 128) - 1)).to_bytes(16, "little")
-        mem[0x400:0x400 + len(extra)] = extra
-        mem[MXCSR_IN:MXCSR_IN + 4] = mxcsr.to_bytes(4, "little")
-        body = body if isinstance(body, list) else [body]
-        lines = ["ldmxcsr [%#x]" % (DATA_ADDR + MXCSR_IN)]
-        lines += ["movdqu xmm%d, [%#x]" % (i, DATA_ADDR + IN + 16 * i) for i in range(NREGS)]
-        lines += body
-        if flags:
-            lines += ["pushfq", "pop rax", "and eax, 0x8d5", "mov [%#x], eax" % (DATA_ADDR + FLAGS_OUT)]
-        lines += ["movdqu [%#x], xmm%d" % (DATA_ADDR + OUT + 16 * i, i) for i in range(NREGS)]
-        lines += ["stmxcsr [%#x]" % (DATA_ADDR + MXCSR_OUT)]
-        title = "[%s] mxcsr=%#x xmm=%s regs=%s" % ("; ".join(body), mxcsr, [hex(v) for v in xmm], regs)
-        super().add(lines, mem, regs, title)
-
-
-@pytest.fixture(scope="module")
-def run_snippet():
-    return diff.load_run_snippet()
 
 
 def rng(name):

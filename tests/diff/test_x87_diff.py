@@ -14,8 +14,7 @@ import struct
 
 import pytest
 
-from tests.fpu_oracle import Batch
-from tests.oracle import diff
+from tests.support.fpu_oracle import Batch
 from tests.oracle.native import DATA_ADDR, unavailable_reason
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=unavailable_reason() or "")
@@ -71,11 +70,6 @@ class X87(Batch):
                       "2:", "fstp tbyte ptr [%#x]" % (D + OUT + 16 * k), "3:"]
         title = "[%s] cw=%#x in=%s" % ("; ".join(body), cw, [hex(v) for v in values])
         super().add(lines, mem, regs, title)
-
-
-@pytest.fixture(scope="module")
-def run_snippet():
-    return diff.load_run_snippet()
 
 
 def m(i, size="tbyte"):

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from elfgen import make_elf
+from tests.support.elfgen import make_elf
 from kvmpy.api import Vcpu, VcpuExit
 from kvmpy.vmm.cli import main
 
