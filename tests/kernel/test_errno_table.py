@@ -358,7 +358,7 @@ def test_msr_address_width_soft(soft_kvm, monkeypatch):
 @pytest.mark.host
 def test_msr_address_width_host():
     """The host's answer follows from its kernel version (uname -r) and its KVM's LA57."""
-    from tests.hostinfo import kernel_version
+    from tests.support.hostinfo import kernel_version
     bits = msr_address_bits(kernel_version(), _supported_la57(HOST))
     assert _result(_run(HOST, _set_lstar)) == _expected_lstar(bits)
 

@@ -5,7 +5,7 @@
 writes ``tests/data/silicon/<vendor>-<model>.json``: the machine it ran on (CPU name,
 family/model/stepping, microcode, kernel), the kvmpy CPU model it is to be checked against
 (default: the model of this machine's vendor) and each case's observations.  Those files are
-checked on every host by ``tests/test_silicon_records.py``.
+checked on every host by ``tests/diff/test_silicon_records.py``.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import pathlib
 import sys
 
 from kvmpy.hw import models
-from tests import hostinfo
+from tests.support import hostinfo
 from tests.oracle import native, vendor_cases
 
 DATA_DIR = pathlib.Path(__file__).resolve().parent.parent / "data" / "silicon"

@@ -2,7 +2,7 @@
 
 Each case runs natively (``python -m tests.oracle.record`` keeps the answers of the machine's
 silicon in ``tests/data/silicon/``) and on kvmpy's processor under a CPU model
-(``tests/test_silicon_records.py`` checks every recorded file against its model, on any host).
+(``tests/diff/test_silicon_records.py`` checks every recorded file against its model, on any host).
 An observation is a named byte range of the data page, recorded as hex.
 """
 

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 
-from tests import rawvmm
+from tests.support import rawvmm
 from tests.reliability import memory_vm as mv
 
 MAX_RUNS = 400              # KVM_RUNs per case before the VMM gives up (a hang)

@@ -6,7 +6,7 @@ fails on a crash or hang, an escaped Python exception, or an errno unlike the ho
 
 import pytest
 
-from tests.conftest import host_kvm_usable
+from tests.support.hostkvm import host_kvm_usable
 from tests.reliability import ioctl_fuzz
 
 

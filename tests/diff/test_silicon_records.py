@@ -2,7 +2,7 @@
 ``"source": "manual"``, derived from the manuals for) each vendor's silicon in
 ``tests/data/silicon/`` must be what kvmpy's processor gives under that file's CPU model.
 
-The live comparisons (``tests/test_*_diff.py``, ``tests/oracle``) check the model of the host's
+The live comparisons (``tests/diff/test_*_diff.py``, ``tests/oracle``) check the model of the host's
 vendor against the host; these files keep the other vendor's model checked too.  Re-record the
 host's file with ``python -m tests.oracle.record``.
 """
@@ -16,7 +16,7 @@ import pytest
 from kvmpy.hw import models, snippet
 from tests.oracle import vendor_cases
 
-DATA_DIR = pathlib.Path(__file__).resolve().parent / "data" / "silicon"
+DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "silicon"
 FILES = sorted(DATA_DIR.glob("*.json"))
 
 
