@@ -65,6 +65,14 @@ class FetchTLB(dict):
 EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX interruption types
 
 
+HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
+DELIVERY_TICK = 256        # exception deliveries between two looks (each retires nothing)
+
+
+def _no_host_interrupt():
+    return False
+
+
 class Processor(CPUState, SegmentUnit):
     """One logical processor.  ``exit_format`` is the vendor's VM-exit encoder; ``model`` the
     CPU model (``kvmpy.hw.models``) whose vendor-specific behaviours it has."""
@@ -85,6 +93,11 @@ class Processor(CPUState, SegmentUnit):
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode
+        # the host's interrupt line (external-interrupt exiting): asked every HOST_TICK
+        # instructions, before each translation, after a long REP chunk and every
+        # DELIVERY_TICK event deliveries;
+        # True ends the entry with a preemption exit (kvm_vcpu_exit_request on the kernel side)
+        self.host_interrupt = _no_host_interrupt
         # --- internal ---
         self.icount = 0
         self.sbase = [0] * 6
@@ -339,6 +352,8 @@ class Processor(CPUState, SegmentUnit):
             return None
 
     def _translate_block(self, rip, csb, lin, phys):
+        if self.host_interrupt():       # translating is the costliest work an entry does
+            raise Intercept("preemption")
         mode = self.mode
         mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
 
@@ -391,21 +406,25 @@ class Processor(CPUState, SegmentUnit):
             while True:
                 if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
                     raise Intercept("interrupt_window")
-                if self.icount >= limit:
+                if self.icount >= limit or self.host_interrupt():
                     raise Intercept("preemption")
-                self._run_blocks(limit)
+                self._run_blocks(min(limit, self.icount + HOST_TICK))
         except Intercept as e:
             return self.exit_format.format(self, e)
 
     def _run_blocks(self, limit):
-        """Execute blocks until the budget is used; faults are delivered here."""
-        while self.icount < limit:
+        """Execute blocks until ``limit`` instructions or DELIVERY_TICK deliveries of
+        exceptions (a handler that faults at once retires nothing); faults are delivered here."""
+        deliveries = 0
+        while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
                 self._run_chain(self.lookup_block(), limit)
             except Fault as f:
+                deliveries += 1
                 self._at_fault_insn()
                 self.raise_event(f)
             except DecodeError as d:
+                deliveries += 1
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
             except Intercept:
                 self._at_fault_insn()
@@ -492,6 +511,13 @@ class Processor(CPUState, SegmentUnit):
                 self.cc_aux = _num(aux)
         self.rip = b.insns[idx].start
         self.icount += n + idx
+
+    def rep_chunk_done(self):
+        """A REP string instruction used up its REP_BUDGET of iterations and is left to be
+        resumed: between chunks the host may interrupt (the instruction restarts where it
+        stopped, its registers written back)."""
+        if self.host_interrupt():
+            raise Intercept("preemption")
 
     # ------------------------------------------------------------------ events
     def raise_event(self, f: Fault):

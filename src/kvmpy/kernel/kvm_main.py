@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import uapi
 from ..hw import memory as hm
-from . import fs
+from . import fs, signals
 from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock, synchronize_srcu_expedited
 from .fs import kernel_error
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
@@ -185,6 +185,8 @@ class KvmVcpu:
         self.pio_data = None            # page 1 (io.data_offset = 4096)
         self.mutex = threading.RLock()
         self.sigset = None
+        self.sigmask_saved = None       # the thread's signal mask while it is in KVM_RUN (signals.py)
+        self.sigmask_interrupting = frozenset()
         self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0
@@ -733,7 +735,12 @@ def _vcpu_ioctl_run(vcpu: KvmVcpu, arg) -> int:
         if e.name != __package__ + ".x86.run":
             raise
         raise kernel_error(errno.ENOSYS) from None
-    return x86_run.kvm_arch_vcpu_ioctl_run(vcpu)
+    signals.kvm_sigset_activate(vcpu)
+    try:
+        return x86_run.kvm_arch_vcpu_ioctl_run(vcpu)
+    finally:
+        signals.kvm_sigset_deactivate(vcpu)
+
 
 
 def _vcpu_ioctl_set_signal_mask(vcpu: KvmVcpu, arg) -> int:

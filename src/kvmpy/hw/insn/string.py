@@ -10,7 +10,7 @@ in iteration k leaves the registers after k-1 iterations and the instruction
 restarts where it stopped; when the budget runs out the block is left with RIP
 still at the instruction (the partial execution counted as one instruction),
 which lets the processor take interrupts and VM exits in the middle of a long
-copy.  Forward REP MOVS/STOS of bytes or dwords copy whole runs within a page
+copy; ``Processor.rep_chunk_done`` lets the host interrupt it there.  Forward REP MOVS/STOS of bytes or dwords copy whole runs within a page
 through slices of the TLB's page views when both pages are in the TLB.
 """
 
@@ -158,6 +158,8 @@ def string_op(g, ins, kind, size):
     g.indent()
     # Not g.exit_to's self-loop (a `continue` here would resume the REP loop); and the
     # partial execution counts as one instruction, so the processor's budget advances.
+    # Between chunks the host may interrupt (a chunk is work the budget does not count).
+    g.emit("cpu.rep_chunk_done()")
     target, g.loop_target = g.loop_target, None
     g.exit_to(hex(ins.start), g.idx + 1)
     g.loop_target = target

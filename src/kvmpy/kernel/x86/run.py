@@ -17,6 +17,7 @@ from ...hw.segments import EXT_INTR, HW_EXC, NMI
 from ...hw.state import IF
 from ...uapi import kvm as uapi
 from .. import kvm_main
+from .. import signals
 from ..fs import kernel_error
 from ..trace import event, traced
 from . import mmu, params
@@ -77,6 +78,8 @@ def kvm_vcpu_ready_for_interrupt_injection(vcpu) -> bool:
 
 @traced
 def vcpu_run(vcpu) -> int:
+    """Enter the guest until an exit needs user space; between two entries, a signal or
+    ``immediate_exit`` ends KVM_RUN with -EINTR (xfer_to_guest_mode_handle_work)."""
     arch = vcpu.arch
     while True:
         cpu = arch.cpu
@@ -86,11 +89,19 @@ def vcpu_run(vcpu) -> int:
             r = vcpu_block(vcpu)
         if r <= 0:
             return r
-        if getattr(arch, "kick", False):
-            arch.kick = False
+        if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
             _stat(vcpu, "signal_exits")
             return -errno.EINTR
+
+
+def kvm_vcpu_exit_request(vcpu) -> bool:
+    """Must the running vCPU leave the guest for user space?  ``immediate_exit`` or a pending
+    signal (kicks and requests from other threads reach the processor directly, through
+    ``kvm_vcpu_kick``).  The processor asks this as its host interrupt line (see
+    ``Processor.host_interrupt``): every few thousand instructions, before each translation
+    and between REP chunks."""
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
 
 
 def vcpu_block(vcpu) -> int:
@@ -368,10 +379,9 @@ def kvm_handle_triple_fault(vcpu) -> int:
 
 
 def handle_preemption(vcpu) -> int:
-    """The entry's instruction budget ran out: return to check signals, then go on."""
-    if getattr(vcpu.arch, "kick", False):
-        return 1
-    _stat(vcpu, "irq_exits")            # the host timer interrupt that ends a time slice
+    """The host interrupted the entry (its instruction budget ran out, or
+    kvm_vcpu_exit_request said so): vcpu_run looks for signals, then goes on."""
+    _stat(vcpu, "irq_exits")            # the host interrupt that ends a time slice
     return 1
 
 

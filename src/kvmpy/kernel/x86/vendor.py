@@ -55,6 +55,7 @@ class KvmX86Ops:
     def vcpu_create(self, vcpu) -> None:
         cpu = vcpu.arch.cpu = Processor(self.exit_format(), cpuid.kvm_cpu_model(self.name))
         cpu.intercept_task_switch = True        # VMX and SVM: task switches always exit
+        cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
 
     def vcpu_reset(self, vcpu, init_event: bool) -> None:
         vcpu.arch.cpu.flush_code()
