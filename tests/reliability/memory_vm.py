@@ -150,7 +150,7 @@ class MemoryVm:
     def guest_insns(self) -> int:
         """Instructions the guest retired (kvmpy's processor counts them; 0 on the host)."""
         from kvmpy.kernel import fs
-        f = fs.fdget(self.vcpu) if self.sc.__name__ == "kvmpy.syscalls" else None
+        f = fs.fdget(self.vcpu) if getattr(self.sc, "__name__", "") == "kvmpy.syscalls" else None
         return f.private_data.arch.cpu.icount if f is not None else 0
 
     def close(self):
