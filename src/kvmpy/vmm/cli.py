@@ -20,6 +20,7 @@ an unexpected error, which would be a bug in kvmpy).
 
 import argparse
 import contextlib
+import math
 import os
 import sys
 
@@ -34,8 +35,51 @@ class UsageError(Exception):
     """A bad option combination (exit status 2)."""
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``kvmpy run: error: ...`` (exit status 2), no usage."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def positive_seconds(text):
+    """--timeout: a finite number of seconds > 0 (not nan, inf or negative)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive and finite")
+    return value
+
+
+def positive_int(text):
+    """--max-insns: a whole number > 0."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be positive")
+    return value
+
+
+def memory_mib(text):
+    """-m: guest RAM in MiB, at least 1 and small enough to end below the MMIO hole."""
+    from kvmpy.vmm.machine import MIB, MMIO_HOLE
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value}: guest memory must be at least 1 MiB")
+    if value * MIB > MMIO_HOLE:
+        raise argparse.ArgumentTypeError(f"{value}: at most {MMIO_HOLE // MIB} MiB")
+    return value
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="kvmpy", description="The Linux KVM hypervisor re-implemented in Python.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="boot a guest image",
@@ -51,15 +95,15 @@ def build_parser():
     run.add_argument("--cpu", metavar="MODEL",
                      help="soft KVM's CPU model, QEMU's spelling (Skylake-Server, EPYC, host, max...; "
                           "default: the vendor module's)")
-    run.add_argument("-m", "--memory", type=int, default=16, metavar="MIB",
+    run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
                      help="guest RAM in MiB (default 16)")
     run.add_argument("--format", choices=("auto", "flat", "elf"), default="auto",
                      help="image format (default: ELF if the file starts with its magic)")
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
-    run.add_argument("--max-insns", type=int, metavar="N",
+    run.add_argument("--max-insns", type=positive_int, metavar="N",
                      help="stop the soft processor after N guest instructions")
-    run.add_argument("--timeout", type=float, metavar="S",
+    run.add_argument("--timeout", type=positive_seconds, metavar="S",
                      help="stop the guest after S seconds of wall time")
     sub.add_parser("version", help="print kvmpy's version")
     return parser
@@ -99,15 +143,6 @@ def _cpu_model(text):
     return name
 
 
-def _check_args(args):
-    if args.memory < 1:
-        raise UsageError(f"-m {args.memory}: guest memory must be at least 1 MiB")
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout}: must be positive")
-    if args.max_insns is not None and args.max_insns <= 0:
-        raise UsageError(f"--max-insns {args.max_insns}: must be positive")
-
-
 @contextlib.contextmanager
 def _tracing(enabled):
     """Record the soft kernel's call chains for the run and print them to stderr."""
@@ -139,11 +174,8 @@ def _exit_status(result, demo):
 
 
 def cmd_run(args):
-    from kvmpy.vmm.machine import MMIO_HOLE, MIB, Machine
+    from kvmpy.vmm.machine import Machine
 
-    _check_args(args)
-    if args.memory * MIB > MMIO_HOLE:
-        raise UsageError(f"-m {args.memory}: at most {MMIO_HOLE // MIB} MiB")
     params = _soft_params(args)
     demo = args.image is None
     if demo:

@@ -31,18 +31,29 @@ class LoadedImage:
     segments: list  # (guest-physical address, memory size) of each loaded piece
 
 
-def _read(path):
+def _open(path):
+    """The image file, opened non-blocking, so a FIFO with no writer cannot hang the open."""
+    return open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb")
+
+
+def _read(path, limit):
+    """The file's bytes, at most ``limit`` of them (the guest RAM): a larger file, or an
+    endless one such as /dev/zero, is an error rather than a read without bound."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with _open(path) as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise LoadError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise LoadError(f"{path}: is a directory") from None
     except OSError as e:
         raise LoadError(f"{path}: {e.strerror}") from None
+    if data is None:
+        raise LoadError(f"{path}: no data to read (a pipe with nothing in it)")
     if not data:
         raise LoadError(f"{path}: file is empty")
+    if len(data) > limit:
+        raise LoadError(f"{path}: larger than the guest memory ({limit // (1 << 20)} MiB)")
     return data
 
 
@@ -61,7 +72,7 @@ def _place(memory, path, gpa, data, memsz=None):
 def is_elf(path):
     """True if the file starts with the ELF magic (False if it cannot be read)."""
     try:
-        with open(path, "rb") as f:
+        with _open(path) as f:
             return f.read(4) == ELF_MAGIC
     except OSError:
         return False
@@ -69,14 +80,14 @@ def is_elf(path):
 
 def load_flat(memory, path, addr=FLAT_LOAD_ADDR):
     """Copy a flat binary to ``addr``; it starts there in 16-bit real mode."""
-    data = _read(path)
+    data = _read(path, memory.size)
     _place(memory, path, addr, data)
     return LoadedImage("flat", addr, 16, [(addr, len(data))])
 
 
 def load_elf(memory, path):
     """Load the PT_LOAD segments of a 32- or 64-bit x86 ELF at their physical addresses."""
-    data = _read(path)
+    data = _read(path, memory.size)
     if not data.startswith(ELF_MAGIC):
         raise LoadError(f"{path}: not an ELF file")
     try:
