@@ -20,6 +20,7 @@ seen, only ``immediate_exit`` and kicks.
 from __future__ import annotations
 
 import signal
+import threading
 
 _HAVE_MASKS = hasattr(signal, "pthread_sigmask") and hasattr(signal, "sigpending")
 _SYNCHRONOUS = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP", "SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL",
@@ -63,3 +64,9 @@ def _interrupts(signum) -> bool:
     if handler == signal.SIG_IGN:
         return False
     return not (handler == signal.SIG_DFL and signum in _DEFAULT_IGNORED)
+
+
+def send_to_current_thread(signum) -> None:
+    """The kernel signals the thread it runs for (``send_sig(..., current, ...)``): pending
+    while KVM_RUN has it blocked, delivered when KVM_RUN returns."""
+    signal.pthread_kill(threading.get_ident(), signum)
