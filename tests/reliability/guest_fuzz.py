@@ -61,12 +61,16 @@ WORKER_START_S = 60     # a worker's imports, on a loaded machine
 CONFIRM = 10            # budgets of the second run of a guest kvmpy was still running
 
 
-class Watchdog:
-    """Kicks the vCPU thread once its guest's budget is over: ``immediate_exit`` and SIGUSR1,
-    from a timer thread, as a VMM's other thread would."""
+#: how the watchdog kicks the vCPU thread: both ways, or one of them alone
+KICKS = ("both", "immediate_exit", "signal")
 
-    def __init__(self, vm, budget, icount):
-        self.vm, self.icount = vm, icount
+
+class Watchdog:
+    """Kicks the vCPU thread once its guest's budget is over, from a timer thread, as a
+    VMM's other thread would: ``immediate_exit`` and SIGUSR1 (``kick``: one of KICKS)."""
+
+    def __init__(self, vm, budget, icount, kick="both"):
+        self.vm, self.icount, self.how = vm, icount, kick
         self.thread = threading.get_ident()
         self.kicked_at = self.kicked_insns = None
         self.timer = threading.Timer(budget, self.kick)
@@ -75,8 +79,10 @@ class Watchdog:
     def kick(self):
         self.kicked_insns = self.icount()
         self.kicked_at = time.perf_counter()
-        self.vm.run.immediate_exit = 1
-        signal.pthread_kill(self.thread, signal.SIGUSR1)
+        if self.how != "signal":
+            self.vm.run.immediate_exit = 1
+        if self.how != "immediate_exit":
+            signal.pthread_kill(self.thread, signal.SIGUSR1)
 
     def __enter__(self):
         self.timer.start()
@@ -98,13 +104,13 @@ class InsnLimit:
         self.reached = True
 
 
-def run_one(vm, mode, rng, budget, icount, limit, control=False):
+def run_one(vm, mode, rng, budget, icount, limit, control=False, kick="both"):
     """Build and run one guest; its record (outcome, retired instructions, kick latency)."""
     guests.build(vm, mode, rng, control)
     start = icount()
     limit.reached = False
     record = {"mode": mode, "exits": 0}
-    with Watchdog(vm, budget, icount) as dog:
+    with Watchdog(vm, budget, icount, kick) as dog:
         outcome = None
         while outcome is None:
             try:
@@ -136,14 +142,15 @@ def run_one(vm, mode, rng, budget, icount, limit, control=False):
 
 
 def soft_syscalls(combo, insn_limit=None):
-    """kvmpy's system calls with the vendor module and MMU of ``combo`` ("vmx/tdp"...), and a
-    function giving the instructions a vCPU fd's processor has retired."""
+    """kvmpy's system calls with the vendor module and MMU of ``combo`` ("vmx/tdp"...) and
+    vCPUs limited to ``insn_limit`` instructions (0: none), and a function giving the
+    instructions a vCPU fd's processor has retired."""
     vendor, mmu = combo.split("/")
     from kvmpy import syscalls
     from kvmpy.kernel import fs
     from kvmpy.kernel.x86 import params
     params.set(vendor=vendor, ept=mmu == "tdp")
-    params.insn_limit = insn_limit
+    params.insn_limit = insn_limit or None
 
     def icount_of(vcpu_fd):
         cpu = fs.fdget(vcpu_fd).private_data.arch.cpu
@@ -151,7 +158,7 @@ def soft_syscalls(combo, insn_limit=None):
     return syscalls, icount_of
 
 
-def worker(backend, seed, indices, budget, insn_budget):
+def worker(backend, seed, indices, budget, insn_budget, kick="both", controls=True):
     """Run guests ``indices`` on ``backend``, one JSON line each (and one before)."""
     signal.signal(signal.SIGUSR1, lambda *a: None)
     limit = InsnLimit()
@@ -167,34 +174,37 @@ def worker(backend, seed, indices, budget, insn_budget):
         print(json.dumps({"i": i, "start": True}), flush=True)
         mode = guests.MODES[i % len(guests.MODES)]
         records = []
-        for control in (False, True):
+        for control in (False, True) if controls else (False,):
             vm = guests.GuestVm(sc)
             try:
                 records.append(run_one(vm, mode, guests.seeded(seed, i), CONTROL_S if control else budget,
-                                       icount_of(vm.vcpu), limit, control))
+                                       icount_of(vm.vcpu), limit, control, kick))
             finally:
                 vm.close()
-        record, control = records
-        record["i"], record["control"] = i, control
+        record = records[0]
+        record["i"] = i
+        if controls:
+            record["control"] = records[1]
         print(json.dumps(record), flush=True)
 
 
-def _spawn(backend, seed, indices, budget, insn_budget):
+def _spawn(backend, seed, indices, budget, insn_budget, kick, controls):
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     return subprocess.Popen([sys.executable, "-m", "tests.reliability.guest_fuzz", "--worker", backend,
                              "--seed", str(seed), "--indices", ",".join(map(str, indices)),
-                             "--budget", str(budget), "--insn-budget", str(insn_budget)],
+                             "--budget", str(budget), "--insn-budget", str(insn_budget), "--kick", kick]
+                            + ([] if controls else ["--no-controls"]),
                             stdout=subprocess.PIPE, env=env, text=True)
 
 
-def run_backend(backend, seed, indices, budget, insn_budget=INSN_BUDGET):
+def run_backend(backend, seed, indices, budget, insn_budget=INSN_BUDGET, kick="both", controls=True):
     """Guests ``indices`` on one backend; a worker that stops answering is killed (a hang)
     and one that dies is a crash; either is restarted after the guest it was running.
     Returns the records, by guest index."""
     records, todo = {}, list(indices)
     while todo:
-        proc = _spawn(backend, seed, todo, budget, insn_budget)
+        proc = _spawn(backend, seed, todo, budget, insn_budget, kick, controls)
         current, wait = None, WORKER_START_S
         while True:
             ready, _, _ = select.select([proc.stdout], [], [], wait)
@@ -248,7 +258,7 @@ def comparable(host_rec):
     return host_rec["outcome"] in DEFINITE and _still_running(host_rec["control"])
 
 
-def _percentile(values, q):
+def percentile(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
 
@@ -295,7 +305,7 @@ def report(summary, results, out=sys.stdout, show=20):
     lat = [r["kick_ms"] for b, rs in results.items() if b != "host" for r in rs.values() if "kick_ms" in r]
     if lat:
         print("kick -> KVM_RUN return (kvmpy): n %d, median %.2f ms, p99 %.2f ms, max %.2f ms" % (
-            len(lat), _percentile(lat, 0.5), _percentile(lat, 0.99), max(lat)), file=out)
+            len(lat), percentile(lat, 0.5), percentile(lat, 0.99), max(lat)), file=out)
 
 
 def fuzz(count, seed, backends=COMBOS, budget=BUDGET_S, start=0, insn_budget=INSN_BUDGET):
@@ -327,14 +337,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--start", type=int, default=0, help="index of the first guest")
     p.add_argument("--budget", type=float, default=BUDGET_S, help="wall-clock seconds per guest")
-    p.add_argument("--insn-budget", type=int, default=INSN_BUDGET, help="kvmpy's instructions per guest")
+    p.add_argument("--insn-budget", type=int, default=INSN_BUDGET, help="kvmpy's instructions per guest (0: none)")
     p.add_argument("--no-host", action="store_true", help="do not run the guests on the host's /dev/kvm")
     p.add_argument("--combos", default=",".join(COMBOS), help="comma-separated vendor/mmu list")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--indices", help=argparse.SUPPRESS)
+    p.add_argument("--kick", choices=KICKS, default="both", help=argparse.SUPPRESS)
+    p.add_argument("--no-controls", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        worker(args.worker, args.seed, [int(i) for i in args.indices.split(",")], args.budget, args.insn_budget)
+        worker(args.worker, args.seed, [int(i) for i in args.indices.split(",")], args.budget, args.insn_budget,
+               args.kick, not args.no_controls)
         return 0
     backends = [b for b in args.combos.split(",") if b]
     if not args.no_host and host_kvm_usable():

@@ -516,6 +516,9 @@ class Block:
 
 
 MAX_BLOCK_INSNS = 48
+#: generated lines after which a block ends: compile() takes about 1 ms per 1,000 characters
+#: (40 lines), and a kick that lands during translation waits for it
+MAX_BLOCK_LINES = 80
 FOLLOWED = frozenset((0xEB, 0xE9, 0xE8))   # direct JMP/CALL: a block goes on at their target
 LOOP_LIMIT = 20000
 BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
@@ -640,14 +643,17 @@ def _spans(insns, cs_base) -> list:
 
 
 def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, emulating: bool = False,
-              max_insns: int = MAX_BLOCK_INSNS, single: bool = False) -> Block:
+              max_insns: int = MAX_BLOCK_INSNS, single: bool = False, stop=None) -> Block:
     """Decode and translate instructions starting at ``rip`` (linear ``cs_base + rip``).
 
     ``decode_at(rip)`` returns the Insn at that instruction pointer.  Translation
     stops after a block-ending instruction, before a third code page (the processor
-    checks the other page's mapping when it looks the block up), or after
-    ``max_insns`` instructions.  ``single`` translates exactly one execution of one
-    instruction (no self-loop), for stepping through an interrupt shadow.
+    checks the other page's mapping when it looks the block up), after ``max_insns``
+    instructions or MAX_BLOCK_LINES lines of code, or when ``stop()`` (asked after each
+    instruction) is true: the processor passes its host interrupt line, so that a kick
+    waits for a short block's compile() rather than a long one's.  ``single``
+    translates exactly one execution of one instruction (no self-loop), for stepping
+    through an interrupt shadow.
     """
     namespace.setdefault("_loop_limit", LOOP_LIMIT)
     g = Gen(mode, emulating)
@@ -677,7 +683,8 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
         else:
             em(g, ins)
         addr = ins.next_ip
-        if ins.opc in FOLLOWED and not (emulating or single) and len(insns) < max_insns:
+        full = len(insns) >= max_insns or len(g.lines) >= MAX_BLOCK_LINES or stop is not None and stop()
+        if ins.opc in FOLLOWED and not (emulating or single or full):
             target = g.jump_target()
             if (target is not None and _page_ok(pages, cs_base + target) and target != rip
                     and all(i.start != target for i in insns)):
@@ -688,7 +695,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
         done = g.ended or ins.opc in BLOCK_ENDERS
         if done and not g.ended:
             g.end()
-        elif not done and (emulating or len(insns) >= max_insns or not _page_ok(pages, cs_base + addr)):
+        elif not done and (emulating or full or not _page_ok(pages, cs_base + addr)):
             g.exit_to(hex(addr))
             done = True
         g.finish_insn()

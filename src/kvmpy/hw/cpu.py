@@ -66,7 +66,8 @@ EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX in
 
 
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
-DELIVERY_TICK = 256        # exception deliveries between two looks (each retires nothing)
+DELIVERY_TICK = 16         # exception deliveries between two looks (each retires nothing; one
+                           # that faults on a slot or an MMIO page costs a millisecond or more)
 
 
 def _no_host_interrupt():
@@ -362,7 +363,7 @@ class Processor(CPUState, SegmentUnit):
             base = (csb + r) & mask
             return decode(lambda i: self.fetch_byte((base + i) & mask), mode.code, r)
 
-        b = codegen.translate(decode_at, rip, csb, mode, self.ns)
+        b = codegen.translate(decode_at, rip, csb, mode, self.ns, stop=self.host_interrupt)
         b.phys = phys
         b.raw = b"".join(i.raw for i in b.insns)
         b.epoch = self.epoch
