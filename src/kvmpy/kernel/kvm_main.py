@@ -184,9 +184,9 @@ class KvmVcpu:
         self.run = None                 # the kernel's view of kvm_run (ctypes over run_area)
         self.pio_data = None            # page 1 (io.data_offset = 4096)
         self.mutex = threading.RLock()
-        self.sigset = None
+        self.sigset = None              # KVM_SET_SIGNAL_MASK's mask, a bit set, or None
         self.sigmask_saved = None       # the thread's signal mask while it is in KVM_RUN (signals.py)
-        self.sigmask_interrupting = frozenset()
+        self.sigmask_interrupting = 0     # signals that end KVM_RUN, a bit set (signals.py)
         self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0
@@ -751,7 +751,7 @@ def _vcpu_ioctl_set_signal_mask(vcpu: KvmVcpu, arg) -> int:
     if hdr.len != 8:                         # sizeof(sigset_t) in the kernel
         raise kernel_error(errno.EINVAL)
     mask = int.from_bytes(fs.copy_from_user(arg + 4, 8), "little")
-    vcpu.sigset = {s for s in range(1, 65) if mask >> (s - 1) & 1}
+    vcpu.sigset = mask                       # bit s - 1: signal s blocked (signals.py)
     return 0
 
 
