@@ -127,6 +127,7 @@ main64:
         mov     %rax, %cr3
         lgdt    gdt64_desc
         movq    $KSTACK, TSS64 + 4
+        movq    $0, KSTACK - 8          /* touch the CPL 3 fault stack before it is needed */
         mov     $SEL_TSS, %ax
         ltr     %ax
         GATE    6, ud_handler
