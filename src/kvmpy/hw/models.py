@@ -49,6 +49,14 @@ class CpuModel:
         in 64-bit mode (SDM).
     ``sysret_canonical_gp``: SYSRET to a non-canonical RCX is #GP(0) at CPL 0 (Intel SDM);
         AMD returns to CPL 3 and faults there, on the fetch (APM).
+    ``mul_keeps_szap``: MUL and IMUL leave SF, ZF, AF and PF as they were (AMD, measured on
+        Zen 3: no change in any of 280 random cases); else kvmpy computes them from the low
+        half of the product (Intel: undefined in the SDM, no silicon measured).
+    ``shift_flags_amd``: the flags the manuals leave undefined for counts above 1 follow
+        AMD's silicon (measured on Zen 3): SHL/SHR/SAR/SHLD/SHRD set AF; OF is, for SHR, the
+        sign before the last one-bit step (0), for SHLD the result's sign XOR CF, for SHRD
+        and RCR whether the result's two top bits differ.  Else (Intel: not measured) AF = 0
+        and OF is the 1-bit formula on the operand (kvmpy's choice).
     ``null_sel_clears_base``: loading a null selector into DS/ES/FS/GS in 64-bit mode zeroes
         the base (Intel; AMD with CPUID 0x80000021 EAX[6], measured on Zen 3); older AMD
         keeps the base (APM).  The limit is left as it was on both.
@@ -57,7 +65,7 @@ class CpuModel:
     def __init__(self, name, vendor, family, model, stepping, brand, *, phys_bits, virt_bits=48,
                  leaves=None, features=(), max_ext_leaf=0x80000008, x87_cos_tiny_is_one,
                  xinuse_by_use, fpu_pointers_need_es, sysenter_long_mode, syscall_legacy,
-                 sysret_canonical_gp, null_sel_clears_base):
+                 sysret_canonical_gp, null_sel_clears_base, mul_keeps_szap, shift_flags_amd):
         self.name, self.vendor, self.brand = name, vendor, brand
         self.family, self.model, self.stepping = family, model, stepping
         self.phys_bits, self.virt_bits = phys_bits, virt_bits
@@ -72,6 +80,8 @@ class CpuModel:
         self.syscall_legacy = syscall_legacy
         self.sysret_canonical_gp = sysret_canonical_gp
         self.null_sel_clears_base = null_sel_clears_base
+        self.mul_keeps_szap = mul_keeps_szap
+        self.shift_flags_amd = shift_flags_amd
 
     @property
     def is_amd(self) -> bool:
@@ -96,10 +106,12 @@ class CpuModel:
 
 _INTEL_BEHAVIOUR = dict(x87_cos_tiny_is_one=True, xinuse_by_use=True,
                         fpu_pointers_need_es=False, sysenter_long_mode=True, syscall_legacy=False,
-                        sysret_canonical_gp=True, null_sel_clears_base=True)
+                        sysret_canonical_gp=True, null_sel_clears_base=True, mul_keeps_szap=False,
+                        shift_flags_amd=False)
 _AMD_BEHAVIOUR = dict(x87_cos_tiny_is_one=False, xinuse_by_use=False,
                       fpu_pointers_need_es=True, sysenter_long_mode=False, syscall_legacy=True,
-                      sysret_canonical_gp=False, null_sel_clears_base=False)
+                      sysret_canonical_gp=False, null_sel_clears_base=False, mul_keeps_szap=True,
+                      shift_flags_amd=True)
 
 # One thread, one core: Intel leaf 0xB (SMT and core levels, then the invalid level) and
 # AMD 0x8000001E (extended APIC ID 0, one thread per compute unit, one node).
