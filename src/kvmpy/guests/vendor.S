@@ -73,6 +73,13 @@
 .macro  ENDLINE
         PRINT   crlf
 .endm
+/* A flags probe of a shift or rotate of EAX = \value by CL = \count. */
+.macro  SHIFT_CL msg, start, value, count, insn:vararg
+        mov     $\value, %eax
+        mov     $\count, %ecx
+        UFLAGS  \msg, \start, \insn
+        ENDLINE
+.endm
 
 /* Arm a probe: its report is at \resume, whether the probe faults or not. */
 .macro  TRY64 resume
@@ -313,22 +320,10 @@ main64:
         mov     $1, %ebx
         UFLAGS  msg_f_imul, 0, imul %rbx, %rax
         ENDLINE
-        mov     $0x80000001, %eax
-        xor     %ecx, %ecx
-        UFLAGS  msg_f_shl0, 0x8d5, shl %cl, %eax
-        ENDLINE
-        mov     $0x81, %eax
-        mov     $9, %ecx
-        UFLAGS  msg_f_shl9, 0, shl %cl, %al
-        ENDLINE
-        mov     $0xc0000001, %eax
-        mov     $2, %ecx
-        UFLAGS  msg_f_shr2, 0, shr %cl, %eax
-        ENDLINE
-        mov     $0x81, %eax
-        mov     $9, %ecx
-        UFLAGS  msg_f_rol9, 0, rol %cl, %al
-        ENDLINE
+        SHIFT_CL msg_f_shl0, 0x8d5, 0x80000001, 0, shl %cl, %eax
+        SHIFT_CL msg_f_shl9, 0, 0x81, 9, shl %cl, %al
+        SHIFT_CL msg_f_shr2, 0, 0xc0000001, 2, shr %cl, %eax
+        SHIFT_CL msg_f_rol9, 0, 0x81, 9, rol %cl, %al
 
         PRINT   msg_done
         xor     %eax, %eax
