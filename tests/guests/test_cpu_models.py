@@ -3,14 +3,16 @@
 The guest prints one line per behaviour in which Intel and AMD silicon differ (see its
 header).  It runs on kvmpy under Skylake-Server (Intel) and EPYC (AMD), each on its own
 vendor module and on the other one: the CPU model, not the vendor module, decides what the
-guest sees (as KVM's cross-vendor CPUID does), except for the vendor MSRs, which belong to
-the module in KVM too.
+guest sees: kvmpy's processor stands in for the silicon and the model says which silicon it
+is (on a real machine the module and the silicon come together).  The vendor MSRs are the
+exception: in KVM they belong to the vendor module.
 
 Where each expected value comes from:
 
 * AMD: the silicon of an AMD EPYC 7003 (Zen 3, family 25 model 1), recorded in user space
   by ``python -m tests.oracle.record`` in ``tests/data/silicon/amd-EPYC-Milan.json`` (x87,
-  XSAVE, FXSAVE, null selector; the values below are checked against that file), by the
+  XSAVE, FXSAVE, LDMXCSR, null selector, undefined flags; the x87/SSE values below are
+  checked against that file), by the
   host run in ``test_host`` (the undefined flags: ALU instructions run on the silicon even
   under kvm_pvm), and the AMD APM (SYSENTER/SYSCALL/SYSRET, CPUID 0x80000000, BSF/BSR).
 * Intel: the Intel SDM (sections named at each value) and the figures of issue 6, measured
@@ -57,7 +59,7 @@ EXPECTED = {
         "syscall32": "0xff",             # APM vol. 3 SYSCALL: legal in compatibility mode
         "sysret-nc": "0x0d 0x3b",        # APM vol. 3 SYSRET: returns to CPL 3, #GP on the fetch there
         "mxcsr-mask": "0x0002ffff",      # silicon (MM, misaligned SSE); amd-EPYC-Milan.json
-        "ldmxcsr-mm": "0xff",            # silicon: MM is writable (user-space LDMXCSR of 0x21f80)
+        "ldmxcsr-mm": "0xff",            # silicon: MM is writable; amd-EPYC-Milan.json
         "fxsave-fip": "0x00000000",      # silicon: FOP/FIP/FDP zero unless FSW.ES; amd-EPYC-Milan.json
         "xstate-bv": "0x00",             # silicon: XINUSE by comparison with the init state
         "xsaveopt": "0xa5a5 0x00",       # silicon: XSAVEOPT writes nothing of the legacy area
@@ -191,6 +193,8 @@ def test_expected_values_are_the_recorded_silicon():
         assert int.from_bytes(bytes.fromhex(fxsave["mxcsr_mask"]), "little") == int(want["mxcsr-mask"], 16)
         fip = int.from_bytes(bytes.fromhex(fxsave["fop_fip_fdp"])[2:10], "little")
         assert (fip != 0) == (int(want["fxsave-fip"], 16) != 0)     # stored, or zeros
+        loaded = rec["ldmxcsr with MM"]["exception"] is None
+        assert loaded == (want["ldmxcsr-mm"] == "0xff")
 
 
 @pytest.mark.parametrize("module,model", COMBOS, ids=IDS)

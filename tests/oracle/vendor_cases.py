@@ -68,6 +68,15 @@ def _null_gs():
     return lines, bytes(4096), {"gs_base": (OUT, 8)}
 
 
+def _ldmxcsr_mm():
+    """LDMXCSR with bit 17 (MM, AMD's misaligned SSE mode) set, then STMXCSR: loaded or #GP."""
+    mem = bytearray(4096)
+    mem[IN:IN + 4] = (0x21F80).to_bytes(4, "little")
+    lines = ["ldmxcsr [%#x]" % (D + IN), "stmxcsr [%#x]" % (D + OUT), "mov dword ptr [%#x], 0x1f80" % (D + IN),
+             "ldmxcsr [%#x]" % (D + IN)]
+    return lines, bytes(mem), {"mxcsr": (OUT, 4)}
+
+
 def _undefined_flags(start, setup, insn):
     """OF SF ZF AF PF CF (RFLAGS & 0x8d5) and RAX after ``insn``, from RFLAGS = ``start``:
     the flags the manuals leave undefined, where AMD's silicon is consistent."""
@@ -84,6 +93,7 @@ CASES = {
     "xsaveopt of the initial state": _xsave("xsaveopt"),
     "fxsave pointers without ES": _fxsave_pointers(),
     "null selector into GS": _null_gs(),
+    "ldmxcsr with MM": _ldmxcsr_mm(),
     "mul flags": _undefined_flags(0x8D5, ["mov eax, 3", "mov ebx, 5"], "mul rbx"),
     "imul flags": _undefined_flags(0x8D5, ["mov eax, 3", "mov ebx, 5"], "imul rax, rbx"),
     "shl by more than the width": _undefined_flags(0, ["mov eax, 0x81", "mov ecx, 9"], "shl al, cl"),
