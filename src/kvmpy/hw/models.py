@@ -129,16 +129,18 @@ def _intel_caches(l2_kib, l3_kib, l3_ways):
     return out
 
 
-def _amd_caches(l2_kib, l3_kib):
-    """0x80000005 (L1 TLBs and caches), 0x80000006 (L2, L3; 8 = 16-way), 0x8000001D."""
+def _amd_caches(l2_kib, l3_kib, topoext=True):
+    """0x80000005 (L1 TLBs and caches), 0x80000006 (L2, L3; 8 = 16-way), and with
+    ``topoext`` (a model whose extended leaves reach it) 0x8000001D."""
     l1 = 32 << 24 | 8 << 16 | 1 << 8 | 64
     out = {(0x80000005, 0): (0xFF40FF40, 0xFF40FF40, l1, l1),
            (0x80000006, 0): (0x48002200, 0x68004200, l2_kib << 16 | 6 << 12 | 1 << 8 | 64,
                              (l3_kib // 512) << 18 | 8 << 12 | 1 << 8 | 64)}
-    caches = [_cache4(1, 1, 32, 8), _cache4(2, 1, 32, 8), _cache4(3, 2, l2_kib, 8, inclusive=True),
-              _cache4(3, 3, l3_kib, 16)]
-    out.update({(0x8000001D, i): c for i, c in enumerate(caches)})
-    out[(0x8000001D, len(caches))] = (0, 0, 0, 0)
+    if topoext:
+        caches = [_cache4(1, 1, 32, 8), _cache4(2, 1, 32, 8),
+                  _cache4(3, 2, l2_kib, 8, inclusive=True), _cache4(3, 3, l3_kib, 16)]
+        out.update({(0x8000001D, i): c for i, c in enumerate(caches)})
+        out[(0x8000001D, len(caches))] = (0, 0, 0, 0)
     return out
 
 
@@ -153,7 +155,7 @@ MODELS = {m.name: m for m in (
              features=("misalignsse", "null_sel_clr_base"),
              **dict(_AMD_BEHAVIOUR, null_sel_clears_base=True)),
     CpuModel("qemu64", AMD, 15, 107, 1, "QEMU Virtual CPU version 2.5+", phys_bits=40,
-             leaves=_amd_caches(512, 16384), **_AMD_BEHAVIOUR),
+             leaves=_amd_caches(512, 16384, topoext=False), **_AMD_BEHAVIOUR),
 )}
 
 # The model each vendor module runs unless told otherwise (kvm_intel: Intel, kvm_amd: AMD)
