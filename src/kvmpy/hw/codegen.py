@@ -130,9 +130,10 @@ class Mode:
 class Gen:
     """Builds the source of one block function."""
 
-    def __init__(self, mode: Mode, emulating: bool = False):
+    def __init__(self, mode: Mode, emulating: bool = False, model=None):
         self.mode = mode
         self.emulating = emulating
+        self.model = model                 # the CPU model, for vendor-specific undefined flags
         self.lines: list[str] = []
         self.line_insn: list[int] = []     # instruction index of each line
         self.ind = 2
@@ -648,7 +649,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     ``max_insns`` instructions.  ``single`` translates exactly one execution of one
     instruction (no self-loop), for stepping through an interrupt shadow.
     """
-    g = Gen(mode, emulating)
+    g = Gen(mode, emulating, getattr(namespace.get("cpu"), "model", None))
     g.loop_target = None if emulating or single else hex(rip)
     insns = []
     addr = rip
