@@ -56,6 +56,7 @@ class KvmX86Ops:
         cpu = vcpu.arch.cpu = Processor(self.exit_format(), cpuid.kvm_cpu_model(self.name))
         cpu.intercept_task_switch = True        # VMX and SVM: task switches always exit
         cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
+        vcpu.arch.insn_limit = params.insn_limit
 
     def vcpu_reset(self, vcpu, init_event: bool) -> None:
         vcpu.arch.cpu.flush_code()
@@ -75,7 +76,8 @@ def _kernel_function(name, fn, doc):
 def enter_guest(ops: KvmX86Ops, vcpu):
     """VMLAUNCH/VMRUN: run the processor until it reports a VM exit in the vendor's format."""
     cpu = vcpu.arch.cpu
-    x = cpu.run(params.max_insns)
+    x = cpu.run(run.kvm_entry_budget(vcpu))
+    run.kvm_insn_limit_check(vcpu)
     event("kvm_exit", vcpu=vcpu.vcpu_id, reason=ops.exit_code(x), rip=cpu.rip)
     return x
 

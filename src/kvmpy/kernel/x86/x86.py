@@ -361,6 +361,7 @@ class KvmVcpuArch:
         self.microcode_version = 0
         self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
+        self.insn_limit = None              # processor icount at which to signal (params.insn_limit)
         self.loaded = False
 
 
