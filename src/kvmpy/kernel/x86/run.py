@@ -12,26 +12,22 @@ from __future__ import annotations
 
 import errno
 
+from ...hw import system
 from ...hw.events import Fault
 from ...hw.segments import EXT_INTR, HW_EXC, NMI
 from ...hw.state import IF
 from ...uapi import kvm as uapi
-from .. import kvm_main
 from .. import signals
 from ..fs import kernel_error
+from ..kvm_host import kvm_guest_mode_run
 from ..trace import event, traced
-from . import mmu, params
+from . import cpuid, mmu, params, x86
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
 
 
 def _stat(vcpu, name, n=1):
     vcpu.stat[name] += n
-
-
-def _ops(vcpu):
-    from . import x86
-    return x86.kvm_x86_ops()
 
 
 # ------------------------------------------------------------------ KVM_RUN
@@ -42,7 +38,6 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     if run.kvm_valid_regs & ~KVM_SYNC_X86_VALID_FIELDS or run.kvm_dirty_regs & ~KVM_SYNC_X86_VALID_FIELDS:
         raise kernel_error(errno.EINVAL)
     if run.kvm_dirty_regs:
-        from . import x86
         x86.sync_regs(vcpu)
     r = 1
     cui = getattr(arch, "complete_userspace_io", None)
@@ -55,7 +50,6 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
         else:
             r = vcpu_run(vcpu)
     if run.kvm_valid_regs:
-        from . import x86
         x86.store_regs(vcpu)
     post_kvm_run_save(vcpu)
     if r < 0:
@@ -126,8 +120,8 @@ def vcpu_enter_guest(vcpu) -> int:
     cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
-    ops = _ops(vcpu)
-    exit_info = kvm_main.kvm_guest_mode_run(vcpu, ops.vcpu_run)
+    ops = x86.kvm_x86_ops()
+    exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
     _stat(vcpu, "exits")
     return ops.handle_exit(vcpu, exit_info)
 
@@ -154,9 +148,8 @@ def inject_pending_event(vcpu) -> None:
         cpu.pending_event = (HW_EXC, vector, error_code)
         event("kvm_inj_exception", vector=vector, error_code=error_code)
         return
-    from .x86 import kvm_nmi_allowed, process_nmi
-    process_nmi(vcpu)
-    if arch.nmi_injected or (arch.nmi_pending and kvm_nmi_allowed(vcpu)):
+    x86.process_nmi(vcpu)
+    if arch.nmi_injected or (arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
         if not arch.nmi_injected:
             arch.nmi_pending -= 1
             _stat(vcpu, "nmi_injections")
@@ -311,7 +304,6 @@ def kvm_emulate_halt(vcpu, insn_len: int) -> int:
 
 @traced
 def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
-    from . import cpuid
     cpu = vcpu.arch.cpu
     eax, ecx = cpu.regs[0] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF
     a, b, c, d = cpuid.kvm_cpuid(vcpu, eax, ecx)
@@ -322,7 +314,6 @@ def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
 
 @traced
 def kvm_emulate_rdmsr(vcpu, insn_len: int) -> int:
-    from . import x86
     cpu = vcpu.arch.cpu
     ecx = cpu.regs[1] & 0xFFFFFFFF
     r, data = x86.kvm_get_msr_common(vcpu, ecx, False)
@@ -337,7 +328,6 @@ def kvm_emulate_rdmsr(vcpu, insn_len: int) -> int:
 
 @traced
 def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
-    from . import x86
     cpu = vcpu.arch.cpu
     ecx = cpu.regs[1] & 0xFFFFFFFF
     data = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
@@ -353,7 +343,6 @@ def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
 @traced
 def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     """MOV to CR that the vendor intercepted (shadow paging): apply it, then fix the MMU."""
-    from ...hw import system
     cpu = vcpu.arch.cpu
     saved = cpu.intercept_cr3, cpu.intercept_cr0_cr4
     cpu.intercept_cr3 = cpu.intercept_cr0_cr4 = False

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from ...hw import svm as hwsvm
 from ...hw.events import HAS_ERROR_CODE
-from ..trace import traced
-from . import emulate, mmu, run, vendor
+from .. import kvm_main
+from ..trace import event, traced
+from . import emulate, mmu, params, run, vendor
 
 
 def svm_insn_len(vcpu, x) -> int:
@@ -141,15 +142,34 @@ svm_exit_handlers = {
     hwsvm.SVM_EXIT_ERR: invalid_state_interception,
 }
 
-SVM_OPS = svm_x86_ops = vendor.KvmX86Ops(
-    "svm", "AuthenticAMD", exit_format=hwsvm.SvmExitFormat, handlers=svm_exit_handlers,
-    exit_code=lambda x: x.exit_code, insn_len=svm_insn_len, failed_vmentry=hwsvm.SvmExit.failed_vmrun)
-svm_vcpu_run = svm_x86_ops.vcpu_run            # VMRUN until a #VMEXIT
-svm_handle_exit = svm_x86_ops.handle_exit      # svm_exit_handlers[exit_code]
+def svm_vcpu_create(vcpu) -> None:
+    """The vCPU's "VMCB": a processor that reports exits in the SVM format."""
+    vendor.kvm_create_processor(vcpu, hwsvm.SvmExitFormat(), "svm")
+
+
+@traced
+def svm_vcpu_run(vcpu):
+    """VMRUN: run the processor until it reports a #VMEXIT."""
+    cpu = vcpu.arch.cpu
+    x = cpu.run(params.max_insns)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=cpu.rip)
+    return x
+
+
+@traced
+def svm_handle_exit(vcpu, x) -> int:
+    """A failed VMRUN first (KVM_EXIT_FAIL_ENTRY), then svm_exit_handlers[exit_code]."""
+    vcpu.arch.last_exit = x
+    if x.failed_vmrun():
+        return vendor.kvm_handle_failed_vmentry(vcpu, x.exit_code)
+    return vendor.kvm_dispatch_exit(vcpu, x.exit_code, svm_exit_handlers, x)
+
+
+svm_x86_ops = vendor.KvmX86Ops("svm", vcpu_create=svm_vcpu_create, vcpu_run=svm_vcpu_run,
+                               handle_exit=svm_handle_exit)
 
 
 @traced
 def svm_init() -> None:
     """module_init(svm_init): register the SVM ops with generic KVM."""
-    from .. import kvm_main
     kvm_main.kvm_init(svm_x86_ops)

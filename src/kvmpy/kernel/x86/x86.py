@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib
 
 from ... import uapi
 from ...hw import events as hs_events, features, state as hs, xsave as hxsave
@@ -29,8 +28,9 @@ from ...hw.segments import NMI
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 from . import cpuid as kcpuid
+from . import mmu
 
-_vendor_ops = None           # the vendor module's ops (VMX_OPS / SVM_OPS), set by kvm_arch_init
+_vendor_ops = None           # the vendor module's KvmX86Ops (vmx_x86_ops / svm_x86_ops), set by kvm_arch_init
 
 
 def kvm_x86_ops():
@@ -83,7 +83,6 @@ _EFER_FEATURE = ((EFER_SCE, "syscall"), (EFER_LME | EFER_LMA, "lm"), (EFER_NX, "
 
 
 def _efer_supported() -> int:
-    from ...hw import features
     bits = 0
     for mask, name in _EFER_FEATURE:
         if features.implemented(name):
@@ -118,27 +117,6 @@ supported_caps = {
 }
 
 
-def _mmu():
-    """The lead's MMU module, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(__package__ + ".mmu")
-    except ModuleNotFoundError as e:
-        if e.name != __package__ + ".mmu":
-            raise
-        return None
-
-
-def _mmu_call(name, *args):
-    mmu = _mmu()
-    fn = getattr(mmu, name, None) if mmu is not None else None
-    return fn(*args) if fn is not None else None
-
-
-def _vendor_call(name, *args):
-    fn = getattr(_vendor_ops, name, None)
-    return fn(*args) if fn is not None else None
-
-
 def vendor_name() -> str:
     return _vendor_ops.name
 
@@ -167,11 +145,11 @@ def kvm_arch_hardware_setup() -> None:
 
 
 def kvm_arch_hardware_enable() -> None:
-    _vendor_call("hardware_enable")
+    _vendor_ops.hardware_enable()
 
 
 def kvm_arch_hardware_disable() -> None:
-    _vendor_call("hardware_disable")
+    _vendor_ops.hardware_disable()
 
 
 def kvm_vm_ioctl_check_extension(kvm, ext: int) -> int:
@@ -191,43 +169,27 @@ class KvmArch:
 
 @traced
 def kvm_arch_init_vm(kvm, vm_type: int) -> None:
-    if vm_type != 0:                    # KVM_X86_DEFAULT_VM only
+    if vm_type != uapi.KVM_X86_DEFAULT_VM:
         raise kernel_error(errno.EINVAL)
     kvm.arch = KvmArch()
-    _vendor_call("vm_init", kvm)
+    _vendor_ops.vm_init(kvm)
 
 
 @traced
 def kvm_arch_post_init_vm(kvm) -> None:
-    _mmu_call("kvm_mmu_post_init_vm", kvm)
+    """Linux starts the MMU's NX-huge-page recovery thread here (kvm_mmu_post_init_vm);
+    kvmpy's MMU maps no huge pages, so there is nothing to start."""
 
 
 def kvm_arch_destroy_vm(kvm) -> None:
     for vcpu in kvm.vcpus:
         kvm_arch_vcpu_destroy(vcpu)
-    _vendor_call("vm_destroy", kvm)
-
-
-def kvm_arch_memslots_updated(kvm, gen: int) -> None:
-    _mmu_call("kvm_mmu_invalidate_mmio_sptes", kvm, gen)
-
-
-def kvm_arch_flush_shadow_memslot(kvm, slot) -> None:
-    _mmu_call("kvm_arch_flush_shadow_memslot", kvm, slot)
-
-
-def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
-    _mmu_call("kvm_unmap_gfn_range", kvm, start, end)
+    _vendor_ops.vm_destroy(kvm)
 
 
 def kvm_arch_prepare_memory_region(kvm, base_gfn: int, npages: int, flags: int) -> None:
     if base_gfn + npages > 1 << (kcpuid.PHYS_ADDR_BITS - 12):       # kvm_mmu_max_gfn()
         raise kernel_error(errno.EINVAL)
-
-
-def kvm_arch_mmu_enable_log_dirty(kvm, slot, gfns) -> None:
-    """Write-protect the harvested pages again so their next write is logged."""
-    _mmu_call("kvm_arch_mmu_enable_log_dirty_pt_masked", kvm, slot, gfns)
 
 
 def kvm_vm_ioctl_set_tss_addr(kvm, addr: int) -> int:
@@ -390,11 +352,11 @@ def kvm_vcpu_mtrr_init(vcpu) -> None:
 def vcpu_load(vcpu) -> None:
     """Make the vCPU current on this (host) CPU: the vendor loads its VMCS/VMCB."""
     vcpu.arch.loaded = True
-    _vendor_call("vcpu_load", vcpu)
+    _vendor_ops.vcpu_load(vcpu)
 
 
 def vcpu_put(vcpu) -> None:
-    _vendor_call("vcpu_put", vcpu)
+    _vendor_ops.vcpu_put(vcpu)
     vcpu.arch.loaded = False
 
 
@@ -433,14 +395,14 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
 
 @traced
 def kvm_arch_vcpu_precreate(kvm, vcpu_id: int) -> None:
-    _vendor_call("vcpu_precreate", kvm)
+    _vendor_ops.vcpu_precreate(kvm)
 
 
 @traced
 def kvm_arch_vcpu_create(vcpu) -> None:
     """Build the x86 vCPU, step by step as the seed lists them."""
     vcpu.arch = KvmVcpuArch()
-    _mmu_call("kvm_mmu_create", vcpu)
+    mmu.kvm_mmu_create(vcpu)
     fpu_alloc_guest_fpstate(vcpu)
     kvm_pmu_init(vcpu)
     kvm_hv_vcpu_init(vcpu)
@@ -449,7 +411,7 @@ def kvm_arch_vcpu_create(vcpu) -> None:
     kvm_vcpu_mtrr_init(vcpu)
     vcpu_load(vcpu)
     kvm_vcpu_reset(vcpu, False)
-    _mmu_call("kvm_init_mmu", vcpu)
+    mmu.kvm_init_mmu(vcpu)
     vcpu_put(vcpu)
 
 
@@ -465,15 +427,12 @@ def kvm_synchronize_tsc(vcpu) -> None:
 
 
 def kvm_arch_vcpu_destroy(vcpu) -> None:
-    _vendor_call("vcpu_free", vcpu)
-    _mmu_call("kvm_mmu_destroy", vcpu)
+    _vendor_ops.vcpu_free(vcpu)
 
 
 def _state_changed(vcpu) -> None:
     """User space or KVM rewrote guest state: the processor recomputes its derived state."""
-    refresh = getattr(vcpu.arch.cpu, "refresh", None)
-    if refresh is not None:
-        refresh()
+    vcpu.arch.cpu.refresh()
 
 
 def lapic_in_kernel(vcpu) -> bool:
@@ -775,14 +734,12 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
 
 
 def kvm_get_msr(vcpu, index: int, host_initiated: bool = False) -> tuple[int, int]:
-    """Vendor MSRs first (vmx_get_msr/svm_get_msr, if the vendor has them), then the common ones."""
-    vendor = getattr(_vendor_ops, "get_msr", None)
-    return vendor(vcpu, index, host_initiated) if vendor else kvm_get_msr_common(vcpu, index, host_initiated)
+    """The vendor's get_msr (vmx_get_msr/svm_get_msr; kvm_get_msr_common unless it has MSRs of its own)."""
+    return _vendor_ops.get_msr(vcpu, index, host_initiated)
 
 
 def kvm_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> int:
-    vendor = getattr(_vendor_ops, "set_msr", None)
-    return vendor(vcpu, index, data, host_initiated) if vendor else kvm_set_msr_common(vcpu, index, data, host_initiated)
+    return _vendor_ops.set_msr(vcpu, index, data, host_initiated)
 
 
 def _msr_io(arg: int, do_msr, writeback: bool) -> int:
@@ -1056,7 +1013,7 @@ def kvm_mmu_gva_to_gpa_system(vcpu, gva: int) -> int:
     """KVM's own (supervisor, read) translation of a guest-linear address; INVALID_GPA if
     the guest's page tables do not map it."""
     try:
-        gpa, _ = _mmu().kvm_mmu_gva_to_gpa(vcpu, gva, 0, system=True)
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(vcpu, gva, 0, system=True)
     except Fault:
         return INVALID_GPA
     return gpa
