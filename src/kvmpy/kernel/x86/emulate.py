@@ -166,7 +166,7 @@ def _kernel_mmio(vcpu, gpa, size, is_write, data) -> bool:
 
 
 def _ctxt(vcpu) -> EmulateCtxt:
-    c = getattr(vcpu.arch, "emulate_ctxt", None)
+    c = vcpu.arch.emulate_ctxt
     if c is None:
         c = vcpu.arch.emulate_ctxt = EmulateCtxt(vcpu)
     return c

@@ -77,19 +77,12 @@ def kvm_init_mmu(vcpu) -> None:
         init_kvm_softmmu(vcpu)
 
 
-def _tdp_table(kvm) -> TdpTable:
-    t = getattr(kvm.arch, "tdp", None)
-    if t is None:
-        t = kvm.arch.tdp = TdpTable()
-    return t
-
-
 @traced
 def init_kvm_tdp_mmu(vcpu) -> None:
     mmu, cpu = vcpu.arch.mmu, vcpu.arch.cpu
     mmu.tdp = True
     mmu.page_fault = kvm_tdp_page_fault
-    t = _tdp_table(vcpu.kvm)
+    t = vcpu.kvm.arch.tdp
     cpu.tdp = True
     cpu.ept, cpu.ept_ro = t.map, t.ro
     cpu.exception_bitmap &= ~(1 << 14)
@@ -116,7 +109,7 @@ def kvm_mmu_check_generation(vcpu) -> None:
     if mmu.generation != gen:
         mmu.generation = gen
         if mmu.tdp:
-            t = _tdp_table(vcpu.kvm)
+            t = vcpu.kvm.arch.tdp
             t.map.clear()
             t.ro.clear()
         else:
@@ -167,7 +160,7 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
     event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gpa, error_code=int(write) << 1)
     if slot is None:
         return RET_PF_EMULATE
-    t = _tdp_table(vcpu.kvm)
+    t = vcpu.kvm.arch.tdp
     if write and slot.flags & uapi.KVM_MEM_READONLY:
         return RET_PF_EMULATE
     host = kvm_faultin_pfn(vcpu.kvm, slot, gfn, write)
@@ -188,7 +181,7 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
 def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
     """Zap the TDP and shadow entries of gfns [start, end); the caller then flushes the
     vCPUs' TLBs (kvm_flush_remote_tlbs), kicking those in guest mode out first."""
-    t = _tdp_table(kvm)
+    t = kvm.arch.tdp
     if end - start <= len(t.map):
         gone = [g for g in range(start, end) if g in t.map]
     else:
@@ -211,7 +204,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
     """Dirty logging: write-protect the pages just harvested by KVM_GET_DIRTY_LOG again, in
     the TDP table and in every vCPU's shadow table, so that their next write is logged."""
     gfns = set(gfns)
-    t = _tdp_table(kvm)
+    t = kvm.arch.tdp
     t.ro.update(g for g in gfns if g in t.map)
     for vcpu in kvm.vcpus:
         cpu = vcpu.arch.cpu

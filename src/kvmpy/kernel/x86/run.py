@@ -40,7 +40,7 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     if run.kvm_dirty_regs:
         x86.sync_regs(vcpu)
     r = 1
-    cui = getattr(arch, "complete_userspace_io", None)
+    cui = arch.complete_userspace_io
     if cui is not None:
         arch.complete_userspace_io = None
         r = cui(vcpu)
@@ -191,7 +191,6 @@ def kvm_internal_error(vcpu, suberror, *data) -> int:
 
 
 KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1
-_EXIT_INFO_FIELDS = ("reason", "qualification", "idt_vectoring_info", "intr_info", "intr_error_code")
 
 
 def kvm_prepare_emulation_failure_exit(vcpu) -> int:
@@ -213,8 +212,7 @@ def kvm_prepare_emulation_failure_exit(vcpu) -> int:
     if insn:
         raw = bytes([len(insn)]) + bytes(insn).ljust(15, b"\x90")
         data += [int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")]
-    x = getattr(vcpu.arch, "last_exit", None)
-    data += [getattr(x, f, 0) or 0 for f in _EXIT_INFO_FIELDS]
+    data += list(x86.kvm_x86_ops().get_exit_info(vcpu))
     return _internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, data)
 
 
@@ -294,7 +292,7 @@ def _complete_in(cpu, size, val):
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     kvm_skip_emulated_instruction(vcpu, insn_len)
     _stat(vcpu, "halt_exits")
-    if getattr(vcpu.kvm.arch, "irqchip", None) is not None:
+    if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
         return 1
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
@@ -377,7 +375,7 @@ def handle_preemption(vcpu) -> int:
 def handle_interrupt_window(vcpu) -> int:
     _stat(vcpu, "irq_window_exits")
     vcpu.arch.cpu.intr_window_exiting = False
-    if vcpu.run.request_interrupt_window and getattr(vcpu.kvm.arch, "irqchip", None) is None:
+    if vcpu.run.request_interrupt_window and not x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
         _stat(vcpu, "request_irq_exits")
         return 0

@@ -165,8 +165,18 @@ def svm_handle_exit(vcpu, x) -> int:
     return vendor.kvm_dispatch_exit(vcpu, x.exit_code, svm_exit_handlers, x)
 
 
+def svm_get_exit_info(vcpu) -> tuple:
+    """The last #VMEXIT's exit code, EXITINFO1, EXITINFO2, EXITINTINFO and its error code
+    (all 0 before the first exit)."""
+    x = vcpu.arch.last_exit
+    if x is None:
+        return (0, 0, 0, 0, 0)
+    err = x.exit_int_info_err if x.exit_int_info & hwsvm.SVM_EXITINTINFO_VALID_ERR else 0
+    return (x.exit_code, x.exit_info_1, x.exit_info_2, x.exit_int_info, err)
+
+
 svm_x86_ops = vendor.KvmX86Ops("svm", vcpu_create=svm_vcpu_create, vcpu_run=svm_vcpu_run,
-                               handle_exit=svm_handle_exit)
+                               handle_exit=svm_handle_exit, get_exit_info=svm_get_exit_info)
 
 
 @traced

@@ -39,13 +39,13 @@ def kvm_vcpu_reset_processor(vcpu, init_event: bool) -> None:
 class KvmX86Ops:
     """struct kvm_x86_ops: every op the x86 layer calls on a vendor module, each an attribute.
 
-    ``vcpu_create``, ``vcpu_run`` and ``handle_exit`` are the vendor's own (``vmx_vcpu_run``,
-    ``svm_handle_exit``...); every other op has the explicit default below, which the vendor
+    ``vcpu_create``, ``vcpu_run``, ``handle_exit`` and ``get_exit_info`` are the vendor's own
+    (``vmx_vcpu_run``, ``svm_handle_exit``...); every other op has the explicit default below, which the vendor
     module replaces by passing its own.  The x86 layer calls them directly
     (``kvm_x86_ops().vcpu_load(vcpu)``): an op missing here is an AttributeError, not silence.
     """
 
-    def __init__(self, name, *, vcpu_create, vcpu_run, handle_exit,
+    def __init__(self, name, *, vcpu_create, vcpu_run, handle_exit, get_exit_info,
                  hardware_setup=kvm_x86_op_nop, hardware_enable=kvm_x86_op_nop,
                  hardware_disable=kvm_x86_op_nop, vm_init=kvm_x86_op_nop, vm_destroy=kvm_x86_op_nop,
                  vcpu_precreate=kvm_x86_op_nop, vcpu_free=kvm_x86_op_nop,
@@ -65,6 +65,7 @@ class KvmX86Ops:
         self.vcpu_put = vcpu_put
         self.vcpu_run = vcpu_run                # VM entry until the next VM exit
         self.handle_exit = handle_exit          # the exit through the vendor's handler table
+        self.get_exit_info = get_exit_info      # the last exit's five words for user space
         self.get_msr = get_msr                  # vendor MSRs, then kvm_get_msr_common
         self.set_msr = set_msr
 

@@ -108,8 +108,18 @@ def vmx_handle_exit(vcpu, x) -> int:
     return vendor.kvm_dispatch_exit(vcpu, x.reason, kvm_vmx_exit_handlers, x)
 
 
+def vmx_get_exit_info(vcpu) -> tuple:
+    """The last exit's reason, qualification, IDT-vectoring information, interruption
+    information and its error code (all 0 before the first exit)."""
+    x = vcpu.arch.last_exit
+    if x is None:
+        return (0, 0, 0, 0, 0)
+    return tuple(v or 0 for v in (x.reason, x.qualification, x.idt_vectoring_info, x.intr_info,
+                                  x.intr_error_code))
+
+
 vmx_x86_ops = vendor.KvmX86Ops("vmx", vcpu_create=vmx_vcpu_create, vcpu_run=vmx_vcpu_run,
-                               handle_exit=vmx_handle_exit)
+                               handle_exit=vmx_handle_exit, get_exit_info=vmx_get_exit_info)
 
 
 @traced

@@ -156,15 +156,24 @@ def kvm_vm_ioctl_check_extension(kvm, ext: int) -> int:
     return int(supported_caps.get(ext, 0))
 
 
+KVM_IRQCHIP_NONE, KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_SPLIT = 0, 1, 2     # enum kvm_irqchip_mode
+
+
 class KvmArch:
-    """struct kvm_arch: x86 per-VM state."""
+    """struct kvm_arch: x86 per-VM state, every field declared here."""
 
     def __init__(self):
-        self.tss_addr = 0
-        self.ept_identity_map_addr = 0
-        self.bsp_vcpu_id = 0
-        self.irqchip_mode = None        # set by the in-kernel irqchip (KVM_CREATE_IRQCHIP)
+        self.tss_addr = 0                   # KVM_SET_TSS_ADDR
+        self.ept_identity_map_addr = 0      # KVM_SET_IDENTITY_MAP_ADDR
+        self.bsp_vcpu_id = 0                # KVM_SET_BOOT_CPU_ID
+        self.irqchip_mode = KVM_IRQCHIP_NONE    # KVM_CREATE_IRQCHIP (kernel) / KVM_CAP_SPLIT_IRQCHIP
         self.guest_can_read_msr_platform_info = True
+        self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
+
+
+def irqchip_in_kernel(kvm) -> bool:
+    """An in-kernel interrupt controller (KVM_CREATE_IRQCHIP, or split) serves interrupts."""
+    return kvm.arch.irqchip_mode != KVM_IRQCHIP_NONE
 
 
 @traced
@@ -300,7 +309,8 @@ class GuestFpu:
 
 
 class KvmVcpuArch:
-    """struct kvm_vcpu_arch: x86 per-vCPU state that is KVM's, not the processor's."""
+    """struct kvm_vcpu_arch: x86 per-vCPU state that is KVM's, not the processor's; every
+    field declared here."""
 
     def __init__(self):
         self.cpu = None                     # the vendor's processor (guest-state area)
@@ -317,6 +327,7 @@ class KvmVcpuArch:
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
+        self.sipi_pending = False           # KVM_MP_STATE_SIPI_RECEIVED (in-kernel LAPIC only)
         self.apic = None                    # in-kernel LAPIC, when there is one
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
@@ -324,6 +335,9 @@ class KvmVcpuArch:
         self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
         self.loaded = False
+        self.last_exit = None               # the vendor's exit record of the last VM exit
+        self.complete_userspace_io = None   # finishes an exit user space served, at the next KVM_RUN
+        self.emulate_ctxt = None            # the emulator's state across exits (emulate.py)
 
 
 @traced
@@ -793,7 +807,7 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
     if irq >= uapi.KVM_NR_INTERRUPTS:
         raise kernel_error(errno.EINVAL)
-    if vcpu.kvm.arch.irqchip_mode is not None:
+    if irqchip_in_kernel(vcpu.kvm):
         raise kernel_error(errno.ENXIO)
     vcpu.arch.interrupt = irq        # kvm_queue_interrupt: a newer vector replaces the old
     return 0
