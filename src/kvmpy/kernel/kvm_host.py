@@ -20,6 +20,7 @@ import time
 
 from .. import uapi
 from ..hw import memory as hm
+from .iodev import KVM_NR_BUSES, KvmIoBus
 from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock
 from .stats import KvmStats
 
@@ -76,6 +77,7 @@ class Kvm:
         self.mmu_mapped_slots: set = set()     # ids of slots the MMU mapped pages of
         self._slots_by_gfn: list = []          # sorted (base_gfn, slot) for gfn_to_memslot
         self.nr_memslot_pages = 0
+        self.buses = [KvmIoBus() for _ in range(KVM_NR_BUSES)]     # kvm_io_bus_register_dev (iodev.py)
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
         self.arch = None                       # set by kvm_arch_init_vm
         self.destroyed = False

@@ -19,6 +19,7 @@ from ...hw.state import IF
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
+from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..kvm_host import kvm_guest_mode_run
 from ..trace import event, traced
 from . import cpuid, mmu, params, x86
@@ -235,11 +236,11 @@ def _io_exit(vcpu, port, size, is_in, count) -> None:
 
 
 def kernel_pio(vcpu, port, size, is_in, data: bytearray) -> bool:
-    """Serve the access from an in-kernel device on the PIO bus, if one claims the port."""
-    bus = getattr(vcpu.kvm.arch, "pio_bus", None)
-    if bus is None:
-        return False
-    return bus.access(vcpu, port, size, is_in, data)
+    """Serve the access from an in-kernel device on the PIO bus, if one handles the port
+    (an IN fills ``data``); False sends it to user space."""
+    if is_in:
+        return kvm_io_bus_read(vcpu, KVM_PIO_BUS, port, size, data)
+    return kvm_io_bus_write(vcpu, KVM_PIO_BUS, port, size, bytes(data))
 
 
 @traced
