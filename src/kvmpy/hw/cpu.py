@@ -20,7 +20,7 @@ from . import codegen, insn  # noqa: F401  (insn registers the emitters)
 from . import entry
 from . import flags as lazy
 from . import memory as hm
-from . import models, paging
+from . import models, paging, system
 from .decoder import DecodeError, decode
 from .events import CONTRIBUTORY, HAS_ERROR_CODE, Fault, Intercept
 from .segments import SegmentUnit
@@ -586,7 +586,6 @@ class Processor(CPUState, SegmentUnit):
             raise Fault(13, 0)
 
     def system(self, name, *args):
-        from . import system
         return getattr(system, name)(self, *args)
 
     def set_cr0_mode(self):

@@ -11,7 +11,7 @@ from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TS
                     EFER_SCE, IF,
                     RF, SS, VM, FS, GS)
 from .entry import canonical
-from .segments import parse_descriptor
+from .descriptors import parse_descriptor
 from .state import Segment
 
 MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084

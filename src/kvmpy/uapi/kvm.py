@@ -362,6 +362,7 @@ class kvm_nested_state(_S):
 # linux/kvm.h: generic structures
 # --------------------------------------------------------------------------------------
 KVM_API_VERSION = 12
+KVM_X86_DEFAULT_VM = 0              # asm/kvm.h: the only VM type kvmpy creates
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1

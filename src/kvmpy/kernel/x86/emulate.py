@@ -20,6 +20,7 @@ from ...hw import paging
 from ...hw.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
+from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
 from . import mmu
 from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit, kvm_queue_exception
@@ -102,7 +103,7 @@ class EmulateCtxt:
             self.read_idx += 1
             return v
         data = bytearray(size)
-        if _kernel_mmio(self.vcpu, gpa, size, False, data):
+        if vcpu_mmio_read(self.vcpu, gpa, size, data):
             v = int.from_bytes(data, "little")
             self.read_cache.append(v)
             self.read_idx += 1
@@ -125,7 +126,7 @@ class EmulateCtxt:
             return
         self._mmio_access()
         value &= (1 << (8 * size)) - 1
-        if _kernel_mmio(self.vcpu, gpa, size, True, bytearray(value.to_bytes(size, "little"))):
+        if vcpu_mmio_write(self.vcpu, gpa, size, value.to_bytes(size, "little")):
             return
         self.writes.append((gpa, size, value))
 
@@ -172,13 +173,17 @@ class EmulateCtxt:
         return b
 
 
-def _kernel_mmio(vcpu, gpa, size, is_write, data) -> bool:
-    bus = getattr(vcpu.kvm.arch, "mmio_bus", None)
-    return bool(bus is not None and bus.access(vcpu, gpa, size, not is_write, data))
+def vcpu_mmio_read(vcpu, gpa: int, size: int, data: bytearray) -> bool:
+    """An in-kernel device on the MMIO bus serves the read (fills ``data``), or user space must."""
+    return kvm_io_bus_read(vcpu, KVM_MMIO_BUS, gpa, size, data)
+
+
+def vcpu_mmio_write(vcpu, gpa: int, size: int, data: bytes) -> bool:
+    return kvm_io_bus_write(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 
 def _ctxt(vcpu) -> EmulateCtxt:
-    c = getattr(vcpu.arch, "emulate_ctxt", None)
+    c = vcpu.arch.emulate_ctxt
     if c is None:
         c = vcpu.arch.emulate_ctxt = EmulateCtxt(vcpu)
     return c
