@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from ...hw import codegen
 from ...hw import memory as hm
+from ...hw import paging
 from ...hw.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
@@ -76,6 +77,17 @@ class EmulateCtxt:
     def _gpa(self, lin, write):
         gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, 2 if write else 0)
         return gpa
+
+    def fetch_byte(self, lin):
+        """One instruction byte through the guest's page tables and the memslots
+        (kvm_fetch_guest_virt), never through KVM's shadow table: under shadow paging a
+        missing shadow entry is KVM's own, not a #PF for the guest.  Code outside guest RAM
+        cannot be fetched: an emulation failure, as on the host."""
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, paging.PFERR_FETCH)
+        host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
+        if host is None:
+            raise DecodeError(6)
+        return hm.read(host, 1)
 
     def read(self, lin, size):
         if (lin & 0xFFF) + size > 0x1000:
@@ -148,7 +160,7 @@ class EmulateCtxt:
         mode = cpu.mode
         mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
         rip = cpu.rip
-        ins = decode(lambda i: cpu.fetch_byte((csb + rip + i) & mask), mode.code, rip)
+        ins = decode(lambda i: self.fetch_byte((csb + rip + i) & mask), mode.code, rip)
         self._adsize = ins.adsize
         am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[ins.adsize]
         self.rep_string = (cpu.regs[1] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None

@@ -11,6 +11,7 @@ Exits that user space completes (PIO IN, MMIO reads) leave a
 from __future__ import annotations
 
 import errno
+import signal
 
 from ...hw import system
 from ...hw.events import Fault
@@ -99,6 +100,27 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
 
 
+def kvm_entry_budget(vcpu) -> int:
+    """Instructions the next VM entry may retire: the preemption timer's ``max_insns``, cut
+    to what is left of the vCPU's instruction limit."""
+    limit = vcpu.arch.insn_limit
+    if limit is None:
+        return params.max_insns
+    return max(0, min(params.max_insns, limit - vcpu.arch.cpu.icount))
+
+
+def kvm_insn_limit_check(vcpu) -> None:
+    """After an entry: once the vCPU has retired its ``params.insn_limit`` instructions,
+    SIGXCPU goes to its thread, once, as a perf counter of guest instructions armed to
+    signal on overflow would send it.  The signal is what ends KVM_RUN (-EINTR, as any
+    pending signal does) and tells the VMM why; a VMM that sets the limit handles it (its
+    default action, as for RLIMIT_CPU, ends the process)."""
+    arch = vcpu.arch
+    if arch.insn_limit is not None and arch.cpu.icount >= arch.insn_limit:
+        arch.insn_limit = None
+        signals.send_to_current_thread(signal.SIGXCPU)
+
+
 def vcpu_block(vcpu) -> int:
     """A halted vCPU with no event to wake it: without an in-kernel LAPIC, go to user space."""
     cpu = vcpu.arch.cpu
@@ -171,8 +193,11 @@ def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
 
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
+    """Retire the intercepted instruction KVM carried out in the guest's place; it counts
+    among the guest's retired instructions (kvm_pmu_instruction_retired)."""
     cpu = vcpu.arch.cpu
     cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+    cpu.icount += 1
     cpu.interrupt_shadow = 0
     return 1
 

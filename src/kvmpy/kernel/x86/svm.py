@@ -13,7 +13,7 @@ from ...hw import svm as hwsvm
 from ...hw.events import HAS_ERROR_CODE
 from .. import kvm_main
 from ..trace import event, traced
-from . import emulate, mmu, params, run, vendor
+from . import emulate, mmu, run, vendor
 
 
 def svm_insn_len(vcpu, x) -> int:
@@ -150,9 +150,8 @@ def svm_vcpu_create(vcpu) -> None:
 @traced
 def svm_vcpu_run(vcpu):
     """VMRUN: run the processor until it reports a #VMEXIT."""
-    cpu = vcpu.arch.cpu
-    x = cpu.run(params.max_insns)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=cpu.rip)
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
     return x
 
 

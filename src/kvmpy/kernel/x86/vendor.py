@@ -21,7 +21,7 @@ from ...hw.events import Fault, Intercept
 from ...uapi import kvm as uapi
 from ..kvm_host import gfn_to_memslot
 from ..trace import traced
-from . import cpuid, emulate, mmu, run, x86
+from . import cpuid, emulate, mmu, params, run, x86
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 
@@ -77,6 +77,16 @@ def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
     cpu = vcpu.arch.cpu = Processor(exit_format, cpuid.kvm_cpu_model(vendor))
     cpu.intercept_task_switch = True
     cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
+    vcpu.arch.insn_limit = params.insn_limit
+
+
+def kvm_run_processor(vcpu):
+    """What vmx_vcpu_run and svm_vcpu_run share: run the processor for the entry's budget
+    (the preemption timer, cut to the vCPU's instruction limit) until it reports a VM exit,
+    then check the limit."""
+    x = vcpu.arch.cpu.run(run.kvm_entry_budget(vcpu))
+    run.kvm_insn_limit_check(vcpu)
+    return x
 
 
 def kvm_dispatch_exit(vcpu, code: int, handlers: dict, x) -> int:

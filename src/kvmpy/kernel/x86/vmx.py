@@ -13,7 +13,7 @@ from __future__ import annotations
 from ...hw import vmx as hwvmx
 from .. import kvm_main
 from ..trace import event, traced
-from . import emulate, mmu, params, run, vendor
+from . import emulate, mmu, run, vendor
 
 INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
 
@@ -92,9 +92,8 @@ def vmx_vcpu_create(vcpu) -> None:
 @traced
 def vmx_vcpu_run(vcpu):
     """VMLAUNCH/VMRESUME: run the processor until it reports a VM exit."""
-    cpu = vcpu.arch.cpu
-    x = cpu.run(params.max_insns)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=cpu.rip)
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=vcpu.arch.cpu.rip)
     return x
 
 

@@ -334,6 +334,7 @@ class KvmVcpuArch:
         self.microcode_version = 0
         self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
+        self.insn_limit = None              # processor icount at which to signal (params.insn_limit)
         self.loaded = False
         self.last_exit = None               # the vendor's exit record of the last VM exit
         self.complete_userspace_io = None   # finishes an exit user space served, at the next KVM_RUN
