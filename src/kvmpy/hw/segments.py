@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from . import tasks
 from .descriptors import parse_descriptor
-from .events import Fault
+from .events import EXT_INTR, HW_EXC, NMI, SW_EXC, SW_INT, Fault
 from .state import AC, CR0_PE, CS, DS, EFER_LMA, ES, FS, GS, IF, NT, RF, SS, TF, VM, Segment
 
 M = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
-EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6
 
 
 class SegmentUnit:

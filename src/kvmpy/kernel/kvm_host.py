@@ -19,13 +19,12 @@ import threading
 import time
 
 from .. import uapi
+from ..uapi import PAGE_SIZE
 from ..hw import memory as hm
 from .iodev import KVM_NR_BUSES, KvmIoBus
 from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock
 from .stats import KvmStats
 
-PAGE_SHIFT = 12
-PAGE_SIZE = uapi.PAGE_SIZE
 RUN_PAGES = 3                       # kvm_run, PIO data page, coalesced MMIO ring
 OUTSIDE_GUEST_MODE, IN_GUEST_MODE = 0, 1      # kvm_vcpu.mode
 KVM_REQ_TLB_FLUSH = "tlb_flush"     # a KVM_REQUEST_WAIT request: the sender waits for guest exits

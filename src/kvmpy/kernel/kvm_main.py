@@ -26,11 +26,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .. import uapi
 from ..hw import memory as hm
+from ..uapi import PAGE_SHIFT, PAGE_SIZE
 from . import fs, signals
 from .fs import kernel_error
-from .kvm_host import (IN_GUEST_MODE, PAGE_SHIFT, PAGE_SIZE, RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea,
-                       gfn_to_memslot, kvm_flush_remote_tlbs, kvm_get_vcpu_by_id, kvm_vcpu_srcu_read_lock,
-                       kvm_vcpu_srcu_read_unlock)
+from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flush_remote_tlbs,
+                       kvm_get_vcpu_by_id, kvm_vcpu_srcu_read_lock, kvm_vcpu_srcu_read_unlock)
 from .srcu import synchronize_srcu_expedited
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced

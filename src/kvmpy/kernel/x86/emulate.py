@@ -19,11 +19,13 @@ from ...hw import memory as hm
 from ...hw import paging
 from ...hw.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
+from ...hw.state import RCX, RDI
 from ...uapi import kvm as uapi
 from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
 from . import mmu
-from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit, kvm_queue_exception
+from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
+from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
 _MEM_STRING_OPCODES = frozenset((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF))
@@ -69,7 +71,7 @@ class EmulateCtxt:
     def _mmio_access(self):
         """Called before each MMIO access: a REP string stops after one iteration (_Restart)."""
         rs = self.rep_string
-        if rs is not None and self.vcpu.arch.cpu.regs[1] & rs[1] != rs[0]:
+        if rs is not None and self.vcpu.arch.cpu.regs[RCX] & rs[1] != rs[0]:
             raise _Restart()
         self.mmio_touched = True
 
@@ -142,8 +144,8 @@ class EmulateCtxt:
         if rep:
             cpu = self.vcpu.arch.cpu
             am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[self._adsize]
-            room = max(1, (0x1000 - (cpu.regs[7] & 0xFFF)) // size)
-            count = max(1, min(cpu.regs[1] & am, room, 0x1000 // size))
+            room = max(1, (0x1000 - (cpu.regs[RDI] & 0xFFF)) // size)
+            count = max(1, min(cpu.regs[RCX] & am, room, 0x1000 // size))
         raise _NeedUser("pio_in", port, size, count)
 
     def io_out(self, port, size, insn_len, value=None, string=False, rep=False):
@@ -163,7 +165,7 @@ class EmulateCtxt:
         ins = decode(lambda i: self.fetch_byte((csb + rip + i) & mask), mode.code, rip)
         self._adsize = ins.adsize
         am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[ins.adsize]
-        self.rep_string = (cpu.regs[1] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
+        self.rep_string = (cpu.regs[RCX] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
         self.mmio_touched = False
         key = (ins.raw, rip, csb, mode.key)
         b = self.blocks.get(key)
@@ -216,7 +218,7 @@ def kvm_emulate_instruction(vcpu) -> int:
         ctxt.read_cache.clear()
         _stat(vcpu, "insn_emulation_fail")
         return kvm_prepare_emulation_failure_exit(vcpu)
-    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[1] & ctxt.rep_string[1]:
+    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]:
         cpu.rip = start                     # see _Restart: REP retires on a later entry
     ctxt.read_cache.clear()
     cpu.refresh()

@@ -22,7 +22,7 @@ from __future__ import annotations
 from ...hw import memory as hm
 from ...hw import paging
 from ...hw.events import Fault
-from ...hw.state import CR0_PG, CR0_WP
+from ...hw.state import CR0_PG, CR0_WP, EFER_LMA
 from ...uapi import kvm as uapi
 from ..kvm_host import gfn_to_memslot, hva_to_pfn, mark_page_dirty_in_slot
 from ..trace import event, traced
@@ -85,7 +85,7 @@ def init_kvm_tdp_mmu(vcpu) -> None:
     t = vcpu.kvm.arch.tdp
     cpu.tdp = True
     cpu.ept, cpu.ept_ro = t.map, t.ro
-    cpu.exception_bitmap &= ~(1 << 14)
+    cpu.exception_bitmap &= ~(1 << uapi.PF_VECTOR)
     cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = False
     cpu.flush_tlb()
 
@@ -97,7 +97,7 @@ def init_kvm_softmmu(vcpu) -> None:
     mmu.page_fault = paging_page_fault
     cpu.tdp = False
     cpu.shadow = {}
-    cpu.exception_bitmap |= 1 << 14
+    cpu.exception_bitmap |= 1 << uapi.PF_VECTOR
     cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = True
     cpu.flush_tlb()
 
@@ -257,7 +257,7 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
     """
     cpu = vcpu.arch.cpu
     if not cpu.cr0 & CR0_PG:
-        gpa = gva & 0xFFFFFFFF if not cpu.efer & 0x400 and not system else gva
+        gpa = gva & 0xFFFFFFFF if not cpu.efer & EFER_LMA and not system else gva
         return gpa, paging.Translation(gpa & ~0xFFF, True, True, False, 0x1000, False)
     if cpu.mode.cpl == 3 and not system:
         access |= paging.PFERR_USER
@@ -274,7 +274,7 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
     try:
         t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
     except LookupError:
-        raise Fault(14, access | paging.PFERR_RSVD | 1, cr2=gva) from None
+        raise Fault(uapi.PF_VECTOR, access | paging.PFERR_RSVD | 1, cr2=gva) from None
     return t.gpa | (gva & 0xFFF), t
 
 
@@ -305,7 +305,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
         gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=True)
     except Fault as f:
         vcpu.stat["pf_guest"] += 1
-        raise Fault(14, f.error_code, cr2=gva) from None     # the guest's own #PF: its caller injects it
+        raise Fault(uapi.PF_VECTOR, f.error_code, cr2=gva) from None    # the guest's #PF: the caller injects it
     gfn = gpa >> 12
     slot = gfn_to_memslot(vcpu.kvm, gfn)
     if slot is None:

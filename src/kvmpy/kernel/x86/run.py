@@ -14,9 +14,8 @@ import errno
 import signal
 
 from ...hw import system
-from ...hw.events import Fault
-from ...hw.segments import EXT_INTR, HW_EXC, NMI
-from ...hw.state import IF
+from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault
+from ...hw.state import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
@@ -177,7 +176,7 @@ def inject_pending_event(vcpu) -> None:
             arch.nmi_pending -= 1
             _stat(vcpu, "nmi_injections")
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
-        cpu.pending_event = (NMI, 2, None)
+        cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return
     if arch.interrupt is not None and cpu.flags & IF and not cpu.interrupt_shadow:
@@ -186,10 +185,6 @@ def inject_pending_event(vcpu) -> None:
         cpu.halted = False
         _stat(vcpu, "irq_injections")
         event("kvm_inj_virq", vector=vec)
-
-
-def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
-    vcpu.arch.exception = (vector, error_code, cr2)
 
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
@@ -288,7 +283,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
 
         vcpu.arch.complete_userspace_io = complete_fast_pio_in
         return 0
-    val = cpu.regs[0] & ((1 << (8 * size)) - 1)
+    val = cpu.regs[RAX] & ((1 << (8 * size)) - 1)
     data = bytearray(val.to_bytes(size, "little"))
     if kernel_pio(vcpu, port, size, False, data):
         return kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -307,10 +302,10 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
 
 def _complete_in(cpu, size, val):
     if size == 4:
-        cpu.regs[0] = val
+        cpu.regs[RAX] = val
     else:
         m = (1 << (8 * size)) - 1
-        cpu.regs[0] = (cpu.regs[0] & ~m) | val
+        cpu.regs[RAX] = (cpu.regs[RAX] & ~m) | val
 
 
 # ------------------------------------------------------------------ simple exits
@@ -329,9 +324,9 @@ def kvm_emulate_halt(vcpu, insn_len: int) -> int:
 @traced
 def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
     cpu = vcpu.arch.cpu
-    eax, ecx = cpu.regs[0] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF
+    eax, ecx = cpu.regs[RAX] & 0xFFFFFFFF, cpu.regs[RCX] & 0xFFFFFFFF
     a, b, c, d = cpuid.kvm_cpuid(vcpu, eax, ecx)
-    cpu.regs[0], cpu.regs[3], cpu.regs[1], cpu.regs[2] = a, b, c, d
+    cpu.regs[RAX], cpu.regs[RBX], cpu.regs[RCX], cpu.regs[RDX] = a, b, c, d
     event("kvm_cpuid", function=eax, index=ecx, rax=a, rbx=b, rcx=c, rdx=d)
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
@@ -339,26 +334,26 @@ def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
 @traced
 def kvm_emulate_rdmsr(vcpu, insn_len: int) -> int:
     cpu = vcpu.arch.cpu
-    ecx = cpu.regs[1] & 0xFFFFFFFF
+    ecx = cpu.regs[RCX] & 0xFFFFFFFF
     r, data = x86.kvm_get_msr_common(vcpu, ecx, False)
     event("kvm_msr", write=0, ecx=ecx, data=data, failed=bool(r))
     if r:
-        kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
-    cpu.regs[0] = data & 0xFFFFFFFF
-    cpu.regs[2] = data >> 32
+    cpu.regs[RAX] = data & 0xFFFFFFFF
+    cpu.regs[RDX] = data >> 32
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
 @traced
 def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
     cpu = vcpu.arch.cpu
-    ecx = cpu.regs[1] & 0xFFFFFFFF
-    data = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
+    ecx = cpu.regs[RCX] & 0xFFFFFFFF
+    data = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
     r = x86.kvm_set_msr_common(vcpu, ecx, data, False)
     event("kvm_msr", write=1, ecx=ecx, data=data, failed=bool(r))
     if r:
-        kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
     cpu.refresh()
     return kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -373,7 +368,7 @@ def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     try:
         system.write_cr(cpu, cr, value)
     except Fault as f:
-        kvm_queue_exception(vcpu, f.vector, f.error_code)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code)
         return 1
     finally:
         cpu.intercept_cr3, cpu.intercept_cr0_cr4 = saved

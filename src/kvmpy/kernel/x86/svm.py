@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from ...hw import svm as hwsvm
 from ...hw.events import HAS_ERROR_CODE
+from ...uapi import kvm as uapi
 from .. import kvm_main
 from ..trace import event, traced
-from . import emulate, mmu, params, run, vendor
+from . import emulate, mmu, run, vendor, x86
 
 
 def svm_insn_len(vcpu, x) -> int:
@@ -45,7 +46,7 @@ def pf_interception(vcpu, x) -> int:
 def exception_interception(vcpu, x) -> int:
     """Any other intercepted exception: the guest's own, reflected back into it."""
     vector = x.exit_code - hwsvm.SVM_EXIT_EXCP_BASE
-    run.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
+    x86.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
     return 1
 
 
@@ -126,7 +127,7 @@ def invalid_state_interception(vcpu, x) -> int:
 svm_exit_handlers = {
     **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
-    hwsvm.SVM_EXIT_EXCP_BASE + 14: pf_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
     hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
     hwsvm.SVM_EXIT_CPUID: cpuid_interception,
@@ -150,10 +151,8 @@ def svm_vcpu_create(vcpu) -> None:
 @traced
 def svm_vcpu_run(vcpu):
     """VMRUN: run the processor until it reports a #VMEXIT."""
-    cpu = vcpu.arch.cpu
-    x = cpu.run(run.kvm_entry_budget(vcpu))
-    run.kvm_insn_limit_check(vcpu)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=cpu.rip)
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
     return x
 
 

@@ -18,6 +18,7 @@ import contextlib
 from ...hw import tasks
 from ...hw.cpu import Processor
 from ...hw.events import Fault, Intercept
+from ...hw.state import RAX, RCX, RDX
 from ...uapi import kvm as uapi
 from ..kvm_host import gfn_to_memslot
 from ..trace import traced
@@ -80,6 +81,15 @@ def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
     vcpu.arch.insn_limit = params.insn_limit
 
 
+def kvm_run_processor(vcpu):
+    """What vmx_vcpu_run and svm_vcpu_run share: run the processor for the entry's budget
+    (the preemption timer, cut to the vCPU's instruction limit) until it reports a VM exit,
+    then check the limit."""
+    x = vcpu.arch.cpu.run(run.kvm_entry_budget(vcpu))
+    run.kvm_insn_limit_check(vcpu)
+    return x
+
+
 def kvm_dispatch_exit(vcpu, code: int, handlers: dict, x) -> int:
     """The end of vmx_handle_exit / svm_handle_exit: call the table's handler for ``code``;
     an exit the table does not know is KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON."""
@@ -111,7 +121,7 @@ def kvm_mmu_page_fault(vcpu, address, *fault) -> int:
     try:
         r = vcpu.arch.mmu.page_fault(vcpu, address, *fault)
     except Fault as f:              # the guest's page tables do not map it: the guest's #PF
-        run.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
         return 1
     if r == mmu.RET_PF_EMULATE:
         return emulate.kvm_emulate_instruction(vcpu)
@@ -125,7 +135,7 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
     is only intercepted when asked for, and belongs to the guest: reflect it.
     """
     if vcpu.arch.mmu.tdp:
-        run.kvm_queue_exception(vcpu, 14, error_code, fault_address)
+        x86.kvm_inject_page_fault(vcpu, error_code, fault_address)
         return 1
     return kvm_mmu_page_fault(vcpu, fault_address, error_code)
 
@@ -133,7 +143,7 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
 def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
     """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
     vcpu.stat["hypercalls"] += 1
-    vcpu.arch.cpu.regs[0] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
+    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
     return run.kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
@@ -141,10 +151,10 @@ def kvm_emulate_xsetbv(vcpu, insn_len: int) -> int:
     """XSETBV (__kvm_set_xcr): XCR0 only, x87 always on, AVX only with SSE, nothing the guest's
     CPUID leaf 0xD does not offer (kvmpy's processor: x87 and SSE); else #GP(0)."""
     cpu = vcpu.arch.cpu
-    value = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
-    if (cpu.regs[1] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
+    value = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
+    if (cpu.regs[RCX] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
             or value & ~(x86.guest_supported_xcr0(vcpu) | 1)):
-        run.kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
     cpu.xcr0 = value
     return run.kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -179,7 +189,7 @@ def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, in
             tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
                               ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
     except Fault as f:
-        run.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
     except Intercept:           # a TSS or descriptor table outside RAM
         return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
     finally:

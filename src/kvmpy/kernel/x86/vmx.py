@@ -11,11 +11,12 @@ the handlers' vendor-neutral halves are shared with SVM (``kernel/x86/vendor.py`
 from __future__ import annotations
 
 from ...hw import vmx as hwvmx
+from ...hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
+from ...uapi import kvm as uapi
 from .. import kvm_main
 from ..trace import event, traced
-from . import emulate, mmu, params, run, vendor
+from . import emulate, mmu, run, vendor, x86
 
-INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
 
 
 # ------------------------------------------------------------------ exit handlers
@@ -34,9 +35,9 @@ def handle_ept_violation(vcpu, x) -> int:
 def handle_exception_nmi(vcpu, x) -> int:
     vector = x.intr_info & 0xFF
     ec = x.intr_error_code if x.intr_info & hwvmx.INTR_INFO_DELIVER_CODE else None
-    if vector == 14:
+    if vector == uapi.PF_VECTOR:
         return vendor.kvm_handle_page_fault(vcpu, ec, x.qualification)
-    run.kvm_queue_exception(vcpu, vector, ec)
+    x86.kvm_queue_exception(vcpu, vector, ec)
     return 1
 
 
@@ -58,8 +59,7 @@ def handle_task_switch(vcpu, x) -> int:
     q, idt = x.qualification, x.idt_vectoring_info
     source = hwvmx.TASK_SWITCH_SOURCES[q >> hwvmx.TASK_SWITCH_SOURCE_SHIFT & 3]
     idt_v = bool(idt & hwvmx.INTR_INFO_VALID)
-    soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION,
-                                                            INTR_TYPE_SOFT_EXCEPTION)
+    soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (SW_INT, PRIV_SW_EXC, SW_EXC)
     error_code = x.idt_vectoring_error_code if idt_v and idt & hwvmx.INTR_INFO_DELIVER_CODE else None
     insn_len = x.instruction_len if source != "gate" or soft else 0
     return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len)
@@ -92,10 +92,8 @@ def vmx_vcpu_create(vcpu) -> None:
 @traced
 def vmx_vcpu_run(vcpu):
     """VMLAUNCH/VMRESUME: run the processor until it reports a VM exit."""
-    cpu = vcpu.arch.cpu
-    x = cpu.run(run.kvm_entry_budget(vcpu))
-    run.kvm_insn_limit_check(vcpu)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=cpu.rip)
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=vcpu.arch.cpu.rip)
     return x
 
 

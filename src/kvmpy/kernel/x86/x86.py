@@ -23,8 +23,13 @@ import errno
 
 from ... import uapi
 from ...hw import events as hs_events, features, state as hs, xsave as hxsave
-from ...hw.events import Fault
-from ...hw.segments import NMI
+from ...hw.events import NMI, Fault
+from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_CR_PAT,
+                             MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
+                             MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_UCODE_REV, MSR_KERNEL_GS_BASE,
+                             MSR_LSTAR, MSR_MTRRcap, MSR_MTRRdefType, MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000,
+                             MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000, MSR_MTRRfix64K_00000,
+                             MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 from . import cpuid as kcpuid
@@ -38,24 +43,8 @@ def kvm_x86_ops():
     return _vendor_ops
 
 # ----------------------------------------------------------------------------------------
-# MSR numbers
+# MSRs
 # ----------------------------------------------------------------------------------------
-MSR_IA32_TSC = 0x10
-MSR_IA32_APICBASE = 0x1B
-MSR_IA32_UCODE_REV = 0x8B
-MSR_PLATFORM_INFO = 0xCE
-MSR_MTRRcap = 0xFE
-MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-MSR_IA32_MISC_ENABLE = 0x1A0
-MSR_MTRRphysBase0 = 0x200
-MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000 = 0x250, 0x258, 0x259
-MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 = 0x268, 0x26F
-MSR_IA32_CR_PAT = 0x277
-MSR_MTRRdefType = 0x2FF
-MSR_EFER = 0xC0000080
-MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
-MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX = 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103
-
 KVM_NR_VAR_MTRR = 8
 MTRR_FIXED = (MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000) + tuple(
     range(MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 + 1))
@@ -78,8 +67,7 @@ msrs_to_save = (
 emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
 msr_based_features = (MSR_IA32_UCODE_REV,)
 
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
-_EFER_FEATURE = ((EFER_SCE, "syscall"), (EFER_LME | EFER_LMA, "lm"), (EFER_NX, "nx"))
+_EFER_FEATURE = ((hs.EFER_SCE, "syscall"), (hs.EFER_LME | hs.EFER_LMA, "lm"), (hs.EFER_NXE, "nx"))
 
 
 def _efer_supported() -> int:
@@ -531,12 +519,12 @@ def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
 
 
 def kvm_is_valid_sregs(vcpu, s: uapi.kvm_sregs) -> bool:
-    if s.efer & EFER_LME and s.cr0 & hs.CR0_PG:
-        if not s.cr4 & hs.CR4_PAE or not s.efer & EFER_LMA:
+    if s.efer & hs.EFER_LME and s.cr0 & hs.CR0_PG:
+        if not s.cr4 & hs.CR4_PAE or not s.efer & hs.EFER_LMA:
             return False
         if s.cr3 >> vcpu.arch.maxphyaddr:
             return False
-    elif s.efer & EFER_LMA or s.cs.l:
+    elif s.efer & hs.EFER_LMA or s.cs.l:
         return False
     return kvm_is_valid_cr4(vcpu, s.cr4) and kvm_is_valid_cr0(s.cr0)
 
@@ -644,11 +632,11 @@ def kvm_set_efer(vcpu, efer: int, host_initiated: bool) -> int:
         return 1
     if not host_initiated:
         for mask, name in _EFER_FEATURE:
-            if efer & mask & ~EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
+            if efer & mask & ~hs.EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
                 return 1
-        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & EFER_LME:
+        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & hs.EFER_LME:
             return 1
-    cpu.efer = (efer & ~EFER_LMA) | (cpu.efer & EFER_LMA)      # LMA follows paging, not WRMSR
+    cpu.efer = (efer & ~hs.EFER_LMA) | (cpu.efer & hs.EFER_LMA)      # LMA follows paging, not WRMSR
     _state_changed(vcpu)
     return 0
 
@@ -848,6 +836,23 @@ def kvm_nmi_allowed(vcpu) -> bool:
     return not cpu.nmi_masked and not cpu.interrupt_shadow
 
 
+# ----------------------------------------------------------------------------------------
+# Exceptions for the guest
+# ----------------------------------------------------------------------------------------
+def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
+    vcpu.arch.exception = (vector, error_code, cr2)
+
+
+def kvm_inject_gp(vcpu, error_code: int) -> None:
+    """#GP(error_code) for the guest (asm/kvm_host.h)."""
+    kvm_queue_exception(vcpu, uapi.GP_VECTOR, error_code)
+
+
+def kvm_inject_page_fault(vcpu, error_code, address: int) -> None:
+    """#PF for the guest, with CR2 = ``address`` delivered with it."""
+    kvm_queue_exception(vcpu, uapi.PF_VECTOR, error_code, address)
+
+
 # CPUState.interrupt_shadow: 1 = STI blocking, 2 = MOV SS blocking
 _SHADOW_TO_KVM = {0: 0, 1: uapi.KVM_X86_SHADOW_INT_STI, 2: uapi.KVM_X86_SHADOW_INT_MOV_SS}
 
@@ -882,7 +887,8 @@ _VALID_EVENT_FLAGS = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_
 def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     if ev.flags & ~_VALID_EVENT_FLAGS:
         raise kernel_error(errno.EINVAL)
-    if (ev.exception.injected or ev.exception.pending) and (ev.exception.nr > 31 or ev.exception.nr == 2):
+    exc_nr = ev.exception.nr
+    if (ev.exception.injected or ev.exception.pending) and (exc_nr > 31 or exc_nr == uapi.NMI_VECTOR):
         raise kernel_error(errno.EINVAL)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SMM and (ev.smi.smm or ev.smi.pending or ev.smi.smm_inside_nmi):
         raise kernel_error(errno.EINVAL)                  # no SMM in kvmpy
