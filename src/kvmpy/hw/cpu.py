@@ -98,6 +98,7 @@ class Processor(CPUState, SegmentUnit):
         self.host_interrupt = _no_host_interrupt
         # --- internal ---
         self.icount = 0
+        self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
         self.chain_gen = 0              # bumped whenever a block chain may have gone stale
@@ -388,7 +389,8 @@ class Processor(CPUState, SegmentUnit):
         self.epoch += 1
         self.chain_gen += 1             # memory may have changed outside the guest: re-check code
         self.refresh()
-        limit = self.icount + budget
+        limit = self.entry_limit = self.icount + budget
+        self.ns["_loop_limit"] = codegen.LOOP_LIMIT
         try:
             entry.check_guest_state(self)
             if self.pending_event is not None:
@@ -442,8 +444,12 @@ class Processor(CPUState, SegmentUnit):
         """
         ic = self.icount
         window = self.intr_window_exiting      # a VM-execution control: fixed during the run
+        ns, end = self.ns, self.entry_limit
+        near = end - codegen.LOOP_LIMIT         # from here on a self-loop must stop at the budget
         try:
             while True:
+                if ic > near:
+                    ns["_loop_limit"] = end - ic
                 ic += b.fn()
                 if window:
                     self.icount = ic
