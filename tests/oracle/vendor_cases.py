@@ -68,6 +68,23 @@ def _null_gs():
     return lines, bytes(4096), {"gs_base": (OUT, 8)}
 
 
+def _ldmxcsr_mm():
+    """LDMXCSR with bit 17 (MM, AMD's misaligned SSE mode) set, then STMXCSR: loaded or #GP."""
+    mem = bytearray(4096)
+    mem[IN:IN + 4] = (0x21F80).to_bytes(4, "little")
+    lines = ["ldmxcsr [%#x]" % (D + IN), "stmxcsr [%#x]" % (D + OUT), "mov dword ptr [%#x], 0x1f80" % (D + IN),
+             "ldmxcsr [%#x]" % (D + IN)]
+    return lines, bytes(mem), {"mxcsr": (OUT, 4)}
+
+
+def _undefined_flags(start, setup, insn):
+    """OF SF ZF AF PF CF (RFLAGS & 0x8d5) and RAX after ``insn``, from RFLAGS = ``start``:
+    the flags the manuals leave undefined, where AMD's silicon is consistent."""
+    lines = ["push %#x" % (2 | start), "popfq", *setup, insn, "pushfq", "pop rcx",
+             "and ecx, 0x8d5", "mov [%#x], ecx" % (D + OUT), "mov [%#x], rax" % (D + OUT + 8)]
+    return lines, bytes(4096), {"flags": (OUT, 2), "rax": (OUT + 8, 8)}
+
+
 CASES = {
     "fcos tiny, round down": _tiny_trig("fcos", 0x77F),
     "fsincos tiny, round down": _tiny_trig("fsincos", 0x77F),
@@ -76,6 +93,15 @@ CASES = {
     "xsaveopt of the initial state": _xsave("xsaveopt"),
     "fxsave pointers without ES": _fxsave_pointers(),
     "null selector into GS": _null_gs(),
+    "ldmxcsr with MM": _ldmxcsr_mm(),
+    "mul flags": _undefined_flags(0x8D5, ["mov eax, 3", "mov ebx, 5"], "mul rbx"),
+    "imul flags": _undefined_flags(0x8D5, ["mov eax, 3", "mov ebx, 5"], "imul rax, rbx"),
+    "shl by more than the width": _undefined_flags(0, ["mov eax, 0x81", "mov ecx, 9"], "shl al, cl"),
+    "shr by 2": _undefined_flags(0, ["mov eax, 0xc0000001", "mov ecx, 2"], "shr eax, cl"),
+    "rcr by 3": _undefined_flags(1, ["mov eax, 0x40000005", "mov ecx, 3"], "rcr eax, cl"),
+    "shld by 5": _undefined_flags(0, ["mov eax, 0x0c000001", "mov edx, 0xf0000000", "mov ecx, 5"],
+                                  "shld eax, edx, cl"),
+    "shrd by 5": _undefined_flags(0, ["mov eax, 0x81", "mov edx, 0x5", "mov ecx, 5"], "shrd eax, edx, cl"),
 }
 
 

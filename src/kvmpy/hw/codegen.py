@@ -130,9 +130,10 @@ class Mode:
 class Gen:
     """Builds the source of one block function."""
 
-    def __init__(self, mode: Mode, emulating: bool = False):
+    def __init__(self, mode: Mode, emulating: bool = False, model=None):
         self.mode = mode
         self.emulating = emulating
+        self.model = model                 # the CPU model, for vendor-specific undefined flags
         self.lines: list[str] = []
         self.line_insn: list[int] = []     # instruction index of each line
         self.ind = 2
@@ -656,7 +657,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     through an interrupt shadow.
     """
     namespace.setdefault("_loop_limit", LOOP_LIMIT)
-    g = Gen(mode, emulating)
+    g = Gen(mode, emulating, getattr(namespace.get("cpu"), "model", None))
     g.loop_target = None if emulating or single else hex(rip)
     insns = []
     addr = rip

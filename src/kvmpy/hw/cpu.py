@@ -20,9 +20,10 @@ from . import codegen, insn  # noqa: F401  (insn registers the emitters)
 from . import entry
 from . import flags as lazy
 from . import memory as hm
-from . import models, paging
+from . import models, paging, system
 from .decoder import DecodeError, decode
-from .events import CONTRIBUTORY, HAS_ERROR_CODE, Fault, Intercept
+from .events import (CONTRIBUTORY, EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault,
+                     Intercept)
 from .segments import SegmentUnit
 from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
                     RFLAGS_WRITABLE, SS, CS)
@@ -60,9 +61,6 @@ class FetchTLB(dict):
         if self.get(key, value) != value:
             self._changed()
         super().__setitem__(key, value)
-
-
-EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX interruption types
 
 
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
@@ -593,7 +591,6 @@ class Processor(CPUState, SegmentUnit):
             raise Fault(13, 0)
 
     def system(self, name, *args):
-        from . import system
         return getattr(system, name)(self, *args)
 
     def set_cr0_mode(self):

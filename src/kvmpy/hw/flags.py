@@ -96,8 +96,9 @@ def compute(op: int, dst: int, src: int, aux: int) -> int:
             f |= OF
         return f
     if kind in (K_SHL, K_SHR, K_SAR, K_SHIFTX):
-        # aux carries CF and OF, computed by the instruction itself; AF is undefined (0).
-        return _szp(dst, sign) | (aux & (CF | OF))
+        # aux carries CF and OF, computed by the instruction itself, and AF, undefined: set
+        # there by a model whose silicon sets it (shift.py), else 0.
+        return _szp(dst, sign) | (aux & (CF | OF | AF))
     if kind == K_MUL:
         # src != 0 means the high half was significant; SF/ZF/PF undefined, taken from dst.
         return _szp(dst, sign) | ((CF | OF) if src else 0)

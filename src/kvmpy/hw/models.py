@@ -49,6 +49,14 @@ class CpuModel:
         in 64-bit mode (SDM).
     ``sysret_canonical_gp``: SYSRET to a non-canonical RCX is #GP(0) at CPL 0 (Intel SDM);
         AMD returns to CPL 3 and faults there, on the fetch (APM).
+    ``mul_keeps_szap``: MUL and IMUL leave SF, ZF, AF and PF as they were (AMD, measured on
+        Zen 3: no change in any of 280 random cases); else kvmpy computes them from the low
+        half of the product (Intel: undefined in the SDM, no silicon measured).
+    ``shift_flags_amd``: the flags the manuals leave undefined for counts above 1 follow
+        AMD's silicon (measured on Zen 3): SHL/SHR/SAR/SHLD/SHRD set AF; OF is, for SHR, the
+        sign before the last one-bit step (0), for SHLD the result's sign XOR CF, for SHRD
+        and RCR whether the result's two top bits differ.  Else (Intel: not measured) AF = 0
+        and OF is the 1-bit formula on the operand (kvmpy's choice).
     ``null_sel_clears_base``: loading a null selector into DS/ES/FS/GS in 64-bit mode zeroes
         the base (Intel; AMD with CPUID 0x80000021 EAX[6], measured on Zen 3); older AMD
         keeps the base (APM).  The limit is left as it was on both.
@@ -57,7 +65,7 @@ class CpuModel:
     def __init__(self, name, vendor, family, model, stepping, brand, *, phys_bits, virt_bits=48,
                  leaves=None, features=(), max_ext_leaf=0x80000008, x87_cos_tiny_is_one,
                  xinuse_by_use, fpu_pointers_need_es, sysenter_long_mode, syscall_legacy,
-                 sysret_canonical_gp, null_sel_clears_base):
+                 sysret_canonical_gp, null_sel_clears_base, mul_keeps_szap, shift_flags_amd):
         self.name, self.vendor, self.brand = name, vendor, brand
         self.family, self.model, self.stepping = family, model, stepping
         self.phys_bits, self.virt_bits = phys_bits, virt_bits
@@ -72,6 +80,8 @@ class CpuModel:
         self.syscall_legacy = syscall_legacy
         self.sysret_canonical_gp = sysret_canonical_gp
         self.null_sel_clears_base = null_sel_clears_base
+        self.mul_keeps_szap = mul_keeps_szap
+        self.shift_flags_amd = shift_flags_amd
 
     @property
     def is_amd(self) -> bool:
@@ -96,10 +106,12 @@ class CpuModel:
 
 _INTEL_BEHAVIOUR = dict(x87_cos_tiny_is_one=True, xinuse_by_use=True,
                         fpu_pointers_need_es=False, sysenter_long_mode=True, syscall_legacy=False,
-                        sysret_canonical_gp=True, null_sel_clears_base=True)
+                        sysret_canonical_gp=True, null_sel_clears_base=True, mul_keeps_szap=False,
+                        shift_flags_amd=False)
 _AMD_BEHAVIOUR = dict(x87_cos_tiny_is_one=False, xinuse_by_use=False,
                       fpu_pointers_need_es=True, sysenter_long_mode=False, syscall_legacy=True,
-                      sysret_canonical_gp=False, null_sel_clears_base=False)
+                      sysret_canonical_gp=False, null_sel_clears_base=False, mul_keeps_szap=True,
+                      shift_flags_amd=True)
 
 # One thread, one core: Intel leaf 0xB (SMT and core levels, then the invalid level) and
 # AMD 0x8000001E (extended APIC ID 0, one thread per compute unit, one node).
@@ -117,16 +129,18 @@ def _intel_caches(l2_kib, l3_kib, l3_ways):
     return out
 
 
-def _amd_caches(l2_kib, l3_kib):
-    """0x80000005 (L1 TLBs and caches), 0x80000006 (L2, L3; 8 = 16-way), 0x8000001D."""
+def _amd_caches(l2_kib, l3_kib, topoext=True):
+    """0x80000005 (L1 TLBs and caches), 0x80000006 (L2, L3; 8 = 16-way), and with
+    ``topoext`` (a model whose extended leaves reach it) 0x8000001D."""
     l1 = 32 << 24 | 8 << 16 | 1 << 8 | 64
     out = {(0x80000005, 0): (0xFF40FF40, 0xFF40FF40, l1, l1),
            (0x80000006, 0): (0x48002200, 0x68004200, l2_kib << 16 | 6 << 12 | 1 << 8 | 64,
                              (l3_kib // 512) << 18 | 8 << 12 | 1 << 8 | 64)}
-    caches = [_cache4(1, 1, 32, 8), _cache4(2, 1, 32, 8), _cache4(3, 2, l2_kib, 8, inclusive=True),
-              _cache4(3, 3, l3_kib, 16)]
-    out.update({(0x8000001D, i): c for i, c in enumerate(caches)})
-    out[(0x8000001D, len(caches))] = (0, 0, 0, 0)
+    if topoext:
+        caches = [_cache4(1, 1, 32, 8), _cache4(2, 1, 32, 8),
+                  _cache4(3, 2, l2_kib, 8, inclusive=True), _cache4(3, 3, l3_kib, 16)]
+        out.update({(0x8000001D, i): c for i, c in enumerate(caches)})
+        out[(0x8000001D, len(caches))] = (0, 0, 0, 0)
     return out
 
 
@@ -141,7 +155,7 @@ MODELS = {m.name: m for m in (
              features=("misalignsse", "null_sel_clr_base"),
              **dict(_AMD_BEHAVIOUR, null_sel_clears_base=True)),
     CpuModel("qemu64", AMD, 15, 107, 1, "QEMU Virtual CPU version 2.5+", phys_bits=40,
-             leaves=_amd_caches(512, 16384), **_AMD_BEHAVIOUR),
+             leaves=_amd_caches(512, 16384, topoext=False), **_AMD_BEHAVIOUR),
 )}
 
 # The model each vendor module runs unless told otherwise (kvm_intel: Intel, kvm_amd: AMD)

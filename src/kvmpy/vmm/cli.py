@@ -81,6 +81,7 @@ def positive_int(text):
 
 def memory_mib(text):
     """-m: guest RAM in MiB, at least 1 and small enough to end below the MMIO hole."""
+    # local: `kvmpy --help` and option errors answer before the machine loads
     from kvmpy.vmm.machine import MIB, MMIO_HOLE
     try:
         value = int(text, 10)
@@ -148,7 +149,7 @@ def _soft_params(args):
 
 def _cpu_model(text):
     """The model name of ``--cpu MODEL[,+feat,-feat...]`` (feature edits: not yet)."""
-    from kvmpy.hw import models
+    from kvmpy.hw import models     # local: option checking loads no more than it checks
     try:
         name, edits = models.parse_cpu_option(text)
         models.lookup(name)
@@ -165,7 +166,7 @@ def _tracing(enabled):
     if not enabled:
         yield
         return
-    from kvmpy.kernel import trace
+    from kvmpy.kernel import trace     # local: the kernel's tracer loads only with --trace
     trace.start()
     try:
         yield
@@ -193,12 +194,13 @@ def _exit_status(result, demo):
 
 
 def cmd_run(args):
+    # local: `kvmpy version` and bad options answer before the machine loads
     from kvmpy.vmm.machine import Machine
 
     params = _soft_params(args)
     demo = args.image is None
     if demo:
-        from kvmpy import guests
+        from kvmpy import guests     # local: the demo's image is read only when it runs
         try:
             image = guests.image_path(DEMO)
         except FileNotFoundError as e:
@@ -224,6 +226,7 @@ def main(argv=None):
         if args.command == "run":
             return cmd_run(args)
         if args.command == "version":
+            # local: only `kvmpy version` needs the package metadata
             from importlib.metadata import PackageNotFoundError, version
             try:
                 print(f"kvmpy {version('kvmpy')}")

@@ -195,7 +195,16 @@ def _mul1(g, size, signed):
     else:
         g.set_reg(0, size, lo)
         g.set_reg(2, size, hi)
-    g.set_flags(F.K_MUL, size, lo, of)
+    mul_flags(g, size, lo, of)
+
+
+def mul_flags(g, size, lo, of):
+    """CF = OF = ``of`` (0/1); SF ZF AF PF as the model's silicon leaves them: unchanged
+    (``mul_keeps_szap``, AMD) or from the low half ``lo``."""
+    if g.model is not None and g.model.mul_keeps_szap:
+        g.emit("setfl(%#x, %s * %#x)" % (F.CF | F.OF, of, F.CF | F.OF))
+    else:
+        g.set_flags(F.K_MUL, size, lo, of)
 
 
 def _div(g, size, signed):
@@ -236,7 +245,7 @@ def imul_trunc(g, size, a, b, dest_reg):
     lo, of = g.tmp("lo"), g.tmp("of")
     g.emit("%s = %s & %#x; %s = 1 if %s != %s else 0" % (lo, p, m, of, p, sx(lo, size)))
     g.set_reg(dest_reg, size, lo)
-    g.set_flags(F.K_MUL, size, lo, of)
+    mul_flags(g, size, lo, of)
 
 
 @emitter(MAP0F | 0xAF)

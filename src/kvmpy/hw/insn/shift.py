@@ -42,10 +42,22 @@ def _flag_update(g, count, static, lines):
         g.flags = None      # flags may be the previous instruction's: no static knowledge
 
 
+def _amd_flags(g) -> bool:
+    """Whether the model's shifts leave AMD's undefined flags (``shift_flags_amd``)."""
+    return g.model is not None and g.model.shift_flags_amd
+
+
+def _sign_change(g, r, n):
+    """OF as AMD's RCR and SHRD leave it for any count: the result's two top bits differ
+    (the 1-bit definition, measured on Zen 3 for larger counts)."""
+    return "((%s ^ (%s >> 1)) >> %d) & 1" % (r, r, n - 2)
+
+
 def _of_cf(g, of, cf):
-    """Name of a local holding CF | OF bits from 0/1 expressions ``of`` and ``cf``."""
+    """Name of a local holding CF | OF bits from 0/1 expressions ``of`` and ``cf`` (with AF
+    set where the model's silicon sets it: AMD's shifts by a non-zero count)."""
     v = g.tmp("x")
-    g.emit("%s = (%s) << 11 | (%s)" % (v, of, cf))
+    g.emit("%s = (%s) << 11 | (%s)%s" % (v, of, cf, " | %#x" % F.AF if _amd_flags(g) else ""))
     return v
 
 
@@ -90,7 +102,9 @@ def shift(g, ins, op, size, count_src):
         cf = "((%s << %s) >> %d) & 1" % (a, c, n)
         upd = lazy(F.K_SHL, cf, "%s ^ (%s)" % (msb, cf))
     elif op == SHR:
-        upd = lazy(F.K_SHR, "(%s >> (%s - 1)) & 1" % (a, c), "%s >> %d" % (a, n - 1))
+        # OF: the operand's sign (defined for a count of 1); AMD: the sign before the last step
+        of = "%s >> (%s + %d)" % (a, c, n - 2) if _amd_flags(g) else "%s >> %d" % (a, n - 1)
+        upd = lazy(F.K_SHR, "(%s >> (%s - 1)) & 1" % (a, c), of)
     elif op == SAR:
         upd = lazy(F.K_SAR, "(((%s ^ %#x) - %#x) >> (%s - 1)) & 1" % (a, sign, sign, c), "0")
     elif op == ROL:
@@ -100,7 +114,8 @@ def shift(g, ins, op, size, count_src):
     elif op == RCL:
         upd = eager("%s >> %d" % (t, n), "%s ^ (%s >> %d)" % (msb, t, n))
     else:
-        upd = eager("%s >> %d" % (t, n), "(%s >> %d) ^ %s" % (a, n - 1, cin))
+        upd = eager("%s >> %d" % (t, n), _sign_change(g, r, n) if _amd_flags(g)
+                    else "(%s >> %d) ^ %s" % (a, n - 1, cin))
     _flag_update(g, c, static, [upd])
 
 
@@ -137,6 +152,11 @@ def _shld_shrd(g, ins):
         cf = "(%s >> (%s - 1)) & 1" % (w, c)
     if static != 0 or ins.mod == 3:
         g.rm_write(size, r, reuse_ea=True)
-    of = "((%s ^ %s) >> %d) & 1" % (r, a, n - 1)
+    if not _amd_flags(g):
+        of = "((%s ^ %s) >> %d) & 1" % (r, a, n - 1)
+    elif left:
+        of = "((%s >> %d) ^ (%s)) & 1" % (r, n - 1, cf)
+    else:
+        of = _sign_change(g, r, n)
     _flag_update(g, c, static, [lambda: g.set_flags(F.K_SHL if left else F.K_SHR, size, r, "0",
                                                     _of_cf(g, of, cf))])

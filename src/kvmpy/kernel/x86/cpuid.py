@@ -118,7 +118,8 @@ def supported_cpuid(model: models.CpuModel) -> list[CpuidEntry]:
         *brand,
         *_model_leaves(model, 0x80000005, 0x80000007),
         CpuidEntry(0x80000008, 0, 0, model.phys_bits | model.virt_bits << 8),
-        *_model_leaves(model, 0x80000009, 0x8000001F),
+        # up to the model's limit in 0x80000000 EAX, as KVM's loop over the extended leaves
+        *_model_leaves(model, 0x80000009, min(0x8000001F, model.max_ext_leaf)),
     ]
     if model.max_ext_leaf >= 0x80000021:
         out.append(CpuidEntry(0x80000021, 0, 0, *_regs(0x80000021, 0, names).values()))
