@@ -13,6 +13,8 @@ instruction.  ``isolate=True`` additionally runs the snippet in a forked child, 
 that might loop forever or scribble outside its data area.
 """
 
+from __future__ import annotations
+
 import ctypes
 import dataclasses
 import os

@@ -7,6 +7,8 @@ state), and either delivers the fault through the guest's IDT or ends
 ``Processor.run`` with a VM exit.
 """
 
+from __future__ import annotations
+
 
 class Fault(Exception):
     """A guest exception (#DE, #UD, #GP, #PF...) with its error code."""

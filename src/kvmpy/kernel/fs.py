@@ -280,13 +280,14 @@ def vfs_ioctl(file: File, cmd: int, arg) -> int:
 
 
 MAP_TYPE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_WRITE = 0x0F, 0x01, 0x03, 0x02
+O_ACCMODE = 0o3                 # <fcntl.h>; PyPy's os module lacks it
 
 
 def vfs_mmap(file: File, length: int, offset: int, flags: int, prot: int, access: int):
     """mmap(2) of a file: do_mmap's checks of the open mode (a shared writable mapping needs
     a file open for writing, any mapping one open for reading: EACCES), then the owner's
     ``mmap`` returns the mapping (ENODEV if it has none)."""
-    mode = file.f_flags & os.O_ACCMODE
+    mode = file.f_flags & O_ACCMODE
     if flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE) and prot & PROT_WRITE and mode == os.O_RDONLY:
         raise kernel_error(errno.EACCES)
     if mode == os.O_WRONLY:

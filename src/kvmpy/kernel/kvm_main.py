@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import errno
+import math
 import mmap as _mmap
 import os
 import threading
@@ -422,7 +423,8 @@ def _retire_memslot(kvm: Kvm, old: KvmMemorySlot) -> None:
 def gfn_to_memslot(kvm: Kvm, gfn: int) -> KvmMemorySlot | None:
     """The memslot containing guest frame ``gfn``, or None (an MMIO gap)."""
     table = kvm._slots_by_gfn
-    i = bisect.bisect_right(table, gfn, key=lambda t: t[0]) - 1
+    # (gfn, inf) sorts after every (gfn, id, slot) entry; bisect's key= is Python 3.10+.
+    i = bisect.bisect_right(table, (gfn, math.inf)) - 1
     if i >= 0:
         slot = table[i][2]
         if gfn < slot.base_gfn + slot.npages:
