@@ -113,7 +113,7 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
                 return _call(file, fd, request, ctypes.addressof(c), ctypes.addressof(c), n)
             finally:
                 del c
-        tmp = ctypes.create_string_buffer(mutable.tobytes(), compat.IOCTL_BUFSZ + 1)
+        tmp = compat.string_buffer(mutable.tobytes(), compat.IOCTL_BUFSZ + 1)
         try:
             return _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), compat.IOCTL_BUFSZ + 1)
         finally:
@@ -122,7 +122,7 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
     data = _readonly_bytes(arg) if mutable is None else mutable.tobytes()
     if len(data) > compat.IOCTL_BUFSZ:
         raise ValueError("ioctl string arg too long")
-    tmp = ctypes.create_string_buffer(data, compat.IOCTL_BUFSZ + 1)
+    tmp = compat.string_buffer(data, compat.IOCTL_BUFSZ + 1)
     _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), compat.IOCTL_BUFSZ + 1)
     return tmp.raw[:len(data)]
 

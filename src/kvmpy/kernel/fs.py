@@ -22,6 +22,8 @@ import errno
 import os
 import threading
 
+from .. import compat
+
 __all__ = [
     "File", "FileOperations", "MiscDevice", "kernel_error", "noop_llseek",
     "get_unused_fd_flags", "put_unused_fd", "fd_install", "anon_inode_getfile", "anon_inode_getfd",
@@ -439,7 +441,7 @@ def copy_from_user(addr: int, n: int) -> bytes:
     if _in_buffer(addr, n):
         return ctypes.string_at(addr, n)
     _check_range(addr, n)
-    out = ctypes.create_string_buffer(n)
+    out = compat.string_buffer(b"", n)
     _vm_rw(_libc.process_vm_readv, addr, out, n)
     return out.raw
 
@@ -454,5 +456,5 @@ def copy_to_user(addr: int, data) -> None:
         ctypes.memmove(addr, data, n)
         return
     _check_range(addr, n)
-    src = ctypes.create_string_buffer(data, n)
+    src = compat.string_buffer(data, n)
     _vm_rw(_libc.process_vm_writev, addr, src, n)
