@@ -39,8 +39,9 @@ def _load_kvm() -> None:
     vendor module: once one is loaded, asking for the other fails with EEXIST (kvm_init's
     "already loaded vendor module") instead of silently running on the loaded one.
     """
-    import importlib
-    from .kernel.x86 import params, x86
+    # Local, as modprobe loads a module: the soft kernel (and the processor under it) is
+    # imported at the first open of the device, not by every VMM that imports this module.
+    from .kernel.x86 import params, svm, vmx, x86
     vendor = _os.environ.get("KVMPY_VENDOR") or params.vendor
     if vendor not in MODULE_NAMES:
         raise OSError(errno.ENODEV, "no KVM vendor module %r (expected vmx or svm)" % vendor)
@@ -50,8 +51,7 @@ def _load_kvm() -> None:
             raise OSError(errno.EEXIST, "%s is loaded: cannot load %s in the same process"
                           % (MODULE_NAMES[loaded], MODULE_NAMES[vendor]))
         return
-    module = importlib.import_module("kvmpy.kernel.x86." + vendor)
-    getattr(module, vendor + "_init")()
+    {"vmx": vmx.vmx_init, "svm": svm.svm_init}[vendor]()
 
 
 def open(path, flags: int = _os.O_RDWR, mode: int = 0o777) -> int:  # noqa: A001 - mirrors os.open

@@ -10,7 +10,7 @@ import pytest
 
 from kvmpy import syscalls as S
 from kvmpy import uapi
-from kvmpy.kernel import fs
+from kvmpy.kernel import fs, kvm_host
 
 
 @pytest.fixture
@@ -151,9 +151,9 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION, uapi.kvm_userspace_memory_region(0, 0, 0x10000, 0x4000, addr))
     kvm_obj = fs.fdget(vm).private_data
     gen = kvm_obj.memslots_generation
-    slot = soft_kvm.gfn_to_memslot(kvm_obj, 0x12)
-    assert slot is not None and soft_kvm.gfn_to_memslot(kvm_obj, 0x14) is None
-    assert soft_kvm.gfn_to_memslot(kvm_obj, 0xF) is None
+    slot = kvm_host.gfn_to_memslot(kvm_obj, 0x12)
+    assert slot is not None and kvm_host.gfn_to_memslot(kvm_obj, 0x14) is None
+    assert kvm_host.gfn_to_memslot(kvm_obj, 0xF) is None
     from kvmpy.kernel.x86 import mmu
     mmu.kvm_write_guest(kvm_obj, 0x12005, 1, 0x5A)
     assert mem[0x2005] == 0x5A
@@ -161,7 +161,7 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
     assert mmu.kvm_read_guest(kvm_obj, 0x10007, 1) == 9
     # move, then delete
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION, uapi.kvm_userspace_memory_region(0, 0, 0x20000, 0x4000, addr))
-    assert soft_kvm.gfn_to_memslot(kvm_obj, 0x12) is None and soft_kvm.gfn_to_memslot(kvm_obj, 0x22) is not None
+    assert kvm_host.gfn_to_memslot(kvm_obj, 0x12) is None and kvm_host.gfn_to_memslot(kvm_obj, 0x22) is not None
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION, uapi.kvm_userspace_memory_region(0, 0, 0, 0, 0))
     assert kvm_obj.memslots == {} and kvm_obj.memslots_generation == gen + 2
     del slot
@@ -174,7 +174,7 @@ def test_unmapped_slot_memory_is_not_ram_not_a_crash(kvm, soft_kvm):
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION,
             uapi.kvm_userspace_memory_region(0, 0, 0, 0x1000, 0x10000000))   # accepted, like KVM
     kvm_obj = fs.fdget(vm).private_data
-    assert soft_kvm.hva_to_pfn(0x10000000, False) is None
+    assert kvm_host.hva_to_pfn(0x10000000, False) is None
     assert mmu.gpa_to_host(kvm_obj, 0, False) is None
     with pytest.raises(LookupError):
         mmu.kvm_read_guest(kvm_obj, 0, 1)
@@ -188,8 +188,8 @@ def test_dirty_log(kvm, soft_kvm):
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION,
             uapi.kvm_userspace_memory_region(1, uapi.KVM_MEM_LOG_DIRTY_PAGES, 0, 0x10000, addr))
     kvm_obj = fs.fdget(vm).private_data
-    soft_kvm.mark_page_dirty(kvm_obj, 3)
-    soft_kvm.mark_page_dirty(kvm_obj, 9)
+    kvm_host.mark_page_dirty(kvm_obj, 3)
+    kvm_host.mark_page_dirty(kvm_obj, 9)
     bitmap = ctypes.c_uint64()
     log = uapi.kvm_dirty_log(slot=1)
     log.dirty_bitmap = ctypes.addressof(bitmap)

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -92,6 +93,15 @@ def test_help():
 # -- runs on the host's /dev/kvm --------------------------------------------------
 
 OUT_COM1 = [0xBA, 0xF8, 0x03, 0xB0, ord("!"), 0xEE]  # mov dx,0x3f8; mov al,'!'; out dx,al
+#: guests that never end: one that never leaves the guest, one that exits at every iteration
+LOOPS = {"jmp-self": [0xEB, 0xFE],                   # jmp $
+         "out-loop": [0xE6, 0x80, 0xEB, 0xFC]}       # 1: out 0x80,al; jmp 1b
+#: 1000 iterations of an OUT (2003 instructions), then isa-debug-exit with value 5
+COUNTED = [0xB9, 0xE8, 0x03,                         # mov cx,1000
+           0xE6, 0x80, 0xE2, 0xFC,                   # 1: out 0x80,al; loop 1b
+           0xB0, 0x05, 0xE6, 0xF4]                   # mov al,5; out 0xf4,al
+INSN_LIMIT_STATUS, TIMEOUT_STATUS = 4, 124
+BOUND_SLACK = 20     # seconds: a bounded run's whole process, on a loaded CI machine
 
 
 @pytest.mark.host
@@ -151,10 +161,13 @@ def test_i8042_reset_ends_the_run(capsys, image):
 
 
 @pytest.mark.host
-def test_timeout_stops_a_spinning_guest(capsys, image):
-    status, _, err = run_main(capsys, "run", image([0xEB, 0xFE]), "--accel", "host",
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeout_stops_a_looping_guest_on_host(capsys, image, loop):
+    start = time.monotonic()
+    status, _, err = run_main(capsys, "run", image(LOOPS[loop]), "--accel", "host",
                               "--timeout", "0.3")
-    assert status == 1 and "timeout" in err
+    assert (status, err) == (TIMEOUT_STATUS, "kvmpy: timed out after 0.3 s\n")
+    assert time.monotonic() - start < BOUND_SLACK
 
 
 @pytest.mark.host
@@ -175,6 +188,43 @@ def test_elf_guest_starts_in_protected_mode(capsys, tmp_path):
 
 
 # -- runs on kvmpy's soft KVM -------------------------------------------------------
+
+
+def run_cli(*argv):
+    """(exit status, stderr) of ``kvmpy argv`` in a process of its own (the soft kernel's
+    module parameters stay set for the process), and the seconds it took."""
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", *argv],
+                            capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in result.stderr
+    return result.returncode, result.stderr, time.monotonic() - start
+
+
+@pytest.mark.parametrize("mmu", ["tdp", "shadow"])
+@pytest.mark.parametrize("loop", LOOPS)
+def test_max_insns_stops_a_looping_guest(image, loop, mmu):
+    status, err, _ = run_cli("run", image(LOOPS[loop]), "--mmu", mmu, "--max-insns", "5000")
+    assert (status, err) == (INSN_LIMIT_STATUS, "kvmpy: stopped after 5000 instructions\n")
+
+
+@pytest.mark.parametrize("limit,status", [(2500, (5 << 1) | 1), (1500, INSN_LIMIT_STATUS)])
+def test_max_insns_counts_the_whole_run(image, limit, status):
+    """The guest needs 2003 instructions, over 1001 exits: enough budget lets it finish."""
+    assert run_cli("run", image(COUNTED), "--max-insns", str(limit))[0] == status
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_timeout_stops_a_looping_guest(image, loop):
+    status, err, took = run_cli("run", image(LOOPS[loop]), "--vendor", "svm", "--timeout", "0.5")
+    assert (status, err) == (TIMEOUT_STATUS, "kvmpy: timed out after 0.5 s\n")
+    assert took < BOUND_SLACK
+
+
+def test_bound_statuses_are_in_the_help():
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--help"],
+                            capture_output=True, text=True, timeout=20)
+    assert "%d             --max-insns ended the run" % INSN_LIMIT_STATUS in result.stdout
+    assert "%d           --timeout ended the run" % TIMEOUT_STATUS in result.stdout
 
 
 def test_demo_on_soft_kvm_exits_0():

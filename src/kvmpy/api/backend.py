@@ -11,13 +11,13 @@ The soft kernel also takes module parameters (``ept``, ``vendor``...) the way
 """
 
 import ctypes
-import errno
 import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .. import compat
+from kvmpy import compat, syscalls
+from kvmpy.kernel.x86 import params as kernel_params
 
 KVM_DEVICE = "/dev/kvm"
 
@@ -69,44 +69,18 @@ def host_backend():
 
 def soft_backend(params=None):
     """kvmpy's kernel; ``params`` are its module parameters (e.g. ``ept=False``)."""
-    try:
-        from kvmpy import syscalls
-    except ImportError as e:
-        if e.name not in ("kvmpy.syscalls", "kvmpy"):
-            raise
-        raise OSError(errno.ENODEV, "kvmpy's soft KVM is not available in this build "
-                      "(no kvmpy.syscalls)") from None
-
     def soft_mmap(fd, length):
         return syscalls.mmap(fd, length, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     def soft_ioctl(fd, request, arg=0):
         return syscalls.ioctl(fd, request, arg)
 
-    def soft_open(path, flags):
-        try:
-            return syscalls.open(path, flags)
-        except ModuleNotFoundError as e:
-            # Opening /dev/kvm loads the vendor module; one that does not exist is a
-            # missing device, as when modprobe fails on the host.
-            if not (e.name or "").startswith("kvmpy."):
-                raise
-            raise OSError(errno.ENODEV, f"soft KVM unavailable: no module {e.name}",
-                          path) from None
-
-    return Backend("soft", soft_open, soft_ioctl, soft_mmap, syscalls.close,
+    return Backend("soft", syscalls.open, soft_ioctl, soft_mmap, syscalls.close,
                    dict(params or {}))
 
 
 def apply_soft_params(params):
     """Set the soft kernel's module parameters (``kvmpy.kernel.x86.params.set``)."""
-    try:
-        from kvmpy.kernel.x86 import params as kernel_params
-    except ImportError as e:
-        if e.name != "kvmpy.kernel.x86.params":
-            raise
-        raise OSError(errno.ENOSYS, f"the soft kernel has no module parameters yet "
-                      f"(cannot set {', '.join(sorted(params))})") from None
     kernel_params.set(**params)
 
 

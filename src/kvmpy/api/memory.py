@@ -9,7 +9,7 @@ import ctypes
 import mmap
 import sys
 
-PAGE_SIZE = 4096
+from kvmpy.uapi import PAGE_SIZE
 
 
 class GuestMemoryError(ValueError):

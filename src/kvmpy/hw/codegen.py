@@ -219,7 +219,7 @@ class Gen:
                 if p is not None:
                     self._out(ind, _flag_store(p))
             else:       # "C"
-                self._out(ind, "if n < %d: %scontinue" % (LOOP_LIMIT, _flag_store(p) + "; " if p else ""))
+                self._out(ind, "if n < _loop_limit: %scontinue" % (_flag_store(p) + "; " if p else ""))
         self.pending = p
 
     def tmp(self, prefix="t") -> str:
@@ -237,8 +237,9 @@ class Gen:
         """Leave the block continuing at RIP ``target_expr``.
 
         A constant jump back to the block's first instruction becomes a Python
-        loop (``continue``), bounded by LOOP_LIMIT retired instructions so the
-        processor still returns regularly to check for events.
+        loop (``continue``), bounded by ``_loop_limit`` retired instructions (a global
+        of the translated code: LOOP_LIMIT, or less near the end of an entry's budget)
+        so the processor still returns regularly to check for events.
         """
         k = self.idx + 1 if count is None else count
         ind = self.ind
@@ -649,6 +650,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     ``max_insns`` instructions.  ``single`` translates exactly one execution of one
     instruction (no self-loop), for stepping through an interrupt shadow.
     """
+    namespace.setdefault("_loop_limit", LOOP_LIMIT)
     g = Gen(mode, emulating, getattr(namespace.get("cpu"), "model", None))
     g.loop_target = None if emulating or single else hex(rip)
     insns = []

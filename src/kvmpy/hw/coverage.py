@@ -153,7 +153,7 @@ _CS = {}
 def mnemonic(f: Form) -> str:
     """Capstone's mnemonic for the form's probe bytes; '' if capstone is not installed."""
     try:
-        import capstone
+        import capstone     # local: optional at run time; without it there are no mnemonics
     except ImportError:
         return ""
     cs = _CS.get(f.bits)

@@ -20,9 +20,10 @@ from . import codegen, insn  # noqa: F401  (insn registers the emitters)
 from . import entry
 from . import flags as lazy
 from . import memory as hm
-from . import models, paging
+from . import models, paging, system
 from .decoder import DecodeError, decode
-from .events import CONTRIBUTORY, HAS_ERROR_CODE, Fault, Intercept
+from .events import (CONTRIBUTORY, EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault,
+                     Intercept)
 from .segments import SegmentUnit
 from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
                     RFLAGS_WRITABLE, SS, CS)
@@ -62,9 +63,6 @@ class FetchTLB(dict):
         super().__setitem__(key, value)
 
 
-EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6   # VMX interruption types
-
-
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
 DELIVERY_TICK = 256        # exception deliveries between two looks (each retires nothing)
 
@@ -100,6 +98,7 @@ class Processor(CPUState, SegmentUnit):
         self.host_interrupt = _no_host_interrupt
         # --- internal ---
         self.icount = 0
+        self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
         self.chain_gen = 0              # bumped whenever a block chain may have gone stale
@@ -390,7 +389,8 @@ class Processor(CPUState, SegmentUnit):
         self.epoch += 1
         self.chain_gen += 1             # memory may have changed outside the guest: re-check code
         self.refresh()
-        limit = self.icount + budget
+        limit = self.entry_limit = self.icount + budget
+        self.ns["_loop_limit"] = codegen.LOOP_LIMIT
         try:
             entry.check_guest_state(self)
             if self.pending_event is not None:
@@ -444,8 +444,12 @@ class Processor(CPUState, SegmentUnit):
         """
         ic = self.icount
         window = self.intr_window_exiting      # a VM-execution control: fixed during the run
+        ns, end = self.ns, self.entry_limit
+        near = end - codegen.LOOP_LIMIT         # from here on a self-loop must stop at the budget
         try:
             while True:
+                if ic > near:
+                    ns["_loop_limit"] = end - ic
                 ic += b.fn()
                 if window:
                     self.icount = ic
@@ -586,7 +590,6 @@ class Processor(CPUState, SegmentUnit):
             raise Fault(13, 0)
 
     def system(self, name, *args):
-        from . import system
         return getattr(system, name)(self, *args)
 
     def set_cr0_mode(self):

@@ -15,7 +15,7 @@ vmx_segment_access_rights, which sets the VMCS "unusable" bit for them.
 
 from __future__ import annotations
 
-from .events import Intercept
+from .events import EXT_INTR, Intercept
 from .state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_DE, CR4_FSGSBASE, CR4_MCE, CR4_OSFXSR,
                     CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PSE, CR4_PVI,
                     CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, CS, DS, EFER_LMA, EFER_LME, EFER_NXE,
@@ -30,7 +30,6 @@ EFER_IMPLEMENTED = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE
 RFLAGS_RESERVED = ~0x3F7FD7 & (1 << 64) - 1     # bits 63:22, 15, 5, 3 (bit 1 must be set)
 
 TSS16_BUSY, LDT, TSS32_BUSY = 3, 2, 11
-EXT_INTR = 0                                    # VMX interruption type of an external interrupt
 STI_BLOCKING = 1                                # CPUState.interrupt_shadow value
 
 # Access-rights type fields SDM 27.3.1.2 allows for CS with unrestricted guest: accessed

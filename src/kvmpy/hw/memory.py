@@ -22,7 +22,8 @@ import ctypes
 import errno
 import struct
 
-PAGE_SIZE = 4096
+from ..uapi.kvm import PAGE_SIZE
+
 PAGE_MASK = ~(PAGE_SIZE - 1)
 MADV_POPULATE_READ, MADV_POPULATE_WRITE = 22, 23
 MS_ASYNC = 1

@@ -10,29 +10,12 @@ are in ``kvmpy.hw.tasks``.
 
 from __future__ import annotations
 
-from .events import Fault
+from . import tasks
+from .descriptors import parse_descriptor
+from .events import EXT_INTR, HW_EXC, NMI, SW_EXC, SW_INT, Fault
 from .state import AC, CR0_PE, CS, DS, EFER_LMA, ES, FS, GS, IF, NT, RF, SS, TF, VM, Segment
 
 M = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
-EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6
-
-
-def parse_descriptor(d: int, seg: Segment, selector: int) -> Segment:
-    lo, hi = d & 0xFFFFFFFF, d >> 32
-    seg.selector = selector
-    seg.base = ((lo >> 16) & 0xFFFF) | ((hi & 0xFF) << 16) | (hi & 0xFF000000)
-    limit = (lo & 0xFFFF) | (hi & 0xF0000)
-    seg.g = (hi >> 23) & 1
-    seg.limit = (limit << 12) | 0xFFF if seg.g else limit
-    seg.type = (hi >> 8) & 0xF
-    seg.s = (hi >> 12) & 1
-    seg.dpl = (hi >> 13) & 3
-    seg.present = (hi >> 15) & 1
-    seg.avl = (hi >> 20) & 1
-    seg.l = (hi >> 21) & 1
-    seg.db = (hi >> 22) & 1
-    seg.unusable = 0
-    return seg
 
 
 class SegmentUnit:
@@ -271,7 +254,6 @@ class SegmentUnit:
                 raise Fault(13, sel & ~3)
             if not tmp.present:
                 raise Fault(11, sel & ~3)
-            from . import tasks
             tss_sel = (d >> 16) & 0xFFFF if tmp.type == 5 else sel
             tasks.task_switch(self, tss_sel, tasks.CALL if ret_ip is not None else tasks.JMP, next_ip)
             return
@@ -401,7 +383,6 @@ class SegmentUnit:
             self.nmi_masked = False
             return
         if self.get_rflags() & NT and not self.efer & EFER_LMA:
-            from . import tasks
             back_link = self._tss_read(0, 2)
             tasks.task_switch(self, back_link, tasks.IRET, next_ip)
             return
@@ -515,7 +496,6 @@ class SegmentUnit:
             raise Fault(11, idt_err)
         sel = (gate >> 16) & 0xFFFF
         if gtype == 5:
-            from . import tasks
             tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext, event=(kind, vector))
             return
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)

@@ -15,6 +15,7 @@ makes them eager again.
 from __future__ import annotations
 
 from . import flags as lazy
+from . import fpu, simd
 
 RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
 ES, CS, SS, DS, FS, GS = range(6)
@@ -80,8 +81,8 @@ class FPUState:
     """
 
     __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top", "used")
-    from . import simd as sse
-    from . import fpu as x87
+    sse = simd
+    x87 = fpu
 
     def __init__(self):
         self.reset()

@@ -7,16 +7,15 @@ shadow paging, XSETBV, LMSW) they raise the VM exit instead.
 
 from . import fxsave, xsave
 from .events import Fault, Intercept
+from .msr_index import (MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP,
+                        MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME,
                     EFER_SCE, IF,
                     RF, SS, VM, FS, GS)
 from .entry import canonical
-from .segments import parse_descriptor
+from .descriptors import parse_descriptor
 from .state import Segment
 
-MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SFMASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
-MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE = 0xC0000100, 0xC0000101, 0xC0000102
-MSR_SYSENTER_CS, MSR_SYSENTER_ESP, MSR_SYSENTER_EIP = 0x174, 0x175, 0x176
 TSC_PER_INSN = 1        # deterministic virtual clock: one TSC tick per retired instruction
 
 
@@ -27,7 +26,7 @@ def rdtsc(cpu, with_aux):
     cpu.regs[0] = t & 0xFFFFFFFF
     cpu.regs[2] = t >> 32
     if with_aux:
-        cpu.regs[1] = cpu.msrs.get(0xC0000103, 0) & 0xFFFFFFFF
+        cpu.regs[1] = cpu.msrs.get(MSR_TSC_AUX, 0) & 0xFFFFFFFF
 
 
 def fwait(cpu):
@@ -222,7 +221,7 @@ def syscall(cpu, next_ip, opsize):
         cpu.regs[11] = fl & ~RF
         long64 = cpu.mode.code == 8
         target = cpu.msrs.get(MSR_LSTAR if long64 else MSR_CSTAR, 0)
-        cpu.set_rflags(fl & ~(cpu.msrs.get(MSR_SFMASK, 0) | RF))
+        cpu.set_rflags(fl & ~(cpu.msrs.get(MSR_SYSCALL_MASK, 0) | RF))
         _flat(cpu.seg[CS], sel, 0, True, long=True, db=False)
     else:
         cpu.regs[1] = next_ip & 0xFFFFFFFF
@@ -267,21 +266,21 @@ def _check_sysenter(cpu):
 
 def sysenter(cpu, next_ip, opsize):
     _check_sysenter(cpu)
-    cs_sel = cpu.msrs.get(MSR_SYSENTER_CS, 0) & 0xFFFC
+    cs_sel = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
     if not cpu.cr0 & CR0_PE or cs_sel == 0:
         raise Fault(13, 0)
     cpu.set_rflags(cpu.get_rflags() & ~(VM | IF | RF))
     long = bool(cpu.efer & EFER_LMA)
     _flat(cpu.seg[CS], cs_sel, 0, True, long=long, db=not long)
     _flat(cpu.seg[SS], cs_sel + 8, 0, False)
-    cpu.regs[4] = cpu.msrs.get(MSR_SYSENTER_ESP, 0)
+    cpu.regs[4] = cpu.msrs.get(MSR_IA32_SYSENTER_ESP, 0)
     cpu.refresh()
-    cpu.rip = cpu.msrs.get(MSR_SYSENTER_EIP, 0)
+    cpu.rip = cpu.msrs.get(MSR_IA32_SYSENTER_EIP, 0)
 
 
 def sysexit(cpu, next_ip, opsize):
     _check_sysenter(cpu)
-    cs_sel = cpu.msrs.get(MSR_SYSENTER_CS, 0) & 0xFFFC
+    cs_sel = cpu.msrs.get(MSR_IA32_SYSENTER_CS, 0) & 0xFFFC
     if not cpu.cr0 & CR0_PE or cs_sel == 0 or cpu.mode.cpl:
         raise Fault(13, 0)
     if opsize == 8:

@@ -23,7 +23,7 @@ the new task's segments are delivered in the new task, as on hardware.
 from __future__ import annotations
 
 from .events import Fault, Intercept
-from .segments import parse_descriptor
+from .descriptors import parse_descriptor
 from .state import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM, Segment
 
 JMP, CALL, IRET, INT = "jmp", "call", "iret", "gate"     # INT: a task gate in the IDT

@@ -5,6 +5,7 @@ qualifications).  ``VmxExit`` is what the VMCS exit fields would hold.
 """
 
 from . import tasks
+from .events import HW_EXC
 
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
@@ -27,8 +28,8 @@ EXIT_REASON_XSETBV = 55
 
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_CODE = 1 << 11
-INTR_TYPE_HARD_EXCEPTION = 3 << 8
 VECTORING_INFO_TYPE_SHIFT = 8
+INTR_TYPE_HARD_EXCEPTION = HW_EXC << VECTORING_INFO_TYPE_SHIFT
 
 # TASK_SWITCH exit qualification (SDM table 28-2): bits 15:0 the TSS selector, bits 31:30 the source
 TASK_SWITCH_SOURCE_SHIFT = 30

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import ctypes
 import signal
+import threading
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _HAVE_MASKS = hasattr(_libc, "pthread_sigmask") and hasattr(_libc, "sigpending")
@@ -84,3 +85,9 @@ def _interrupts(signum) -> bool:
     if handler == signal.SIG_IGN:
         return False
     return not (handler == signal.SIG_DFL and signum in _DEFAULT_IGNORED)
+
+
+def send_to_current_thread(signum) -> None:
+    """The kernel signals the thread it runs for (``send_sig(..., current, ...)``): pending
+    while KVM_RUN has it blocked, delivered when KVM_RUN returns."""
+    signal.pthread_kill(threading.get_ident(), signum)

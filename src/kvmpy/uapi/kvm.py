@@ -20,7 +20,8 @@ import functools
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 s32, s64 = ctypes.c_int32, ctypes.c_int64
 
-PAGE_SIZE = 4096
+PAGE_SHIFT = 12                     # asm/page.h: the one home of the page size
+PAGE_SIZE = 1 << PAGE_SHIFT
 
 # --------------------------------------------------------------------------------------
 # ioctl encoding (asm-generic/ioctl.h)
@@ -275,6 +276,12 @@ KVM_VCPUEVENT_VALID_TRIPLE_FAULT = 0x20
 KVM_X86_SHADOW_INT_MOV_SS = 0x01
 KVM_X86_SHADOW_INT_STI = 0x02
 
+# asm/kvm.h: exception vectors
+DE_VECTOR, DB_VECTOR, BP_VECTOR, OF_VECTOR, BR_VECTOR, UD_VECTOR, NM_VECTOR, DF_VECTOR = 0, 1, 3, 4, 5, 6, 7, 8
+TS_VECTOR, NP_VECTOR, SS_VECTOR, GP_VECTOR, PF_VECTOR = 10, 11, 12, 13, 14
+MF_VECTOR, AC_VECTOR, MC_VECTOR, XM_VECTOR, VE_VECTOR = 16, 17, 18, 19, 20
+NMI_VECTOR = 2                      # asm/kvm_host.h
+
 
 class _events_exception(_S):
     _fields_ = [("injected", u8), ("nr", u8), ("has_error_code", u8), ("pending", u8),
@@ -362,6 +369,7 @@ class kvm_nested_state(_S):
 # linux/kvm.h: generic structures
 # --------------------------------------------------------------------------------------
 KVM_API_VERSION = 12
+KVM_X86_DEFAULT_VM = 0              # asm/kvm.h: the only VM type kvmpy creates
 
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1

@@ -11,8 +11,12 @@ Exit status of ``kvmpy run``:
   (``src/kvmpy/guests/demo.S``) is "value 0 means success": its status 1 maps to 0;
 * 0 when the guest halts with interrupts disabled, or resets the machine (i8042);
 * 1 with a message on stderr when the run fails: triple fault, internal error, failed
-  entry, HLT with interrupts enabled (nothing could wake it), timeout, a backend error;
-* 2 with a message on stderr for bad options and unusable image files.
+  entry, HLT with interrupts enabled (nothing could wake it), a backend error;
+* 2 with a message on stderr for bad options and unusable image files;
+* 4 ("stopped after N instructions") when ``--max-insns N`` ended the run;
+* 124 ("timed out after S s") when ``--timeout S`` ended the run, as timeout(1) reports it.
+
+(Both bounds' statuses are even, so no isa-debug-exit value can be mistaken for them.)
 
 Errors are one line on stderr, never a traceback (``KVMPY_DEBUG=1`` shows the traceback of
 an unexpected error, which would be a bug in kvmpy).
@@ -29,6 +33,17 @@ from kvmpy.vmm.loader import LoadError
 DEMO = "demo"
 #: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
 MMU_MODES = {"tdp": True, "shadow": False}
+#: exit statuses of the runs that a bound (--max-insns, --timeout) ended
+BOUND_STATUS = {"insn-limit": 4, "timeout": 124}
+
+
+RUN_EPILOG = f"""exit status:
+  (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4)
+  0             the guest halted with interrupts off, or reset the machine
+  1             the run failed (triple fault, internal error, failed entry...)
+  2             bad options or image file
+  {BOUND_STATUS['insn-limit']:<13} --max-insns ended the run
+  {BOUND_STATUS['timeout']:<13} --timeout ended the run"""
 
 
 class UsageError(Exception):
@@ -66,6 +81,7 @@ def positive_int(text):
 
 def memory_mib(text):
     """-m: guest RAM in MiB, at least 1 and small enough to end below the MMIO hole."""
+    # local: `kvmpy --help` and option errors answer before the machine loads
     from kvmpy.vmm.machine import MIB, MMIO_HOLE
     try:
         value = int(text, 10)
@@ -83,7 +99,8 @@ def build_parser():
         prog="kvmpy", description="The Linux KVM hypervisor re-implemented in Python.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = sub.add_parser("run", help="boot a guest image",
-                         description="Boot a guest image (the demo guest if none is given).")
+                         description="Boot a guest image (the demo guest if none is given).",
+                         epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("image", nargs="?", metavar="IMAGE",
                      help="flat binary (loaded at 0x7c00, real mode) or ELF executable")
     run.add_argument("--accel", choices=("soft", "host"), default="soft",
@@ -102,9 +119,11 @@ def build_parser():
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
     run.add_argument("--max-insns", type=positive_int, metavar="N",
-                     help="stop the soft processor after N guest instructions")
+                     help="stop the soft processor after N guest instructions, counted "
+                          "over the whole run (exit status %d)" % BOUND_STATUS["insn-limit"])
     run.add_argument("--timeout", type=positive_seconds, metavar="S",
-                     help="stop the guest after S seconds of wall time")
+                     help="stop the guest after S seconds of wall time (exit status %d)"
+                          % BOUND_STATUS["timeout"])
     sub.add_parser("version", help="print kvmpy's version")
     return parser
 
@@ -123,8 +142,6 @@ def _soft_params(args):
         params["ept"] = MMU_MODES[args.mmu]
     if args.vendor is not None:
         params["vendor"] = args.vendor
-    if args.max_insns is not None:
-        params["max_insns"] = args.max_insns
     if args.cpu is not None:
         params["cpu"] = _cpu_model(args.cpu)
     return params
@@ -132,7 +149,7 @@ def _soft_params(args):
 
 def _cpu_model(text):
     """The model name of ``--cpu MODEL[,+feat,-feat...]`` (feature edits: not yet)."""
-    from kvmpy.hw import models
+    from kvmpy.hw import models     # local: option checking loads no more than it checks
     try:
         name, edits = models.parse_cpu_option(text)
         models.lookup(name)
@@ -149,7 +166,7 @@ def _tracing(enabled):
     if not enabled:
         yield
         return
-    from kvmpy.kernel import trace
+    from kvmpy.kernel import trace     # local: the kernel's tracer loads only with --trace
     trace.start()
     try:
         yield
@@ -169,17 +186,21 @@ def _exit_status(result, demo):
     if result.reason == "reset":
         print(f"kvmpy: {result.message}", file=sys.stderr)
         return 0
+    if result.reason in BOUND_STATUS:
+        print(f"kvmpy: {result.message}", file=sys.stderr)
+        return BOUND_STATUS[result.reason]
     print(f"kvmpy: {result.reason}: {result.message}", file=sys.stderr)
     return 1
 
 
 def cmd_run(args):
+    # local: `kvmpy version` and bad options answer before the machine loads
     from kvmpy.vmm.machine import Machine
 
     params = _soft_params(args)
     demo = args.image is None
     if demo:
-        from kvmpy import guests
+        from kvmpy import guests     # local: the demo's image is read only when it runs
         try:
             image = guests.image_path(DEMO)
         except FileNotFoundError as e:
@@ -189,7 +210,7 @@ def cmd_run(args):
     with _tracing(args.trace):
         try:
             machine = Machine(image, accel=args.accel, memory_mib=args.memory,
-                              fmt=args.format, params=params)
+                              fmt=args.format, params=params, max_insns=args.max_insns)
         except OSError as e:
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1
@@ -205,6 +226,7 @@ def main(argv=None):
         if args.command == "run":
             return cmd_run(args)
         if args.command == "version":
+            # local: only `kvmpy version` needs the package metadata
             from importlib.metadata import PackageNotFoundError, version
             try:
                 print(f"kvmpy {version('kvmpy')}")

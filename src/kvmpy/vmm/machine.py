@@ -35,20 +35,13 @@ MMIO_HOLE = 0xD0000000  # RAM must end below the test device
 TEST_DEVICE_SIZE = 0x1000
 TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
 RFLAGS_IF = 1 << 9
-#: after a timeout has asked the vCPU to stop, how long to wait before forcing it
-TIMEOUT_GRACE = 0.5
-
-
-class RunTimeout(Exception):
-    """Raised out of a run that ignored the request to stop after a timeout."""
-
-
 @dataclass
 class RunResult:
     """Why the run ended.
 
     ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
-    "internal-error", "fail-entry", "system-event", "timeout", "unhandled-exit".
+    "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
+    "unhandled-exit".
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
 
@@ -59,12 +52,22 @@ class RunResult:
 
 
 class Machine:
-    """One-vCPU PC-like machine. Use as a context manager, or call :meth:`close`."""
+    """One-vCPU PC-like machine. Use as a context manager, or call :meth:`close`.
+
+    ``max_insns`` (soft accelerator only) bounds the guest instructions of the vCPU's whole
+    life: the soft kernel's ``insn_limit`` module parameter, which signals the vCPU thread
+    (SIGXCPU) when they are done; :meth:`run` then ends with "insn-limit".
+    """
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
-                 serial_sink=stdout_sink, clock=None):
+                 serial_sink=stdout_sink, clock=None, max_insns=None):
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
+        if max_insns is not None:
+            if accel != "soft":
+                raise ValueError("an instruction limit needs the soft accelerator")
+            params = dict(params or {}, insn_limit=max_insns)
+        self.max_insns = max_insns
         self.memory = GuestMemory(memory_mib * MIB)
         self.kvm = self.vm = self.vcpu = None
         self._stop = None
@@ -120,23 +123,25 @@ class Machine:
             self._stop = result
 
     def run(self, timeout=None):
-        """Run until the guest ends; returns a :class:`RunResult`."""
+        """Run until the guest ends, ``timeout`` seconds pass, or the vCPU has retired the
+        machine's ``max_insns``; returns a :class:`RunResult`.
+
+        Both bounds stop the vCPU the way the kernel lets user space stop it: a signal
+        (SIGALRM from a timer, SIGXCPU from the soft kernel's instruction limit) ends a
+        KVM_RUN in progress with EINTR, and its handler sets ``immediate_exit`` so that a
+        signal that arrived between two KVM_RUNs makes the next one return at once.  The
+        handlers only record why the run ends; nothing is raised through the vCPU.
+        """
         self._stop = None
-        self._timed_out = False
         exits = 0
-        with _Alarm(self, timeout):
-            try:
-                while self._stop is None:
-                    try:
-                        exit_ = self.vcpu.run()
-                    except InterruptedError:
-                        exit_ = VcpuExit.Intr()
-                    exits += 1
-                    self._dispatch(exit_)
-            except RunTimeout:
-                pass
-        if self._stop is None:
-            self._stop = RunResult("timeout", f"stopped after {timeout} s")
+        with _RunBounds(self, timeout):
+            while self._stop is None:
+                try:
+                    exit_ = self.vcpu.run()
+                except InterruptedError:
+                    exit_ = VcpuExit.Intr()
+                exits += 1
+                self._dispatch(exit_)
         self._stop.exits = exits
         return self._stop
 
@@ -163,8 +168,7 @@ class Machine:
         elif isinstance(exit_, VcpuExit.SystemEvent):
             self._end(RunResult("system-event", f"system event type {exit_.type}"))
         elif isinstance(exit_, (VcpuExit.Intr, VcpuExit.IrqWindowOpen)):
-            if self._timed_out:
-                raise RunTimeout
+            pass                    # a bound's signal handler has said whether to stop
         else:
             self._end(RunResult("unhandled-exit", f"unhandled exit {exit_.name}: {exit_}"))
 
@@ -186,32 +190,40 @@ class Machine:
             exit_.set_data(self.mmio.read(exit_.addr, exit_.size))
 
 
-class _Alarm:
-    """Context manager: after ``timeout`` s ask the vCPU to stop (``immediate_exit``, and
-    SIGALRM interrupts a KVM_RUN in progress); if it is still running ``TIMEOUT_GRACE``
-    later, raise :class:`RunTimeout` out of it."""
+class _RunBounds:
+    """Context manager: the signal handlers and the timer of one run's bounds."""
 
     def __init__(self, machine, timeout):
         self.machine = machine
-        self.timeout = timeout
+        self.handlers = {}
+        if timeout is not None:
+            self.timeout = timeout
+            self.handlers[signal.SIGALRM] = lambda signum, frame: self._stop(
+                RunResult("timeout", f"timed out after {timeout:g} s"))
+        if machine.max_insns is not None:
+            self.handlers[signal.SIGXCPU] = lambda signum, frame: self._stop(
+                RunResult("insn-limit", f"stopped after {machine.max_insns} instructions"))
+        self.previous = {}
 
-    def _fire(self, signum, frame):
-        if self.machine._timed_out:
-            raise RunTimeout
-        self.machine._timed_out = True
+    def _stop(self, result):
+        self.machine._end(result)
         self.machine.vcpu.immediate_exit = True
 
     def __enter__(self):
-        if self.timeout is None:
+        if not self.handlers:
             return
         if threading.current_thread() is not threading.main_thread():
-            raise ValueError("a run timeout needs the main thread (it uses SIGALRM)")
-        self.previous = signal.signal(signal.SIGALRM, self._fire)
-        signal.setitimer(signal.ITIMER_REAL, self.timeout, TIMEOUT_GRACE)
+            raise ValueError("a run bound needs the main thread (signal handlers)")
+        for signum, handler in self.handlers.items():
+            self.previous[signum] = signal.signal(signum, handler)
+        if signal.SIGALRM in self.handlers:
+            signal.setitimer(signal.ITIMER_REAL, self.timeout)
 
     def __exit__(self, *exc):
-        if self.timeout is None:
+        if not self.handlers:
             return
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, self.previous)
+        if signal.SIGALRM in self.handlers:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         self.machine.vcpu.immediate_exit = False

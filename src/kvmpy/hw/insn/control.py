@@ -2,6 +2,7 @@
 
 from ..codegen import M, emitter
 from ..decoder import MAP0F
+from .alu import incdec
 
 
 def _target(g, ins, rel):
@@ -58,7 +59,6 @@ def _ret(g, ins):
 @emitter(0xFF)
 def _group5(g, ins):
     """INC/DEC/PUSH r/m continue the block; CALL/JMP (near and far) end it."""
-    from .alu import incdec
     r = ins.reg & 7
     if r in (0, 1):
         incdec(g, ins.opsize, r == 1)

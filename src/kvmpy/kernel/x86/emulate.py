@@ -16,12 +16,16 @@ from __future__ import annotations
 
 from ...hw import codegen
 from ...hw import memory as hm
+from ...hw import paging
 from ...hw.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
+from ...hw.state import RCX, RDI
 from ...uapi import kvm as uapi
+from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
 from . import mmu
-from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit, kvm_queue_exception
+from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
+from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
 _MEM_STRING_OPCODES = frozenset((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF))
@@ -67,7 +71,7 @@ class EmulateCtxt:
     def _mmio_access(self):
         """Called before each MMIO access: a REP string stops after one iteration (_Restart)."""
         rs = self.rep_string
-        if rs is not None and self.vcpu.arch.cpu.regs[1] & rs[1] != rs[0]:
+        if rs is not None and self.vcpu.arch.cpu.regs[RCX] & rs[1] != rs[0]:
             raise _Restart()
         self.mmio_touched = True
 
@@ -75,6 +79,17 @@ class EmulateCtxt:
     def _gpa(self, lin, write):
         gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, 2 if write else 0)
         return gpa
+
+    def fetch_byte(self, lin):
+        """One instruction byte through the guest's page tables and the memslots
+        (kvm_fetch_guest_virt), never through KVM's shadow table: under shadow paging a
+        missing shadow entry is KVM's own, not a #PF for the guest.  Code outside guest RAM
+        cannot be fetched: an emulation failure, as on the host."""
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, paging.PFERR_FETCH)
+        host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
+        if host is None:
+            raise DecodeError(6)
+        return hm.read(host, 1)
 
     def read(self, lin, size):
         if (lin & 0xFFF) + size > 0x1000:
@@ -90,7 +105,7 @@ class EmulateCtxt:
             self.read_idx += 1
             return v
         data = bytearray(size)
-        if _kernel_mmio(self.vcpu, gpa, size, False, data):
+        if vcpu_mmio_read(self.vcpu, gpa, size, data):
             v = int.from_bytes(data, "little")
             self.read_cache.append(v)
             self.read_idx += 1
@@ -113,7 +128,7 @@ class EmulateCtxt:
             return
         self._mmio_access()
         value &= (1 << (8 * size)) - 1
-        if _kernel_mmio(self.vcpu, gpa, size, True, bytearray(value.to_bytes(size, "little"))):
+        if vcpu_mmio_write(self.vcpu, gpa, size, value.to_bytes(size, "little")):
             return
         self.writes.append((gpa, size, value))
 
@@ -129,8 +144,8 @@ class EmulateCtxt:
         if rep:
             cpu = self.vcpu.arch.cpu
             am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[self._adsize]
-            room = max(1, (0x1000 - (cpu.regs[7] & 0xFFF)) // size)
-            count = max(1, min(cpu.regs[1] & am, room, 0x1000 // size))
+            room = max(1, (0x1000 - (cpu.regs[RDI] & 0xFFF)) // size)
+            count = max(1, min(cpu.regs[RCX] & am, room, 0x1000 // size))
         raise _NeedUser("pio_in", port, size, count)
 
     def io_out(self, port, size, insn_len, value=None, string=False, rep=False):
@@ -147,10 +162,10 @@ class EmulateCtxt:
         mode = cpu.mode
         mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
         rip = cpu.rip
-        ins = decode(lambda i: cpu.fetch_byte((csb + rip + i) & mask), mode.code, rip)
+        ins = decode(lambda i: self.fetch_byte((csb + rip + i) & mask), mode.code, rip)
         self._adsize = ins.adsize
         am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[ins.adsize]
-        self.rep_string = (cpu.regs[1] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
+        self.rep_string = (cpu.regs[RCX] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
         self.mmio_touched = False
         key = (ins.raw, rip, csb, mode.key)
         b = self.blocks.get(key)
@@ -160,13 +175,17 @@ class EmulateCtxt:
         return b
 
 
-def _kernel_mmio(vcpu, gpa, size, is_write, data) -> bool:
-    bus = getattr(vcpu.kvm.arch, "mmio_bus", None)
-    return bool(bus is not None and bus.access(vcpu, gpa, size, not is_write, data))
+def vcpu_mmio_read(vcpu, gpa: int, size: int, data: bytearray) -> bool:
+    """An in-kernel device on the MMIO bus serves the read (fills ``data``), or user space must."""
+    return kvm_io_bus_read(vcpu, KVM_MMIO_BUS, gpa, size, data)
+
+
+def vcpu_mmio_write(vcpu, gpa: int, size: int, data: bytes) -> bool:
+    return kvm_io_bus_write(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 
 def _ctxt(vcpu) -> EmulateCtxt:
-    c = getattr(vcpu.arch, "emulate_ctxt", None)
+    c = vcpu.arch.emulate_ctxt
     if c is None:
         c = vcpu.arch.emulate_ctxt = EmulateCtxt(vcpu)
     return c
@@ -199,7 +218,7 @@ def kvm_emulate_instruction(vcpu) -> int:
         ctxt.read_cache.clear()
         _stat(vcpu, "insn_emulation_fail")
         return kvm_prepare_emulation_failure_exit(vcpu)
-    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[1] & ctxt.rep_string[1]:
+    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]:
         cpu.rip = start                     # see _Restart: REP retires on a later entry
     ctxt.read_cache.clear()
     cpu.refresh()

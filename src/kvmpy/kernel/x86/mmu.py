@@ -10,8 +10,8 @@
 - **Shadow** (``init_kvm_softmmu``): the processor translates linear addresses
   only through KVM's shadow table (per vCPU: linear page -> host page).  A miss
   is a #PF exit; ``paging_page_fault`` walks the guest tables in software (the
-  shared walker in ``kvmpy.hw.paging``), injects the guest's own #PF when its
-  mapping is absent, or fills the shadow entry.  Guest page-table pages are
+  shared walker in ``kvmpy.hw.paging``), raises the guest's own #PF when its
+  mapping is absent (``kvm_mmu_page_fault`` injects it), or fills the shadow entry.  Guest page-table pages are
   write-protected; a write to one is emulated and zaps the shadow entries.
 
 Dirty logging write-protects a slot's pages and records the first write to each.
@@ -22,8 +22,9 @@ from __future__ import annotations
 from ...hw import memory as hm
 from ...hw import paging
 from ...hw.events import Fault
-from ...hw.state import CR0_PG, CR0_WP
-from .. import kvm_main
+from ...hw.state import CR0_PG, CR0_WP, EFER_LMA
+from ...uapi import kvm as uapi
+from ..kvm_host import gfn_to_memslot, hva_to_pfn, mark_page_dirty_in_slot
 from ..trace import event, traced
 from . import params
 
@@ -76,22 +77,15 @@ def kvm_init_mmu(vcpu) -> None:
         init_kvm_softmmu(vcpu)
 
 
-def _tdp_table(kvm) -> TdpTable:
-    t = getattr(kvm.arch, "tdp", None)
-    if t is None:
-        t = kvm.arch.tdp = TdpTable()
-    return t
-
-
 @traced
 def init_kvm_tdp_mmu(vcpu) -> None:
     mmu, cpu = vcpu.arch.mmu, vcpu.arch.cpu
     mmu.tdp = True
     mmu.page_fault = kvm_tdp_page_fault
-    t = _tdp_table(vcpu.kvm)
+    t = vcpu.kvm.arch.tdp
     cpu.tdp = True
     cpu.ept, cpu.ept_ro = t.map, t.ro
-    cpu.exception_bitmap &= ~(1 << 14)
+    cpu.exception_bitmap &= ~(1 << uapi.PF_VECTOR)
     cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = False
     cpu.flush_tlb()
 
@@ -103,7 +97,7 @@ def init_kvm_softmmu(vcpu) -> None:
     mmu.page_fault = paging_page_fault
     cpu.tdp = False
     cpu.shadow = {}
-    cpu.exception_bitmap |= 1 << 14
+    cpu.exception_bitmap |= 1 << uapi.PF_VECTOR
     cpu.intercept_cr3 = cpu.intercept_invlpg = cpu.intercept_cr0_cr4 = True
     cpu.flush_tlb()
 
@@ -115,7 +109,7 @@ def kvm_mmu_check_generation(vcpu) -> None:
     if mmu.generation != gen:
         mmu.generation = gen
         if mmu.tdp:
-            t = _tdp_table(vcpu.kvm)
+            t = vcpu.kvm.arch.tdp
             t.map.clear()
             t.ro.clear()
         else:
@@ -135,14 +129,13 @@ def kvm_faultin_pfn(kvm, slot, gfn: int, write: bool):
     guest memory, comes through here first.  A frame without backing is handled like one
     without a slot: the access goes to the emulator and out as MMIO (an instruction fetch
     from it is an emulation failure), which is what the host's KVM answers."""
-    host = kvm_main.hva_to_pfn(_slot_host(slot, gfn), write)
+    host = hva_to_pfn(_slot_host(slot, gfn), write)
     if host is not None:
         kvm.mmu_mapped_slots.add(slot.id)
     return host
 
 
 def _slot_ro(slot, gfn) -> bool:
-    from ...uapi import kvm as uapi
     if slot.flags & uapi.KVM_MEM_READONLY:
         return True
     if slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
@@ -162,20 +155,19 @@ def _is_dirty(slot, gfn) -> bool:
 @traced
 def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
     """EPT/NPT violation: map the page from its memslot, or report MMIO."""
-    from ...uapi import kvm as uapi
     gfn = gpa >> 12
-    slot = kvm_main.gfn_to_memslot(vcpu.kvm, gfn)
+    slot = gfn_to_memslot(vcpu.kvm, gfn)
     event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gpa, error_code=int(write) << 1)
     if slot is None:
         return RET_PF_EMULATE
-    t = _tdp_table(vcpu.kvm)
+    t = vcpu.kvm.arch.tdp
     if write and slot.flags & uapi.KVM_MEM_READONLY:
         return RET_PF_EMULATE
     host = kvm_faultin_pfn(vcpu.kvm, slot, gfn, write)
     if host is None:
         return RET_PF_EMULATE
     if write and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
-        kvm_main.mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
+        mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
     t.map[gfn] = host
     # mapped writable only after a write fault: a read fault checked the backing for reading
     if not write or _slot_ro(slot, gfn) and not slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
@@ -189,7 +181,7 @@ def kvm_tdp_page_fault(vcpu, gpa: int, write: bool, fetch: bool) -> int:
 def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
     """Zap the TDP and shadow entries of gfns [start, end); the caller then flushes the
     vCPUs' TLBs (kvm_flush_remote_tlbs), kicking those in guest mode out first."""
-    t = _tdp_table(kvm)
+    t = kvm.arch.tdp
     if end - start <= len(t.map):
         gone = [g for g in range(start, end) if g in t.map]
     else:
@@ -212,7 +204,7 @@ def kvm_arch_mmu_enable_log_dirty_pt_masked(kvm, slot, gfns) -> None:
     """Dirty logging: write-protect the pages just harvested by KVM_GET_DIRTY_LOG again, in
     the TDP table and in every vCPU's shadow table, so that their next write is logged."""
     gfns = set(gfns)
-    t = _tdp_table(kvm)
+    t = kvm.arch.tdp
     t.ro.update(g for g in gfns if g in t.map)
     for vcpu in kvm.vcpus:
         cpu = vcpu.arch.cpu
@@ -244,15 +236,14 @@ def gpa_to_host(kvm, gpa: int, write: bool):
     """Host address of guest-physical ``gpa`` if backed RAM (writable for ``write``), else
     None (MMIO).  The one way KVM's own accesses (emulator, page walker, task switches,
     KVM_TRANSLATE) reach guest memory: through ``kvm_faultin_pfn``'s check."""
-    from ...uapi import kvm as uapi
-    slot = kvm_main.gfn_to_memslot(kvm, gpa >> 12)
+    slot = gfn_to_memslot(kvm, gpa >> 12)
     if slot is None or (write and slot.flags & uapi.KVM_MEM_READONLY):
         return None
     host = kvm_faultin_pfn(kvm, slot, gpa >> 12, write)
     if host is None:
         return None
     if write:
-        kvm_main.mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
+        mark_page_dirty_in_slot(kvm, slot, gpa >> 12)
     return host + (gpa & 0xFFF)
 
 
@@ -266,7 +257,7 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
     """
     cpu = vcpu.arch.cpu
     if not cpu.cr0 & CR0_PG:
-        gpa = gva & 0xFFFFFFFF if not cpu.efer & 0x400 and not system else gva
+        gpa = gva & 0xFFFFFFFF if not cpu.efer & EFER_LMA and not system else gva
         return gpa, paging.Translation(gpa & ~0xFFF, True, True, False, 0x1000, False)
     if cpu.mode.cpl == 3 and not system:
         access |= paging.PFERR_USER
@@ -283,7 +274,7 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
     try:
         t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
     except LookupError:
-        raise Fault(14, access | paging.PFERR_RSVD | 1, cr2=gva) from None
+        raise Fault(uapi.PF_VECTOR, access | paging.PFERR_RSVD | 1, cr2=gva) from None
     return t.gpa | (gva & 0xFFF), t
 
 
@@ -303,8 +294,10 @@ def _protect_table(vcpu, gfn):
 @kvm_mmu_do_page_fault
 @traced
 def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
-    """Shadow paging's #PF handler (paging_tmpl.h's FNAME(page_fault))."""
-    from ...uapi import kvm as uapi
+    """Shadow paging's #PF handler (paging_tmpl.h's FNAME(page_fault)).
+
+    A fault the guest's own tables cause is the guest's: raised as ``Fault(14)`` for the
+    caller to inject (the MMU sits below the code that queues exceptions)."""
     cpu = vcpu.arch.cpu
     event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gva, error_code=error_code)
     access = error_code & (paging.PFERR_WRITE | paging.PFERR_FETCH)
@@ -312,11 +305,9 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
         gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=True)
     except Fault as f:
         vcpu.stat["pf_guest"] += 1
-        from .run import kvm_queue_exception
-        kvm_queue_exception(vcpu, 14, f.error_code, cr2=gva)
-        return RET_PF_RETRY
+        raise Fault(uapi.PF_VECTOR, f.error_code, cr2=gva) from None    # the guest's #PF: the caller injects it
     gfn = gpa >> 12
-    slot = kvm_main.gfn_to_memslot(vcpu.kvm, gfn)
+    slot = gfn_to_memslot(vcpu.kvm, gfn)
     if slot is None:
         return RET_PF_EMULATE
     user = cpu.mode.cpl == 3
@@ -329,7 +320,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
             return RET_PF_EMULATE           # emulate the write, then zap (see kvm_mmu_pte_write)
         writable = False
     if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
-        kvm_main.mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
+        mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
     elif slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES and not _is_dirty(slot, gfn):
         writable = False
     if error_code & paging.PFERR_WRITE and not writable and not slot.flags & uapi.KVM_MEM_READONLY:

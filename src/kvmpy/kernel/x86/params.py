@@ -9,13 +9,16 @@ from ...hw import models
 ept = True                 # two-dimensional paging (EPT/NPT); False = shadow paging
 vendor = "vmx"             # which vendor module is loaded: "vmx" (kvm_intel) or "svm" (kvm_amd)
 max_insns = 200_000        # instructions per VM entry before a preemption-timer exit
+#: guest instructions a vCPU created from now on may retire over its whole life; when they are
+#: done the kernel sends SIGXCPU to the vCPU thread (run.kvm_insn_limit_check).  None: no limit
+insn_limit = None
 cpu = None                 # CPU model name (kvmpy.hw.models, QEMU's spelling); None: the vendor's
 
 
 def set(**kw) -> None:       # noqa: A001  (mirrors "modprobe kvm_intel ept=0")
     g = globals()
     for k, v in kw.items():
-        if k not in ("ept", "vendor", "max_insns", "cpu"):
+        if k not in ("ept", "vendor", "max_insns", "insn_limit", "cpu"):
             raise ValueError("unknown kvm parameter %r" % k)
         if k == "vendor" and v not in ("vmx", "svm"):
             raise ValueError("vendor must be vmx or svm")

@@ -11,27 +11,24 @@ Exits that user space completes (PIO IN, MMIO reads) leave a
 from __future__ import annotations
 
 import errno
+import signal
 
-from ...hw.events import Fault
-from ...hw.segments import EXT_INTR, HW_EXC, NMI
-from ...hw.state import IF
+from ...hw import system
+from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault
+from ...hw.state import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
-from .. import kvm_main
 from .. import signals
 from ..fs import kernel_error
+from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
+from ..kvm_host import kvm_guest_mode_run
 from ..trace import event, traced
-from . import mmu, params
+from . import cpuid, mmu, params, x86
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
 
 
 def _stat(vcpu, name, n=1):
     vcpu.stat[name] += n
-
-
-def _ops(vcpu):
-    from . import x86
-    return x86.kvm_x86_ops()
 
 
 # ------------------------------------------------------------------ KVM_RUN
@@ -42,10 +39,9 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     if run.kvm_valid_regs & ~KVM_SYNC_X86_VALID_FIELDS or run.kvm_dirty_regs & ~KVM_SYNC_X86_VALID_FIELDS:
         raise kernel_error(errno.EINVAL)
     if run.kvm_dirty_regs:
-        from . import x86
         x86.sync_regs(vcpu)
     r = 1
-    cui = getattr(arch, "complete_userspace_io", None)
+    cui = arch.complete_userspace_io
     if cui is not None:
         arch.complete_userspace_io = None
         r = cui(vcpu)
@@ -55,7 +51,6 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
         else:
             r = vcpu_run(vcpu)
     if run.kvm_valid_regs:
-        from . import x86
         x86.store_regs(vcpu)
     post_kvm_run_save(vcpu)
     if r < 0:
@@ -104,6 +99,27 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
 
 
+def kvm_entry_budget(vcpu) -> int:
+    """Instructions the next VM entry may retire: the preemption timer's ``max_insns``, cut
+    to what is left of the vCPU's instruction limit."""
+    limit = vcpu.arch.insn_limit
+    if limit is None:
+        return params.max_insns
+    return max(0, min(params.max_insns, limit - vcpu.arch.cpu.icount))
+
+
+def kvm_insn_limit_check(vcpu) -> None:
+    """After an entry: once the vCPU has retired its ``params.insn_limit`` instructions,
+    SIGXCPU goes to its thread, once, as a perf counter of guest instructions armed to
+    signal on overflow would send it.  The signal is what ends KVM_RUN (-EINTR, as any
+    pending signal does) and tells the VMM why; a VMM that sets the limit handles it (its
+    default action, as for RLIMIT_CPU, ends the process)."""
+    arch = vcpu.arch
+    if arch.insn_limit is not None and arch.cpu.icount >= arch.insn_limit:
+        arch.insn_limit = None
+        signals.send_to_current_thread(signal.SIGXCPU)
+
+
 def vcpu_block(vcpu) -> int:
     """A halted vCPU with no event to wake it: without an in-kernel LAPIC, go to user space."""
     cpu = vcpu.arch.cpu
@@ -126,8 +142,8 @@ def vcpu_enter_guest(vcpu) -> int:
     cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
-    ops = _ops(vcpu)
-    exit_info = kvm_main.kvm_guest_mode_run(vcpu, ops.vcpu_run)
+    ops = x86.kvm_x86_ops()
+    exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
     _stat(vcpu, "exits")
     return ops.handle_exit(vcpu, exit_info)
 
@@ -154,14 +170,13 @@ def inject_pending_event(vcpu) -> None:
         cpu.pending_event = (HW_EXC, vector, error_code)
         event("kvm_inj_exception", vector=vector, error_code=error_code)
         return
-    from .x86 import kvm_nmi_allowed, process_nmi
-    process_nmi(vcpu)
-    if arch.nmi_injected or (arch.nmi_pending and kvm_nmi_allowed(vcpu)):
+    x86.process_nmi(vcpu)
+    if arch.nmi_injected or (arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
         if not arch.nmi_injected:
             arch.nmi_pending -= 1
             _stat(vcpu, "nmi_injections")
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
-        cpu.pending_event = (NMI, 2, None)
+        cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return
     if arch.interrupt is not None and cpu.flags & IF and not cpu.interrupt_shadow:
@@ -172,13 +187,12 @@ def inject_pending_event(vcpu) -> None:
         event("kvm_inj_virq", vector=vec)
 
 
-def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
-    vcpu.arch.exception = (vector, error_code, cr2)
-
-
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
+    """Retire the intercepted instruction KVM carried out in the guest's place; it counts
+    among the guest's retired instructions (kvm_pmu_instruction_retired)."""
     cpu = vcpu.arch.cpu
     cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+    cpu.icount += 1
     cpu.interrupt_shadow = 0
     return 1
 
@@ -198,7 +212,6 @@ def kvm_internal_error(vcpu, suberror, *data) -> int:
 
 
 KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES = 1
-_EXIT_INFO_FIELDS = ("reason", "qualification", "idt_vectoring_info", "intr_info", "intr_error_code")
 
 
 def kvm_prepare_emulation_failure_exit(vcpu) -> int:
@@ -220,8 +233,7 @@ def kvm_prepare_emulation_failure_exit(vcpu) -> int:
     if insn:
         raw = bytes([len(insn)]) + bytes(insn).ljust(15, b"\x90")
         data += [int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")]
-    x = getattr(vcpu.arch, "last_exit", None)
-    data += [getattr(x, f, 0) or 0 for f in _EXIT_INFO_FIELDS]
+    data += list(x86.kvm_x86_ops().get_exit_info(vcpu))
     return _internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, data)
 
 
@@ -244,11 +256,11 @@ def _io_exit(vcpu, port, size, is_in, count) -> None:
 
 
 def kernel_pio(vcpu, port, size, is_in, data: bytearray) -> bool:
-    """Serve the access from an in-kernel device on the PIO bus, if one claims the port."""
-    bus = getattr(vcpu.kvm.arch, "pio_bus", None)
-    if bus is None:
-        return False
-    return bus.access(vcpu, port, size, is_in, data)
+    """Serve the access from an in-kernel device on the PIO bus, if one handles the port
+    (an IN fills ``data``); False sends it to user space."""
+    if is_in:
+        return kvm_io_bus_read(vcpu, KVM_PIO_BUS, port, size, data)
+    return kvm_io_bus_write(vcpu, KVM_PIO_BUS, port, size, bytes(data))
 
 
 @traced
@@ -271,7 +283,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
 
         vcpu.arch.complete_userspace_io = complete_fast_pio_in
         return 0
-    val = cpu.regs[0] & ((1 << (8 * size)) - 1)
+    val = cpu.regs[RAX] & ((1 << (8 * size)) - 1)
     data = bytearray(val.to_bytes(size, "little"))
     if kernel_pio(vcpu, port, size, False, data):
         return kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -290,10 +302,10 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
 
 def _complete_in(cpu, size, val):
     if size == 4:
-        cpu.regs[0] = val
+        cpu.regs[RAX] = val
     else:
         m = (1 << (8 * size)) - 1
-        cpu.regs[0] = (cpu.regs[0] & ~m) | val
+        cpu.regs[RAX] = (cpu.regs[RAX] & ~m) | val
 
 
 # ------------------------------------------------------------------ simple exits
@@ -301,7 +313,7 @@ def _complete_in(cpu, size, val):
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     kvm_skip_emulated_instruction(vcpu, insn_len)
     _stat(vcpu, "halt_exits")
-    if getattr(vcpu.kvm.arch, "irqchip", None) is not None:
+    if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
         return 1
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
@@ -311,40 +323,37 @@ def kvm_emulate_halt(vcpu, insn_len: int) -> int:
 
 @traced
 def kvm_emulate_cpuid(vcpu, insn_len: int) -> int:
-    from . import cpuid
     cpu = vcpu.arch.cpu
-    eax, ecx = cpu.regs[0] & 0xFFFFFFFF, cpu.regs[1] & 0xFFFFFFFF
+    eax, ecx = cpu.regs[RAX] & 0xFFFFFFFF, cpu.regs[RCX] & 0xFFFFFFFF
     a, b, c, d = cpuid.kvm_cpuid(vcpu, eax, ecx)
-    cpu.regs[0], cpu.regs[3], cpu.regs[1], cpu.regs[2] = a, b, c, d
+    cpu.regs[RAX], cpu.regs[RBX], cpu.regs[RCX], cpu.regs[RDX] = a, b, c, d
     event("kvm_cpuid", function=eax, index=ecx, rax=a, rbx=b, rcx=c, rdx=d)
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
 @traced
 def kvm_emulate_rdmsr(vcpu, insn_len: int) -> int:
-    from . import x86
     cpu = vcpu.arch.cpu
-    ecx = cpu.regs[1] & 0xFFFFFFFF
+    ecx = cpu.regs[RCX] & 0xFFFFFFFF
     r, data = x86.kvm_get_msr_common(vcpu, ecx, False)
     event("kvm_msr", write=0, ecx=ecx, data=data, failed=bool(r))
     if r:
-        kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
-    cpu.regs[0] = data & 0xFFFFFFFF
-    cpu.regs[2] = data >> 32
+    cpu.regs[RAX] = data & 0xFFFFFFFF
+    cpu.regs[RDX] = data >> 32
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
 @traced
 def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
-    from . import x86
     cpu = vcpu.arch.cpu
-    ecx = cpu.regs[1] & 0xFFFFFFFF
-    data = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
+    ecx = cpu.regs[RCX] & 0xFFFFFFFF
+    data = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
     r = x86.kvm_set_msr_common(vcpu, ecx, data, False)
     event("kvm_msr", write=1, ecx=ecx, data=data, failed=bool(r))
     if r:
-        kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
     cpu.refresh()
     return kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -353,14 +362,13 @@ def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
 @traced
 def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     """MOV to CR that the vendor intercepted (shadow paging): apply it, then fix the MMU."""
-    from ...hw import system
     cpu = vcpu.arch.cpu
     saved = cpu.intercept_cr3, cpu.intercept_cr0_cr4
     cpu.intercept_cr3 = cpu.intercept_cr0_cr4 = False
     try:
         system.write_cr(cpu, cr, value)
     except Fault as f:
-        kvm_queue_exception(vcpu, f.vector, f.error_code)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code)
         return 1
     finally:
         cpu.intercept_cr3, cpu.intercept_cr0_cr4 = saved
@@ -388,7 +396,7 @@ def handle_preemption(vcpu) -> int:
 def handle_interrupt_window(vcpu) -> int:
     _stat(vcpu, "irq_window_exits")
     vcpu.arch.cpu.intr_window_exiting = False
-    if vcpu.run.request_interrupt_window and getattr(vcpu.kvm.arch, "irqchip", None) is None:
+    if vcpu.run.request_interrupt_window and not x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
         _stat(vcpu, "request_irq_exits")
         return 0

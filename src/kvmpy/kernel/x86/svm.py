@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from ...hw import svm as hwsvm
 from ...hw.events import HAS_ERROR_CODE
-from ..trace import traced
-from . import emulate, mmu, run, vendor
+from ...uapi import kvm as uapi
+from .. import kvm_main
+from ..trace import event, traced
+from . import emulate, mmu, run, vendor, x86
 
 
 def svm_insn_len(vcpu, x) -> int:
@@ -44,7 +46,7 @@ def pf_interception(vcpu, x) -> int:
 def exception_interception(vcpu, x) -> int:
     """Any other intercepted exception: the guest's own, reflected back into it."""
     vector = x.exit_code - hwsvm.SVM_EXIT_EXCP_BASE
-    run.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
+    x86.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
     return 1
 
 
@@ -125,7 +127,7 @@ def invalid_state_interception(vcpu, x) -> int:
 svm_exit_handlers = {
     **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
-    hwsvm.SVM_EXIT_EXCP_BASE + 14: pf_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
     hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
     hwsvm.SVM_EXIT_CPUID: cpuid_interception,
@@ -141,15 +143,43 @@ svm_exit_handlers = {
     hwsvm.SVM_EXIT_ERR: invalid_state_interception,
 }
 
-SVM_OPS = svm_x86_ops = vendor.KvmX86Ops(
-    "svm", "AuthenticAMD", exit_format=hwsvm.SvmExitFormat, handlers=svm_exit_handlers,
-    exit_code=lambda x: x.exit_code, insn_len=svm_insn_len, failed_vmentry=hwsvm.SvmExit.failed_vmrun)
-svm_vcpu_run = svm_x86_ops.vcpu_run            # VMRUN until a #VMEXIT
-svm_handle_exit = svm_x86_ops.handle_exit      # svm_exit_handlers[exit_code]
+def svm_vcpu_create(vcpu) -> None:
+    """The vCPU's "VMCB": a processor that reports exits in the SVM format."""
+    vendor.kvm_create_processor(vcpu, hwsvm.SvmExitFormat(), "svm")
+
+
+@traced
+def svm_vcpu_run(vcpu):
+    """VMRUN: run the processor until it reports a #VMEXIT."""
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
+    return x
+
+
+@traced
+def svm_handle_exit(vcpu, x) -> int:
+    """A failed VMRUN first (KVM_EXIT_FAIL_ENTRY), then svm_exit_handlers[exit_code]."""
+    vcpu.arch.last_exit = x
+    if x.failed_vmrun():
+        return vendor.kvm_handle_failed_vmentry(vcpu, x.exit_code)
+    return vendor.kvm_dispatch_exit(vcpu, x.exit_code, svm_exit_handlers, x)
+
+
+def svm_get_exit_info(vcpu) -> tuple:
+    """The last #VMEXIT's exit code, EXITINFO1, EXITINFO2, EXITINTINFO and its error code
+    (all 0 before the first exit)."""
+    x = vcpu.arch.last_exit
+    if x is None:
+        return (0, 0, 0, 0, 0)
+    err = x.exit_int_info_err if x.exit_int_info & hwsvm.SVM_EXITINTINFO_VALID_ERR else 0
+    return (x.exit_code, x.exit_info_1, x.exit_info_2, x.exit_int_info, err)
+
+
+svm_x86_ops = vendor.KvmX86Ops("svm", vcpu_create=svm_vcpu_create, vcpu_run=svm_vcpu_run,
+                               handle_exit=svm_handle_exit, get_exit_info=svm_get_exit_info)
 
 
 @traced
 def svm_init() -> None:
     """module_init(svm_init): register the SVM ops with generic KVM."""
-    from .. import kvm_main
     kvm_main.kvm_init(svm_x86_ops)

@@ -4,10 +4,11 @@ halves of their exit handlers.
 In Linux, vmx.c and svm.c each decode their own exit format (VMCS exit reason and
 qualification; VMCB exit code, ``exit_info_1/2`` and ``next_rip``) and then call the same
 x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx.py`` and
-``kernel/x86/svm.py`` hold the decoding and the handler tables, this module the ops class,
-the guest entry and exit dispatch both use, and the common functions their handlers call
-that have no home in ``run.py`` yet (``kvm_mmu_page_fault``, ``kvm_handle_page_fault``,
-``kvm_emulate_hypercall``, ``kvm_emulate_xsetbv``, ``kvm_task_switch``).
+``kernel/x86/svm.py`` hold the decoding, the handler tables and the vendor entry points
+(``vmx_vcpu_run``, ``svm_handle_exit``...), this module the ops class and the common functions
+their handlers call that cannot live lower down (``kvm_mmu_page_fault`` and
+``kvm_handle_page_fault`` call the emulator, which calls the MMU; ``kvm_emulate_hypercall``,
+``kvm_emulate_xsetbv``, ``kvm_task_switch``).
 """
 
 from __future__ import annotations
@@ -17,79 +18,82 @@ import contextlib
 from ...hw import tasks
 from ...hw.cpu import Processor
 from ...hw.events import Fault, Intercept
+from ...hw.state import RAX, RCX, RDX
 from ...uapi import kvm as uapi
-from .. import kvm_main
-from ..trace import event, traced
+from ..kvm_host import gfn_to_memslot
+from ..trace import traced
 from . import cpuid, emulate, mmu, params, run, x86
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 
 
-class KvmX86Ops:
-    """struct kvm_x86_ops: what the arch layer asks of a vendor module.
+def kvm_x86_op_nop(*args) -> None:
+    """The default of an optional op the vendor module does not implement: nothing to do
+    (Linux's KVM_X86_OP_OPTIONAL, a NULL static call)."""
 
-    ``exit_format`` is the processor's exit encoder for this vendor (the VMCS/VMCB exit
-    fields), ``exit_code(x)`` the key of an exit in ``handlers``, ``insn_len(vcpu, x)`` the
-    length of the intercepted instruction (VM_EXIT_INSTRUCTION_LEN, or next_rip - rip),
-    ``failed_vmentry(x)`` whether the "exit" is the hardware refusing to enter the guest.
-    ``vcpu_run`` and ``handle_exit`` are traced under the vendor's kernel names
-    (``vmx_vcpu_run``, ``svm_handle_exit``...), which the vendor modules also export.
+
+def kvm_vcpu_reset_processor(vcpu, init_event: bool) -> None:
+    """The default vcpu_reset: the processor's reset state replaces its translated code."""
+    vcpu.arch.cpu.flush_code()
+
+
+class KvmX86Ops:
+    """struct kvm_x86_ops: every op the x86 layer calls on a vendor module, each an attribute.
+
+    ``vcpu_create``, ``vcpu_run``, ``handle_exit`` and ``get_exit_info`` are the vendor's own
+    (``vmx_vcpu_run``, ``svm_handle_exit``...); every other op has the explicit default below, which the vendor
+    module replaces by passing its own.  The x86 layer calls them directly
+    (``kvm_x86_ops().vcpu_load(vcpu)``): an op missing here is an AttributeError, not silence.
     """
 
-    def __init__(self, name, vendor_id, *, exit_format, handlers, exit_code, insn_len, failed_vmentry):
-        self.name = name
-        self.vendor_id = vendor_id
-        self.exit_format = exit_format
-        self.handlers = handlers
-        self.exit_code = exit_code
-        self.insn_len = insn_len
-        self.failed_vmentry = failed_vmentry
-        self.vcpu_run = _kernel_function(name + "_vcpu_run", lambda vcpu: enter_guest(self, vcpu),
-                                         "VM entry: run the processor until it reports a VM exit.")
-        self.handle_exit = _kernel_function(name + "_handle_exit", lambda vcpu, x: dispatch_exit(self, vcpu, x),
-                                            "Dispatch the exit through the vendor's exit-handler table.")
-
-    def hardware_setup(self) -> None:
-        """Nothing to probe: the software processor always has the features."""
-
-    def vcpu_create(self, vcpu) -> None:
-        cpu = vcpu.arch.cpu = Processor(self.exit_format(), cpuid.kvm_cpu_model(self.name))
-        cpu.intercept_task_switch = True        # VMX and SVM: task switches always exit
-        cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
-
-    def vcpu_reset(self, vcpu, init_event: bool) -> None:
-        vcpu.arch.cpu.flush_code()
-
-    def skip_emulated_instruction(self, vcpu) -> int:
-        """Retire the instruction of the last exit (RIP += its length, or RIP = next_rip)."""
-        return run.kvm_skip_emulated_instruction(vcpu, self.insn_len(vcpu, vcpu.arch.last_exit))
+    def __init__(self, name, *, vcpu_create, vcpu_run, handle_exit, get_exit_info,
+                 hardware_setup=kvm_x86_op_nop, hardware_enable=kvm_x86_op_nop,
+                 hardware_disable=kvm_x86_op_nop, vm_init=kvm_x86_op_nop, vm_destroy=kvm_x86_op_nop,
+                 vcpu_precreate=kvm_x86_op_nop, vcpu_free=kvm_x86_op_nop,
+                 vcpu_reset=kvm_vcpu_reset_processor, vcpu_load=kvm_x86_op_nop, vcpu_put=kvm_x86_op_nop,
+                 get_msr=x86.kvm_get_msr_common, set_msr=x86.kvm_set_msr_common):
+        self.name = name                        # "vmx" or "svm": the CPUID vendor and model
+        self.hardware_setup = hardware_setup    # module load: probe the processor
+        self.hardware_enable = hardware_enable  # first VM created: VMXON / EFER.SVME
+        self.hardware_disable = hardware_disable
+        self.vm_init = vm_init
+        self.vm_destroy = vm_destroy
+        self.vcpu_precreate = vcpu_precreate
+        self.vcpu_create = vcpu_create          # builds vcpu.arch.cpu, the VMCS/VMCB
+        self.vcpu_free = vcpu_free
+        self.vcpu_reset = vcpu_reset
+        self.vcpu_load = vcpu_load
+        self.vcpu_put = vcpu_put
+        self.vcpu_run = vcpu_run                # VM entry until the next VM exit
+        self.handle_exit = handle_exit          # the exit through the vendor's handler table
+        self.get_exit_info = get_exit_info      # the last exit's five words for user space
+        self.get_msr = get_msr                  # vendor MSRs, then kvm_get_msr_common
+        self.set_msr = set_msr
 
 
-def _kernel_function(name, fn, doc):
-    """``fn`` named and traced as the kernel function ``name``."""
-    fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = doc
-    return traced(fn)
+def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
+    """What vmx_vcpu_create and svm_vcpu_create share: the vCPU's processor, with the vendor's
+    exit format and CPU model, task switches intercepted (both vendors always exit on them)
+    and KVM's exit request as its host interrupt line."""
+    cpu = vcpu.arch.cpu = Processor(exit_format, cpuid.kvm_cpu_model(vendor))
+    cpu.intercept_task_switch = True
+    cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
+    vcpu.arch.insn_limit = params.insn_limit
 
 
-def enter_guest(ops: KvmX86Ops, vcpu):
-    """VMLAUNCH/VMRUN: run the processor until it reports a VM exit in the vendor's format."""
-    cpu = vcpu.arch.cpu
-    x = cpu.run(params.max_insns)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=ops.exit_code(x), rip=cpu.rip)
+def kvm_run_processor(vcpu):
+    """What vmx_vcpu_run and svm_vcpu_run share: run the processor for the entry's budget
+    (the preemption timer, cut to the vCPU's instruction limit) until it reports a VM exit,
+    then check the limit."""
+    x = vcpu.arch.cpu.run(run.kvm_entry_budget(vcpu))
+    run.kvm_insn_limit_check(vcpu)
     return x
 
 
-def dispatch_exit(ops: KvmX86Ops, vcpu, x) -> int:
-    """Call the handler the vendor's table has for this exit; an unknown one is an internal error.
-
-    A failed entry is looked at first, before the table, as __vmx_handle_exit and
-    svm_handle_exit do."""
-    vcpu.arch.last_exit = x
-    code = ops.exit_code(x)
-    if ops.failed_vmentry(x):
-        return kvm_handle_failed_vmentry(vcpu, code)
-    handler = ops.handlers.get(code)
+def kvm_dispatch_exit(vcpu, code: int, handlers: dict, x) -> int:
+    """The end of vmx_handle_exit / svm_handle_exit: call the table's handler for ``code``;
+    an exit the table does not know is KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON."""
+    handler = handlers.get(code)
     if handler is None:
         return run.kvm_internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_UNEXPECTED_EXIT_REASON, code)
     return handler(vcpu, x)
@@ -114,7 +118,12 @@ def kvm_mmu_page_fault(vcpu, address, *fault) -> int:
     paging (a guest-linear address).  MMIO and write-protected page-table pages come back
     as RET_PF_EMULATE.
     """
-    if vcpu.arch.mmu.page_fault(vcpu, address, *fault) == mmu.RET_PF_EMULATE:
+    try:
+        r = vcpu.arch.mmu.page_fault(vcpu, address, *fault)
+    except Fault as f:              # the guest's page tables do not map it: the guest's #PF
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+        return 1
+    if r == mmu.RET_PF_EMULATE:
         return emulate.kvm_emulate_instruction(vcpu)
     return 1
 
@@ -126,7 +135,7 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
     is only intercepted when asked for, and belongs to the guest: reflect it.
     """
     if vcpu.arch.mmu.tdp:
-        run.kvm_queue_exception(vcpu, 14, error_code, fault_address)
+        x86.kvm_inject_page_fault(vcpu, error_code, fault_address)
         return 1
     return kvm_mmu_page_fault(vcpu, fault_address, error_code)
 
@@ -134,7 +143,7 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
 def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
     """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
     vcpu.stat["hypercalls"] += 1
-    vcpu.arch.cpu.regs[0] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
+    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
     return run.kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
@@ -142,10 +151,10 @@ def kvm_emulate_xsetbv(vcpu, insn_len: int) -> int:
     """XSETBV (__kvm_set_xcr): XCR0 only, x87 always on, AVX only with SSE, nothing the guest's
     CPUID leaf 0xD does not offer (kvmpy's processor: x87 and SSE); else #GP(0)."""
     cpu = vcpu.arch.cpu
-    value = (cpu.regs[0] & 0xFFFFFFFF) | ((cpu.regs[2] & 0xFFFFFFFF) << 32)
-    if (cpu.regs[1] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
+    value = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
+    if (cpu.regs[RCX] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
             or value & ~(x86.guest_supported_xcr0(vcpu) | 1)):
-        run.kvm_queue_exception(vcpu, 13, 0)
+        x86.kvm_inject_gp(vcpu, 0)
         return 1
     cpu.xcr0 = value
     return run.kvm_skip_emulated_instruction(vcpu, insn_len)
@@ -180,7 +189,7 @@ def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, in
             tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
                               ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
     except Fault as f:
-        run.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
     except Intercept:           # a TSS or descriptor table outside RAM
         return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
     finally:
@@ -208,7 +217,7 @@ class _ReadOnlyGfns:
         self.kvm = kvm
 
     def __contains__(self, gfn):
-        slot = kvm_main.gfn_to_memslot(self.kvm, gfn)
+        slot = gfn_to_memslot(self.kvm, gfn)
         return slot is not None and bool(slot.flags & uapi.KVM_MEM_READONLY)
 
 

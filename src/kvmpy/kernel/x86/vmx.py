@@ -11,10 +11,12 @@ the handlers' vendor-neutral halves are shared with SVM (``kernel/x86/vendor.py`
 from __future__ import annotations
 
 from ...hw import vmx as hwvmx
-from ..trace import traced
-from . import emulate, mmu, run, vendor
+from ...hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
+from ...uapi import kvm as uapi
+from .. import kvm_main
+from ..trace import event, traced
+from . import emulate, mmu, run, vendor, x86
 
-INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION, INTR_TYPE_SOFT_EXCEPTION = 4, 5, 6
 
 
 # ------------------------------------------------------------------ exit handlers
@@ -33,9 +35,9 @@ def handle_ept_violation(vcpu, x) -> int:
 def handle_exception_nmi(vcpu, x) -> int:
     vector = x.intr_info & 0xFF
     ec = x.intr_error_code if x.intr_info & hwvmx.INTR_INFO_DELIVER_CODE else None
-    if vector == 14:
+    if vector == uapi.PF_VECTOR:
         return vendor.kvm_handle_page_fault(vcpu, ec, x.qualification)
-    run.kvm_queue_exception(vcpu, vector, ec)
+    x86.kvm_queue_exception(vcpu, vector, ec)
     return 1
 
 
@@ -57,8 +59,7 @@ def handle_task_switch(vcpu, x) -> int:
     q, idt = x.qualification, x.idt_vectoring_info
     source = hwvmx.TASK_SWITCH_SOURCES[q >> hwvmx.TASK_SWITCH_SOURCE_SHIFT & 3]
     idt_v = bool(idt & hwvmx.INTR_INFO_VALID)
-    soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (INTR_TYPE_SOFT_INTR, INTR_TYPE_PRIV_SW_EXCEPTION,
-                                                            INTR_TYPE_SOFT_EXCEPTION)
+    soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (SW_INT, PRIV_SW_EXC, SW_EXC)
     error_code = x.idt_vectoring_error_code if idt_v and idt & hwvmx.INTR_INFO_DELIVER_CODE else None
     insn_len = x.instruction_len if source != "gate" or soft else 0
     return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len)
@@ -83,16 +84,44 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_XSETBV: lambda v, x: vendor.kvm_emulate_xsetbv(v, x.instruction_len),
 }
 
-VMX_OPS = vmx_x86_ops = vendor.KvmX86Ops(
-    "vmx", "GenuineIntel", exit_format=hwvmx.VmxExitFormat, handlers=kvm_vmx_exit_handlers,
-    exit_code=lambda x: x.reason, insn_len=lambda vcpu, x: x.instruction_len,
-    failed_vmentry=lambda x: bool(x.reason & hwvmx.VMX_EXIT_REASONS_FAILED_VMENTRY))
-vmx_vcpu_run = vmx_x86_ops.vcpu_run            # VMLAUNCH/VMRESUME until a VM exit
-vmx_handle_exit = vmx_x86_ops.handle_exit      # kvm_vmx_exit_handlers[basic exit reason]
+def vmx_vcpu_create(vcpu) -> None:
+    """The vCPU's "VMCS": a processor that reports exits in the VMX format."""
+    vendor.kvm_create_processor(vcpu, hwvmx.VmxExitFormat(), "vmx")
+
+
+@traced
+def vmx_vcpu_run(vcpu):
+    """VMLAUNCH/VMRESUME: run the processor until it reports a VM exit."""
+    x = vendor.kvm_run_processor(vcpu)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=vcpu.arch.cpu.rip)
+    return x
+
+
+@traced
+def vmx_handle_exit(vcpu, x) -> int:
+    """__vmx_handle_exit: a failed VM entry (exit reason bit 31) first, then
+    kvm_vmx_exit_handlers[basic exit reason]."""
+    vcpu.arch.last_exit = x
+    if x.reason & hwvmx.VMX_EXIT_REASONS_FAILED_VMENTRY:
+        return vendor.kvm_handle_failed_vmentry(vcpu, x.reason)
+    return vendor.kvm_dispatch_exit(vcpu, x.reason, kvm_vmx_exit_handlers, x)
+
+
+def vmx_get_exit_info(vcpu) -> tuple:
+    """The last exit's reason, qualification, IDT-vectoring information, interruption
+    information and its error code (all 0 before the first exit)."""
+    x = vcpu.arch.last_exit
+    if x is None:
+        return (0, 0, 0, 0, 0)
+    return tuple(v or 0 for v in (x.reason, x.qualification, x.idt_vectoring_info, x.intr_info,
+                                  x.intr_error_code))
+
+
+vmx_x86_ops = vendor.KvmX86Ops("vmx", vcpu_create=vmx_vcpu_create, vcpu_run=vmx_vcpu_run,
+                               handle_exit=vmx_handle_exit, get_exit_info=vmx_get_exit_info)
 
 
 @traced
 def vmx_init() -> None:
     """module_init(vmx_init): register the VMX ops with generic KVM."""
-    from .. import kvm_main
     kvm_main.kvm_init(vmx_x86_ops)

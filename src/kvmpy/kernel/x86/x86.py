@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import importlib
 
 from ... import uapi
 from ...hw import events as hs_events, features, state as hs, xsave as hxsave
-from ...hw.events import Fault
-from ...hw.segments import NMI
+from ...hw.events import NMI, Fault
+from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_CR_PAT,
+                             MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
+                             MSR_IA32_SYSENTER_ESP, MSR_IA32_TSC, MSR_IA32_UCODE_REV, MSR_KERNEL_GS_BASE,
+                             MSR_LSTAR, MSR_MTRRcap, MSR_MTRRdefType, MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000,
+                             MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000, MSR_MTRRfix64K_00000,
+                             MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 from . import cpuid as kcpuid
+from . import mmu
 
-_vendor_ops = None           # the vendor module's ops (VMX_OPS / SVM_OPS), set by kvm_arch_init
+_vendor_ops = None           # the vendor module's KvmX86Ops (vmx_x86_ops / svm_x86_ops), set by kvm_arch_init
 
 
 def kvm_x86_ops():
@@ -38,24 +43,8 @@ def kvm_x86_ops():
     return _vendor_ops
 
 # ----------------------------------------------------------------------------------------
-# MSR numbers
+# MSRs
 # ----------------------------------------------------------------------------------------
-MSR_IA32_TSC = 0x10
-MSR_IA32_APICBASE = 0x1B
-MSR_IA32_UCODE_REV = 0x8B
-MSR_PLATFORM_INFO = 0xCE
-MSR_MTRRcap = 0xFE
-MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP = 0x174, 0x175, 0x176
-MSR_IA32_MISC_ENABLE = 0x1A0
-MSR_MTRRphysBase0 = 0x200
-MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000 = 0x250, 0x258, 0x259
-MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 = 0x268, 0x26F
-MSR_IA32_CR_PAT = 0x277
-MSR_MTRRdefType = 0x2FF
-MSR_EFER = 0xC0000080
-MSR_STAR, MSR_LSTAR, MSR_CSTAR, MSR_SYSCALL_MASK = 0xC0000081, 0xC0000082, 0xC0000083, 0xC0000084
-MSR_FS_BASE, MSR_GS_BASE, MSR_KERNEL_GS_BASE, MSR_TSC_AUX = 0xC0000100, 0xC0000101, 0xC0000102, 0xC0000103
-
 KVM_NR_VAR_MTRR = 8
 MTRR_FIXED = (MSR_MTRRfix64K_00000, MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000) + tuple(
     range(MSR_MTRRfix4K_C0000, MSR_MTRRfix4K_F8000 + 1))
@@ -78,12 +67,10 @@ msrs_to_save = (
 emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
 msr_based_features = (MSR_IA32_UCODE_REV,)
 
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NX = 1, 1 << 8, 1 << 10, 1 << 11
-_EFER_FEATURE = ((EFER_SCE, "syscall"), (EFER_LME | EFER_LMA, "lm"), (EFER_NX, "nx"))
+_EFER_FEATURE = ((hs.EFER_SCE, "syscall"), (hs.EFER_LME | hs.EFER_LMA, "lm"), (hs.EFER_NXE, "nx"))
 
 
 def _efer_supported() -> int:
-    from ...hw import features
     bits = 0
     for mask, name in _EFER_FEATURE:
         if features.implemented(name):
@@ -118,27 +105,6 @@ supported_caps = {
 }
 
 
-def _mmu():
-    """The lead's MMU module, or None while it does not exist yet."""
-    try:
-        return importlib.import_module(__package__ + ".mmu")
-    except ModuleNotFoundError as e:
-        if e.name != __package__ + ".mmu":
-            raise
-        return None
-
-
-def _mmu_call(name, *args):
-    mmu = _mmu()
-    fn = getattr(mmu, name, None) if mmu is not None else None
-    return fn(*args) if fn is not None else None
-
-
-def _vendor_call(name, *args):
-    fn = getattr(_vendor_ops, name, None)
-    return fn(*args) if fn is not None else None
-
-
 def vendor_name() -> str:
     return _vendor_ops.name
 
@@ -167,67 +133,60 @@ def kvm_arch_hardware_setup() -> None:
 
 
 def kvm_arch_hardware_enable() -> None:
-    _vendor_call("hardware_enable")
+    _vendor_ops.hardware_enable()
 
 
 def kvm_arch_hardware_disable() -> None:
-    _vendor_call("hardware_disable")
+    _vendor_ops.hardware_disable()
 
 
 def kvm_vm_ioctl_check_extension(kvm, ext: int) -> int:
     return int(supported_caps.get(ext, 0))
 
 
+KVM_IRQCHIP_NONE, KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_SPLIT = 0, 1, 2     # enum kvm_irqchip_mode
+
+
 class KvmArch:
-    """struct kvm_arch: x86 per-VM state."""
+    """struct kvm_arch: x86 per-VM state, every field declared here."""
 
     def __init__(self):
-        self.tss_addr = 0
-        self.ept_identity_map_addr = 0
-        self.bsp_vcpu_id = 0
-        self.irqchip_mode = None        # set by the in-kernel irqchip (KVM_CREATE_IRQCHIP)
+        self.tss_addr = 0                   # KVM_SET_TSS_ADDR
+        self.ept_identity_map_addr = 0      # KVM_SET_IDENTITY_MAP_ADDR
+        self.bsp_vcpu_id = 0                # KVM_SET_BOOT_CPU_ID
+        self.irqchip_mode = KVM_IRQCHIP_NONE    # KVM_CREATE_IRQCHIP (kernel) / KVM_CAP_SPLIT_IRQCHIP
         self.guest_can_read_msr_platform_info = True
+        self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
+
+
+def irqchip_in_kernel(kvm) -> bool:
+    """An in-kernel interrupt controller (KVM_CREATE_IRQCHIP, or split) serves interrupts."""
+    return kvm.arch.irqchip_mode != KVM_IRQCHIP_NONE
 
 
 @traced
 def kvm_arch_init_vm(kvm, vm_type: int) -> None:
-    if vm_type != 0:                    # KVM_X86_DEFAULT_VM only
+    if vm_type != uapi.KVM_X86_DEFAULT_VM:
         raise kernel_error(errno.EINVAL)
     kvm.arch = KvmArch()
-    _vendor_call("vm_init", kvm)
+    _vendor_ops.vm_init(kvm)
 
 
 @traced
 def kvm_arch_post_init_vm(kvm) -> None:
-    _mmu_call("kvm_mmu_post_init_vm", kvm)
+    """Linux starts the MMU's NX-huge-page recovery thread here (kvm_mmu_post_init_vm);
+    kvmpy's MMU maps no huge pages, so there is nothing to start."""
 
 
 def kvm_arch_destroy_vm(kvm) -> None:
     for vcpu in kvm.vcpus:
         kvm_arch_vcpu_destroy(vcpu)
-    _vendor_call("vm_destroy", kvm)
-
-
-def kvm_arch_memslots_updated(kvm, gen: int) -> None:
-    _mmu_call("kvm_mmu_invalidate_mmio_sptes", kvm, gen)
-
-
-def kvm_arch_flush_shadow_memslot(kvm, slot) -> None:
-    _mmu_call("kvm_arch_flush_shadow_memslot", kvm, slot)
-
-
-def kvm_unmap_gfn_range(kvm, start: int, end: int) -> None:
-    _mmu_call("kvm_unmap_gfn_range", kvm, start, end)
+    _vendor_ops.vm_destroy(kvm)
 
 
 def kvm_arch_prepare_memory_region(kvm, base_gfn: int, npages: int, flags: int) -> None:
     if base_gfn + npages > 1 << (kcpuid.PHYS_ADDR_BITS - 12):       # kvm_mmu_max_gfn()
         raise kernel_error(errno.EINVAL)
-
-
-def kvm_arch_mmu_enable_log_dirty(kvm, slot, gfns) -> None:
-    """Write-protect the harvested pages again so their next write is logged."""
-    _mmu_call("kvm_arch_mmu_enable_log_dirty_pt_masked", kvm, slot, gfns)
 
 
 def kvm_vm_ioctl_set_tss_addr(kvm, addr: int) -> int:
@@ -338,7 +297,8 @@ class GuestFpu:
 
 
 class KvmVcpuArch:
-    """struct kvm_vcpu_arch: x86 per-vCPU state that is KVM's, not the processor's."""
+    """struct kvm_vcpu_arch: x86 per-vCPU state that is KVM's, not the processor's; every
+    field declared here."""
 
     def __init__(self):
         self.cpu = None                     # the vendor's processor (guest-state area)
@@ -355,13 +315,18 @@ class KvmVcpuArch:
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
+        self.sipi_pending = False           # KVM_MP_STATE_SIPI_RECEIVED (in-kernel LAPIC only)
         self.apic = None                    # in-kernel LAPIC, when there is one
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
         self.microcode_version = 0
         self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
+        self.insn_limit = None              # processor icount at which to signal (params.insn_limit)
         self.loaded = False
+        self.last_exit = None               # the vendor's exit record of the last VM exit
+        self.complete_userspace_io = None   # finishes an exit user space served, at the next KVM_RUN
+        self.emulate_ctxt = None            # the emulator's state across exits (emulate.py)
 
 
 @traced
@@ -390,11 +355,11 @@ def kvm_vcpu_mtrr_init(vcpu) -> None:
 def vcpu_load(vcpu) -> None:
     """Make the vCPU current on this (host) CPU: the vendor loads its VMCS/VMCB."""
     vcpu.arch.loaded = True
-    _vendor_call("vcpu_load", vcpu)
+    _vendor_ops.vcpu_load(vcpu)
 
 
 def vcpu_put(vcpu) -> None:
-    _vendor_call("vcpu_put", vcpu)
+    _vendor_ops.vcpu_put(vcpu)
     vcpu.arch.loaded = False
 
 
@@ -433,14 +398,14 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
 
 @traced
 def kvm_arch_vcpu_precreate(kvm, vcpu_id: int) -> None:
-    _vendor_call("vcpu_precreate", kvm)
+    _vendor_ops.vcpu_precreate(kvm)
 
 
 @traced
 def kvm_arch_vcpu_create(vcpu) -> None:
     """Build the x86 vCPU, step by step as the seed lists them."""
     vcpu.arch = KvmVcpuArch()
-    _mmu_call("kvm_mmu_create", vcpu)
+    mmu.kvm_mmu_create(vcpu)
     fpu_alloc_guest_fpstate(vcpu)
     kvm_pmu_init(vcpu)
     kvm_hv_vcpu_init(vcpu)
@@ -449,7 +414,7 @@ def kvm_arch_vcpu_create(vcpu) -> None:
     kvm_vcpu_mtrr_init(vcpu)
     vcpu_load(vcpu)
     kvm_vcpu_reset(vcpu, False)
-    _mmu_call("kvm_init_mmu", vcpu)
+    mmu.kvm_init_mmu(vcpu)
     vcpu_put(vcpu)
 
 
@@ -465,15 +430,12 @@ def kvm_synchronize_tsc(vcpu) -> None:
 
 
 def kvm_arch_vcpu_destroy(vcpu) -> None:
-    _vendor_call("vcpu_free", vcpu)
-    _mmu_call("kvm_mmu_destroy", vcpu)
+    _vendor_ops.vcpu_free(vcpu)
 
 
 def _state_changed(vcpu) -> None:
     """User space or KVM rewrote guest state: the processor recomputes its derived state."""
-    refresh = getattr(vcpu.arch.cpu, "refresh", None)
-    if refresh is not None:
-        refresh()
+    vcpu.arch.cpu.refresh()
 
 
 def lapic_in_kernel(vcpu) -> bool:
@@ -557,12 +519,12 @@ def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
 
 
 def kvm_is_valid_sregs(vcpu, s: uapi.kvm_sregs) -> bool:
-    if s.efer & EFER_LME and s.cr0 & hs.CR0_PG:
-        if not s.cr4 & hs.CR4_PAE or not s.efer & EFER_LMA:
+    if s.efer & hs.EFER_LME and s.cr0 & hs.CR0_PG:
+        if not s.cr4 & hs.CR4_PAE or not s.efer & hs.EFER_LMA:
             return False
         if s.cr3 >> vcpu.arch.maxphyaddr:
             return False
-    elif s.efer & EFER_LMA or s.cs.l:
+    elif s.efer & hs.EFER_LMA or s.cs.l:
         return False
     return kvm_is_valid_cr4(vcpu, s.cr4) and kvm_is_valid_cr0(s.cr0)
 
@@ -670,11 +632,11 @@ def kvm_set_efer(vcpu, efer: int, host_initiated: bool) -> int:
         return 1
     if not host_initiated:
         for mask, name in _EFER_FEATURE:
-            if efer & mask & ~EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
+            if efer & mask & ~hs.EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
                 return 1
-        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & EFER_LME:
+        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & hs.EFER_LME:
             return 1
-    cpu.efer = (efer & ~EFER_LMA) | (cpu.efer & EFER_LMA)      # LMA follows paging, not WRMSR
+    cpu.efer = (efer & ~hs.EFER_LMA) | (cpu.efer & hs.EFER_LMA)      # LMA follows paging, not WRMSR
     _state_changed(vcpu)
     return 0
 
@@ -775,14 +737,12 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
 
 
 def kvm_get_msr(vcpu, index: int, host_initiated: bool = False) -> tuple[int, int]:
-    """Vendor MSRs first (vmx_get_msr/svm_get_msr, if the vendor has them), then the common ones."""
-    vendor = getattr(_vendor_ops, "get_msr", None)
-    return vendor(vcpu, index, host_initiated) if vendor else kvm_get_msr_common(vcpu, index, host_initiated)
+    """The vendor's get_msr (vmx_get_msr/svm_get_msr; kvm_get_msr_common unless it has MSRs of its own)."""
+    return _vendor_ops.get_msr(vcpu, index, host_initiated)
 
 
 def kvm_set_msr(vcpu, index: int, data: int, host_initiated: bool = False) -> int:
-    vendor = getattr(_vendor_ops, "set_msr", None)
-    return vendor(vcpu, index, data, host_initiated) if vendor else kvm_set_msr_common(vcpu, index, data, host_initiated)
+    return _vendor_ops.set_msr(vcpu, index, data, host_initiated)
 
 
 def _msr_io(arg: int, do_msr, writeback: bool) -> int:
@@ -836,7 +796,7 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
     if irq >= uapi.KVM_NR_INTERRUPTS:
         raise kernel_error(errno.EINVAL)
-    if vcpu.kvm.arch.irqchip_mode is not None:
+    if irqchip_in_kernel(vcpu.kvm):
         raise kernel_error(errno.ENXIO)
     vcpu.arch.interrupt = irq        # kvm_queue_interrupt: a newer vector replaces the old
     return 0
@@ -876,6 +836,23 @@ def kvm_nmi_allowed(vcpu) -> bool:
     return not cpu.nmi_masked and not cpu.interrupt_shadow
 
 
+# ----------------------------------------------------------------------------------------
+# Exceptions for the guest
+# ----------------------------------------------------------------------------------------
+def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
+    vcpu.arch.exception = (vector, error_code, cr2)
+
+
+def kvm_inject_gp(vcpu, error_code: int) -> None:
+    """#GP(error_code) for the guest (asm/kvm_host.h)."""
+    kvm_queue_exception(vcpu, uapi.GP_VECTOR, error_code)
+
+
+def kvm_inject_page_fault(vcpu, error_code, address: int) -> None:
+    """#PF for the guest, with CR2 = ``address`` delivered with it."""
+    kvm_queue_exception(vcpu, uapi.PF_VECTOR, error_code, address)
+
+
 # CPUState.interrupt_shadow: 1 = STI blocking, 2 = MOV SS blocking
 _SHADOW_TO_KVM = {0: 0, 1: uapi.KVM_X86_SHADOW_INT_STI, 2: uapi.KVM_X86_SHADOW_INT_MOV_SS}
 
@@ -910,7 +887,8 @@ _VALID_EVENT_FLAGS = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_
 def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     if ev.flags & ~_VALID_EVENT_FLAGS:
         raise kernel_error(errno.EINVAL)
-    if (ev.exception.injected or ev.exception.pending) and (ev.exception.nr > 31 or ev.exception.nr == 2):
+    exc_nr = ev.exception.nr
+    if (ev.exception.injected or ev.exception.pending) and (exc_nr > 31 or exc_nr == uapi.NMI_VECTOR):
         raise kernel_error(errno.EINVAL)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SMM and (ev.smi.smm or ev.smi.pending or ev.smi.smm_inside_nmi):
         raise kernel_error(errno.EINVAL)                  # no SMM in kvmpy
@@ -1056,7 +1034,7 @@ def kvm_mmu_gva_to_gpa_system(vcpu, gva: int) -> int:
     """KVM's own (supervisor, read) translation of a guest-linear address; INVALID_GPA if
     the guest's page tables do not map it."""
     try:
-        gpa, _ = _mmu().kvm_mmu_gva_to_gpa(vcpu, gva, 0, system=True)
+        gpa, _ = mmu.kvm_mmu_gva_to_gpa(vcpu, gva, 0, system=True)
     except Fault:
         return INVALID_GPA
     return gpa
