@@ -1,7 +1,15 @@
 """kvmpy benchmarks: guest MIPS against the host's KVM and QEMU, exit round-trip, boot, memory.
 
-    python bench/run.py            # all figures
-    python bench/run.py --quick    # workloads a fifth of the size
+    python bench/run.py                    # all figures
+    python bench/run.py --quick            # workloads a fifth of the size
+    python bench/run.py --python PATH      # kvmpy also on that interpreter, side by side
+
+kvmpy's own figures (workload MIPS, exit round-trip, boot, peak RSS) are measured on the
+running interpreter and, side by side, on a second one: ``--python PATH``, else PyPy where
+it has kvmpy installed (the repository's ``.pypyvenv``, as ``.ci/run`` makes it, or
+``pypy3`` on PATH); ``--single`` leaves the second one out.  The second interpreter runs
+this script with ``--worker``, which measures the same way and reports JSON; it must count
+the same guest instructions as the first.
 
 The MIPS table runs the three workloads of the bench guest (``kvmpy/guests/bench_workloads.S``,
 see ``workloads.py``) -- an integer/branch loop in 64-bit mode, a sieve over 64 KiB in 32-bit
@@ -18,7 +26,12 @@ on the host's KVM.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import resource
+import shutil
+import subprocess
 import sys
 import time
 
@@ -48,8 +61,56 @@ def _fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def guest_mips(scale, use_host, use_qemu):
-    """The MIPS table: each workload on kvmpy, the host and QEMU, net of the empty guest.
+def interpreter_name() -> str:
+    """The running interpreter, e.g. "CPython 3.11.7" or "PyPy 7.3.11 (Python 3.9.16)"."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    pypy = getattr(sys, "pypy_version_info", None)
+    if pypy is None:
+        return "%s %s" % (platform.python_implementation(), version)
+    return "PyPy %s (Python %s)" % (".".join(map(str, pypy[:3])), version)
+
+
+def kvmpy_figures(scale, n_exits):
+    """What this interpreter measures of kvmpy itself: each workload's instructions and MIPS
+    net of the empty guest, the exit round-trip, the demo's boot time and the peak RSS."""
+    soft = lambda image: runners.run_vmm(image, "soft")
+    empty = soft(workloads.image({}))
+    mips = {}
+    for w in workloads.WORKLOADS:
+        r = _checked("kvmpy", soft, {w: max(2, workloads.DEFAULT_COUNTS[w] // scale)})
+        insns = r.icount - empty.icount
+        mips[w] = {"insns": insns, "icount": r.icount, "mips": insns / (r.seconds - empty.seconds) / 1e6}
+    return {"python": interpreter_name(), "workloads": mips,
+            "exit_us": exit_roundtrip("soft", n_exits), "boot_s": boot("soft"),
+            "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def other_interpreter(requested):
+    """The interpreter to measure beside this one: ``requested``, else a PyPy with kvmpy."""
+    if requested:
+        return requested
+    if hasattr(sys, "pypy_version_info"):
+        return None
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for python in (os.path.join(repo, ".pypyvenv", "bin", "python"), shutil.which("pypy3")):
+        if python and os.access(python, os.X_OK) and subprocess.run(
+                [python, "-c", "import kvmpy"], capture_output=True).returncode == 0:
+            return python
+    return None
+
+
+def figures_on(python, scale, n_exits):
+    """``kvmpy_figures`` measured by ``python`` running this script with ``--worker``."""
+    argv = [python, os.path.abspath(__file__), "--worker", "--exits", str(n_exits)]
+    proc = subprocess.run(argv + (["--quick"] if scale > 1 else []), capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise runners.RunFailed("%s: %s" % (python, (proc.stdout + proc.stderr)[-500:]))
+    return json.loads(proc.stdout.splitlines()[-1])
+
+
+def guest_mips(scale, kvmpys, use_host, use_qemu):
+    """The MIPS table: each workload on kvmpy (one column per interpreter in ``kvmpys``, the
+    first the running one), the host and QEMU, net of the empty guest.
 
     QEMU's checksums are checked at kvmpy's size; it is timed at ``QEMU_FACTOR`` times the
     count (too long for the Python model: only its completion is checked), credited with an
@@ -58,24 +119,29 @@ def guest_mips(scale, use_host, use_qemu):
     soft = lambda image: runners.run_vmm(image, "soft")
     host = lambda image: runners.run_vmm(image, "host")
     qemu = lambda image: _best(runners.run_qemu, image, QEMU_REPEATS)
-    empty_soft = soft(workloads.image({}))
     empty_host = host(workloads.image({})) if use_host else None
     empty_qemu = qemu(workloads.image({})) if use_qemu else None
-    print("%-34s %10s %8s %8s %8s %11s %11s" % ("workload (net of empty guest)", "insns",
-          "kvmpy", "host", "QEMU", "kvmpy/host", "kvmpy/QEMU"))
-    print("%-34s %10s %8s %8s %8s" % ("", "", "MIPS", "MIPS", "MIPS"))
+    names = [k["python"].split()[0] for k in kvmpys]
+    print("%-34s %10s" % ("workload (net of empty guest)", "insns")
+          + "".join("%9s" % n for n in names) + " %8s %8s" % ("host", "QEMU")
+          + "".join(" %12s" % ("%s/host" % n) for n in names)
+          + "".join(" %12s" % ("%s/QEMU" % n) for n in names))
+    print("%-34s %10s" % ("", "") + "%9s" % "MIPS" * (len(names) + 2))
     for w in workloads.WORKLOADS:
         count = max(2, workloads.DEFAULT_COUNTS[w] // scale)
-        r = _checked("kvmpy", soft, {w: count})
-        insns = r.icount - empty_soft.icount
-        mips = insns / (r.seconds - empty_soft.seconds) / 1e6
+        insns = kvmpys[0]["workloads"][w]["insns"]
+        for k in kvmpys[1:]:
+            if k["workloads"][w]["insns"] != insns:
+                raise runners.RunFailed("%s: %s counted %d instructions, %s %d" % (
+                    w, kvmpys[0]["python"], insns, k["python"], k["workloads"][w]["insns"]))
+        mips = [k["workloads"][w]["mips"] for k in kvmpys]
         host_mips = qemu_mips = None
         if use_host:
             h = _checked("host", host, {w: count})
             host_mips = insns / (h.seconds - empty_host.seconds) / 1e6
         if use_qemu:
             half = _checked("kvmpy", soft, {w: count // 2})
-            per_unit = (r.icount - half.icount) / (count - count // 2)
+            per_unit = (kvmpys[0]["workloads"][w]["icount"] - half.icount) / (count - count // 2)
             _checked("qemu", runners.run_qemu, {w: count})
             factor = QEMU_FACTOR[w]
             q = qemu(workloads.image({w: count * factor}))
@@ -83,9 +149,10 @@ def guest_mips(scale, use_host, use_qemu):
                 raise runners.RunFailed("qemu did not finish %s: %r" % (w, q.output[-200:]))
             qemu_insns = insns + per_unit * count * (factor - 1)
             qemu_mips = qemu_insns / (q.seconds - empty_qemu.seconds) / 1e6
-        print("%-34s %10d %8.2f %8s %8s %11s %11s" % (
-            workloads.DESCRIPTIONS[w], insns, mips, _fmt(host_mips, ".2f"), _fmt(qemu_mips, ".1f"),
-            _fmt(host_mips and mips / host_mips, ".2f"), _fmt(qemu_mips and mips / qemu_mips, ".4f")))
+        print("%-34s %10d" % (workloads.DESCRIPTIONS[w], insns) + "".join("%9.2f" % m for m in mips)
+              + " %8s %8s" % (_fmt(host_mips, ".2f"), _fmt(qemu_mips, ".1f"))
+              + "".join(" %12s" % _fmt(host_mips and m / host_mips, ".2f") for m in mips)
+              + "".join(" %12s" % _fmt(qemu_mips and m / qemu_mips, ".4f") for m in mips))
     if not use_host:
         print("  (host columns: /dev/kvm cannot be opened)")
     if not use_qemu:
@@ -96,7 +163,7 @@ def guest_mips(scale, use_host, use_qemu):
 
 
 def exit_roundtrip(backend, n):
-    """KVM_RUN round-trips per second for a guest doing OUT in a loop (real mode)."""
+    """Microseconds per KVM_RUN round-trip for a guest doing OUT in a loop (real mode)."""
     from kvmpy.api import GuestMemory, Kvm
     from kvmpy.api.exits import Io
     code = bytes([0xE6, 0x80, 0xEB, 0xFC])          # out 0x80, al; jmp $-2
@@ -116,40 +183,58 @@ def exit_roundtrip(backend, n):
             x = vcpu.run()
             assert isinstance(x, Io), x
         dt = time.perf_counter() - t
-    print("%-34s %10d exits %7.2f s %7.1f us/exit" % ("exit round-trip (%s)" % backend, n, dt, dt / n * 1e6))
+    return dt / n * 1e6
 
 
 def boot(backend):
+    """Seconds for the demo guest from the first KVM_RUN to its exit."""
     from kvmpy.guests import image_path
     from kvmpy.vmm.machine import Machine
-    out = []
     t = time.perf_counter()
-    with Machine(image_path("demo"), accel=backend, serial_sink=out.append) as m:
+    with Machine(image_path("demo"), accel=backend, serial_sink=lambda data: None) as m:
         res = m.run(timeout=300)
-    dt = time.perf_counter() - t
-    print("%-34s %10s %7.2f s" % ("demo boot to exit (%s)" % backend, res.reason, dt))
+    if res.reason != "debug-exit":
+        raise runners.RunFailed("demo on %s: %s" % (backend, res.message))
+    return time.perf_counter() - t
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="workloads a fifth of the size")
     ap.add_argument("--no-qemu", action="store_true", help="leave out the QEMU columns")
+    ap.add_argument("--python", metavar="PATH", help="also measure kvmpy on this interpreter")
+    ap.add_argument("--single", action="store_true", help="measure kvmpy on this interpreter only")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--exits", type=int, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    quick = 5 if a.quick else 1
+    scale = 5 if a.quick else 1
+    n_exits = a.exits or 10000 // scale
+    if a.worker:
+        print(json.dumps(kvmpy_figures(scale, n_exits)))
+        return 0
     use_host = runners.host_kvm_usable()
-    print("kvmpy benchmarks (CPython %s)" % ".".join(map(str, sys.version_info[:3])))
+    other = None if a.single else other_interpreter(a.python)
     try:
-        guest_mips(quick, use_host, runners.qemu_available() and not a.no_qemu)
+        kvmpys = [kvmpy_figures(scale, n_exits)]
+        if other:
+            kvmpys.append(figures_on(other, scale, n_exits))
+        print("kvmpy benchmarks, kvmpy on %s" % " and ".join(k["python"] for k in kvmpys))
+        guest_mips(scale, kvmpys, use_host, runners.qemu_available() and not a.no_qemu)
+        for k in kvmpys:
+            print("%-34s %10d exits %7.1f us/exit" % ("exit round-trip (kvmpy, %s)" % k["python"].split()[0],
+                                                     n_exits, k["exit_us"]))
+        if use_host:
+            print("%-34s %10d exits %7.1f us/exit" % ("exit round-trip (host)", n_exits,
+                                                     exit_roundtrip("host", n_exits)))
+        for k in kvmpys:
+            print("%-34s %10.2f s" % ("demo boot to exit (kvmpy, %s)" % k["python"].split()[0], k["boot_s"]))
+        if use_host:
+            print("%-34s %10.2f s" % ("demo boot to exit (host)", boot("host")))
     except runners.RunFailed as e:
         print("FAILED: %s" % e)
         return 1
-    exit_roundtrip("soft", 10000 // quick)
-    if use_host:
-        exit_roundtrip("host", 10000 // quick)
-    boot("soft")
-    if use_host:
-        boot("host")
-    print("%-34s %10.1f MiB" % ("peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    for k in kvmpys:
+        print("%-34s %10.1f MiB" % ("peak RSS (kvmpy, %s)" % k["python"].split()[0], k["rss_mib"]))
     return 0
 
 

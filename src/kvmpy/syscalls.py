@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl as _fcntl
 import mmap as _mmap
 import os as _os
 
+from . import compat
 from .kernel import fs
 
 __all__ = ["open", "ioctl", "mmap", "close", "KVM_DEVICE"]
 
 KVM_DEVICE = "/dev/kvm"
-_IOCTL_BUFSZ = 1024     # CPython's fcntl.ioctl in-place buffer limit
 
 
 MODULE_NAMES = {"vmx": "kvm_intel", "svm": "kvm_amd"}
@@ -94,7 +93,7 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
     request = int(request) & 0xFFFFFFFF   # CPython converts with an unsigned-int mask
     file = fs.lookup_file(fd)
     if file is None:
-        return _fcntl.ioctl(fd, request, arg, mutate_flag)
+        return compat.ioctl(fd, request, arg, mutate_flag)
     if isinstance(arg, int):
         # fcntl.ioctl passes a C int (32 bits); larger values are taken as the kernel's
         # unsigned long, as a C caller (or libc's ioctl) would pass them.
@@ -107,24 +106,24 @@ def ioctl(fd, request: int, arg=0, mutate_flag: bool = True):
     mutable = _writable_view(arg)
     if mutable is not None and mutate_flag:
         n = mutable.nbytes
-        if n > _IOCTL_BUFSZ:
+        if n > compat.IOCTL_BUFSZ:
             # the buffer itself is the user memory the kernel reads and writes
             c = (ctypes.c_char * n).from_buffer(mutable)
             try:
                 return _call(file, fd, request, ctypes.addressof(c), ctypes.addressof(c), n)
             finally:
                 del c
-        tmp = ctypes.create_string_buffer(mutable.tobytes(), _IOCTL_BUFSZ + 1)
+        tmp = compat.string_buffer(mutable.tobytes(), compat.IOCTL_BUFSZ + 1)
         try:
-            return _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
+            return _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), compat.IOCTL_BUFSZ + 1)
         finally:
             mutable[:] = tmp.raw[:n]
 
     data = _readonly_bytes(arg) if mutable is None else mutable.tobytes()
-    if len(data) > _IOCTL_BUFSZ:
+    if len(data) > compat.IOCTL_BUFSZ:
         raise ValueError("ioctl string arg too long")
-    tmp = ctypes.create_string_buffer(data, _IOCTL_BUFSZ + 1)
-    _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), _IOCTL_BUFSZ + 1)
+    tmp = compat.string_buffer(data, compat.IOCTL_BUFSZ + 1)
+    _call(file, fd, request, ctypes.addressof(tmp), ctypes.addressof(tmp), compat.IOCTL_BUFSZ + 1)
     return tmp.raw[:len(data)]
 
 
@@ -164,11 +163,8 @@ def mmap(fd, length: int, flags: int = _mmap.MAP_SHARED,
     fd = _fileno(fd)
     file = fs.lookup_file(fd)
     if file is None:
-        return _mmap.mmap(fd, length, flags, prot, access, offset)
-    if length < 0:
-        raise OverflowError("memory mapped length must be positive")
-    if offset < 0:
-        raise OverflowError("memory mapped offset must be positive")
+        return compat.mmap(fd, length, flags, prot, access, offset)
+    compat.check_mmap_range(length, offset)
     if length == 0 or offset % _mmap.ALLOCATIONGRANULARITY:
         raise fs.kernel_error(errno.EINVAL)
     return fs.vfs_mmap(file, length, offset, flags, prot, access)

@@ -17,7 +17,7 @@ import types
 
 import pytest
 
-from kvmpy import syscalls
+from kvmpy import compat, syscalls
 from kvmpy import uapi as K
 
 PAGE = 4096
@@ -27,7 +27,7 @@ SOFT = types.SimpleNamespace(
     name="soft", open=syscalls.open, ioctl=syscalls.ioctl, close=syscalls.close,
     mmap=lambda fd, n, off=0: syscalls.mmap(fd, n, offset=off))
 HOST = types.SimpleNamespace(
-    name="host", open=os.open, ioctl=fcntl.ioctl, close=os.close,
+    name="host", open=os.open, ioctl=compat.ioctl, close=os.close,
     mmap=lambda fd, n, off=0: mmap.mmap(fd, n, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE, offset=off))
 
 

@@ -20,9 +20,9 @@ CHILD = textwrap.dedent("""
         kvm = s.open("/dev/kvm", os.O_RDWR)
         ioctl, vmap = s.ioctl, lambda fd, n: s.mmap(fd, n)
     else:
-        import fcntl
+        from kvmpy import compat
         kvm = os.open("/dev/kvm", os.O_RDWR)
-        ioctl, vmap = fcntl.ioctl, lambda fd, n: mmap.mmap(fd, n)
+        ioctl, vmap = compat.ioctl, lambda fd, n: mmap.mmap(fd, n)
     vcpu = ioctl(ioctl(kvm, K.KVM_CREATE_VM, 0), K.KVM_CREATE_VCPU, 0)
     m = vmap(vcpu, 4 * 4096)
     m[3 * 4096 - 1] = 1                 # the last byte of the coalesced MMIO ring: mapped

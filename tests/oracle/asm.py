@@ -7,6 +7,8 @@ absolute addresses are constants), so its bytes are valid at ``native.CODE_ADDR`
 snippet that would need a relocation (a reference outside itself) is rejected.
 """
 
+from __future__ import annotations
+
 import os
 import subprocess
 import tempfile

@@ -10,6 +10,8 @@ test functions, so they are called with ``Batch.add`` recording and assembling d
     python -m tests.oracle.coverage [--fuzz 300] [--seed 0]
 """
 
+from __future__ import annotations
+
 import argparse
 import inspect
 import random

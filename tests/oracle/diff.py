@@ -7,6 +7,8 @@ object with the attributes of ``native.NativeResult`` (``regs``, ``rflags``, ``m
 or ``STACK_TOP``).
 """
 
+from __future__ import annotations
+
 import dataclasses
 import importlib
 

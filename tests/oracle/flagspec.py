@@ -5,6 +5,8 @@ comparison must ignore them.  ``undefined_flags`` answers for one execution, sin
 shifts and rotates it depends on the (masked) count.
 """
 
+from __future__ import annotations
+
 from tests.oracle.native import AF, CF, OF, PF, SF, ZF
 
 ARITH = CF | PF | AF | ZF | SF | OF

@@ -12,6 +12,8 @@ area; rbx and rsp are never written except by balanced stack units.
     python -m tests.oracle.fuzz --count 10000 --seed 1
 """
 
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import functools

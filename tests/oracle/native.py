@@ -13,6 +13,8 @@ instruction.  ``isolate=True`` additionally runs the snippet in a forked child, 
 that might loop forever or scribble outside its data area.
 """
 
+from __future__ import annotations
+
 import ctypes
 import dataclasses
 import os
@@ -22,6 +24,7 @@ import select
 import shutil
 import signal
 
+from kvmpy import compat
 from tests.oracle import build
 
 CODE_ADDR = 0x10200000
@@ -107,7 +110,7 @@ def _run_here(code: bytes, regs: dict, rflags: int, mem: bytes) -> NativeResult:
     for i, name in enumerate(REG_NAMES):
         state.gpr[i] = regs.get(name, STACK_TOP if name == "rsp" else 0) & MASK64
     state.rflags = rflags & USER_FLAGS
-    buf = ctypes.create_string_buffer(bytes(mem), len(mem))
+    buf = compat.string_buffer(bytes(mem), len(mem))
     rc = _library().oracle_run(ctypes.byref(state), code, len(code), buf, len(mem))
     if rc:
         raise OSError(_SETUP_ERRORS.get(rc, f"oracle_run failed ({rc})"))

@@ -2,6 +2,8 @@
 size, memory-operand size keywords, edge values, and how a narrow value sits in a
 64-bit register."""
 
+from __future__ import annotations
+
 from tests.oracle.native import DATA_ADDR, REG_NAMES
 
 SIZES = (1, 2, 4, 8)

@@ -220,8 +220,8 @@ class HostSys:
     BOUNCE_PAGES = 5
 
     def __init__(self):
-        import fcntl
-        self._fcntl = fcntl
+        from kvmpy import compat
+        self._compat = compat
         self.libc = ctypes.CDLL(None, use_errno=True)
         self.libc.ioctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong)
         self.open, self.close = os.open, os.close
@@ -236,7 +236,7 @@ class HostSys:
 
     def ioctl(self, fd, cmd, arg, native=True):
         if not native:
-            return self._fcntl.ioctl(fd, cmd, arg, True)
+            return self._compat.ioctl(fd, cmd, arg, True)
         if isinstance(arg, int):
             if -(1 << 31) <= arg < (1 << 31):
                 arg &= 0xFFFFFFFF
@@ -252,7 +252,7 @@ class HostSys:
         return ret
 
     def mmap(self, fd, length, offset, prot, flags):
-        return mmap.mmap(fd, length, flags, prot, offset=offset)
+        return self._compat.mmap(fd, length, flags, prot, offset=offset)
 
 
 class SoftSys:

@@ -1,5 +1,7 @@
 """What machine a recorded result came from: the host kernel and CPU (for tests/data/)."""
 
+from __future__ import annotations
+
 import os
 import re
 

@@ -21,13 +21,13 @@ Command line:  python tests/support/rawvmm.py [--soft] GUEST   (GUEST: a name li
 
 import ctypes
 import errno
-import fcntl
 import json
 import mmap as _mmap
 import os
 import sys
 import types
 
+from kvmpy import compat
 from kvmpy.uapi import kvm as uapi
 
 GUEST_RAM_SIZE = 2 << 20
@@ -49,7 +49,7 @@ def _host_mmap(fd, length):
 
 HOST = types.SimpleNamespace(
     open=lambda path: os.open(path, os.O_RDWR | os.O_CLOEXEC),
-    ioctl=lambda fd, request, arg=0: fcntl.ioctl(fd, request, arg),
+    ioctl=lambda fd, request, arg=0: compat.ioctl(fd, request, arg),
     mmap=_host_mmap,
     close=os.close,
 )

@@ -1,10 +1,10 @@
 """One VM with vCPUs through raw ioctls on either kernel, for the vCPU state tests."""
 
-import fcntl
 import os
 
 import pytest
 
+from kvmpy import compat
 from kvmpy import uapi as K
 
 
@@ -29,4 +29,4 @@ class Vcpu:
 def host_vcpu(**kw):
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         pytest.skip("needs the host's /dev/kvm")
-    return Vcpu(os.open, fcntl.ioctl, os.close, **kw)
+    return Vcpu(os.open, compat.ioctl, os.close, **kw)

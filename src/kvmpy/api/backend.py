@@ -2,8 +2,8 @@
 
 The API is the same for both; only these four functions differ:
 
-* ``host``: the machine's real ``/dev/kvm`` through ``os.open``, ``fcntl.ioctl``,
-  ``mmap.mmap`` and ``os.close``;
+* ``host``: the machine's real ``/dev/kvm`` through ``os.open``, ``fcntl.ioctl`` (as
+  :mod:`kvmpy.compat` makes it on every interpreter), ``mmap.mmap`` and ``os.close``;
 * ``soft``: kvmpy's own kernel through :mod:`kvmpy.syscalls`, which behaves the same way.
 
 The soft kernel also takes module parameters (``ept``, ``vendor``...) the way
@@ -11,13 +11,12 @@ The soft kernel also takes module parameters (``ept``, ``vendor``...) the way
 """
 
 import ctypes
-import fcntl
 import mmap
 import os
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kvmpy import syscalls
+from kvmpy import compat, syscalls
 from kvmpy.kernel.x86 import params as kernel_params
 
 KVM_DEVICE = "/dev/kvm"
@@ -56,7 +55,7 @@ def _host_ioctl(fd, request, arg=0):
             raise OSError(e, os.strerror(e))
         return ret
     # mutate_flag: a writable buffer (a ctypes struct) is filled in place, as in C.
-    return fcntl.ioctl(fd, request, arg, True)
+    return compat.ioctl(fd, request, arg, True)
 
 
 def _host_mmap(fd, length):

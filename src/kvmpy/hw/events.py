@@ -7,6 +7,8 @@ state), and either delivers the fault through the guest's IDT or ends
 ``Processor.run`` with a VM exit.
 """
 
+from __future__ import annotations
+
 # The kinds of event the processor delivers, as VMX numbers them (interruption types, SDM
 # 24.8.3); SVM's EVENTINJ/EXITINTINFO types are translated from these in kvmpy.hw.svm.
 EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6

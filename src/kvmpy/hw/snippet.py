@@ -12,6 +12,8 @@ model of the host's vendor unless told another (``model``, a ``kvmpy.hw.models``
 that it can be compared with the silicon it runs on.
 """
 
+from __future__ import annotations
+
 import mmap
 from dataclasses import dataclass
 

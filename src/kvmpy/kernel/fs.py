@@ -22,6 +22,8 @@ import errno
 import os
 import threading
 
+from .. import compat
+
 __all__ = [
     "File", "FileOperations", "MiscDevice", "kernel_error", "noop_llseek",
     "get_unused_fd_flags", "put_unused_fd", "fd_install", "anon_inode_getfile", "anon_inode_getfd",
@@ -280,13 +282,14 @@ def vfs_ioctl(file: File, cmd: int, arg) -> int:
 
 
 MAP_TYPE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_WRITE = 0x0F, 0x01, 0x03, 0x02
+O_ACCMODE = 0o3                 # <fcntl.h>; PyPy's os module lacks it
 
 
 def vfs_mmap(file: File, length: int, offset: int, flags: int, prot: int, access: int):
     """mmap(2) of a file: do_mmap's checks of the open mode (a shared writable mapping needs
     a file open for writing, any mapping one open for reading: EACCES), then the owner's
     ``mmap`` returns the mapping (ENODEV if it has none)."""
-    mode = file.f_flags & os.O_ACCMODE
+    mode = file.f_flags & O_ACCMODE
     if flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE) and prot & PROT_WRITE and mode == os.O_RDONLY:
         raise kernel_error(errno.EACCES)
     if mode == os.O_WRONLY:
@@ -438,7 +441,7 @@ def copy_from_user(addr: int, n: int) -> bytes:
     if _in_buffer(addr, n):
         return ctypes.string_at(addr, n)
     _check_range(addr, n)
-    out = ctypes.create_string_buffer(n)
+    out = compat.string_buffer(b"", n)
     _vm_rw(_libc.process_vm_readv, addr, out, n)
     return out.raw
 
@@ -453,5 +456,5 @@ def copy_to_user(addr: int, data) -> None:
         ctypes.memmove(addr, data, n)
         return
     _check_range(addr, n)
-    src = ctypes.create_string_buffer(data, n)
+    src = compat.string_buffer(data, n)
     _vm_rw(_libc.process_vm_writev, addr, src, n)

@@ -15,6 +15,8 @@ kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes
 =====================  ============================================================
 """
 
+from __future__ import annotations
+
 import signal
 import threading
 from dataclasses import dataclass
@@ -144,32 +146,31 @@ class Machine:
         return self._stop
 
     def _dispatch(self, exit_):
-        match exit_:
-            case VcpuExit.Io():
-                self._handle_io(exit_)
-            case VcpuExit.Mmio():
-                self._handle_mmio(exit_)
-            case VcpuExit.Hlt():
-                if self.vcpu.get_regs().rflags & RFLAGS_IF:
-                    self._end(RunResult("hlt-interrupts-on",
-                                        "guest halted with interrupts enabled, and this "
-                                        "machine has no interrupt source: stopping"))
-                else:
-                    self._end(RunResult("hlt", "guest halted"))
-            case VcpuExit.Shutdown():
-                self._end(RunResult("shutdown", "guest shut down (triple fault)"))
-            case VcpuExit.InternalError():
-                self._end(RunResult("internal-error", exit_.describe()))
-            case VcpuExit.FailEntry():
-                self._end(RunResult(
-                    "fail-entry", f"VM entry failed: hardware reason "
-                    f"{exit_.hardware_entry_failure_reason:#x} on cpu {exit_.cpu}"))
-            case VcpuExit.SystemEvent():
-                self._end(RunResult("system-event", f"system event type {exit_.type}"))
-            case VcpuExit.Intr() | VcpuExit.IrqWindowOpen():
-                pass                    # a bound's signal handler has said whether to stop
-            case _:
-                self._end(RunResult("unhandled-exit", f"unhandled exit {exit_.name}: {exit_}"))
+        if isinstance(exit_, VcpuExit.Io):
+            self._handle_io(exit_)
+        elif isinstance(exit_, VcpuExit.Mmio):
+            self._handle_mmio(exit_)
+        elif isinstance(exit_, VcpuExit.Hlt):
+            if self.vcpu.get_regs().rflags & RFLAGS_IF:
+                self._end(RunResult("hlt-interrupts-on",
+                                    "guest halted with interrupts enabled, and this "
+                                    "machine has no interrupt source: stopping"))
+            else:
+                self._end(RunResult("hlt", "guest halted"))
+        elif isinstance(exit_, VcpuExit.Shutdown):
+            self._end(RunResult("shutdown", "guest shut down (triple fault)"))
+        elif isinstance(exit_, VcpuExit.InternalError):
+            self._end(RunResult("internal-error", exit_.describe()))
+        elif isinstance(exit_, VcpuExit.FailEntry):
+            self._end(RunResult(
+                "fail-entry", f"VM entry failed: hardware reason "
+                f"{exit_.hardware_entry_failure_reason:#x} on cpu {exit_.cpu}"))
+        elif isinstance(exit_, VcpuExit.SystemEvent):
+            self._end(RunResult("system-event", f"system event type {exit_.type}"))
+        elif isinstance(exit_, (VcpuExit.Intr, VcpuExit.IrqWindowOpen)):
+            pass                    # a bound's signal handler has said whether to stop
+        else:
+            self._end(RunResult("unhandled-exit", f"unhandled exit {exit_.name}: {exit_}"))
 
     def _handle_io(self, exit_):
         size = exit_.size

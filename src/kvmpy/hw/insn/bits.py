@@ -23,7 +23,12 @@ def setfl(g, mask: int, bits: str) -> None:
 
 def szp(v: str) -> str:
     """Expression for SF|ZF|PF of a byte-sized local ``v`` (for eager flag writes)."""
-    return "((%s & 0x80) | (0x40 if %s == 0 else 0) | (0 if %s.bit_count() & 1 else 4))" % (v, v, v)
+    return "((%s & 0x80) | (0x40 if %s == 0 else 0) | (0 if %s & 1 else 4))" % (v, v, popcount(v))
+
+
+def popcount(v: str) -> str:
+    """Expression for the number of set bits of ``v`` (int.bit_count is Python 3.10+)."""
+    return "bin(%s).count('1')" % v
 
 
 # --- BT, BTS, BTR, BTC ------------------------------------------------------------------------
@@ -105,7 +110,7 @@ def _popcnt(g, ins):
         g.ud()
         return
     s = g.rm_read(ins.opsize)
-    g.set_reg(ins.reg, ins.opsize, "%s.bit_count()" % s)
+    g.set_reg(ins.reg, ins.opsize, popcount(s))
     setfl(g, ARITH, "0 if %s else 0x40" % s)
 
 

@@ -5,6 +5,8 @@ that range. An access nobody claims is recorded and, like on a real ISA/PCI bus 
 decoder answering, reads back all-ones and writes are dropped.
 """
 
+from __future__ import annotations
+
 import bisect
 from dataclasses import dataclass, field
 
