@@ -12,7 +12,7 @@ flag-writing instruction, as on the silicon.
 
 import pytest
 
-from kvmpy.hw.snippet import DATA_ADDR, run_snippet
+from kvmpy.testing.snippet import DATA_ADDR, run_snippet
 from tests.oracle import asm
 from tests.oracle.native import run_native, unavailable_reason
 
