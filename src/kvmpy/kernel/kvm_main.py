@@ -34,7 +34,8 @@ from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flus
 from .srcu import synchronize_srcu_expedited
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
-from .x86 import mmu, run as x86_run, x86 as arch
+from .hrtimer import kvm_clock_create
+from .x86 import mmu, params, run as x86_run, x86 as arch
 
 __all__ = [
     "KVM_MINOR", "KVM_ADDRESS_SPACE_NUM", "KVM_MEM_MAX_NR_PAGES",
@@ -173,6 +174,7 @@ def hardware_disable_all() -> None:
 @traced
 def kvm_create_vm(vm_type: int) -> Kvm:
     kvm = Kvm(vm_type)
+    kvm.clock = kvm_clock_create(kvm, params.clock)
     arch.kvm_arch_init_vm(kvm, vm_type)
     kvm.stat = KvmStats(stats_id_vm(), VM_STATS)
     hardware_enable_all()
