@@ -79,6 +79,7 @@ class Kvm:
         self.buses = [KvmIoBus() for _ in range(KVM_NR_BUSES)]     # kvm_io_bus_register_dev (iodev.py)
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
         self.clock = None                      # set by kvm_create_vm (hrtimer.kvm_clock_create)
+        self.irq_ack_notifier_list: list = []  # eventfd.kvm_register_irq_ack_notifier
         self.arch = None                       # set by kvm_arch_init_vm
         self.destroyed = False
 

@@ -157,6 +157,7 @@ class KvmArch:
         self.irqchip_mode = KVM_IRQCHIP_NONE    # KVM_CREATE_IRQCHIP (kernel) / KVM_CAP_SPLIT_IRQCHIP
         self.guest_can_read_msr_platform_info = True
         self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
+        self.vpit = None                    # KVM_CREATE_PIT2 (i8254.KvmPit)
 
 
 def irqchip_in_kernel(kvm) -> bool:
