@@ -18,10 +18,10 @@ from tests.support import guestvm, rawvmm
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def create_irqchip_and_pit(m):
-    """KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 with the speaker port in the kernel.  While
-    kvmpy's tree has no KVM_CREATE_IRQCHIP (the irqchip work adds it), the soft VM's
-    irqchip mode is set as that ioctl sets it, so that the PIT can be created."""
+def create_irqchip(m):
+    """KVM_CREATE_IRQCHIP.  While kvmpy's tree has no KVM_CREATE_IRQCHIP (the irqchip work
+    adds it), the soft VM's irqchip mode is set as that ioctl sets it, so that the devices
+    that need an irqchip can be created."""
     try:
         m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_IRQCHIP, 0)
     except OSError:
@@ -29,6 +29,11 @@ def create_irqchip_and_pit(m):
         from kvmpy.kernel.x86 import x86
         assert m.sc is not rawvmm.HOST
         fs.fdget(m.vm_fd).private_data.arch.irqchip_mode = x86.KVM_IRQCHIP_KERNEL
+
+
+def create_irqchip_and_pit(m):
+    """KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 with the speaker port in the kernel."""
+    create_irqchip(m)
     m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config(flags=uapi.KVM_PIT_SPEAKER_DUMMY))
 
 

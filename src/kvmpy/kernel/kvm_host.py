@@ -80,6 +80,11 @@ class Kvm:
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
         self.clock = None                      # set by kvm_create_vm (hrtimer.kvm_clock_create)
         self.irq_ack_notifier_list: list = []  # eventfd.kvm_register_irq_ack_notifier
+        self.irqfds: list = []                 # KVM_IRQFD (eventfd.py), under irqfds_lock
+        self.irqfds_lock = threading.RLock()
+        self.irqfd_resampler_list: list = []
+        self.irqfd_poller = None               # eventfd.IrqfdPoller, made by the first irqfd
+        self.ioeventfds: list = []             # KVM_IOEVENTFD (eventfd.py), under slots_lock
         self.arch = None                       # set by kvm_arch_init_vm
         self.destroyed = False
 

@@ -34,6 +34,7 @@ from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flus
 from .srcu import synchronize_srcu_expedited
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
+from . import eventfd
 from .hrtimer import kvm_clock_create
 from .x86 import i8254, mmu, params, run as x86_run, x86 as arch   # noqa: F401  (i8254 registers its ioctls)
 
@@ -143,6 +144,7 @@ def kvm_vm_ioctl_check_extension_generic(kvm, arg: int) -> int:
         uapi.KVM_CAP_BINARY_STATS_FD: 1,
         uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
         uapi.KVM_CAP_MULTI_ADDRESS_SPACE: KVM_ADDRESS_SPACE_NUM if KVM_ADDRESS_SPACE_NUM > 1 else 0,
+        **eventfd.EVENTFD_CAPS,
     }
     arg &= 0xFFFFFFFFFFFFFFFF
     if arg in generic:
@@ -227,11 +229,13 @@ def kvm_destroy_vm(kvm: Kvm) -> None:
     kvm.vcpus = []
     kvm.stat.free()
     _replace_memslots(kvm, {})
+    eventfd.kvm_eventfd_release(kvm)
     hardware_disable_all()
     kvm.destroyed = True
 
 
 def kvm_vm_release(inode, file) -> int:
+    eventfd.kvm_irqfd_release(file.private_data)
     kvm_put_kvm(file.private_data)
     return 0
 
@@ -253,6 +257,10 @@ def kvm_vm_ioctl(file, cmd: int, arg):
         return kvm_vm_ioctl_check_extension_generic(kvm, arg)
     if cmd == uapi.KVM_GET_STATS_FD:
         return kvm_vm_ioctl_get_stats_fd(kvm)
+    if cmd == uapi.KVM_IRQFD:
+        return eventfd.kvm_irqfd(kvm, arg)
+    if cmd == uapi.KVM_IOEVENTFD:
+        return eventfd.kvm_ioeventfd(kvm, arg)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)
 
 
