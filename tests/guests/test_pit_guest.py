@@ -13,6 +13,7 @@ import pytest
 
 from kvmpy.guests import load_image
 from kvmpy.uapi import kvm as uapi
+from kvmpy import syscalls
 from tests.support import guestvm, rawvmm
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def run_pit_guest(sc):
             if rec.get("port") == hex(rawvmm.DEBUG_EXIT_PORT) or rec["reason"] != "IO" or len(exits) > 5:
                 break
         regs = {k: int(v, 16) for k, v in m.regs("rbx", "rcx", "rdx", "rsi", "rdi", "rbp").items()}
-        return {"exits": exits, "regs": regs}
+        return {"exits": exits, "regs": regs, "tsc": int.from_bytes(m.ram[0x6000:0x6008], "little")}
     finally:
         m.close()
 
@@ -103,3 +104,10 @@ def test_pit_guest_on_kvmpy(vendor, mmu):
     assert 0x5000 - 20 < r["rbp"] < 0x5000
     # 0x100 ticks of channel 2 = 214.6 us = 214,552 instructions, 6 per poll
     assert abs(r["rcx"] - 0x100 * 10**9 // 1193182 // 6) < 5
+
+
+def test_two_runs_on_the_virtual_clock_are_identical(soft_kvm):
+    """Determinism: the same guest twice gives the same exits, the same counter reads, the
+    same number of polls and the same TSC (in-process: the second VM is a new VM)."""
+    first, second = run_pit_guest(syscalls), run_pit_guest(syscalls)
+    assert first == second and first["tsc"] > 0

@@ -9,7 +9,7 @@
  *              DL = the status byte a read-back command latched
  *   channel 1  mode 0 with a BCD count of 0x5000: BP = the latched count after a delay
  *              (KVM counts in binary in BCD mode)
- * then an OUT of 0 to isa-debug-exit (0xf4) ends the run.
+ * then the TSC goes to 0x6000 (8 bytes) and an OUT of 0 to isa-debug-exit (0xf4) ends the run.
  */
         .code16
         .globl _start
@@ -73,6 +73,11 @@ _start:
         xchg %al, %ah
         mov %ax, %bp
 
+        push %edx
+        rdtsc                           /* the TSC at the end, to 0x6000 */
+        mov %eax, 0x6000
+        mov %edx, 0x6004
+        pop %edx
         xor %al, %al
         out %al, $0xf4
         hlt
