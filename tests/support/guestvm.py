@@ -86,7 +86,7 @@ GP_SKIP2 = putc("G") + " add $4, %esp\n addl $2, (%esp)\n" + RETURN32
 class Machine:
     """One VM with one vCPU on a backend (``sc``: rawvmm.HOST or kvmpy.syscalls)."""
 
-    def __init__(self, sc, image=b"", mode="prot32", ram=RAM_SIZE, cpuid_edit=None):
+    def __init__(self, sc, image=b"", mode="prot32", ram=RAM_SIZE, cpuid_edit=None, vm_setup=None):
         self.sc = sc
         self.vm = rawvmm._Vm(sc)
         self.console = ""
@@ -100,6 +100,8 @@ class Machine:
             for i, d in enumerate(GDT):
                 self.ram[GDT_ADDR + 8 * i:GDT_ADDR + 8 * i + 8] = d.to_bytes(8, "little")
             self.set_slot(0, 0, self.ram)
+        if vm_setup:
+            vm_setup(self)              # VM ioctls that must come before the first vCPU
         self.vcpu_fd = self.vm.adopt(sc.ioctl(self.vm_fd, uapi.KVM_CREATE_VCPU, 0))
         self.run_buf = self.vm.map(self.vcpu_fd, sc.ioctl(self.kvm_fd, uapi.KVM_GET_VCPU_MMAP_SIZE, 0))
         self.run = uapi.kvm_run.from_buffer(self.run_buf)

@@ -46,6 +46,8 @@ def image(tmp_path):
     (["run", "--accel", "host", "--vendor", "svm", "--trace"],
      "--vendor, --trace: only for --accel soft"),
     (["run", "--accel", "host", "--max-insns", "10"], "--max-insns: only for --accel soft"),
+    (["run", "--clock", "sundial"], "invalid choice"),
+    (["run", "--accel", "host", "--clock", "host"], "--clock: only for --accel soft"),
     (["frobnicate"], "invalid choice"),
 ])
 def test_bad_options_exit_2(capsys, argv, message):
@@ -229,6 +231,14 @@ def test_bound_statuses_are_in_the_help():
 
 def test_demo_on_soft_kvm_exits_0():
     result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--timeout", "60"],
+                            capture_output=True, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert b"demo ok" in result.stdout
+
+
+@pytest.mark.parametrize("clock", ["virtual", "host"])
+def test_demo_runs_on_either_clock(clock):
+    result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "--clock", clock, "--timeout", "60"],
                             capture_output=True, timeout=90)
     assert result.returncode == 0, result.stderr
     assert b"demo ok" in result.stdout

@@ -49,7 +49,10 @@ class KvmIoRange:
         self.addr, self.len, self.dev = addr, length, dev
 
     def covers(self, addr: int, length: int) -> bool:
-        """kvm_io_bus_cmp == 0: the whole access lies in the range."""
+        """kvm_io_bus_cmp == 0: the whole access lies in the range (a range of length 0,
+        an ioeventfd that ignores the length, covers any access at its address)."""
+        if not self.len:
+            return addr == self.addr
         return self.addr <= addr and addr + length <= self.addr + self.len
 
 

@@ -29,6 +29,9 @@ RUN_PAGES = 3                       # kvm_run, PIO data page, coalesced MMIO rin
 OUTSIDE_GUEST_MODE, IN_GUEST_MODE = 0, 1      # kvm_vcpu.mode
 KVM_REQ_TLB_FLUSH = "tlb_flush"     # a KVM_REQUEST_WAIT request: the sender waits for guest exits
 _KICK_POLL = 0.0002                 # s between looks at a kicked vCPU (the wait releases the GIL)
+# enum kvm_irqchip_mode (asm/kvm_host.h), kvm.arch.irqchip_mode: here, below both the x86 layer
+# and the generic interrupt code (eventfd.py, irqchip.py) that asks which irqchip a VM has.
+KVM_IRQCHIP_NONE, KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_SPLIT = 0, 1, 2
 
 
 class KvmMemorySlot:
@@ -78,6 +81,13 @@ class Kvm:
         self.nr_memslot_pages = 0
         self.buses = [KvmIoBus() for _ in range(KVM_NR_BUSES)]     # kvm_io_bus_register_dev (iodev.py)
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
+        self.clock = None                      # set by kvm_create_vm (hrtimer.kvm_clock_create)
+        self.irq_ack_notifier_list: list = []  # eventfd.kvm_register_irq_ack_notifier
+        self.irqfds: list = []                 # KVM_IRQFD (eventfd.py), under irqfds_lock
+        self.irqfds_lock = threading.RLock()
+        self.irqfd_resampler_list: list = []
+        self.irqfd_poller = None               # eventfd.IrqfdPoller, made by the first irqfd
+        self.ioeventfds: list = []             # KVM_IOEVENTFD (eventfd.py), under slots_lock
         self.arch = None                       # set by kvm_arch_init_vm
         self.destroyed = False
 

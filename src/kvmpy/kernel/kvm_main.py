@@ -34,7 +34,9 @@ from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flus
 from .srcu import synchronize_srcu_expedited
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
-from kvmpy.kernel.x86 import run as x86_run, x86 as arch
+from . import eventfd
+from .hrtimer import kvm_clock_create
+from kvmpy.kernel.x86 import i8254, params, run as x86_run, x86 as arch   # noqa: F401  (i8254 registers its ioctls)
 from kvmpy.kernel.x86.mmu import mmu
 
 __all__ = [
@@ -143,6 +145,7 @@ def kvm_vm_ioctl_check_extension_generic(kvm, arg: int) -> int:
         uapi.KVM_CAP_BINARY_STATS_FD: 1,
         uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
         uapi.KVM_CAP_MULTI_ADDRESS_SPACE: KVM_ADDRESS_SPACE_NUM if KVM_ADDRESS_SPACE_NUM > 1 else 0,
+        **eventfd.EVENTFD_CAPS,
     }
     arg &= 0xFFFFFFFFFFFFFFFF
     if arg in generic:
@@ -174,6 +177,7 @@ def hardware_disable_all() -> None:
 @traced
 def kvm_create_vm(vm_type: int) -> Kvm:
     kvm = Kvm(vm_type)
+    kvm.clock = kvm_clock_create(kvm, params.clock)
     arch.kvm_arch_init_vm(kvm, vm_type)
     kvm.stat = KvmStats(stats_id_vm(), VM_STATS)
     hardware_enable_all()
@@ -226,11 +230,13 @@ def kvm_destroy_vm(kvm: Kvm) -> None:
     kvm.vcpus = []
     kvm.stat.free()
     _replace_memslots(kvm, {})
+    eventfd.kvm_eventfd_release(kvm)
     hardware_disable_all()
     kvm.destroyed = True
 
 
 def kvm_vm_release(inode, file) -> int:
+    eventfd.kvm_irqfd_release(file.private_data)
     kvm_put_kvm(file.private_data)
     return 0
 
@@ -252,6 +258,10 @@ def kvm_vm_ioctl(file, cmd: int, arg):
         return kvm_vm_ioctl_check_extension_generic(kvm, arg)
     if cmd == uapi.KVM_GET_STATS_FD:
         return kvm_vm_ioctl_get_stats_fd(kvm)
+    if cmd == uapi.KVM_IRQFD:
+        return eventfd.kvm_irqfd(kvm, arg)
+    if cmd == uapi.KVM_IOEVENTFD:
+        return eventfd.kvm_ioeventfd(kvm, arg)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)
 
 

@@ -242,6 +242,10 @@ class kvm_pit_state2(_S):
 KVM_PIT_SPEAKER_DUMMY = 1
 
 
+class kvm_reinject_control(_S):
+    _fields_ = [("pit_reinject", u8), ("reserved", u8 * 31)]
+
+
 class kvm_pit_config(_S):
     _fields_ = [("flags", u32), ("pad", u32 * 15)]
 

@@ -28,6 +28,7 @@ import math
 import os
 import sys
 
+from kvmpy.kernel.hrtimer import CLOCK_MODES
 from kvmpy.vmm.loader import LoadError
 
 DEMO = "demo"
@@ -112,6 +113,9 @@ def build_parser():
     run.add_argument("--cpu", metavar="MODEL",
                      help="soft KVM's CPU model, QEMU's spelling (Skylake-Server, EPYC, host, max...; "
                           "default: the vendor module's)")
+    run.add_argument("--clock", choices=CLOCK_MODES,
+                     help="soft KVM's time base: virtual (from retired instructions, reproducible; "
+                          "the default) or host (the host's monotonic clock)")
     run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
                      help="guest RAM in MiB (default 16)")
     run.add_argument("--format", choices=("auto", "flat", "elf"), default="auto",
@@ -131,7 +135,8 @@ def build_parser():
 def _soft_params(args):
     """Module parameters for the soft kernel; errors if soft-only options meet --accel host."""
     soft_only = {"--mmu": args.mmu, "--vendor": args.vendor, "--trace": args.trace or None,
-                 "--max-insns": args.max_insns, "--cpu": args.cpu}
+                 "--max-insns": args.max_insns, "--cpu": args.cpu,
+                 "--clock": args.clock}
     if args.accel == "host":
         given = [name for name, value in soft_only.items() if value is not None]
         if given:
@@ -144,6 +149,8 @@ def _soft_params(args):
         params["vendor"] = args.vendor
     if args.cpu is not None:
         params["cpu"] = _cpu_model(args.cpu)
+    if args.clock is not None:
+        params["clock"] = args.clock
     return params
 
 

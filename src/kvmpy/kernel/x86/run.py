@@ -19,6 +19,7 @@ from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
+from ..hrtimer import kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..kvm_host import kvm_guest_mode_run
 from ..trace import event, traced
@@ -78,6 +79,7 @@ def vcpu_run(vcpu) -> int:
     ``immediate_exit`` ends KVM_RUN with -EINTR (xfer_to_guest_mode_handle_work)."""
     arch = vcpu.arch
     while True:
+        kvm_clock_run_expired(vcpu.kvm)
         cpu = arch.cpu
         if cpu.mp_state == 0 and not cpu.halted:          # KVM_MP_STATE_RUNNABLE
             r = vcpu_enter_guest(vcpu)
@@ -94,19 +96,22 @@ def vcpu_run(vcpu) -> int:
 def kvm_vcpu_exit_request(vcpu) -> bool:
     """Must the running vCPU leave the guest for user space?  ``immediate_exit`` or a pending
     signal (kicks and requests from other threads reach the processor directly, through
-    ``kvm_vcpu_kick``).  The processor asks this as its host interrupt line (see
-    ``Processor.host_interrupt``): every few thousand instructions, before each translation
-    and between REP chunks."""
-    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
+    ``kvm_vcpu_kick``), or, on the host clock, a timer deadline gone by (the entry ends so
+    that vcpu_run fires it; it goes on in the guest).  The processor asks this as its host
+    interrupt line (see ``Processor.host_interrupt``): every few thousand instructions,
+    before each translation and between REP chunks."""
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed())
 
 
 def kvm_entry_budget(vcpu) -> int:
     """Instructions the next VM entry may retire: the preemption timer's ``max_insns``, cut
-    to what is left of the vCPU's instruction limit."""
+    to what is left of the vCPU's instruction limit and, on the virtual clock, to the next
+    timer deadline (so the timer fires at its instruction)."""
+    budget = vcpu.kvm.clock.entry_insn_budget(params.max_insns)
     limit = vcpu.arch.insn_limit
     if limit is None:
-        return params.max_insns
-    return max(0, min(params.max_insns, limit - vcpu.arch.cpu.icount))
+        return budget
+    return max(0, min(budget, limit - vcpu.arch.cpu.icount))
 
 
 def kvm_insn_limit_check(vcpu) -> None:

@@ -32,6 +32,7 @@ from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_
                              MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000, MSR_MTRRfix64K_00000,
                              MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
+from ..kvm_host import KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_NONE, KVM_IRQCHIP_SPLIT  # noqa: F401  (x86.KVM_IRQCHIP_*)
 from ..trace import traced
 from . import cpuid as kcpuid
 from kvmpy.kernel.x86.mmu import mmu
@@ -145,9 +146,6 @@ def kvm_vm_ioctl_check_extension(kvm, ext: int) -> int:
     return int(supported_caps.get(ext, 0))
 
 
-KVM_IRQCHIP_NONE, KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_SPLIT = 0, 1, 2     # enum kvm_irqchip_mode
-
-
 class KvmArch:
     """struct kvm_arch: x86 per-VM state, every field declared here."""
 
@@ -158,6 +156,7 @@ class KvmArch:
         self.irqchip_mode = KVM_IRQCHIP_NONE    # KVM_CREATE_IRQCHIP (kernel) / KVM_CAP_SPLIT_IRQCHIP
         self.guest_can_read_msr_platform_info = True
         self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
+        self.vpit = None                    # KVM_CREATE_PIT2 (i8254.KvmPit)
 
 
 def irqchip_in_kernel(kvm) -> bool:
