@@ -22,6 +22,7 @@ import threading
 from .. import uapi
 from . import irq_hook
 from .fs import copy_from_user, kernel_error
+from .irqchip import kvm_irq_map_chip_pin
 from .iodev import KVM_MMIO_BUS, KVM_PIO_BUS, KvmIoDevice, kvm_io_bus_register_dev, kvm_io_bus_unregister_dev
 from .kvm_host import KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_NONE
 
@@ -52,6 +53,14 @@ def kvm_notify_acked_gsi(kvm, gsi: int) -> None:
     for kian in kvm.irq_ack_notifier_list:
         if kian.gsi == gsi:
             kian.irq_acked(kian)
+
+
+def kvm_notify_acked_irq(kvm, irqchip: int, pin: int) -> None:
+    """The guest acknowledged ``pin`` of an in-kernel interrupt controller (an EOI to the
+    PIC or the IOAPIC): notify for the GSI routed there, if any."""
+    gsi = kvm_irq_map_chip_pin(kvm, irqchip, pin)
+    if gsi != -1:
+        kvm_notify_acked_gsi(kvm, gsi)
 
 
 # ------------------------------------------------------------------ eventfd files

@@ -82,6 +82,7 @@ class Kvm:
         self.buses = [KvmIoBus() for _ in range(KVM_NR_BUSES)]     # kvm_io_bus_register_dev (iodev.py)
         self.stat: KvmStats | None = None      # set by kvm_create_vm (stats.VM_STATS)
         self.clock = None                      # set by kvm_create_vm (hrtimer.kvm_clock_create)
+        self.irq_routing = None                # irqchip.KvmIrqRoutingTable (KVM_CREATE_IRQCHIP, KVM_SET_GSI_ROUTING)
         self.irq_ack_notifier_list: list = []  # eventfd.kvm_register_irq_ack_notifier
         self.irqfds: list = []                 # KVM_IRQFD (eventfd.py), under irqfds_lock
         self.irqfds_lock = threading.RLock()
@@ -159,6 +160,7 @@ class KvmVcpu:
         self.mode = OUTSIDE_GUEST_MODE
         self.guest_entries = 0          # VM entries so far (a kicker waits for the next exit)
         self.requests: set = set()      # KVM_REQ_* pending (set from any thread)
+        self.wait = threading.Event()   # a blocked (halted) vCPU waits on it; kvm_vcpu_kick sets it
         self.srcu_idx = None
         self.srcu_thread = None         # the thread in the vCPU's SRCU read section
 
@@ -207,6 +209,7 @@ def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
 def kvm_vcpu_kick(vcpu: KvmVcpu) -> None:
     """The IPI that makes a vCPU in guest mode exit: the processor leaves at the next block."""
     vcpu.arch.cpu.request_exit()
+    vcpu.wait.set()
 
 
 def kvm_make_all_cpus_request(kvm: Kvm, req) -> None:

@@ -19,11 +19,11 @@ from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
-from ..hrtimer import kvm_clock_run_expired
+from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..kvm_host import kvm_guest_mode_run
 from ..trace import event, traced
-from kvmpy.kernel.x86 import cpuid, params, x86
+from kvmpy.kernel.x86 import cpuid, irq, params, x86
 from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
@@ -65,12 +65,22 @@ def post_kvm_run_save(vcpu) -> None:
     run.if_flag = 1 if cpu.flags & IF else 0
     run.cr8 = cpu.cr8
     run.apic_base = cpu.apic_base
-    run.ready_for_interrupt_injection = int(kvm_vcpu_ready_for_interrupt_injection(vcpu))
+    run.ready_for_interrupt_injection = int(x86.pic_in_kernel(vcpu.kvm)
+                                            or kvm_vcpu_ready_for_interrupt_injection(vcpu))
 
 
 def kvm_vcpu_ready_for_interrupt_injection(vcpu) -> bool:
-    cpu = vcpu.arch.cpu
-    return bool(cpu.flags & IF) and not cpu.interrupt_shadow and vcpu.arch.interrupt is None
+    """May user space inject an interrupt now?  IF=1 without an STI/MOV SS shadow, no
+    KVM_INTERRUPT vector still queued, and no event being (re)injected or exception pending:
+    the VMM must find the vCPU at an instruction boundary with nothing half-injected."""
+    cpu, arch = vcpu.arch.cpu, vcpu.arch
+    return (bool(cpu.flags & IF) and not cpu.interrupt_shadow and arch.interrupt is None
+            and arch.exception is None and not arch.nmi_injected and cpu.pending_event is None)
+
+
+def dm_request_for_irq_injection(vcpu) -> bool:
+    """User space emulates the PIC and asked for an exit when it can inject."""
+    return bool(vcpu.run.request_interrupt_window) and not x86.pic_in_kernel(vcpu.kvm)
 
 
 @traced
@@ -87,6 +97,10 @@ def vcpu_run(vcpu) -> int:
             r = vcpu_block(vcpu)
         if r <= 0:
             return r
+        if dm_request_for_irq_injection(vcpu) and kvm_vcpu_ready_for_interrupt_injection(vcpu):
+            vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
+            _stat(vcpu, "request_irq_exits")
+            return 0
         if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
             _stat(vcpu, "signal_exits")
@@ -127,13 +141,45 @@ def kvm_insn_limit_check(vcpu) -> None:
 
 
 def vcpu_block(vcpu) -> int:
-    """A halted vCPU with no event to wake it: without an in-kernel LAPIC, go to user space."""
+    """A halted vCPU: with an in-kernel irqchip it waits (kvm_vcpu_block); without one, an
+    event user space queued wakes it, else HLT goes to user space."""
     cpu = vcpu.arch.cpu
+    if x86.irqchip_in_kernel(vcpu.kvm):
+        return kvm_vcpu_block(vcpu)
     if vcpu.arch.interrupt is not None or vcpu.arch.exception is not None:
         cpu.halted = False
         return 1
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     return 0
+
+
+KVM_HALT_POLL_S = 0.001     # longest wait of a blocked vCPU before it looks for signals again
+
+
+def kvm_vcpu_has_events(vcpu) -> bool:
+    """What ends a halt: a queued exception or NMI, an injected interrupt, or one the
+    irqchip has for the vCPU while it accepts interrupts (IF=1)."""
+    a = vcpu.arch
+    if a.exception is not None or a.nmi_queued or a.nmi_pending or a.nmi_injected or a.interrupt is not None:
+        return True
+    return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
+
+
+def kvm_vcpu_block(vcpu) -> int:
+    """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
+    lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
+    or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
+    interrupt wakes it through kvm_vcpu_kick."""
+    wait = vcpu.wait
+    while True:
+        if kvm_vcpu_has_events(vcpu):
+            vcpu.arch.cpu.halted = False
+            return 1
+        if kvm_vcpu_exit_request(vcpu):
+            return 1
+        if not kvm_clock_idle(vcpu.kvm):
+            wait.wait(KVM_HALT_POLL_S)
+            wait.clear()
 
 
 @traced
@@ -144,8 +190,9 @@ def vcpu_enter_guest(vcpu) -> int:
     if not vcpu.kvm.memslots:
         return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
     mmu.kvm_mmu_check_generation(vcpu)
+    req_int_win = dm_request_for_irq_injection(vcpu) and arch.interrupt is None  # kvm_cpu_accept_dm_intr
     inject_pending_event(vcpu)
-    cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
+    cpu.intr_window_exiting = req_int_win
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
     ops = x86.kvm_x86_ops()
@@ -154,8 +201,12 @@ def vcpu_enter_guest(vcpu) -> int:
     return ops.handle_exit(vcpu, exit_info)
 
 
-def inject_pending_event(vcpu) -> None:
+def inject_pending_event(vcpu) -> bool:
     """Program the entry's event injection: KVM's queued exception, then NMI, then interrupt.
+
+    An interrupt of the in-kernel irqchip is acknowledged (taken from the chip) only when the
+    guest can take it (IF=1, no STI/MOV SS shadow); until then the entry asks for an
+    interrupt-window exit, and True says so.
 
     An NMI that user space restored as injected (KVM_SET_VCPU_EVENTS) is re-injected before
     new events. A new NMI waits while NMIs are blocked -- by the processor's NMI blocking,
@@ -167,7 +218,7 @@ def inject_pending_event(vcpu) -> None:
     arch = vcpu.arch
     cpu = arch.cpu
     if cpu.pending_event is not None:
-        return                  # an event whose delivery an exit interrupted goes first
+        return False            # an event whose delivery an exit interrupted goes first
     if arch.exception is not None:
         vector, error_code, cr2 = arch.exception
         arch.exception = None
@@ -175,17 +226,18 @@ def inject_pending_event(vcpu) -> None:
             cpu.cr2 = cr2
         cpu.pending_event = (HW_EXC, vector, error_code)
         event("kvm_inj_exception", vector=vector, error_code=error_code)
-        return
+        return False
     x86.process_nmi(vcpu)
-    if arch.nmi_injected or (arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
-        if not arch.nmi_injected:
+    reinject_nmi = arch.nmi_injected
+    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
+        if not reinject_nmi:
             arch.nmi_pending -= 1
             _stat(vcpu, "nmi_injections")
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return
-    if arch.interrupt is not None and cpu.flags & IF and not cpu.interrupt_shadow:
+    if arch.interrupt is not None:      # injected by KVM_INTERRUPT: goes in whatever IF says
         vec, arch.interrupt = arch.interrupt, None
         cpu.pending_event = (EXT_INTR, vec, None)
         cpu.halted = False
@@ -402,11 +454,7 @@ def handle_preemption(vcpu) -> int:
 def handle_interrupt_window(vcpu) -> int:
     _stat(vcpu, "irq_window_exits")
     vcpu.arch.cpu.intr_window_exiting = False
-    if vcpu.run.request_interrupt_window and not x86.irqchip_in_kernel(vcpu.kvm):
-        vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
-        _stat(vcpu, "request_irq_exits")
-        return 0
-    return 1
+    return 1                            # vcpu_run reports KVM_EXIT_IRQ_WINDOW_OPEN
 
 
 __all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]

@@ -10,7 +10,9 @@ the ioctls translate between it and the uapi structures.  The vendor module is r
 Events waiting for injection (the run path, ``kvmpy.kernel.x86.run``, injects them on entry):
 ``vcpu.arch.exception`` is None or ``(vector, error_code or None, cr2 or None)``;
 ``vcpu.arch.interrupt`` is None or the vector queued by ``KVM_INTERRUPT`` (no in-kernel
-irqchip); NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
+irqchip), which like Linux's ``interrupt.injected`` goes in at the next entry whatever IF says
+(the VMM checks ``ready_for_interrupt_injection`` first), while ``interrupt_nr`` keeps the last
+vector for KVM_GET_VCPU_EVENTS; NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
 and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, to re-inject first).  Once
 injected, an NMI is the processor's ``pending_event`` until delivered, and the processor's
 ``nmi_masked`` is NMI blocking (set by delivery, cleared by IRET).
@@ -157,11 +159,18 @@ class KvmArch:
         self.guest_can_read_msr_platform_info = True
         self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
         self.vpit = None                    # KVM_CREATE_PIT2 (i8254.KvmPit)
+        self.vpic = None                    # KVM_CREATE_IRQCHIP (i8259.KvmPic)
+        self.vioapic = None                 # KVM_CREATE_IRQCHIP (ioapic.KvmIoapic)
 
 
 def irqchip_in_kernel(kvm) -> bool:
     """An in-kernel interrupt controller (KVM_CREATE_IRQCHIP, or split) serves interrupts."""
     return kvm.arch.irqchip_mode != KVM_IRQCHIP_NONE
+
+
+def pic_in_kernel(kvm) -> bool:
+    """The PIC is in the kernel (KVM_CREATE_IRQCHIP; a split irqchip leaves it to user space)."""
+    return kvm.arch.irqchip_mode == KVM_IRQCHIP_KERNEL
 
 
 @traced
@@ -311,6 +320,7 @@ class KvmVcpuArch:
         self.maxphyaddr = 36
         self.exception = None               # (vector, error_code, cr2) waiting for injection
         self.interrupt = None               # external interrupt vector waiting for injection
+        self.interrupt_nr = 0               # kvm_queued_interrupt.nr: stays after delivery
         self.nmi_queued = 0                 # KVM_NMI calls not yet seen by process_nmi
         self.nmi_pending = 0
         self.nmi_injected = False
@@ -439,7 +449,9 @@ def _state_changed(vcpu) -> None:
 
 
 def lapic_in_kernel(vcpu) -> bool:
-    return vcpu.arch.apic is not None
+    """The vCPU has an in-kernel LAPIC: every vCPU of a VM with an in-kernel irqchip (full
+    or split) does, since KVM_CREATE_IRQCHIP is refused once a vCPU exists."""
+    return irqchip_in_kernel(vcpu.kvm)
 
 
 # ----------------------------------------------------------------------------------------
@@ -544,8 +556,7 @@ def kvm_arch_vcpu_ioctl_set_sregs(vcpu, s: uapi.kvm_sregs) -> None:
     cpu.efer, cpu.apic_base = s.efer, s.apic_base
     for word, bits in enumerate(s.interrupt_bitmap):
         if bits and not lapic_in_kernel(vcpu):
-            vector = word * 64 + (bits & -bits).bit_length() - 1
-            vcpu.arch.interrupt = vector
+            kvm_queue_interrupt(vcpu, word * 64 + (bits & -bits).bit_length() - 1)
             break
     _state_changed(vcpu)
 
@@ -786,11 +797,15 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
         raise kernel_error(errno.EINVAL)
     if not lapic_in_kernel(vcpu) and mp_state != uapi.KVM_MP_STATE_RUNNABLE:
         raise kernel_error(errno.EINVAL)
+    cpu = vcpu.arch.cpu
+    cpu.halted = mp_state == uapi.KVM_MP_STATE_HALTED       # a halted vCPU is runnable once woken
     if mp_state == uapi.KVM_MP_STATE_SIPI_RECEIVED:
-        vcpu.arch.cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
+        cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
         vcpu.arch.sipi_pending = True
+    elif cpu.halted:
+        cpu.mp_state = uapi.KVM_MP_STATE_RUNNABLE
     else:
-        vcpu.arch.cpu.mp_state = mp_state
+        cpu.mp_state = mp_state
 
 
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
@@ -798,8 +813,13 @@ def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
         raise kernel_error(errno.EINVAL)
     if irqchip_in_kernel(vcpu.kvm):
         raise kernel_error(errno.ENXIO)
-    vcpu.arch.interrupt = irq        # kvm_queue_interrupt: a newer vector replaces the old
+    kvm_queue_interrupt(vcpu, irq)
     return 0
+
+
+def kvm_queue_interrupt(vcpu, vector: int) -> None:
+    """Queue ``vector`` as an injected external interrupt; a newer vector replaces the old."""
+    vcpu.arch.interrupt = vcpu.arch.interrupt_nr = vector
 
 
 # ----------------------------------------------------------------------------------------
@@ -866,9 +886,8 @@ def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
         ev.exception.nr = vector
         ev.exception.has_error_code = error_code is not None
         ev.exception.error_code = error_code or 0
-    if a.interrupt is not None:
-        ev.interrupt.injected = 1
-        ev.interrupt.nr = a.interrupt
+    ev.interrupt.injected = a.interrupt is not None
+    ev.interrupt.nr = a.interrupt_nr
     ev.interrupt.shadow = _SHADOW_TO_KVM.get(cpu.interrupt_shadow, 0)
     process_nmi(vcpu)
     ev.nmi.injected = _nmi_in_injection(vcpu)
@@ -897,6 +916,7 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     exc = ev.exception
     a.exception = ((exc.nr, exc.error_code if exc.has_error_code else None, None)
                    if exc.injected or exc.pending else None)
+    a.interrupt_nr = ev.interrupt.nr
     a.interrupt = ev.interrupt.nr if ev.interrupt.injected else None
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SHADOW:
         shadow = ev.interrupt.shadow
@@ -1058,7 +1078,11 @@ def _translate(vcpu, arg) -> int:
 
 
 def _get_mp_state(vcpu):
-    return uapi.kvm_mp_state(vcpu.arch.cpu.mp_state)
+    """KVM_GET_MP_STATE: HALTED while a HLT waits in kvm_vcpu_block (cpu.halted)."""
+    cpu = vcpu.arch.cpu
+    if cpu.halted and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+        return uapi.kvm_mp_state(uapi.KVM_MP_STATE_HALTED)
+    return uapi.kvm_mp_state(cpu.mp_state)
 
 
 vcpu_ioctl_handlers = {

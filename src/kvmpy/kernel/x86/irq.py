@@ -1,0 +1,27 @@
+"""Which interrupt a vCPU takes from the in-kernel irqchip (arch/x86/kvm/irq.c).
+
+The 8259's INTR output reaches the vCPU whose LAPIC accepts ExtINT; taking the interrupt is
+the PIC's interrupt-acknowledge cycle, which answers the vector.  (Without an in-kernel
+irqchip the only source is the vector user space queued with KVM_INTERRUPT, which the run
+path injects itself.)
+"""
+
+from __future__ import annotations
+
+from . import i8259
+from .lapic import kvm_apic_accept_pic_intr
+
+
+def kvm_cpu_has_extint(vcpu) -> bool:
+    vpic = vcpu.kvm.arch.vpic
+    return vpic is not None and kvm_apic_accept_pic_intr(vcpu) and vpic.output
+
+
+def kvm_cpu_has_interrupt(vcpu) -> bool:
+    """An interrupt waits for this vCPU (so far the PIC is the only in-kernel source)."""
+    return kvm_cpu_has_extint(vcpu)
+
+
+def kvm_cpu_get_interrupt(vcpu) -> int:
+    """Acknowledge the interrupt and return its vector."""
+    return i8259.kvm_pic_read_irq(vcpu.kvm)
