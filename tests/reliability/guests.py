@@ -253,6 +253,40 @@ def build(vm, mode, rng, control=False):
     set_state(vm, mode, rng)
 
 
+#: where the handler of every vector is in a fixed guest (``build_fixed``): ``hlt``
+HANDLER = 0x8000
+
+
+def _gates_to(handler, mode):
+    """An IVT (real mode) or IDT whose every entry leads to ``handler``."""
+    if mode == "real":
+        return struct.pack("<HH", handler, 0) * 256
+    long_mode = mode == "long"
+    sel = SEL_CODE64 if long_mode else SEL_CODE32
+    gate = struct.pack("<Q", (handler & 0xFFFF) | sel << 16 | 0x8E << 40 | (handler >> 16) << 48)
+    return (gate + (bytes(8) if long_mode else b"")) * 256
+
+
+def build_fixed(vm, mode, code, idt_base=None, gdt_base=None):
+    """A guest of ``mode`` with sound tables (every vector handled by ``hlt`` at HANDLER, the
+    stack at 0x7000) running ``code``: the frame of a minimal reproducer.  ``idt_base`` and
+    ``gdt_base`` move the IDT/IVT or GDT base (into an MMIO hole, say)."""
+    set_state(vm, mode, random.Random(0))
+    vm.write(0 if mode == "real" else IDT, _gates_to(HANDLER, mode))
+    vm.write(GDT + 0x30, bytes(8))              # the random GDT entry
+    vm.write(HANDLER, b"\xf4")
+    vm.write(CODE, code)
+    vm.ioctl(uapi.KVM_SET_REGS, uapi.kvm_regs(rip=CODE, rflags=2, rsp=0x7000))
+    if idt_base is not None or gdt_base is not None:
+        sregs = uapi.kvm_sregs()
+        vm.ioctl(uapi.KVM_GET_SREGS, sregs)
+        if idt_base is not None:
+            sregs.idt.base = idt_base
+        if gdt_base is not None:
+            sregs.gdt.base = gdt_base
+        vm.ioctl(uapi.KVM_SET_SREGS, sregs)
+
+
 # ------------------------------------------------------------------ exits
 TERMINAL = {uapi.KVM_EXIT_HLT: "hlt", uapi.KVM_EXIT_SHUTDOWN: "shutdown", uapi.KVM_EXIT_INTERNAL_ERROR: "internal-error",
             uapi.KVM_EXIT_FAIL_ENTRY: "fail-entry"}

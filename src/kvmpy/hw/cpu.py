@@ -22,8 +22,8 @@ from . import flags as lazy
 from . import memory as hm
 from . import models, paging, system
 from .decoder import DecodeError, decode
-from .events import (CONTRIBUTORY, EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault,
-                     Intercept)
+from .events import (EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept,
+                     is_double_fault)
 from .segments import SegmentUnit
 from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
                     RFLAGS_WRITABLE, SS, CS)
@@ -111,7 +111,8 @@ class Processor(CPUState, SegmentUnit):
         self.modes = {}
         self.mode = None
         self.paging_key = None
-        self.delivering = []            # vectors being delivered (double-fault detection)
+        self.delivering = []            # (kind, vector, error code, next ip) of the events being
+                                        # delivered, innermost last (double faults, vectoring info)
         self.ns = self._namespace()
         self.refresh()
 
@@ -394,16 +395,11 @@ class Processor(CPUState, SegmentUnit):
         self.ns["_loop_limit"] = codegen.LOOP_LIMIT
         try:
             entry.check_guest_state(self)
-            if self.pending_event is not None:
-                ev, self.pending_event = self.pending_event, None
-                try:
-                    self.deliver(ev[1], ev[0], ev[2], injected=True)
-                except Intercept as e:
-                    # IDT-vectoring information: the event is delivered again on the next entry
-                    if e.kind != "triple_fault":
-                        self.pending_event = ev
-                        e.info["vectoring"] = ev
-                    raise
+            # the entry's event injection is consumed by the entry: an exit during its delivery
+            # reports it in the IDT-vectoring information / EXITINTINFO, for KVM to re-inject
+            ev, self.pending_event = self.pending_event, None
+            if ev is not None:
+                self.deliver(ev[1], ev[0], ev[2], injected=True)
             while True:
                 if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
                     raise Intercept("interrupt_window")
@@ -538,11 +534,10 @@ class Processor(CPUState, SegmentUnit):
         if kind == HW_EXC and not injected and self.exception_bitmap >> vector & 1:
             raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2)
         if kind == HW_EXC and self.delivering:
-            prev = self.delivering[-1]
-            if prev == 8:
+            prev_kind, prev = self.delivering[-1][:2]
+            if prev_kind == HW_EXC and prev == 8:
                 raise Intercept("triple_fault")
-            if (prev in CONTRIBUTORY and vector in CONTRIBUTORY) or (prev == 14 and (vector == 14 or vector in
-                                                                                     CONTRIBUTORY)):
+            if prev_kind == HW_EXC and is_double_fault(prev, vector):
                 vector, error_code, cr2 = 8, 0, None
         if kind == HW_EXC and vector == 14 and cr2 is not None:
             self.cr2 = cr2
@@ -550,12 +545,20 @@ class Processor(CPUState, SegmentUnit):
             error_code = 0
         if kind != HW_EXC:
             error_code = None
-        self.delivering.append(vector)
+        # what the exit-information fields say if this delivery ends in a VM exit: the event,
+        # its error code and, for a software event, the address after the instruction raising it
+        event = (kind, vector, error_code, next_ip)
+        self.delivering.append(event)
         try:
-            self.refresh()
-            self.enter_handler(vector, kind, error_code, next_ip)
-        except Fault as f:
-            self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+            try:
+                self.refresh()
+                self.enter_handler(vector, kind, error_code, next_ip)
+            except Fault as f:
+                self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+        except Intercept as e:
+            if e.kind != "triple_fault":
+                e.info.setdefault("vectoring", event)   # the innermost delivery the exit interrupted
+            raise
         finally:
             self.delivering.pop()
         self.refresh()

@@ -28,6 +28,9 @@ from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
 from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
+# what the vendor's check_emulate_instruction answers (the names of kvm_emulate.h)
+X86EMUL_CONTINUE = 0
+X86EMUL_UNHANDLEABLE_VECTORING = 10
 _MEM_STRING_OPCODES = frozenset((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF))
 
 

@@ -31,6 +31,7 @@ from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_
                              MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000, MSR_MTRRfix64K_00000,
                              MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
+from ..kvm_host import kvm_make_request
 from ..trace import traced
 from . import cpuid as kcpuid
 from . import mmu
@@ -839,8 +840,38 @@ def kvm_nmi_allowed(vcpu) -> bool:
 # ----------------------------------------------------------------------------------------
 # Exceptions for the guest
 # ----------------------------------------------------------------------------------------
+KVM_REQ_TRIPLE_FAULT = "triple_fault"      # served by vcpu_enter_guest: KVM_EXIT_SHUTDOWN
+
+
+def kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject: bool) -> None:
+    """Queue an exception for the guest, merged with the one already queued or being
+    injected as the processor would merge them (SDM table 6-5): a contributory exception
+    on a contributory one, or anything but a benign one on a #PF, is a #DF; any exception
+    on a #DF is a triple fault, KVM_REQ_TRIPLE_FAULT; otherwise the new exception replaces
+    the old (a fault comes back when its instruction is executed again).  ``reinject``: an
+    exception whose delivery a VM exit interrupted, put back as it was."""
+    a = vcpu.arch
+    if reinject or a.exception is None:
+        a.exception = (vector, error_code, cr2)
+        return
+    prev = a.exception[0]
+    if prev == uapi.DF_VECTOR:
+        kvm_make_request(KVM_REQ_TRIPLE_FAULT, vcpu)
+        return
+    if hs_events.is_double_fault(prev, vector):
+        a.exception = (uapi.DF_VECTOR, 0, None)
+    else:
+        a.exception = (vector, error_code, cr2)
+
+
 def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
-    vcpu.arch.exception = (vector, error_code, cr2)
+    kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject=False)
+
+
+def kvm_requeue_exception(vcpu, vector, error_code=None) -> None:
+    """The exception a VM exit interrupted the delivery of, to inject again (its CR2, for a
+    #PF, is already in the guest's CR2)."""
+    kvm_multiple_exception(vcpu, vector, error_code, None, reinject=True)
 
 
 def kvm_inject_gp(vcpu, error_code: int) -> None:
