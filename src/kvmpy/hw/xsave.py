@@ -158,6 +158,12 @@ def standard_image(cpu) -> bytes:
 
 def load_standard_image(cpu, area: bytes) -> None:
     """KVM_SET_XSAVE: load every supported component from a standard-format area (Fault
-    for a bad header or MXCSR, before any change)."""
+    for a bad header or MXCSR, before any change).  The area's MXCSR counts only when
+    XSTATE_BV has x87 or SSE, as Linux's copy_uabi_to_xstate reads it (MXCSR is part of
+    the x87 component's bytes, and SSE needs it); otherwise MXCSR is left as it is."""
     bv = check_header(area[LEGACY_SIZE:AREA_SIZE])
-    restore_components(cpu, area[:LEGACY_SIZE], bv, XCR0_SUPPORTED, True, len(cpu.fpu.xmm))
+    legacy = area[:LEGACY_SIZE]
+    if not bv & (X87 | SSE):
+        lo = _MXCSR_RANGE[0]
+        legacy = legacy[:lo] + cpu.fpu.mxcsr.to_bytes(4, "little") + legacy[lo + 4:]
+    restore_components(cpu, legacy, bv, XCR0_SUPPORTED, True, len(cpu.fpu.xmm))

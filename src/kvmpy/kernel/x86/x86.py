@@ -11,8 +11,10 @@ Events waiting for injection (the run path, ``kvmpy.kernel.x86.run``, injects th
 ``vcpu.arch.exception`` is None or ``(vector, error_code or None, cr2 or None)``;
 ``vcpu.arch.interrupt`` is None or the vector queued by ``KVM_INTERRUPT`` (no in-kernel
 irqchip); NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
-and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, to re-inject first).  Once
-injected, an NMI is the processor's ``pending_event`` until delivered, and the processor's
+and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, or whose delivery a VM exit
+interrupted, to re-inject first).  The processor's ``pending_event`` is the entry's event
+injection, consumed by the entry; an event whose delivery an exit interrupted comes back
+into these queues through the vendor's complete_interrupts.  The processor's
 ``nmi_masked`` is NMI blocking (set by delivery, cleared by IRET).
 """
 
@@ -1092,6 +1094,12 @@ def _get_mp_state(vcpu):
     return uapi.kvm_mp_state(vcpu.arch.cpu.mp_state)
 
 
+def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
+    """KVM_MEMORY_ENCRYPT_OP on a vCPU: ENOTTY, the answer of a vendor module without
+    vcpu_mem_enc_ioctl (kvmpy has neither SEV nor TDX), not the EINVAL of an unknown ioctl."""
+    raise kernel_error(errno.ENOTTY)
+
+
 vcpu_ioctl_handlers = {
     uapi.KVM_GET_REGS: _getter(kvm_arch_vcpu_ioctl_get_regs),
     uapi.KVM_SET_REGS: _setter(kvm_arch_vcpu_ioctl_set_regs, uapi.kvm_regs),
@@ -1116,6 +1124,7 @@ vcpu_ioctl_handlers = {
     uapi.KVM_GET_CPUID2: kcpuid.kvm_vcpu_ioctl_get_cpuid2,
     uapi.KVM_NMI: lambda v, arg: kvm_vcpu_ioctl_nmi(v),
     uapi.KVM_TRANSLATE: _translate,
+    uapi.KVM_MEMORY_ENCRYPT_OP: kvm_vcpu_mem_enc_ioctl,
 }
 
 
