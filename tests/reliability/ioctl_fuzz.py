@@ -394,9 +394,9 @@ class Worker:
     def do_ioctl(self, target, cmd, arg, fill, host):
         fd = self.fds[target]
         native = fd is not None and target in KVM_ROLES
+        arg = self.argument(arg, fill)      # fills the scratch on both backends alike
         if not host and native and self.sys.name == "host":
             return "not sent"               # a known ioctl kvmpy does not implement
-        arg = self.argument(arg, fill)
         if not native and isinstance(arg, bytearray) and len(arg) <= 1024:
             # fcntl.ioctl would pass a copy with uninitialised stack bytes after it
             arg += bytes(1025 - len(arg))
