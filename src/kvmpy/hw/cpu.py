@@ -102,6 +102,7 @@ class Processor(CPUState, SegmentUnit):
         self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
+        self.fetch_limit = 0            # the highest EIP code may be fetched from (CS limit)
         self.chain_gen = 0              # bumped whenever a block chain may have gone stale
         self.tlb_r, self.tlb_w, self.tlb_x = {}, {}, FetchTLB(self)
         self.tlb_supervisor = False
@@ -148,9 +149,12 @@ class Processor(CPUState, SegmentUnit):
             mode = self.modes[key] = codegen.Mode(*key)
         if self.mode is not None and cpl == 3 and self.mode.cpl != 3 and self.tlb_supervisor:
             self.flush_tlb()
-        if mode is not self.mode or self.sbase[CS] != self.chain_csb:
+        # code fetches beyond the CS limit are #GP(0) (no limit in 64-bit mode)
+        fetch_limit = cs.limit if code != 8 else 0xFFFFFFFFFFFFFFFF
+        if mode is not self.mode or self.sbase[CS] != self.chain_csb or fetch_limit != self.fetch_limit:
             self.chain_gen += 1
             self.chain_csb = self.sbase[CS]
+            self.fetch_limit = fetch_limit
         self.mode = mode
         pk = (self.cr0 & 0x80010001, self.cr3, self.cr4, self.efer, self.tdp)
         if pk != self.paging_key:
@@ -326,6 +330,12 @@ class Processor(CPUState, SegmentUnit):
             v = hm.page(self.translate(lin, paging.PFERR_FETCH)[0])
         return v[lin & 0xFFF]
 
+    def fetch_code(self, base, eip, i, mask):
+        """Byte ``i`` of the instruction at ``eip`` (linear ``base``): #GP(0) past the CS limit."""
+        if eip + i > self.fetch_limit:
+            raise Fault(13, 0)
+        return self.fetch_byte((base + i) & mask)
+
     def lookup_block(self):
         if self.exit_request:
             raise Intercept("preemption")       # an external interrupt, as the IPI would be
@@ -338,7 +348,7 @@ class Processor(CPUState, SegmentUnit):
         phys = gpa | (lin & 0xFFF)
         b = self.code.get(rip)
         if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
-                and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
+                and b.last_ip <= self.fetch_limit and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
             if b.epoch == self.epoch:
                 return b
             if self._raw_at(b) == b.raw:
@@ -360,7 +370,7 @@ class Processor(CPUState, SegmentUnit):
 
         def decode_at(r):
             base = (csb + r) & mask
-            return decode(lambda i: self.fetch_byte((base + i) & mask), mode.code, r)
+            return decode(lambda i: self.fetch_code(base, r, i, mask), mode.code, r)
 
         b = codegen.translate(decode_at, rip, csb, mode, self.ns, stop=self.host_interrupt)
         b.phys = phys
@@ -479,7 +489,7 @@ class Processor(CPUState, SegmentUnit):
             csb = self.sbase[CS]
             mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
             mode = self.mode
-            b = codegen.translate(lambda r: decode(lambda i: self.fetch_byte((csb + r + i) & mask), mode.code, r),
+            b = codegen.translate(lambda r: decode(lambda i: self.fetch_code(csb + r, r, i, mask), mode.code, r),
                                   self.rip, csb, mode, self.ns, max_insns=1, single=True)
             self.icount += b.fn()
             self.interrupt_shadow = 0
