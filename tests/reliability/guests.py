@@ -257,22 +257,25 @@ def build(vm, mode, rng, control=False):
 HANDLER = 0x8000
 
 
-def _gates_to(handler, mode):
-    """An IVT (real mode) or IDT whose every entry leads to ``handler``."""
+def _gates_to(handler, mode, task_gates=False):
+    """An IVT (real mode) or IDT whose every entry leads to ``handler`` (or, with
+    ``task_gates``, is a task gate to the guest's own, busy, TSS)."""
     if mode == "real":
         return struct.pack("<HH", handler, 0) * 256
     long_mode = mode == "long"
     sel = SEL_CODE64 if long_mode else SEL_CODE32
-    gate = struct.pack("<Q", (handler & 0xFFFF) | sel << 16 | 0x8E << 40 | (handler >> 16) << 48)
+    gate = struct.pack("<Q", (SEL_TSS << 16 | 0x85 << 40) if task_gates else
+                       (handler & 0xFFFF) | sel << 16 | 0x8E << 40 | (handler >> 16) << 48)
     return (gate + (bytes(8) if long_mode else b"")) * 256
 
 
-def build_fixed(vm, mode, code, idt_base=None, gdt_base=None):
+def build_fixed(vm, mode, code, idt_base=None, gdt_base=None, task_gates=False):
     """A guest of ``mode`` with sound tables (every vector handled by ``hlt`` at HANDLER, the
     stack at 0x7000) running ``code``: the frame of a minimal reproducer.  ``idt_base`` and
-    ``gdt_base`` move the IDT/IVT or GDT base (into an MMIO hole, say)."""
+    ``gdt_base`` move the IDT/IVT or GDT base (into an MMIO hole, say); ``task_gates`` makes
+    every IDT entry a task gate to the busy TSS."""
     set_state(vm, mode, random.Random(0))
-    vm.write(0 if mode == "real" else IDT, _gates_to(HANDLER, mode))
+    vm.write(0 if mode == "real" else IDT, _gates_to(HANDLER, mode, task_gates))
     vm.write(GDT + 0x30, bytes(8))              # the random GDT entry
     vm.write(HANDLER, b"\xf4")
     vm.write(CODE, code)

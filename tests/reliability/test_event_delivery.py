@@ -51,6 +51,11 @@ CASES = {
     # INT n with the stack in the hole: the instruction raises the event, KVM emulates it,
     # and its emulator cannot emulate INT in long mode
     "int-stack-in-hole-long": ("long", "48c7c400010a00cd40", {}, "internal-error/1", 0x7007),
+    # every IDT entry a task gate to the busy TSS: the switch faults (#GP) before its commit
+    # point while delivering #UD, then while delivering that #GP (#DF), then the #DF's.  (The
+    # host's emulator does not check the busy bit, switches into the TSS it is in and ends
+    # at another RIP, 0x1a, so RIP is not compared: None.)
+    "ud2-task-gates-to-busy-tss-prot32": ("prot32", "0f0b", {"task_gates": True}, "shutdown", None),
     # the control: the same frame delivers #UD to its handler
     "ud2-real": ("real", "0f0b", {}, "hlt", guests.HANDLER + 1),
     "ud2-prot32": ("prot32", "0f0b", {}, "hlt", guests.HANDLER + 1),
@@ -90,7 +95,9 @@ def run_case(sc, name):
 
 @pytest.mark.parametrize("name", CASES)
 def test_delivery_ends_as_on_the_host(soft_kvm, soft_mmu, name):
-    assert run_case(syscalls, name) == CASES[name][3:]
+    outcome, rip = run_case(syscalls, name)
+    assert outcome == CASES[name][3]
+    assert rip == CASES[name][4] or CASES[name][4] is None
 
 
 @pytest.mark.host
@@ -99,7 +106,7 @@ def test_delivery_on_the_host(name):
     outcome, rip = run_case(rawvmm.HOST, name)
     expected = CASES[name][3]
     assert outcome in (expected, SILICON_ANSWER.get(expected, expected))
-    assert rip == CASES[name][4]
+    assert rip == CASES[name][4] or CASES[name][4] is None
 
 
 # ------------------------------------------------------------------ the processor's side

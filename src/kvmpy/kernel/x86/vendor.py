@@ -207,22 +207,27 @@ def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, in
     after the instruction (``insn_len``, 0 for a hardware event); a fault is queued for the
     guest, in the old task or, past the commit point, in the new one.  A new CR3 is a new
     root for the MMU.  Through an IDT task gate the switch delivers the event itself, so
-    the event the exit interrupted (of kind ``event_kind``) is not injected again.
+    the event the exit interrupted (of kind ``event_kind``) is not injected again once the
+    switch has reached its commit point (the new TR); a fault before it is a fault while
+    delivering that event, merged with it (#DF, or a triple fault on a #DF).
     """
     cpu = vcpu.arch.cpu
-    if source == tasks.INT:
-        kvm_clear_vectoring_event(vcpu, event_kind)
     next_ip = (cpu.rip + insn_len) & 0xFFFFFFFF
-    old_cr3 = cpu.cr3
+    old_cr3, old_tr = cpu.cr3, cpu.tr
     cpu.intercept_task_switch = False
     try:
         with _guest_virtual_access(vcpu):
             tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
                               ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
     except Fault as f:
+        if source == tasks.INT and cpu.tr is not old_tr:
+            kvm_clear_vectoring_event(vcpu, event_kind)
         x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
     except Intercept:           # a TSS or descriptor table outside RAM
         return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
+    else:
+        if source == tasks.INT:
+            kvm_clear_vectoring_event(vcpu, event_kind)
     finally:
         cpu.intercept_task_switch = True
         if cpu.cr3 != old_cr3:
