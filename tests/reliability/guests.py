@@ -19,6 +19,7 @@ import errno
 import mmap
 import random
 import struct
+import threading
 
 from kvmpy.uapi import kvm as uapi
 
@@ -288,6 +289,37 @@ def build_fixed(vm, mode, code, idt_base=None, gdt_base=None, task_gates=False):
         if gdt_base is not None:
             sregs.gdt.base = gdt_base
         vm.ioctl(uapi.KVM_SET_SREGS, sregs)
+
+
+def run_fixed(sc, mode, code, memory=(), frame=0, bound=20.0, max_exits=50, **options):
+    """Build a ``build_fixed`` guest on backend ``sc`` (``memory``: (gpa, bytes) to write as
+    well) and run it, serving IO and MMIO exits, until another exit; immediate_exit ends a
+    run still going after ``bound`` seconds.  Returns (outcome, RIP, the ``frame`` bytes at
+    the stack pointer)."""
+    vm = GuestVm(sc)
+    timer = threading.Timer(bound, lambda: setattr(vm.run, "immediate_exit", 1))
+    try:
+        build_fixed(vm, mode, code, **options)
+        for gpa, data in memory:
+            vm.write(gpa, data)
+        timer.start()
+        outcome = None
+        for _ in range(max_exits):
+            try:
+                vm.ioctl(uapi.KVM_RUN, 0)
+            except OSError as e:
+                outcome = errno_class(e)
+                break
+            outcome = serve_exit(vm)
+            if outcome is not None:
+                break
+        regs = uapi.kvm_regs()
+        vm.ioctl(uapi.KVM_GET_REGS, regs)
+        at = vm.slot_offset[0] + regs.rsp
+        return outcome, regs.rip, bytes(vm.mem[at:at + frame]) if frame else b""
+    finally:
+        timer.cancel()
+        vm.close()
 
 
 # ------------------------------------------------------------------ exits

@@ -12,7 +12,6 @@ here, so that kvmpy is checked everywhere; with the ``host`` marker they also ru
 """
 
 import ctypes
-import threading
 import types
 
 import pytest
@@ -30,7 +29,6 @@ from tests.reliability import guests
 from tests.support import rawvmm
 
 BOUND = 20.0            # seconds; each reproducer ends at once on the host
-MAX_EXITS = 50
 HOLE = 0xA0000          # guests.SLOTS leave 0xa0000-0xfffff without a memslot
 
 # name: (mode, code, build_fixed options, the host's outcome, the host's RIP after it)
@@ -67,30 +65,9 @@ SILICON_ANSWER = {"shutdown": "internal-error/%d" % uapi.KVM_INTERNAL_ERROR_DELI
 
 
 def run_case(sc, name):
-    """Build the reproducer on backend ``sc``; run it, serving IO and MMIO exits, until
-    another exit (stopped by immediate_exit after BOUND seconds): (outcome, RIP)."""
+    """The reproducer's outcome and RIP on backend ``sc``."""
     mode, code, options, _, _ = CASES[name]
-    vm = guests.GuestVm(sc)
-    timer = threading.Timer(BOUND, lambda: setattr(vm.run, "immediate_exit", 1))
-    try:
-        guests.build_fixed(vm, mode, bytes.fromhex(code), **options)
-        timer.start()
-        outcome = None
-        for _ in range(MAX_EXITS):
-            try:
-                vm.ioctl(uapi.KVM_RUN, 0)
-            except OSError as e:
-                outcome = guests.errno_class(e)
-                break
-            outcome = guests.serve_exit(vm)
-            if outcome is not None:
-                break
-        regs = uapi.kvm_regs()
-        vm.ioctl(uapi.KVM_GET_REGS, regs)
-        return outcome, regs.rip
-    finally:
-        timer.cancel()
-        vm.close()
+    return guests.run_fixed(sc, mode, bytes.fromhex(code), bound=BOUND, **options)[:2]
 
 
 @pytest.mark.parametrize("name", CASES)

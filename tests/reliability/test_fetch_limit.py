@@ -8,12 +8,10 @@ with the ``host`` marker the cases also run live.
 """
 
 import struct
-import threading
 
 import pytest
 
 from kvmpy import syscalls
-from kvmpy.uapi import kvm as uapi
 from tests.reliability import guests
 from tests.support import rawvmm
 
@@ -29,25 +27,10 @@ CASES = {
 
 
 def run_case(sc, name):
-    """The guest's exit and the exception frame its handler (hlt) sees."""
-    vm = guests.GuestVm(sc)
-    timer = threading.Timer(BOUND, lambda: setattr(vm.run, "immediate_exit", 1))
-    try:
-        guests.build_fixed(vm, "real", JMP_TO_FFFE)
-        vm.write(0xFFFE, CASES[name][0])
-        vm.write(0x10000, AT_10000)
-        timer.start()
-        outcome = None
-        while outcome is None:
-            vm.ioctl(uapi.KVM_RUN, 0)
-            outcome = guests.serve_exit(vm)
-        regs = uapi.kvm_regs()
-        vm.ioctl(uapi.KVM_GET_REGS, regs)
-        frame_at = vm.slot_offset[0] + regs.rsp
-        return outcome, regs.rip, struct.unpack("<HHH", vm.mem[frame_at:frame_at + 6])
-    finally:
-        timer.cancel()
-        vm.close()
+    """The guest's exit, RIP and the exception frame its handler (hlt) sees."""
+    outcome, rip, frame = guests.run_fixed(sc, "real", JMP_TO_FFFE, [(0xFFFE, CASES[name][0]), (0x10000, AT_10000)],
+                                           frame=6, bound=BOUND)
+    return outcome, rip, struct.unpack("<HHH", frame)
 
 
 @pytest.mark.parametrize("name", CASES)

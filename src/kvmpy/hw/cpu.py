@@ -63,6 +63,10 @@ class FetchTLB(dict):
         super().__setitem__(key, value)
 
 
+class _SingleStep(Exception):
+    """RFLAGS.TF became set during a chain of blocks: go on one instruction at a time."""
+
+
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
 DELIVERY_TICK = 16         # exception deliveries between two looks (each retires nothing; one
                            # that faults on a slot or an MMIO page costs a millisecond or more)
@@ -112,6 +116,7 @@ class Processor(CPUState, SegmentUnit):
         self.modes = {}
         self.mode = None
         self.paging_key = None
+        self.events_delivered = 0       # deliveries begun (a single-step trap follows none)
         self.delivering = []            # (kind, vector, error code, next ip) of the events being
                                         # delivered, innermost last (double faults, vectoring info)
         self.ns = self._namespace()
@@ -160,6 +165,11 @@ class Processor(CPUState, SegmentUnit):
         if pk != self.paging_key:
             self.paging_key = pk
             self.flush_tlb()
+
+    def set_rflags(self, value: int) -> None:
+        super().set_rflags(value)
+        if value & TF:
+            self.chain_gen += 1     # single-stepping: the block chain ends, see lookup_block
 
     def request_exit(self):
         """An IPI from another thread (KVM's kick): exit at the next block boundary.  Breaking
@@ -339,6 +349,8 @@ class Processor(CPUState, SegmentUnit):
     def lookup_block(self):
         if self.exit_request:
             raise Intercept("preemption")       # an external interrupt, as the IPI would be
+        if self.flags & TF:
+            raise _SingleStep()                 # set by the block just run: step from here on
         rip = self.rip
         csb = self.sbase[CS]
         lin = (csb + rip) & (0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF)
@@ -425,11 +437,16 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                self._run_chain(self.lookup_block(), limit)
+                if self.flags & TF:
+                    self._single_step()
+                else:
+                    self._run_chain(self.lookup_block(), limit)
             except Fault as f:
                 deliveries += 1
                 self._at_fault_insn()
                 self.raise_event(f)
+            except _SingleStep:
+                pass
             except DecodeError as d:
                 deliveries += 1
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
@@ -486,15 +503,33 @@ class Processor(CPUState, SegmentUnit):
         instruction runs (translated on its own) before the window can open.
         """
         if self.interrupt_shadow and self.flags & IF:
-            csb = self.sbase[CS]
-            mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
-            mode = self.mode
-            b = codegen.translate(lambda r: decode(lambda i: self.fetch_code(csb + r, r, i, mask), mode.code, r),
-                                  self.rip, csb, mode, self.ns, max_insns=1, single=True)
-            self.icount += b.fn()
+            self._run_one()
             self.interrupt_shadow = 0
         if self.flags & IF and not self.interrupt_shadow:
             raise Intercept("interrupt_window")
+
+    def _run_one(self):
+        """Translate and run the instruction at RIP on its own."""
+        csb = self.sbase[CS]
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        mode = self.mode
+        b = codegen.translate(lambda r: decode(lambda i: self.fetch_code(csb + r, r, i, mask), mode.code, r),
+                              self.rip, csb, mode, self.ns, max_insns=1, single=True)
+        self.icount += b.fn()
+
+    def _single_step(self):
+        """RFLAGS.TF: one instruction, then a single-step #DB trap (DR6.BS) -- unless the
+        instruction delivered an event (which clears TF) or faulted (SDM 17.3.1.4).  TF is
+        looked at before the instruction: POPF setting it traps after the next one."""
+        if self.exit_request:
+            raise Intercept("preemption")
+        events = self.events_delivered
+        self._run_one()
+        if self.interrupt_shadow:
+            self.interrupt_shadow = 0
+        if self.events_delivered == events:
+            self.dr[6] |= DR6_BS
+            raise Fault(1)
 
     def _at_fault_insn(self):
         """If the exception being handled was raised in a block, roll RIP/icount back to the
@@ -559,6 +594,7 @@ class Processor(CPUState, SegmentUnit):
         # its error code and, for a software event, the address after the instruction raising it
         event = (kind, vector, error_code, next_ip)
         self.delivering.append(event)
+        self.events_delivered += 1
         try:
             try:
                 self.refresh()
@@ -618,6 +654,8 @@ def _num(v):
     """A deferred flag operand: a local's value, or a literal from the generated text."""
     return int(v, 0) if isinstance(v, str) else v
 
+
+DR6_BS = 1 << 14            # DR6: the #DB is a single-step trap
 
 # Flags cleared on interrupt/exception delivery
 DELIVERY_CLEARS = TF | NT | RF | VM | AC
