@@ -249,7 +249,7 @@ class Processor(CPUState, SegmentUnit):
 
     def _write_pte(self, gpa, size, value):
         host = self._gpa_host(gpa, True, None)
-        self._note_write(gpa >> 12)
+        self._note_write(gpa >> 12, gpa & 0xFFF, size)
         hm.write(host, size, value)
 
     def translate(self, lin, access):
@@ -315,7 +315,7 @@ class Processor(CPUState, SegmentUnit):
             return self.write_slow(a + lo, size - lo, v >> (8 * lo)) or first
         host, gpa = self.translate(a, paging.PFERR_WRITE)
         hm.write(host + (a & 0xFFF), size, v)
-        return self._note_write(gpa >> 12)
+        return self._note_write(gpa >> 12, a & 0xFFF, size)
 
     def probe_write(self, a, size):
         """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
@@ -323,15 +323,29 @@ class Processor(CPUState, SegmentUnit):
             if page not in self.tlb_w:
                 self.translate(max(a, page << 12), paging.PFERR_WRITE)
 
-    def _note_write(self, gfn):
-        """A write to a page holding translated code invalidates that code (SMC)."""
-        rips = self.code_pages.pop(gfn, None)
-        if rips:
+    def _note_write(self, gfn, offset=0, size=0x1000):
+        """A write to bytes of page ``gfn`` that translated code came from invalidates that
+        code (SMC); blocks from other bytes of the page stay (a stack or data next to code
+        costs no retranslation).  True if code was invalidated."""
+        rips = self.code_pages.get(gfn)
+        if not rips:
+            return False
+        end = offset + size
+        hit = False
+        for rip in list(rips):
+            b = self.code.get(rip)
+            ranges = [] if b is None else [(lo, hi) for g, lo, hi in b.code_ranges if g == gfn]
+            if not ranges:
+                rips.discard(rip)           # the rip's block is now one from another page
+            elif any(lo < end and offset < hi for lo, hi in ranges):
+                rips.discard(rip)
+                del self.code[rip]
+                hit = True
+        if not rips:
+            del self.code_pages[gfn]
+        if hit:
             self.chain_gen += 1
-            for rip in rips:
-                self.code.pop(rip, None)
-            return True
-        return False
+        return hit
 
     # ------------------------------------------------------------------ code fetch
     def fetch_byte(self, lin):
@@ -391,6 +405,14 @@ class Processor(CPUState, SegmentUnit):
         lpns = {(a & mask) >> 12 for start, size in b.spans for a in (start, start + size - 1)}
         # code from a second page: its mapping is checked whenever the block is looked up
         b.xpages = tuple((lpn, self.tlb_x[lpn]) for lpn in lpns if lpn != lin >> 12)
+        ranges = []
+        for start, size in b.spans:             # the block's bytes, page by page
+            a, end = start & mask, (start & mask) + size
+            while a < end:
+                stop = min(end, (a | 0xFFF) + 1)
+                ranges.append((self.tlb_x.get(a >> 12, phys) >> 12, a & 0xFFF, (stop - 1 & 0xFFF) + 1))
+                a = stop
+        b.code_ranges = tuple(ranges)
         for lpn in lpns:
             gfn = (self.tlb_x.get(lpn, phys) >> 12)
             if gfn not in self.code_pages:

@@ -125,7 +125,7 @@ class EmulateCtxt:
         host = mmu.gpa_to_host(self.vcpu.kvm, gpa, True)
         cpu = self.vcpu.arch.cpu
         if host is not None:
-            cpu._note_write(gpa >> 12)
+            cpu._note_write(gpa >> 12, gpa & 0xFFF, size)
             hm.write(host, size, value)
             mmu.kvm_mmu_pte_write(self.vcpu, gpa)
             return
