@@ -22,8 +22,7 @@ from . import flags as lazy
 from . import memory as hm
 from . import models, paging, system
 from .decoder import DecodeError, decode
-from .events import (EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept,
-                     is_double_fault)
+from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
 from .segments import SegmentUnit
 from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
                     RFLAGS_WRITABLE, SS, CS)
@@ -374,7 +373,8 @@ class Processor(CPUState, SegmentUnit):
         phys = gpa | (lin & 0xFFF)
         b = self.code.get(rip)
         if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
-                and b.last_ip <= self.fetch_limit and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
+                and b.last_ip <= self.fetch_limit
+                and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
             if b.epoch == self.epoch:
                 return b
             if self._raw_at(b) == b.raw:
