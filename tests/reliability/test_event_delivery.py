@@ -46,9 +46,13 @@ CASES = {
     # the stack on a page the guest does not map: #UD, then #PF pushing it, then #DF, then a
     # triple fault (under shadow paging, each #PF an exit merged by kvm_multiple_exception)
     "ud2-stack-unmapped-long": ("long", "48c7c4000000020f0b", {}, "shutdown", 0x7007),
-    # INT n with the stack in the hole: the instruction raises the event, KVM emulates it,
-    # and its emulator cannot emulate INT in long mode
+    # INT n with the stack in the hole: the instruction raises the event, so KVM emulates it;
+    # its emulator has INT in real mode (the frame goes out as MMIO writes), not in long mode
+    "int3-stack-in-hole-real": ("real", "b800a08ed0bc0001cc", {}, "hlt", guests.HANDLER + 1),
     "int-stack-in-hole-long": ("long", "48c7c400010a00cd40", {}, "internal-error/1", 0x7007),
+    # a far return popping from the hole (emulated), to a null CS: #GP, whose frame cannot be
+    # pushed there either
+    "retf-stack-in-hole-prot32": ("prot32", "bc00010a00cb", {}, "shutdown", 0x7005),
     # every IDT entry a task gate to the busy TSS: the switch faults (#GP) before its commit
     # point while delivering #UD, then while delivering that #GP (#DF), then the #DF's.  (The
     # host's emulator does not check the busy bit, switches into the TSS it is in and ends
