@@ -62,6 +62,9 @@ class FetchTLB(dict):
         super().__setitem__(key, value)
 
 
+_ALL_CODE = b"\1" * 0x1000     # a page's code_bytes when not known: every byte may hold code
+
+
 class _SingleStep(Exception):
     """RFLAGS.TF became set during a chain of blocks: go on one instruction at a time."""
 
@@ -111,6 +114,7 @@ class Processor(CPUState, SegmentUnit):
         self.tlb_supervisor = False
         self.code = {}                  # rip -> Block
         self.code_pages = {}            # gfn -> set of block rips translated from it
+        self.code_bytes = {}            # gfn -> 4096 flags: bytes code was translated from
         self.epoch = 0
         self.modes = {}
         self.mode = None
@@ -187,6 +191,7 @@ class Processor(CPUState, SegmentUnit):
         self.chain_gen += 1
         self.code.clear()
         self.code_pages.clear()
+        self.code_bytes.clear()
         self.flush_tlb()
 
     # ------------------------------------------------------------------ flags helpers
@@ -327,8 +332,8 @@ class Processor(CPUState, SegmentUnit):
         code (SMC); blocks from other bytes of the page stay (a stack or data next to code
         costs no retranslation).  True if code was invalidated."""
         rips = self.code_pages.get(gfn)
-        if not rips:
-            return False
+        if not rips or not any(self.code_bytes.get(gfn, _ALL_CODE)[offset:offset + size]):
+            return False                    # no translated code was ever taken from these bytes
         end = offset + size
         hit = False
         for rip in list(rips):
@@ -342,6 +347,7 @@ class Processor(CPUState, SegmentUnit):
                 hit = True
         if not rips:
             del self.code_pages[gfn]
+            self.code_bytes.pop(gfn, None)
         if hit:
             self.chain_gen += 1
         return hit
@@ -413,6 +419,8 @@ class Processor(CPUState, SegmentUnit):
                 ranges.append((self.tlb_x.get(a >> 12, phys) >> 12, a & 0xFFF, (stop - 1 & 0xFFF) + 1))
                 a = stop
         b.code_ranges = tuple(ranges)
+        for gfn, lo, hi in ranges:
+            self.code_bytes.setdefault(gfn, bytearray(0x1000))[lo:hi] = b"\1" * (hi - lo)
         for lpn in lpns:
             gfn = (self.tlb_x.get(lpn, phys) >> 12)
             if gfn not in self.code_pages:
