@@ -29,8 +29,9 @@ from kvmpy.guests import load_image
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Fault
-from kvmpy.hw.state import CR0_PE, CS, EFER_LMA, EFER_LME, SS, Segment
-from kvmpy.hw.vmx import VmxExitFormat
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PE, CS, EFER_LMA, EFER_LME, SS
+from kvmpy.hw.virt.vmx import VmxExitFormat
 
 RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "tasks.qemu.json"
 RECORD = os.environ.get("KVMPY_RECORD") == "1"
@@ -186,14 +187,14 @@ def test_vmx_task_gate_exit_reports_the_event_in_idt_vectoring_info():
 
 @pytest.mark.parametrize("source,info2", [("call", 0), ("iret", 1 << 36), ("jmp", 1 << 38)])
 def test_svm_task_switch_exit_encoding(source, info2):
-    from kvmpy.hw.svm import SvmExitFormat
+    from kvmpy.hw.virt.svm import SvmExitFormat
     _, x = _task_switch_exit(SvmExitFormat(), source)
 
     assert (x.exit_code, x.exit_info_1, x.exit_info_2, x.next_rip, x.exit_int_info) == (0x7D, 0x30, info2, 0x1007, 0)
 
 
 def test_svm_task_gate_exit_has_error_code_and_exitintinfo():
-    from kvmpy.hw.svm import SvmExitFormat
+    from kvmpy.hw.virt.svm import SvmExitFormat
     _, x = _task_switch_exit(SvmExitFormat(), "gate", event=(3, 13), error_code=0x18, next_ip=0x1000)
 
     assert (x.exit_code, x.exit_info_1, x.exit_info_2) == (0x7D, 0x30, 1 << 44 | 0x18)
@@ -209,8 +210,10 @@ def test_svm_task_gate_exit_has_error_code_and_exitintinfo():
 def test_kernel_decodes_what_the_processor_encodes(monkeypatch, vendor, source, event, error_code, insn_len):
     """The vendor's handler hands kvm_task_switch what the processor's exit said."""
     import types
-    from kvmpy.hw.svm import SvmExitFormat
-    from kvmpy.kernel.x86 import svm, vendor as common, vmx
+    from kvmpy.hw.virt.svm import SvmExitFormat
+    from kvmpy.kernel.x86 import vendor as common
+    from kvmpy.kernel.x86.svm import svm
+    from kvmpy.kernel.x86.vmx import vmx
     fmt, handler = {"vmx": (VmxExitFormat(), vmx.handle_task_switch),
                     "svm": (SvmExitFormat(), svm.task_switch_interception)}[vendor]
     cpu, x = _task_switch_exit(fmt, source, event, error_code, next_ip=0x1000 + insn_len)

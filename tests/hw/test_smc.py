@@ -12,7 +12,7 @@ flag-writing instruction, as on the silicon.
 
 import pytest
 
-from kvmpy.hw.snippet import DATA_ADDR, run_snippet
+from kvmpy.testing.snippet import DATA_ADDR, run_snippet
 from tests.oracle import asm
 from tests.oracle.native import run_native, unavailable_reason
 
@@ -107,7 +107,7 @@ def test_writes_next_to_code_do_not_retranslate_it(monkeypatch):
     """Invalidation is by the bytes written, not by the page: a loop storing to data that
     shares its code page (a stack or a buffer next to code, as in the guest fuzzer's seed 1
     guest 168, whose exception frames landed beside its handler) keeps its translation."""
-    from kvmpy.hw import codegen
+    from kvmpy.hw.translate import codegen
     translated = []
     real_translate = codegen.translate
     monkeypatch.setattr(codegen, "translate", lambda *a, **kw: translated.append(a[1]) or real_translate(*a, **kw))

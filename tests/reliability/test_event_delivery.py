@@ -19,9 +19,9 @@ import pytest
 from kvmpy import syscalls
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import HW_EXC
-from kvmpy.hw.state import CS, SS
-from kvmpy.hw.svm import SvmExitFormat
-from kvmpy.hw.vmx import VmxExitFormat
+from kvmpy.hw.x86defs import CS, SS
+from kvmpy.hw.virt.svm import SvmExitFormat
+from kvmpy.hw.virt.vmx import VmxExitFormat
 from kvmpy.kernel import kvm_host
 from kvmpy.kernel.x86 import x86
 from kvmpy.uapi import kvm as uapi

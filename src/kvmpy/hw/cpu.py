@@ -2,11 +2,11 @@
 
 ``Processor.run(budget)`` is VM entry: it injects a pending event, executes
 guest code until something the hypervisor must see happens, and returns that VM
-exit in the vendor's format (``kvmpy.hw.vmx`` / ``kvmpy.hw.svm``), exactly as
+exit in the vendor's format (``kvmpy.hw.virt.vmx`` / ``kvmpy.hw.virt.svm``), exactly as
 VMX non-root operation or SVM guest mode would.
 
 Execution is block by block: code is translated once into Python functions
-(``kvmpy.hw.codegen``) cached by RIP and checked against CS base, mode and
+(``kvmpy.hw.translate.codegen``) cached by RIP and checked against CS base, mode and
 physical address; guest memory is reached through software TLBs filled from
 either the guest page tables plus KVM's second-level table (TDP: ``ept``), or
 from KVM's shadow page table alone (``shadow``).
@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import sys
 
-from . import codegen, insn  # noqa: F401  (insn registers the emitters)
-from . import entry
+from kvmpy.hw import insn  # noqa: F401  (insn registers the emitters)
+from kvmpy.hw.translate import codegen
+from kvmpy.hw.virt import entry
 from . import flags as lazy
 from . import memory as hm
-from . import models, paging, system
-from .decoder import DecodeError, decode
+from kvmpy.hw import models, paging
+from kvmpy.hw.system import sysops as system
+from kvmpy.hw.translate.decoder import DecodeError, decode
 from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
-from .segments import SegmentUnit
-from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
-                    RFLAGS_WRITABLE, SS, CS)
+from kvmpy.hw.system.segments import SegmentUnit
+from .state import CPUState
+from kvmpy.hw.x86defs import AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, RFLAGS_WRITABLE, SS, CS
 
 class FetchTLB(dict):
     """The instruction-fetch TLB (linear page -> guest-physical page).

@@ -31,7 +31,7 @@ class Intercept(Exception):
 
     Kinds: io, hlt, cpuid, rdmsr, wrmsr, cr, invlpg, exception, ept_violation, task_switch,
     triple_fault, preemption, interrupt_window, vmcall, xsetbv, invalid_state.
-    The vendor formatter (``kvmpy.hw.vmx`` / ``kvmpy.hw.svm``) turns them into the
+    The vendor formatter (``kvmpy.hw.virt.vmx`` / ``kvmpy.hw.virt.svm``) turns them into the
     vendor's exit reason and qualification.
     """
 

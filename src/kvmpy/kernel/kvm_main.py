@@ -34,7 +34,8 @@ from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flus
 from .srcu import synchronize_srcu_expedited
 from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
-from .x86 import mmu, run as x86_run, x86 as arch
+from kvmpy.kernel.x86 import run as x86_run, x86 as arch
+from kvmpy.kernel.x86.mmu import mmu
 
 __all__ = [
     "KVM_MINOR", "KVM_ADDRESS_SPACE_NUM", "KVM_MEM_MAX_NR_PAGES",

@@ -2,7 +2,7 @@
 
 There is no second x86 here: the emulator decodes with the processor's decoder
 and executes the processor's own translation of the instruction
-(``kvmpy.hw.codegen`` with ``emulating=True``), in a namespace whose memory and
+(``kvmpy.hw.translate.codegen`` with ``emulating=True``), in a namespace whose memory and
 port callbacks go through KVM: guest RAM by memslot, everything else to an
 in-kernel device or to user space as ``KVM_EXIT_MMIO`` / ``KVM_EXIT_IO``.
 
@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import contextlib
 
-from ...hw import codegen
+from kvmpy.hw.translate import codegen
 from ...hw import memory as hm
 from ...hw import paging
-from ...hw.decoder import DecodeError, decode
+from kvmpy.hw.translate.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
-from ...hw.state import CR0_PE, RCX, RDI
+from kvmpy.hw.x86defs import CR0_PE, RCX, RDI
 from ...uapi import kvm as uapi
 from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
-from . import mmu
+from kvmpy.kernel.x86.mmu import mmu
 from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
 from .x86 import kvm_queue_exception
 

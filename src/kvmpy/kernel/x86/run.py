@@ -13,16 +13,17 @@ from __future__ import annotations
 import errno
 import signal
 
-from ...hw import system
+from kvmpy.hw.system import sysops as system
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault
-from ...hw.state import IF, RAX, RBX, RCX, RDX
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..kvm_host import kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
-from . import cpuid, mmu, params, x86
+from kvmpy.kernel.x86 import cpuid, params, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
 

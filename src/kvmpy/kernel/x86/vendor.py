@@ -3,8 +3,8 @@ halves of their exit handlers.
 
 In Linux, vmx.c and svm.c each decode their own exit format (VMCS exit reason and
 qualification; VMCB exit code, ``exit_info_1/2`` and ``next_rip``) and then call the same
-x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx.py`` and
-``kernel/x86/svm.py`` hold the decoding, the handler tables and the vendor entry points
+x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx/vmx.py`` and
+``kernel/x86/svm/svm.py`` hold the decoding, the handler tables and the vendor entry points
 (``vmx_vcpu_run``, ``svm_handle_exit``...), this module the ops class and the common functions
 their handlers call that cannot live lower down (``kvm_mmu_page_fault`` and
 ``kvm_handle_page_fault`` call the emulator, which calls the MMU; ``kvm_emulate_hypercall``,
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 
-from ...hw import tasks
+from kvmpy.hw.system import tasks
 from ...hw.cpu import Processor
 from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept
-from ...hw.state import RAX, RCX, RDX
+from kvmpy.hw.x86defs import RAX, RCX, RDX
 from ...uapi import kvm as uapi
 from ..kvm_host import gfn_to_memslot
 from ..trace import traced
-from . import cpuid, emulate, mmu, params, run, x86
+from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 

@@ -10,12 +10,13 @@ the handlers' vendor-neutral halves are shared with SVM (``kernel/x86/vendor.py`
 
 from __future__ import annotations
 
-from ...hw import vmx as hwvmx
-from ...hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
-from ...uapi import kvm as uapi
-from .. import kvm_main
-from ..trace import event, traced
-from . import emulate, mmu, run, vendor, x86
+from kvmpy.hw.virt import vmx as hwvmx
+from kvmpy.hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.uapi import kvm as uapi
+from kvmpy.kernel import kvm_main
+from kvmpy.kernel.trace import event, traced
+from kvmpy.kernel.x86 import emulate, run, vendor, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 
 

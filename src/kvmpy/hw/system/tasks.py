@@ -22,9 +22,10 @@ the new task's segments are delivered in the new task, as on hardware.
 
 from __future__ import annotations
 
-from .events import Fault, Intercept
-from .descriptors import parse_descriptor
-from .state import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM, Segment
+from kvmpy.hw.events import Fault, Intercept
+from kvmpy.hw.system.descriptors import parse_descriptor
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM
 
 JMP, CALL, IRET, INT = "jmp", "call", "iret", "gate"     # INT: a task gate in the IDT
 

@@ -4,8 +4,8 @@ Intel SDM vol. 3 appendix C (exit reasons) and section 28.2.1 (exit
 qualifications).  ``VmxExit`` is what the VMCS exit fields would hold.
 """
 
-from . import tasks
-from .events import HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.hw.system import tasks
+from kvmpy.hw.events import HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT
 
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
@@ -74,7 +74,7 @@ class VmxExit:
 class VmxExitFormat:
     """Encodes the processor's intercepts as VMX exits."""
 
-    vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.entry)
+    vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.virt.entry)
 
     def format(self, cpu, e):
         i = e.info

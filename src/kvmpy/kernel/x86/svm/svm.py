@@ -2,19 +2,20 @@
 
 ``svm_init`` registers ``svm_x86_ops`` with ``kvm_init``, as ``vmx_init`` does for Intel;
 a process loads one of the two, like the kernel.  A vCPU's "VMCB" is its software
-processor with the SVM exit format (``kvmpy.hw.svm``); ``svm_vcpu_run`` enters it and
+processor with the SVM exit format (``kvmpy.hw.virt.svm``); ``svm_vcpu_run`` enters it and
 ``svm_handle_exit`` dispatches the exit code through ``svm_exit_handlers``.  Instruction
 intercepts retire through ``next_rip`` (NRIPS), as ``svm_skip_emulated_instruction`` does.
 """
 
 from __future__ import annotations
 
-from ...hw import svm as hwsvm
-from ...hw.events import EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, SW_EXC, SW_INT
-from ...uapi import kvm as uapi
-from .. import kvm_main
-from ..trace import event, traced
-from . import emulate, mmu, run, vendor, x86
+from kvmpy.hw.virt import svm as hwsvm
+from kvmpy.hw.events import EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, SW_EXC, SW_INT
+from kvmpy.uapi import kvm as uapi
+from kvmpy.kernel import kvm_main
+from kvmpy.kernel.trace import event, traced
+from kvmpy.kernel.x86 import emulate, run, vendor, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 
 def svm_insn_len(vcpu, x) -> int:

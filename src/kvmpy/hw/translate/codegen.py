@@ -1,7 +1,7 @@
 """Translation of x86 basic blocks into Python functions.
 
 This is the processor's fast path and the single definition of instruction
-semantics.  A block of decoded instructions (``kvmpy.hw.decoder``) becomes the
+semantics.  A block of decoded instructions (``kvmpy.hw.translate.decoder``) becomes the
 source of one Python function, compiled once and cached by the processor; the
 emulator (``kvmpy.kernel.x86.emulate``) translates single instructions with
 the same code into a namespace whose memory and I/O callbacks go to the MMIO
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import re
 
-from . import flags as F
-from .decoder import Insn
+from kvmpy.hw import flags as F
+from kvmpy.hw.translate.decoder import Insn
 
 M = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}

@@ -2,7 +2,7 @@
 
 The processor implements state components 0 (x87) and 1 (SSE) only -- no AVX -- so XCR0 may
 hold bits 0-1 (``XCR0_SUPPORTED``) and the standard-format area is 576 bytes: the 512-byte
-legacy area of FXSAVE (``kvmpy.hw.fxsave``) and the 64-byte XSAVE header, whose first
+legacy area of FXSAVE (``kvmpy.hw.fpu.fxsave``) and the 64-byte XSAVE header, whose first
 quadword is XSTATE_BV and second XCOMP_BV (always 0 here: no compacted format, no XSAVEC).
 
 Which components an instruction touches is RFBM = XCR0 & EDX:EAX.  XINUSE, the components
@@ -20,9 +20,9 @@ layout.
 
 from __future__ import annotations
 
-from . import fxsave
-from .events import Fault
-from .state import CR0_TS, CR4_OSXSAVE
+from kvmpy.hw.fpu import fxsave
+from kvmpy.hw.events import Fault
+from kvmpy.hw.x86defs import CR0_TS, CR4_OSXSAVE
 
 X87, SSE = 1, 2
 XCR0_SUPPORTED = X87 | SSE

@@ -7,8 +7,8 @@ arch/x86/include/uapi/asm/svm.h).  ``SvmExit`` is what the VMCB control area hol
 instruction intercepts and MOV-to-CR / INVLPG exits carry their operand.
 """
 
-from . import tasks
-from .events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.hw.system import tasks
+from kvmpy.hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
 
 SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
 SVM_EXIT_EXCP_BASE = 0x040          # + vector
@@ -95,7 +95,7 @@ class SvmExit:
 class SvmExitFormat:
     """Encodes the processor's intercepts as #VMEXITs."""
 
-    vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.entry)
+    vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.virt.entry)
 
     def format(self, cpu, e):
         """The #VMEXIT for intercept ``e``; a kind SVM has no code for is SVM_EXIT_ERR
