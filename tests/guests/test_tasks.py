@@ -165,8 +165,10 @@ def _task_switch_exit(fmt, source, event=None, error_code=None, next_ip=0x1007):
     from kvmpy.hw.events import Intercept
     cpu = Processor(fmt)
     cpu.rip = 0x1000
-    return cpu, fmt.format(cpu, Intercept("task_switch", selector=0x30, source=source, error_code=error_code,
-                                          next_ip=next_ip, event=event))
+    e = Intercept("task_switch", selector=0x30, source=source, error_code=error_code, next_ip=next_ip)
+    if event is not None:           # through an IDT task gate: the processor's vectoring record
+        e.info["vectoring"] = event + (error_code, next_ip)
+    return cpu, fmt.format(cpu, e)
 
 
 @pytest.mark.parametrize("source,bits", [("call", 0), ("iret", 1), ("jmp", 2)])
@@ -219,7 +221,7 @@ def test_kernel_decodes_what_the_processor_encodes(monkeypatch, vendor, source, 
     monkeypatch.setattr(common, "kvm_task_switch", lambda vcpu, *args: calls.append(args) or 1)
 
     assert handler(types.SimpleNamespace(arch=types.SimpleNamespace(cpu=cpu)), x) == 1
-    assert calls == [(0x30, source, error_code, insn_len)]
+    assert calls == [(0x30, source, error_code, insn_len, event[0] if event else None)]
 
 
 # ---------------------------------------------------------------- a new CR3 through the kernel

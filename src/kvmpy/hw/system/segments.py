@@ -497,7 +497,7 @@ class SegmentUnit:
             raise Fault(11, idt_err)
         sel = (gate >> 16) & 0xFFFF
         if gtype == 5:
-            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext, event=(kind, vector))
+            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext)
             return
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
         if long_mode:

@@ -507,7 +507,7 @@ class Block:
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
                  "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
-                 "reg_locals", "barriers")
+                 "reg_locals", "barriers", "last_ip", "code_ranges")
 
     def __init__(self):
         self.epoch = -1
@@ -719,6 +719,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     b.cs_base = cs_base
     b.lin = lin
     b.spans = _spans(insns, cs_base)
+    b.last_ip = max(i.start + len(i.raw) for i in insns) - 1    # checked against the CS limit
     b.mode_key = mode.key
     b.source = src
     return b

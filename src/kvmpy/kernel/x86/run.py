@@ -21,7 +21,7 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..kvm_host import kvm_guest_mode_run
+from ..kvm_host import kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, params, x86
 from kvmpy.kernel.x86.mmu import mmu
@@ -189,10 +189,11 @@ def vcpu_enter_guest(vcpu) -> int:
     run = vcpu.run
     if not vcpu.kvm.memslots:
         return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
+    if kvm_check_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu):
+        return kvm_handle_triple_fault(vcpu)
     mmu.kvm_mmu_check_generation(vcpu)
     req_int_win = dm_request_for_irq_injection(vcpu) and arch.interrupt is None  # kvm_cpu_accept_dm_intr
-    inject_pending_event(vcpu)
-    cpu.intr_window_exiting = req_int_win
+    cpu.intr_window_exiting = inject_pending_event(vcpu) or req_int_win
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
     ops = x86.kvm_x86_ops()
@@ -203,6 +204,8 @@ def vcpu_enter_guest(vcpu) -> int:
 
 def inject_pending_event(vcpu) -> bool:
     """Program the entry's event injection: KVM's queued exception, then NMI, then interrupt.
+    An event whose delivery the last exit interrupted is among them again, put back by the
+    vendor's complete_interrupts.
 
     An interrupt of the in-kernel irqchip is acknowledged (taken from the chip) only when the
     guest can take it (IF=1, no STI/MOV SS shadow); until then the entry asks for an
@@ -217,8 +220,6 @@ def inject_pending_event(vcpu) -> bool:
     """
     arch = vcpu.arch
     cpu = arch.cpu
-    if cpu.pending_event is not None:
-        return False            # an event whose delivery an exit interrupted goes first
     if arch.exception is not None:
         vector, error_code, cr2 = arch.exception
         arch.exception = None
@@ -236,13 +237,18 @@ def inject_pending_event(vcpu) -> bool:
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
-        return
-    if arch.interrupt is not None:      # injected by KVM_INTERRUPT: goes in whatever IF says
+        return False
+    if arch.interrupt is None and irq.kvm_cpu_has_interrupt(vcpu):
+        if not cpu.flags & IF or cpu.interrupt_shadow:
+            return True                 # the window exit comes back here when IF=1
+        arch.interrupt = irq.kvm_cpu_get_interrupt(vcpu)      # kvm_queue_interrupt
+    if arch.interrupt is not None:      # injected (KVM_INTERRUPT or the irqchip): goes in whatever IF says
         vec, arch.interrupt = arch.interrupt, None
         cpu.pending_event = (EXT_INTR, vec, None)
         cpu.halted = False
         _stat(vcpu, "irq_injections")
         event("kvm_inj_virq", vector=vec)
+    return False
 
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
@@ -436,6 +442,17 @@ def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     else:
         mmu.kvm_mmu_reset_context(vcpu)
     return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+def kvm_prepare_event_vectoring_exit(vcpu) -> int:
+    """The exit interrupted the delivery of an event and asks for the instruction to be
+    emulated (the delivery touched MMIO: a stack, IDT or GDT outside RAM).  Emulating the
+    instruction at RIP would not deliver the event, and the VM exit would come back at
+    once.  Recent Linux on silicon reports KVM_INTERNAL_ERROR_DELIVERY_EV; the reference host
+    (kvm_pvm, whose delivery cannot reach such memory either) shuts the guest down, and
+    kvmpy follows it: the event cannot be delivered, a triple fault."""
+    kvm_make_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu)
+    return 1
 
 
 def kvm_handle_triple_fault(vcpu) -> int:

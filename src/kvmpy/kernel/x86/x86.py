@@ -14,7 +14,9 @@ irqchip), which like Linux's ``interrupt.injected`` goes in at the next entry wh
 (the VMM checks ``ready_for_interrupt_injection`` first), while ``interrupt_nr`` keeps the last
 vector for KVM_GET_VCPU_EVENTS; NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
 and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, to re-inject first).  Once
-injected, an NMI is the processor's ``pending_event`` until delivered, and the processor's
+injected, an NMI is the processor's ``pending_event`` (the entry's event injection, consumed
+by the entry; an event whose delivery an exit interrupted comes back into these queues
+through the vendor's complete_interrupts), and the processor's
 ``nmi_masked`` is NMI blocking (set by delivery, cleared by IRET).
 """
 
@@ -35,6 +37,7 @@ from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_
                              MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..kvm_host import KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_NONE, KVM_IRQCHIP_SPLIT  # noqa: F401  (x86.KVM_IRQCHIP_*)
+from ..kvm_host import kvm_make_request
 from ..trace import traced
 from . import cpuid as kcpuid
 from kvmpy.kernel.x86.mmu import mmu
@@ -859,8 +862,38 @@ def kvm_nmi_allowed(vcpu) -> bool:
 # ----------------------------------------------------------------------------------------
 # Exceptions for the guest
 # ----------------------------------------------------------------------------------------
+KVM_REQ_TRIPLE_FAULT = "triple_fault"      # served by vcpu_enter_guest: KVM_EXIT_SHUTDOWN
+
+
+def kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject: bool) -> None:
+    """Queue an exception for the guest, merged with the one already queued or being
+    injected as the processor would merge them (SDM table 6-5): a contributory exception
+    on a contributory one, or anything but a benign one on a #PF, is a #DF; any exception
+    on a #DF is a triple fault, KVM_REQ_TRIPLE_FAULT; otherwise the new exception replaces
+    the old (a fault comes back when its instruction is executed again).  ``reinject``: an
+    exception whose delivery a VM exit interrupted, put back as it was."""
+    a = vcpu.arch
+    if reinject or a.exception is None:
+        a.exception = (vector, error_code, cr2)
+        return
+    prev = a.exception[0]
+    if prev == uapi.DF_VECTOR:
+        kvm_make_request(KVM_REQ_TRIPLE_FAULT, vcpu)
+        return
+    if hs_events.is_double_fault(prev, vector):
+        a.exception = (uapi.DF_VECTOR, 0, None)
+    else:
+        a.exception = (vector, error_code, cr2)
+
+
 def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
-    vcpu.arch.exception = (vector, error_code, cr2)
+    kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject=False)
+
+
+def kvm_requeue_exception(vcpu, vector, error_code=None) -> None:
+    """The exception a VM exit interrupted the delivery of, to inject again (its CR2, for a
+    #PF, is already in the guest's CR2)."""
+    kvm_multiple_exception(vcpu, vector, error_code, None, reinject=True)
 
 
 def kvm_inject_gp(vcpu, error_code: int) -> None:
@@ -1085,6 +1118,12 @@ def _get_mp_state(vcpu):
     return uapi.kvm_mp_state(cpu.mp_state)
 
 
+def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
+    """KVM_MEMORY_ENCRYPT_OP on a vCPU: ENOTTY, the answer of a vendor module without
+    vcpu_mem_enc_ioctl (kvmpy has neither SEV nor TDX), not the EINVAL of an unknown ioctl."""
+    raise kernel_error(errno.ENOTTY)
+
+
 vcpu_ioctl_handlers = {
     uapi.KVM_GET_REGS: _getter(kvm_arch_vcpu_ioctl_get_regs),
     uapi.KVM_SET_REGS: _setter(kvm_arch_vcpu_ioctl_set_regs, uapi.kvm_regs),
@@ -1109,6 +1148,7 @@ vcpu_ioctl_handlers = {
     uapi.KVM_GET_CPUID2: kcpuid.kvm_vcpu_ioctl_get_cpuid2,
     uapi.KVM_NMI: lambda v, arg: kvm_vcpu_ioctl_nmi(v),
     uapi.KVM_TRANSLATE: _translate,
+    uapi.KVM_MEMORY_ENCRYPT_OP: kvm_vcpu_mem_enc_ioctl,
 }
 
 
