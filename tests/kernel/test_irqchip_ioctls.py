@@ -133,5 +133,5 @@ def test_irqchip_ioctls_as_on_the_host(sc):
     # master: 0 raised and lowered (the IRR keeps the edge, last_irr not), 1 and 2 high; the
     # slave: 10 high; the IOAPIC, all pins masked, latches 1, 2, 10 and 23 in its IRR
     assert state[0][:4] == "0207" and state[1][:4] == "0404"
-    assert state[2][24:32] == "06048000"
+    assert state[2][32:40] == "06048000"
     assert got == HOST
