@@ -115,7 +115,7 @@ HOST = {
     "routing, no chip": "EINVAL", "interrupt 256": "EINVAL", "create after vcpu": "EINVAL",
     "create": 0, "create again": "EEXIST", "set chip 3": "EINVAL",
     "reset state": ["000000000000000000000000000000f8" + "00" * 24, "000000000000000000000000000000de" + "00" * 24,
-                    "0000c0fe" + "00" * 20 + ("00" * 2 + "01" + "00" * 5) * 2 + "00" * 4, "EINVAL"],
+                    "0000c0fe000000000000000000000000000000000000000000000100000000000000010000000000", "EINVAL"],
     "status": [1, 1, 2, 1, 1, 1, 1, -1, -1, -1],
     "line 5000": 0,
     "interrupt, chip": "ENXIO", "mp states": [0, "EINVAL", 0], "mp": 0,
