@@ -69,6 +69,7 @@ KVM_REQUESTS = {n: v for n, v in vars(K).items()
 
 def implemented() -> frozenset:
     """The ioctls kvmpy answers on some descriptor (the rest of kvmpy.uapi is kvmpy-only)."""
+    from kvmpy.kernel import kvm_main  # noqa: F401  (imports every module that registers handlers)
     from kvmpy.kernel.x86 import run  # noqa: F401  (registers the run path's handlers)
     from kvmpy.kernel.x86 import x86
     names = ("GET_API_VERSION", "CREATE_VM", "CHECK_EXTENSION", "GET_VCPU_MMAP_SIZE",

@@ -94,10 +94,10 @@ def _set_irqchip(kvm, arg) -> int:
 
 
 def _set_gsi_routing(kvm, arg) -> int:
-    """KVM_SET_GSI_ROUTING: the header, then ``nr`` entries after it."""
+    """KVM_SET_GSI_ROUTING: the header (EFAULT first, as on the host), then ``nr`` entries after it."""
+    routing = _read(arg, uapi.kvm_irq_routing)
     if not x86.irqchip_in_kernel(kvm):                  # kvm_arch_can_set_irq_routing
         raise kernel_error(errno.EINVAL)
-    routing = _read(arg, uapi.kvm_irq_routing)
     if routing.nr > KVM_MAX_IRQ_ROUTES or routing.flags:
         raise kernel_error(errno.EINVAL)
     size = ctypes.sizeof(uapi.kvm_irq_routing_entry)
