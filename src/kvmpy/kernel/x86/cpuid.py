@@ -123,7 +123,8 @@ def supported_cpuid(model: models.CpuModel) -> list[CpuidEntry]:
     ]
     if model.max_ext_leaf >= 0x80000021:
         out.append(CpuidEntry(0x80000021, 0, 0, *_regs(0x80000021, 0, names).values()))
-    return out
+    from .kvmclock import kvm_cpuid_leaves          # the KVM paravirtual leaves (imported late: it imports x86)
+    return out + kvm_cpuid_leaves()
 
 
 def _read_cpuid2_header(arg: int) -> uapi.kvm_cpuid2:
