@@ -41,7 +41,9 @@ def _load_kvm() -> None:
     """
     # Local, as modprobe loads a module: the soft kernel (and the processor under it) is
     # imported at the first open of the device, not by every VMM that imports this module.
-    from .kernel.x86 import params, svm, vmx, x86
+    from kvmpy.kernel.x86 import params, x86
+    from kvmpy.kernel.x86.svm import svm
+    from kvmpy.kernel.x86.vmx import vmx
     vendor = _os.environ.get("KVMPY_VENDOR") or params.vendor
     if vendor not in MODULE_NAMES:
         raise OSError(errno.ENODEV, "no KVM vendor module %r (expected vmx or svm)" % vendor)

@@ -8,7 +8,7 @@ from tests.oracle.native import unavailable_reason
 
 @pytest.fixture(scope="session")
 def run_snippet():
-    """kvmpy's side of the oracle: run a snippet on the processor alone (kvmpy.hw.snippet)."""
+    """kvmpy's side of the oracle: run a snippet on the processor alone (kvmpy.testing.snippet)."""
     reason = unavailable_reason()
     if reason:
         pytest.skip(reason)

@@ -1,13 +1,13 @@
-"""The implemented-forms probe of ``kvmpy.hw.coverage``: facts any working processor shows."""
+"""The implemented-forms probe of ``kvmpy.testing.coverage``: facts any working processor shows."""
 
 import io
 from collections import Counter
 
 import pytest
 
-from kvmpy.hw import codegen
-from kvmpy.hw.coverage import Form, Implemented, report
-from kvmpy.hw.decoder import MAP0F, MAP0F38
+from kvmpy.hw.translate import codegen
+from kvmpy.testing.coverage import Form, Implemented, report
+from kvmpy.hw.translate.decoder import MAP0F, MAP0F38
 from tests.oracle.coverage import instructions
 
 

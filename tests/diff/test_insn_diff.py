@@ -1,6 +1,6 @@
 """Directed differential tests: each instruction family runs natively (the silicon oracle)
 and on kvmpy's processor from the same states, and must end in the same registers, defined
-flags, data area and exception.  The kvmpy half skips until ``kvmpy.hw.snippet`` exists."""
+flags, data area and exception.  The kvmpy half skips until ``kvmpy.testing.snippet`` exists."""
 
 import pytest
 

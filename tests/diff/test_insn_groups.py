@@ -6,14 +6,15 @@ values) with what is special to these groups: REP loops longer than one executio
 backwards strings, 32-bit address size, faults in the middle of a REP, bit offsets far
 outside the operand, CMPXCHG16B alignment, the 32-bit CMOV zero-extension and the
 encodings that are NOP, PAUSE or #UD.  The differential tests need both the native oracle
-and ``kvmpy.hw.snippet``; the last two tests only need the translator.
+and ``kvmpy.testing.snippet``; the last two tests only need the translator.
 """
 
 import itertools
 
 import pytest
 
-from kvmpy.hw import codegen, decoder
+from kvmpy.hw.translate import codegen
+from kvmpy.hw.translate import decoder
 from kvmpy.hw.state import CPUState
 from tests.oracle import asm, diff
 from tests.oracle.diff import Case

@@ -13,7 +13,8 @@ import pathlib
 
 import pytest
 
-from kvmpy.hw import models, snippet
+from kvmpy.hw import models
+from kvmpy.testing import snippet
 from tests.oracle import vendor_cases
 
 DATA_DIR = pathlib.Path(__file__).resolve().parents[1] / "data" / "silicon"

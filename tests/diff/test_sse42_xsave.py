@@ -273,8 +273,8 @@ def test_fresh_xsave_matches_host(soft_kvm):
 
 def test_xgetbv_and_xsave_need_osxsave():
     """Without CR4.OSXSAVE, XGETBV and XSAVE are #UD; with it XGETBV reads XCR0."""
-    from kvmpy.hw import snippet
-    from kvmpy.hw.state import CR4_OSXSAVE
+    from kvmpy.testing import snippet
+    from kvmpy.hw.x86defs import CR4_OSXSAVE
     from tests.oracle import asm
     code = asm.assemble("xor ecx, ecx; xgetbv")
     assert snippet.run_snippet(code, {}, 0).regs["rax"] == 3

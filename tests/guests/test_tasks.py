@@ -29,8 +29,9 @@ from kvmpy.guests import load_image
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Fault
-from kvmpy.hw.state import CR0_PE, CS, EFER_LMA, EFER_LME, SS, Segment
-from kvmpy.hw.vmx import VmxExitFormat
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PE, CS, EFER_LMA, EFER_LME, SS
+from kvmpy.hw.virt.vmx import VmxExitFormat
 
 RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "tasks.qemu.json"
 RECORD = os.environ.get("KVMPY_RECORD") == "1"
@@ -164,8 +165,10 @@ def _task_switch_exit(fmt, source, event=None, error_code=None, next_ip=0x1007):
     from kvmpy.hw.events import Intercept
     cpu = Processor(fmt)
     cpu.rip = 0x1000
-    return cpu, fmt.format(cpu, Intercept("task_switch", selector=0x30, source=source, error_code=error_code,
-                                          next_ip=next_ip, event=event))
+    e = Intercept("task_switch", selector=0x30, source=source, error_code=error_code, next_ip=next_ip)
+    if event is not None:           # through an IDT task gate: the processor's vectoring record
+        e.info["vectoring"] = event + (error_code, next_ip)
+    return cpu, fmt.format(cpu, e)
 
 
 @pytest.mark.parametrize("source,bits", [("call", 0), ("iret", 1), ("jmp", 2)])
@@ -184,14 +187,14 @@ def test_vmx_task_gate_exit_reports_the_event_in_idt_vectoring_info():
 
 @pytest.mark.parametrize("source,info2", [("call", 0), ("iret", 1 << 36), ("jmp", 1 << 38)])
 def test_svm_task_switch_exit_encoding(source, info2):
-    from kvmpy.hw.svm import SvmExitFormat
+    from kvmpy.hw.virt.svm import SvmExitFormat
     _, x = _task_switch_exit(SvmExitFormat(), source)
 
     assert (x.exit_code, x.exit_info_1, x.exit_info_2, x.next_rip, x.exit_int_info) == (0x7D, 0x30, info2, 0x1007, 0)
 
 
 def test_svm_task_gate_exit_has_error_code_and_exitintinfo():
-    from kvmpy.hw.svm import SvmExitFormat
+    from kvmpy.hw.virt.svm import SvmExitFormat
     _, x = _task_switch_exit(SvmExitFormat(), "gate", event=(3, 13), error_code=0x18, next_ip=0x1000)
 
     assert (x.exit_code, x.exit_info_1, x.exit_info_2) == (0x7D, 0x30, 1 << 44 | 0x18)
@@ -207,8 +210,10 @@ def test_svm_task_gate_exit_has_error_code_and_exitintinfo():
 def test_kernel_decodes_what_the_processor_encodes(monkeypatch, vendor, source, event, error_code, insn_len):
     """The vendor's handler hands kvm_task_switch what the processor's exit said."""
     import types
-    from kvmpy.hw.svm import SvmExitFormat
-    from kvmpy.kernel.x86 import svm, vendor as common, vmx
+    from kvmpy.hw.virt.svm import SvmExitFormat
+    from kvmpy.kernel.x86 import vendor as common
+    from kvmpy.kernel.x86.svm import svm
+    from kvmpy.kernel.x86.vmx import vmx
     fmt, handler = {"vmx": (VmxExitFormat(), vmx.handle_task_switch),
                     "svm": (SvmExitFormat(), svm.task_switch_interception)}[vendor]
     cpu, x = _task_switch_exit(fmt, source, event, error_code, next_ip=0x1000 + insn_len)
@@ -216,7 +221,7 @@ def test_kernel_decodes_what_the_processor_encodes(monkeypatch, vendor, source, 
     monkeypatch.setattr(common, "kvm_task_switch", lambda vcpu, *args: calls.append(args) or 1)
 
     assert handler(types.SimpleNamespace(arch=types.SimpleNamespace(cpu=cpu)), x) == 1
-    assert calls == [(0x30, source, error_code, insn_len)]
+    assert calls == [(0x30, source, error_code, insn_len, event[0] if event else None)]
 
 
 # ---------------------------------------------------------------- a new CR3 through the kernel

@@ -5,7 +5,7 @@ import pytest
 
 from kvmpy.hw import paging
 from kvmpy.hw.events import Fault
-from kvmpy.hw.state import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE
+from kvmpy.hw.x86defs import CR0_PE, CR0_PG, CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_LME, EFER_NXE
 
 P, RW, US, PS, A, D = 1, 2, 4, 0x80, 0x20, 0x40
 NX = 1 << 63

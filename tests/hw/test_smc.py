@@ -12,7 +12,7 @@ flag-writing instruction, as on the silicon.
 
 import pytest
 
-from kvmpy.hw.snippet import DATA_ADDR, run_snippet
+from kvmpy.testing.snippet import DATA_ADDR, run_snippet
 from tests.oracle import asm
 from tests.oracle.native import run_native, unavailable_reason
 
@@ -101,3 +101,29 @@ def test_flags_at_fault_match_silicon(src):
     assert soft.rip == native.rip
     assert soft.rflags & ARITH == native.rflags & ARITH
     assert soft.regs == {k: v for k, v in native.regs.items() if k in soft.regs}
+
+
+def test_writes_next_to_code_do_not_retranslate_it(monkeypatch):
+    """Invalidation is by the bytes written, not by the page: a loop storing to data that
+    shares its code page (a stack or a buffer next to code, as in the guest fuzzer's seed 1
+    guest 168, whose exception frames landed beside its handler) keeps its translation."""
+    from kvmpy.hw.translate import codegen
+    translated = []
+    real_translate = codegen.translate
+    monkeypatch.setattr(codegen, "translate", lambda *a, **kw: translated.append(a[1]) or real_translate(*a, **kw))
+    r = _run("""
+        lea rbx, [rip + 9f]
+        mov ecx, 500
+    1:  mov dword ptr [rbx], ecx
+        add dword ptr [rbx + 4], 2
+        dec ecx
+        jnz 1b
+        mov eax, dword ptr [rbx + 4]
+        jmp 8f
+        .p2align 6
+    9:  .long 0, 0
+    8:  nop
+    """)
+    assert r.exception is None
+    assert r.regs["rax"] == 1000
+    assert len(translated) < 10

@@ -12,9 +12,10 @@ import pytest
 
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
-from kvmpy.hw.snippet import CODE_ADDR, DATA_ADDR, STACK_TOP, run_snippet
-from kvmpy.hw.state import CR0_PE, CR0_PG, CS, EFER_LMA, EFER_LME, Segment
-from kvmpy.hw.vmx import EXIT_REASON_HLT, VmxExitFormat
+from kvmpy.testing.snippet import CODE_ADDR, DATA_ADDR, STACK_TOP, run_snippet
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PE, CR0_PG, CS, EFER_LMA, EFER_LME
+from kvmpy.hw.virt.vmx import EXIT_REASON_HLT, VmxExitFormat
 from tests.oracle import asm
 from tests.oracle.native import run_native, unavailable_reason
 

@@ -29,11 +29,11 @@ import pytest
 
 from tests.support import rawvmm
 from kvmpy import syscalls
-from kvmpy.hw import entry
+from kvmpy.hw.virt import entry
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Intercept
-from kvmpy.hw.svm import SvmExitFormat
-from kvmpy.hw.vmx import VmxExitFormat
+from kvmpy.hw.virt.svm import SvmExitFormat
+from kvmpy.hw.virt.vmx import VmxExitFormat
 from kvmpy.uapi import kvm as uapi
 
 HLT = b"\xf4"

@@ -154,6 +154,26 @@ def _pio_page_at_offset_1(e):
         one.close()
 
 
+def _xsave(bv, mxcsr):
+    """A standard-format XSAVE area: XSTATE_BV ``bv``, MXCSR ``mxcsr``, the rest zero."""
+    x = K.kvm_xsave()
+    x.region[6] = mxcsr                 # byte 24
+    x.region[128] = bv                  # byte 512, the XSAVE header
+    return x
+
+
+def _set_xsave_after_bad_fpu_mxcsr(e):
+    """KVM_SET_FPU takes any MXCSR; a later KVM_SET_XSAVE without x87 or SSE in XSTATE_BV
+    neither loads nor checks MXCSR, so the state's reserved bits do not make it fail."""
+    e.ioctl(e.vcpu, K.KVM_SET_FPU, K.kvm_fpu(fcw=0x37F, mxcsr=0x10000))
+    return e.ioctl(e.vcpu, K.KVM_SET_XSAVE, _xsave(0, 0))
+
+
+def _random_debugregs(seed):
+    import random
+    return bytearray(random.Random(seed).randbytes(ctypes.sizeof(K.kvm_debugregs)))
+
+
 def _set_dirty_then_get_log(e):
     e.region()
     return e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, K.kvm_dirty_log(slot=0))
@@ -246,6 +266,19 @@ CASES = [
      lambda e: e.ioctl(e.vcpu, K.KVM_SET_VCPU_EVENTS, _events(exception__injected=1, exception__nr=2)), "EINVAL"),
     ("SET_DEBUGREGS flags", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(flags=1)), "EINVAL"),
     ("SET_DEBUGREGS dr7 high", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(dr7=1 << 40)), "EINVAL"),
+    ("SET_DEBUGREGS dr6 high", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(dr6=1 << 32)), "EINVAL"),
+    ("SET_DEBUGREGS reserved words", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS,
+                                                       K.kvm_debugregs(dr6=0xFFFF0FF0, reserved=(1,) * 9)), 0),
+    ("SET_DEBUGREGS random bytes", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, _random_debugregs(1)), "EINVAL"),
+    ("SET_XSAVE MXCSR reserved, XSTATE_BV 0", lambda e: e.ioctl(e.vcpu, K.KVM_SET_XSAVE, _xsave(0, 0x10000)), 0),
+    ("SET_XSAVE MXCSR reserved, XSTATE_BV x87", lambda e: e.ioctl(e.vcpu, K.KVM_SET_XSAVE, _xsave(1, 0x10000)),
+     "EINVAL"),
+    ("SET_XSAVE MXCSR reserved, XSTATE_BV SSE", lambda e: e.ioctl(e.vcpu, K.KVM_SET_XSAVE, _xsave(2, 0x10000)),
+     "EINVAL"),
+    ("SET_XSAVE after SET_FPU's bad MXCSR", _set_xsave_after_bad_fpu_mxcsr, 0),
+    ("MEMORY_ENCRYPT_OP on /dev/kvm", lambda e: e.ioctl(e.kvm, K.KVM_MEMORY_ENCRYPT_OP, 0), "EINVAL"),
+    ("MEMORY_ENCRYPT_OP on a VM", lambda e: e.ioctl(e.vm, K.KVM_MEMORY_ENCRYPT_OP, 0), "ENOTTY"),
+    ("MEMORY_ENCRYPT_OP on a vCPU", lambda e: e.ioctl(e.vcpu, K.KVM_MEMORY_ENCRYPT_OP, bytes(8)), "ENOTTY"),
     ("SET_SREGS PG without PE", lambda e: e.ioctl(e.vcpu, K.KVM_SET_SREGS, _sregs(e, cr0=0x80000010)), "EINVAL"),
     ("SET_SREGS LMA without paging", lambda e: e.ioctl(e.vcpu, K.KVM_SET_SREGS, _sregs(e, efer=0x500)), "EINVAL"),
     # the ioctls the VFS answers for any file (fs/ioctl.c), on each kind of kvm descriptor

@@ -154,7 +154,7 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
     slot = kvm_host.gfn_to_memslot(kvm_obj, 0x12)
     assert slot is not None and kvm_host.gfn_to_memslot(kvm_obj, 0x14) is None
     assert kvm_host.gfn_to_memslot(kvm_obj, 0xF) is None
-    from kvmpy.kernel.x86 import mmu
+    from kvmpy.kernel.x86.mmu import mmu
     mmu.kvm_write_guest(kvm_obj, 0x12005, 1, 0x5A)
     assert mem[0x2005] == 0x5A
     mem[7] = 9
@@ -169,7 +169,7 @@ def test_memslot_memory_is_user_memory_in_place(kvm, soft_kvm):
 
 
 def test_unmapped_slot_memory_is_not_ram_not_a_crash(kvm, soft_kvm):
-    from kvmpy.kernel.x86 import mmu
+    from kvmpy.kernel.x86.mmu import mmu
     vm = S.ioctl(kvm, uapi.KVM_CREATE_VM)
     S.ioctl(vm, uapi.KVM_SET_USER_MEMORY_REGION,
             uapi.kvm_userspace_memory_region(0, 0, 0, 0x1000, 0x10000000))   # accepted, like KVM

@@ -15,10 +15,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from kvmpy.hw import svm as hwsvm
+from kvmpy.hw.virt import svm as hwsvm
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Intercept
-from kvmpy.kernel.x86 import svm
+from kvmpy.kernel.x86.svm import svm
 from tests.support import rawvmm
 
 REPO = pathlib.Path(__file__).resolve().parents[2]

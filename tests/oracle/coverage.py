@@ -3,7 +3,7 @@
 Collects the snippets the differential tests run -- the directed cases, a seeded sample of
 fuzz programs, the instruction-group, SSE, x87 and self-modifying-code snippets --,
 assembles them with GNU as, decodes every instruction with kvmpy's decoder and maps it onto
-the forms of ``kvmpy.hw.coverage``.  The SSE and x87 tests build their snippets inside the
+the forms of ``kvmpy.testing.coverage``.  The SSE and x87 tests build their snippets inside the
 test functions, so they are called with ``Batch.add`` recording and assembling disabled
 (nothing runs).  Prints the full report (implemented + exercised):
 
@@ -18,8 +18,8 @@ import random
 import sys
 from collections import Counter
 
-from kvmpy.hw.coverage import Implemented, report
-from kvmpy.hw.decoder import DecodeError, decode
+from kvmpy.testing.coverage import Implemented, report
+from kvmpy.hw.translate.decoder import DecodeError, decode
 from tests.oracle import asm, fuzz
 from tests.oracle.cases import FAMILIES
 from tests.oracle.native import DATA_ADDR

@@ -20,7 +20,7 @@ FLAG_NAMES = {0x1: "CF", 0x4: "PF", 0x10: "AF", 0x40: "ZF", 0x80: "SF", 0x400: "
 
 def load_run_snippet():
     """Return kvmpy's ``run_snippet``, after checking it uses the oracle's fixed addresses."""
-    mod = importlib.import_module("kvmpy.hw.snippet")
+    mod = importlib.import_module("kvmpy.testing.snippet")
     for name in ("CODE_ADDR", "DATA_ADDR", "STACK_TOP"):
         if hasattr(mod, name) and getattr(mod, name) != getattr(native, name):
             raise RuntimeError(f"kvmpy.hw.snippet.{name} = {getattr(mod, name):#x}, "

@@ -19,6 +19,7 @@ import errno
 import mmap
 import random
 import struct
+import threading
 
 from kvmpy.uapi import kvm as uapi
 
@@ -251,6 +252,74 @@ def build(vm, mode, rng, control=False):
     vm.write(CODE, CONTROL_CODE if control else code)
     vm.write(0x9000, rng.randbytes(0x1000))
     set_state(vm, mode, rng)
+
+
+#: where the handler of every vector is in a fixed guest (``build_fixed``): ``hlt``
+HANDLER = 0x8000
+
+
+def _gates_to(handler, mode, task_gates=False):
+    """An IVT (real mode) or IDT whose every entry leads to ``handler`` (or, with
+    ``task_gates``, is a task gate to the guest's own, busy, TSS)."""
+    if mode == "real":
+        return struct.pack("<HH", handler, 0) * 256
+    long_mode = mode == "long"
+    sel = SEL_CODE64 if long_mode else SEL_CODE32
+    gate = struct.pack("<Q", (SEL_TSS << 16 | 0x85 << 40) if task_gates else
+                       (handler & 0xFFFF) | sel << 16 | 0x8E << 40 | (handler >> 16) << 48)
+    return (gate + (bytes(8) if long_mode else b"")) * 256
+
+
+def build_fixed(vm, mode, code, idt_base=None, gdt_base=None, task_gates=False):
+    """A guest of ``mode`` with sound tables (every vector handled by ``hlt`` at HANDLER, the
+    stack at 0x7000) running ``code``: the frame of a minimal reproducer.  ``idt_base`` and
+    ``gdt_base`` move the IDT/IVT or GDT base (into an MMIO hole, say); ``task_gates`` makes
+    every IDT entry a task gate to the busy TSS."""
+    set_state(vm, mode, random.Random(0))
+    vm.write(0 if mode == "real" else IDT, _gates_to(HANDLER, mode, task_gates))
+    vm.write(GDT + 0x30, bytes(8))              # the random GDT entry
+    vm.write(HANDLER, b"\xf4")
+    vm.write(CODE, code)
+    vm.ioctl(uapi.KVM_SET_REGS, uapi.kvm_regs(rip=CODE, rflags=2, rsp=0x7000))
+    if idt_base is not None or gdt_base is not None:
+        sregs = uapi.kvm_sregs()
+        vm.ioctl(uapi.KVM_GET_SREGS, sregs)
+        if idt_base is not None:
+            sregs.idt.base = idt_base
+        if gdt_base is not None:
+            sregs.gdt.base = gdt_base
+        vm.ioctl(uapi.KVM_SET_SREGS, sregs)
+
+
+def run_fixed(sc, mode, code, memory=(), frame=0, bound=20.0, max_exits=50, **options):
+    """Build a ``build_fixed`` guest on backend ``sc`` (``memory``: (gpa, bytes) to write as
+    well) and run it, serving IO and MMIO exits, until another exit; immediate_exit ends a
+    run still going after ``bound`` seconds.  Returns (outcome, RIP, the ``frame`` bytes at
+    the stack pointer)."""
+    vm = GuestVm(sc)
+    timer = threading.Timer(bound, lambda: setattr(vm.run, "immediate_exit", 1))
+    try:
+        build_fixed(vm, mode, code, **options)
+        for gpa, data in memory:
+            vm.write(gpa, data)
+        timer.start()
+        outcome = None
+        for _ in range(max_exits):
+            try:
+                vm.ioctl(uapi.KVM_RUN, 0)
+            except OSError as e:
+                outcome = errno_class(e)
+                break
+            outcome = serve_exit(vm)
+            if outcome is not None:
+                break
+        regs = uapi.kvm_regs()
+        vm.ioctl(uapi.KVM_GET_REGS, regs)
+        at = vm.slot_offset[0] + regs.rsp
+        return outcome, regs.rip, bytes(vm.mem[at:at + frame]) if frame else b""
+    finally:
+        timer.cancel()
+        vm.close()
 
 
 # ------------------------------------------------------------------ exits

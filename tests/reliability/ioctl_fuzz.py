@@ -394,13 +394,18 @@ class Worker:
     def do_ioctl(self, target, cmd, arg, fill, host):
         fd = self.fds[target]
         native = fd is not None and target in KVM_ROLES
+        arg = self.argument(arg, fill)      # fills the scratch on both backends alike
         if not host and native and self.sys.name == "host":
             return "not sent"               # a known ioctl kvmpy does not implement
-        arg = self.argument(arg, fill)
         if not native and isinstance(arg, bytearray) and len(arg) <= 1024:
             # fcntl.ioctl would pass a copy with uninitialised stack bytes after it
             arg += bytes(1025 - len(arg))
-        ret = self.sys.ioctl(CLOSED_FD if fd is None else fd, cmd, arg, native)
+        try:
+            ret = self.sys.ioctl(CLOSED_FD if fd is None else fd, cmd, arg, native)
+        finally:
+            if cmd in TABLES:
+                # the tables differ between kernels (see explain): later ops must not read them
+                self.scratch[:SCRATCH_PAGES * PAGE] = bytes(SCRATCH_PAGES * PAGE)
         if cmd in (K.KVM_CREATE_VM, K.KVM_CREATE_VCPU, K.KVM_GET_STATS_FD) and native and isinstance(ret, int):
             return self.adopt(cmd, ret)
         if cmd in (K.KVM_GET_API_VERSION, K.KVM_GET_VCPU_MMAP_SIZE) and isinstance(ret, int):

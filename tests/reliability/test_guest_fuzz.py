@@ -2,8 +2,11 @@
 
 Four guests (one in each mode) run on every vendor/MMU combination and, where /dev/kvm
 exists, on the host; the run fails on a crash, an escaped exception, a hang, a changed
-canary, or an outcome unlike the host's.  The seed is one that passes today: other seeds
-still find the livelocks of issue 7 (exception merging, delivery failures), see the note.
+canary, or an outcome unlike the host's.  The seed is one that passes today; the
+reproducers of what other seeds found are in test_event_delivery, test_fetch_limit and
+test_single_step.  A few guests of other seeds still end otherwise than on the host (their
+exception frames overwrite their own page tables, or long runs of never-repeated code
+outlast the budget), see the note.
 """
 
 from tests.reliability import guest_fuzz, guests

@@ -2,11 +2,11 @@
 
 ``Processor.run(budget)`` is VM entry: it injects a pending event, executes
 guest code until something the hypervisor must see happens, and returns that VM
-exit in the vendor's format (``kvmpy.hw.vmx`` / ``kvmpy.hw.svm``), exactly as
+exit in the vendor's format (``kvmpy.hw.virt.vmx`` / ``kvmpy.hw.virt.svm``), exactly as
 VMX non-root operation or SVM guest mode would.
 
 Execution is block by block: code is translated once into Python functions
-(``kvmpy.hw.codegen``) cached by RIP and checked against CS base, mode and
+(``kvmpy.hw.translate.codegen``) cached by RIP and checked against CS base, mode and
 physical address; guest memory is reached through software TLBs filled from
 either the guest page tables plus KVM's second-level table (TDP: ``ept``), or
 from KVM's shadow page table alone (``shadow``).
@@ -16,17 +16,18 @@ from __future__ import annotations
 
 import sys
 
-from . import codegen, insn  # noqa: F401  (insn registers the emitters)
-from . import entry
+from kvmpy.hw import insn  # noqa: F401  (insn registers the emitters)
+from kvmpy.hw.translate import codegen
+from kvmpy.hw.virt import entry
 from . import flags as lazy
 from . import memory as hm
-from . import models, paging, system
-from .decoder import DecodeError, decode
-from .events import (CONTRIBUTORY, EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault,
-                     Intercept)
-from .segments import SegmentUnit
-from .state import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, CPUState,
-                    RFLAGS_WRITABLE, SS, CS)
+from kvmpy.hw import models, paging
+from kvmpy.hw.system import sysops as system
+from kvmpy.hw.translate.decoder import DecodeError, decode
+from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
+from kvmpy.hw.system.segments import SegmentUnit
+from .state import CPUState
+from kvmpy.hw.x86defs import AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, RFLAGS_WRITABLE, SS, CS
 
 class FetchTLB(dict):
     """The instruction-fetch TLB (linear page -> guest-physical page).
@@ -61,6 +62,13 @@ class FetchTLB(dict):
         if self.get(key, value) != value:
             self._changed()
         super().__setitem__(key, value)
+
+
+_ALL_CODE = b"\1" * 0x1000     # a page's code_bytes when not known: every byte may hold code
+
+
+class _SingleStep(Exception):
+    """RFLAGS.TF became set during a chain of blocks: go on one instruction at a time."""
 
 
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
@@ -105,16 +113,20 @@ class Processor(CPUState, SegmentUnit):
         self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
+        self.fetch_limit = 0            # the highest EIP code may be fetched from (CS limit)
         self.chain_gen = 0              # bumped whenever a block chain may have gone stale
         self.tlb_r, self.tlb_w, self.tlb_x = {}, {}, FetchTLB(self)
         self.tlb_supervisor = False
         self.code = {}                  # rip -> Block
         self.code_pages = {}            # gfn -> set of block rips translated from it
+        self.code_bytes = {}            # gfn -> 4096 flags: bytes code was translated from
         self.epoch = 0
         self.modes = {}
         self.mode = None
         self.paging_key = None
-        self.delivering = []            # vectors being delivered (double-fault detection)
+        self.events_delivered = 0       # deliveries begun (a single-step trap follows none)
+        self.delivering = []            # (kind, vector, error code, next ip) of the events being
+                                        # delivered, innermost last (double faults, vectoring info)
         self.ns = self._namespace()
         self.refresh()
 
@@ -150,14 +162,22 @@ class Processor(CPUState, SegmentUnit):
             mode = self.modes[key] = codegen.Mode(*key)
         if self.mode is not None and cpl == 3 and self.mode.cpl != 3 and self.tlb_supervisor:
             self.flush_tlb()
-        if mode is not self.mode or self.sbase[CS] != self.chain_csb:
+        # code fetches beyond the CS limit are #GP(0) (no limit in 64-bit mode)
+        fetch_limit = cs.limit if code != 8 else 0xFFFFFFFFFFFFFFFF
+        if mode is not self.mode or self.sbase[CS] != self.chain_csb or fetch_limit != self.fetch_limit:
             self.chain_gen += 1
             self.chain_csb = self.sbase[CS]
+            self.fetch_limit = fetch_limit
         self.mode = mode
         pk = (self.cr0 & 0x80010001, self.cr3, self.cr4, self.efer, self.tdp)
         if pk != self.paging_key:
             self.paging_key = pk
             self.flush_tlb()
+
+    def set_rflags(self, value: int) -> None:
+        super().set_rflags(value)
+        if value & TF:
+            self.chain_gen += 1     # single-stepping: the block chain ends, see lookup_block
 
     def request_exit(self):
         """An IPI from another thread (KVM's kick): exit at the next block boundary.  Breaking
@@ -176,6 +196,7 @@ class Processor(CPUState, SegmentUnit):
         self.chain_gen += 1
         self.code.clear()
         self.code_pages.clear()
+        self.code_bytes.clear()
         self.flush_tlb()
 
     # ------------------------------------------------------------------ flags helpers
@@ -237,7 +258,7 @@ class Processor(CPUState, SegmentUnit):
 
     def _write_pte(self, gpa, size, value):
         host = self._gpa_host(gpa, True, None)
-        self._note_write(gpa >> 12)
+        self._note_write(gpa >> 12, gpa & 0xFFF, size)
         hm.write(host, size, value)
 
     def translate(self, lin, access):
@@ -303,7 +324,7 @@ class Processor(CPUState, SegmentUnit):
             return self.write_slow(a + lo, size - lo, v >> (8 * lo)) or first
         host, gpa = self.translate(a, paging.PFERR_WRITE)
         hm.write(host + (a & 0xFFF), size, v)
-        return self._note_write(gpa >> 12)
+        return self._note_write(gpa >> 12, a & 0xFFF, size)
 
     def probe_write(self, a, size):
         """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
@@ -311,15 +332,30 @@ class Processor(CPUState, SegmentUnit):
             if page not in self.tlb_w:
                 self.translate(max(a, page << 12), paging.PFERR_WRITE)
 
-    def _note_write(self, gfn):
-        """A write to a page holding translated code invalidates that code (SMC)."""
-        rips = self.code_pages.pop(gfn, None)
-        if rips:
+    def _note_write(self, gfn, offset=0, size=0x1000):
+        """A write to bytes of page ``gfn`` that translated code came from invalidates that
+        code (SMC); blocks from other bytes of the page stay (a stack or data next to code
+        costs no retranslation).  True if code was invalidated."""
+        rips = self.code_pages.get(gfn)
+        if not rips or not any(self.code_bytes.get(gfn, _ALL_CODE)[offset:offset + size]):
+            return False                    # no translated code was ever taken from these bytes
+        end = offset + size
+        hit = False
+        for rip in list(rips):
+            b = self.code.get(rip)
+            ranges = [] if b is None else [(lo, hi) for g, lo, hi in b.code_ranges if g == gfn]
+            if not ranges:
+                rips.discard(rip)           # the rip's block is now one from another page
+            elif any(lo < end and offset < hi for lo, hi in ranges):
+                rips.discard(rip)
+                del self.code[rip]
+                hit = True
+        if not rips:
+            del self.code_pages[gfn]
+            self.code_bytes.pop(gfn, None)
+        if hit:
             self.chain_gen += 1
-            for rip in rips:
-                self.code.pop(rip, None)
-            return True
-        return False
+        return hit
 
     # ------------------------------------------------------------------ code fetch
     def fetch_byte(self, lin):
@@ -328,9 +364,17 @@ class Processor(CPUState, SegmentUnit):
             v = hm.page(self.translate(lin, paging.PFERR_FETCH)[0])
         return v[lin & 0xFFF]
 
+    def fetch_code(self, base, eip, i, mask):
+        """Byte ``i`` of the instruction at ``eip`` (linear ``base``): #GP(0) past the CS limit."""
+        if eip + i > self.fetch_limit:
+            raise Fault(13, 0)
+        return self.fetch_byte((base + i) & mask)
+
     def lookup_block(self):
         if self.exit_request:
             raise Intercept("preemption")       # an external interrupt, as the IPI would be
+        if self.flags & TF:
+            raise _SingleStep()                 # set by the block just run: step from here on
         rip = self.rip
         csb = self.sbase[CS]
         lin = (csb + rip) & (0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF)
@@ -340,6 +384,7 @@ class Processor(CPUState, SegmentUnit):
         phys = gpa | (lin & 0xFFF)
         b = self.code.get(rip)
         if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
+                and b.last_ip <= self.fetch_limit
                 and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
             if b.epoch == self.epoch:
                 return b
@@ -362,7 +407,7 @@ class Processor(CPUState, SegmentUnit):
 
         def decode_at(r):
             base = (csb + r) & mask
-            return decode(lambda i: self.fetch_byte((base + i) & mask), mode.code, r)
+            return decode(lambda i: self.fetch_code(base, r, i, mask), mode.code, r)
 
         b = codegen.translate(decode_at, rip, csb, mode, self.ns, stop=self.host_interrupt)
         b.phys = phys
@@ -371,6 +416,16 @@ class Processor(CPUState, SegmentUnit):
         lpns = {(a & mask) >> 12 for start, size in b.spans for a in (start, start + size - 1)}
         # code from a second page: its mapping is checked whenever the block is looked up
         b.xpages = tuple((lpn, self.tlb_x[lpn]) for lpn in lpns if lpn != lin >> 12)
+        ranges = []
+        for start, size in b.spans:             # the block's bytes, page by page
+            a, end = start & mask, (start & mask) + size
+            while a < end:
+                stop = min(end, (a | 0xFFF) + 1)
+                ranges.append((self.tlb_x.get(a >> 12, phys) >> 12, a & 0xFFF, (stop - 1 & 0xFFF) + 1))
+                a = stop
+        b.code_ranges = tuple(ranges)
+        for gfn, lo, hi in ranges:
+            self.code_bytes.setdefault(gfn, bytearray(0x1000))[lo:hi] = b"\1" * (hi - lo)
         for lpn in lpns:
             gfn = (self.tlb_x.get(lpn, phys) >> 12)
             if gfn not in self.code_pages:
@@ -397,16 +452,11 @@ class Processor(CPUState, SegmentUnit):
         self.ns["_loop_limit"] = codegen.LOOP_LIMIT
         try:
             entry.check_guest_state(self)
-            if self.pending_event is not None:
-                ev, self.pending_event = self.pending_event, None
-                try:
-                    self.deliver(ev[1], ev[0], ev[2], injected=True)
-                except Intercept as e:
-                    # IDT-vectoring information: the event is delivered again on the next entry
-                    if e.kind != "triple_fault":
-                        self.pending_event = ev
-                        e.info["vectoring"] = ev
-                    raise
+            # the entry's event injection is consumed by the entry: an exit during its delivery
+            # reports it in the IDT-vectoring information / EXITINTINFO, for KVM to re-inject
+            ev, self.pending_event = self.pending_event, None
+            if ev is not None:
+                self.deliver(ev[1], ev[0], ev[2], injected=True)
             while True:
                 if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
                     raise Intercept("interrupt_window")
@@ -422,11 +472,16 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                self._run_chain(self.lookup_block(), limit)
+                if self.flags & TF:
+                    self._single_step()
+                else:
+                    self._run_chain(self.lookup_block(), limit)
             except Fault as f:
                 deliveries += 1
                 self._at_fault_insn()
                 self.raise_event(f)
+            except _SingleStep:
+                pass
             except DecodeError as d:
                 deliveries += 1
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
@@ -484,15 +539,33 @@ class Processor(CPUState, SegmentUnit):
         instruction runs (translated on its own) before the window can open.
         """
         if self.interrupt_shadow and self.flags & IF:
-            csb = self.sbase[CS]
-            mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
-            mode = self.mode
-            b = codegen.translate(lambda r: decode(lambda i: self.fetch_byte((csb + r + i) & mask), mode.code, r),
-                                  self.rip, csb, mode, self.ns, max_insns=1, single=True)
-            self.icount += b.fn()
+            self._run_one()
             self.interrupt_shadow = 0
         if self.flags & IF and not self.interrupt_shadow:
             raise Intercept("interrupt_window")
+
+    def _run_one(self):
+        """Translate and run the instruction at RIP on its own."""
+        csb = self.sbase[CS]
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        mode = self.mode
+        b = codegen.translate(lambda r: decode(lambda i: self.fetch_code(csb + r, r, i, mask), mode.code, r),
+                              self.rip, csb, mode, self.ns, max_insns=1, single=True)
+        self.icount += b.fn()
+
+    def _single_step(self):
+        """RFLAGS.TF: one instruction, then a single-step #DB trap (DR6.BS) -- unless the
+        instruction delivered an event (which clears TF) or faulted (SDM 17.3.1.4).  TF is
+        looked at before the instruction: POPF setting it traps after the next one."""
+        if self.exit_request:
+            raise Intercept("preemption")
+        events = self.events_delivered
+        self._run_one()
+        if self.interrupt_shadow:
+            self.interrupt_shadow = 0
+        if self.events_delivered == events:
+            self.dr[6] |= DR6_BS
+            raise Fault(1)
 
     def _at_fault_insn(self):
         """If the exception being handled was raised in a block, roll RIP/icount back to the
@@ -542,11 +615,10 @@ class Processor(CPUState, SegmentUnit):
         if kind == HW_EXC and not injected and self.exception_bitmap >> vector & 1:
             raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2)
         if kind == HW_EXC and self.delivering:
-            prev = self.delivering[-1]
-            if prev == 8:
+            prev_kind, prev = self.delivering[-1][:2]
+            if prev_kind == HW_EXC and prev == 8:
                 raise Intercept("triple_fault")
-            if (prev in CONTRIBUTORY and vector in CONTRIBUTORY) or (prev == 14 and (vector == 14 or vector in
-                                                                                     CONTRIBUTORY)):
+            if prev_kind == HW_EXC and is_double_fault(prev, vector):
                 vector, error_code, cr2 = 8, 0, None
         if kind == HW_EXC and vector == 14 and cr2 is not None:
             self.cr2 = cr2
@@ -554,12 +626,21 @@ class Processor(CPUState, SegmentUnit):
             error_code = 0
         if kind != HW_EXC:
             error_code = None
-        self.delivering.append(vector)
+        # what the exit-information fields say if this delivery ends in a VM exit: the event,
+        # its error code and, for a software event, the address after the instruction raising it
+        event = (kind, vector, error_code, next_ip)
+        self.delivering.append(event)
+        self.events_delivered += 1
         try:
-            self.refresh()
-            self.enter_handler(vector, kind, error_code, next_ip)
-        except Fault as f:
-            self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+            try:
+                self.refresh()
+                self.enter_handler(vector, kind, error_code, next_ip)
+            except Fault as f:
+                self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+        except Intercept as e:
+            if e.kind != "triple_fault":
+                e.info.setdefault("vectoring", event)   # the innermost delivery the exit interrupted
+            raise
         finally:
             self.delivering.pop()
         self.refresh()
@@ -609,6 +690,8 @@ def _num(v):
     """A deferred flag operand: a local's value, or a literal from the generated text."""
     return int(v, 0) if isinstance(v, str) else v
 
+
+DR6_BS = 1 << 14            # DR6: the #DB is a single-step trap
 
 # Flags cleared on interrupt/exception delivery
 DELIVERY_CLEARS = TF | NT | RF | VM | AC

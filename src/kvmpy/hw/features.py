@@ -44,8 +44,8 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
 IMPLEMENTED: frozenset[str] = frozenset({
     "tsc", "tsc_adjust", "msr", "pae", "pse", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
     "clflush", "syscall", "nx", "lm", "lahf_lm", "hypervisor",
-    # x87, MMX and SSE..SSE4.2 (kvmpy.hw.insn.x87 / mmx / sse, kvmpy.hw.sse42, FXSAVE in
-    # kvmpy.hw.fxsave); XSAVE/XRSTOR/XSAVEOPT for x87 and SSE (kvmpy.hw.xsave; no AVX)
+    # x87, MMX and SSE..SSE4.2 (kvmpy.hw.insn.x87 / mmx / sse, kvmpy.hw.fpu.sse42, FXSAVE in
+    # kvmpy.hw.fpu.fxsave); XSAVE/XRSTOR/XSAVEOPT for x87 and SSE (kvmpy.hw.fpu.xsave; no AVX)
     "fpu", "mmx", "fxsr", "sse", "sse2", "sse3", "ssse3", "sse4_1", "sse4_2", "xsave", "xsaveopt",
     # MOVBE and CRC32 (kvmpy.hw.insn.movbe_crc32)
     "movbe",
@@ -55,7 +55,7 @@ IMPLEMENTED: frozenset[str] = frozenset({
 
 
 # Vendor-only features a CPU model may add (``kvmpy.hw.models``): misaligned SSE mode
-# (MXCSR.MM, kvmpy.hw.insn.sse) and the null-selector base clearing (kvmpy.hw.segments)
+# (MXCSR.MM, kvmpy.hw.insn.sse) and the null-selector base clearing (kvmpy.hw.system.segments)
 MODEL_FEATURES: frozenset[str] = frozenset({"misalignsse", "null_sel_clr_base"})
 
 

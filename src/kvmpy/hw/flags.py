@@ -6,7 +6,7 @@ records *what happened* -- an operation code ``cc_op`` (kind and operand size),
 the result ``cc_dst``, the source operand ``cc_src`` and one auxiliary value
 ``cc_aux`` -- and computes the six flags on demand (``compute``).  Generated
 code for a conditional jump that directly follows its CMP/TEST does not even do
-that: it compares the operands itself (see ``kvmpy.hw.codegen``).
+that: it compares the operands itself (see ``kvmpy.hw.translate.codegen``).
 
 ``cc_op`` is ``kind << 2 | size_index`` with size_index 0..3 for 8/16/32/64 bits.
 """

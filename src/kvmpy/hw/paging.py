@@ -8,7 +8,7 @@ each user decides how guest-physical memory is reached.
 """
 
 from .events import Fault
-from .state import CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
+from kvmpy.hw.x86defs import CR0_WP, CR4_PAE, CR4_PSE, EFER_LMA, EFER_NXE
 
 # Page-fault error code bits, which are also the access kinds
 PFERR_PRESENT, PFERR_WRITE, PFERR_USER, PFERR_RSVD, PFERR_FETCH = 1, 2, 4, 8, 16

@@ -14,27 +14,11 @@ makes them eager again.
 
 from __future__ import annotations
 
+from kvmpy.hw.x86defs import ARITH_FLAGS, CR0_PE, CS, DS, EFER_LMA, ES, FS, GS, RDX, RFLAGS_WRITABLE, SS, VM
+
 from . import flags as lazy
-from . import fpu, simd
-
-RAX, RCX, RDX, RBX, RSP, RBP, RSI, RDI = range(8)
-ES, CS, SS, DS, FS, GS = range(6)
-SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
-
-# RFLAGS bits
-CF, PF, AF, ZF, SF, TF, IF, DF, OF = 1, 4, 0x10, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800
-IOPL, NT, RF, VM, AC, VIF, VIP, ID = 0x3000, 0x4000, 0x10000, 0x20000, 0x40000, 0x80000, 0x100000, 0x200000
-ARITH_FLAGS = CF | PF | AF | ZF | SF | OF
-# Bits software can change through POPF/IRET/set_rflags (bit 1 always reads 1).
-RFLAGS_WRITABLE = ARITH_FLAGS | TF | IF | DF | IOPL | NT | RF | VM | AC | VIF | VIP | ID
-
-# Control register bits
-CR0_PE, CR0_MP, CR0_EM, CR0_TS, CR0_ET, CR0_NE = 1, 2, 4, 8, 0x10, 0x20
-CR0_WP, CR0_AM, CR0_NW, CR0_CD, CR0_PG = 1 << 16, 1 << 18, 1 << 29, 1 << 30, 1 << 31
-CR4_VME, CR4_PVI, CR4_TSD, CR4_DE, CR4_PSE, CR4_PAE, CR4_MCE, CR4_PGE = 1, 2, 4, 8, 0x10, 0x20, 0x40, 0x80
-CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP, CR4_LA57 = 0x100, 0x200, 0x400, 0x800, 0x1000
-CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 21
-EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
+from kvmpy.hw.fpu import x87 as fpu
+from kvmpy.hw.fpu import simd
 
 MP_STATE_RUNNABLE, MP_STATE_UNINITIALIZED, MP_STATE_INIT_RECEIVED, MP_STATE_HALTED, MP_STATE_SIPI_RECEIVED = range(5)
 
@@ -77,7 +61,7 @@ class FPUState:
 
     The class also carries the execution units translated code calls, so that code
     reaches them from ``cpu.fpu`` without names of its own in the block namespace:
-    ``cpu.fpu.sse`` (``kvmpy.hw.simd``) and ``cpu.fpu.x87`` (``kvmpy.hw.fpu``).
+    ``cpu.fpu.sse`` (``kvmpy.hw.fpu.simd``) and ``cpu.fpu.x87`` (``kvmpy.hw.fpu.x87``).
     """
 
     __slots__ = ("st", "fcw", "fsw", "ftw", "fop", "fip", "fdp", "xmm", "mxcsr", "top", "used")

@@ -206,6 +206,11 @@ def kvm_vcpu_kick(vcpu: KvmVcpu) -> None:
     vcpu.arch.cpu.request_exit()
 
 
+def kvm_make_request(req, vcpu: KvmVcpu) -> None:
+    """Post ``req`` for the vCPU's own thread to serve before its next entry."""
+    vcpu.requests.add(req)
+
+
 def kvm_make_all_cpus_request(kvm: Kvm, req) -> None:
     """Post ``req`` to every vCPU and kick those in guest mode; return once each of them has
     left guest mode or served the request (KVM_REQUEST_WAIT).  A vCPU outside guest mode
@@ -213,7 +218,7 @@ def kvm_make_all_cpus_request(kvm: Kvm, req) -> None:
     me = threading.get_ident()
     kicked = []
     for vcpu in list(kvm.vcpus):
-        vcpu.requests.add(req)
+        kvm_make_request(req, vcpu)
         if vcpu.mode == IN_GUEST_MODE and vcpu.srcu_thread != me:
             kicked.append((vcpu, vcpu.guest_entries))
             kvm_vcpu_kick(vcpu)

@@ -36,7 +36,8 @@ from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
 from . import eventfd
 from .hrtimer import kvm_clock_create
-from .x86 import i8254, kvmclock, mmu, params, run as x86_run, x86 as arch   # noqa: F401  (i8254 and kvmclock register their ioctls)
+from kvmpy.kernel.x86 import i8254, kvmclock, params, run as x86_run, x86 as arch   # noqa: F401  (i8254 and kvmclock register their ioctls)
+from kvmpy.kernel.x86.mmu import mmu
 
 __all__ = [
     "KVM_MINOR", "KVM_ADDRESS_SPACE_NUM", "KVM_MEM_MAX_NR_PAGES",

@@ -1,8 +1,8 @@
 """Integer arithmetic and logic: ADD..CMP, TEST, INC/DEC, NOT/NEG, MUL/IMUL/DIV/IDIV."""
 
 from .. import flags as F
-from ..codegen import M, SIGN, emitter
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, SIGN, emitter
+from kvmpy.hw.translate.decoder import MAP0F
 
 ADD, OR, ADC, SBB, AND, SUB, XOR, CMP = range(8)
 _PYOP = {ADD: "+", OR: "|", AND: "&", SUB: "-", XOR: "^", CMP: "-"}

@@ -12,8 +12,8 @@ even on failure, as a locked read-modify-write does.
 """
 
 from .. import flags as F
-from ..codegen import M, emitter
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.translate.decoder import MAP0F
 from .bits import setfl
 
 

@@ -8,8 +8,8 @@ ones that define SF/ZF/PF from a result and clear the rest (AAM, AAD) stay lazy.
 """
 
 from .. import flags as F
-from ..codegen import M, SIGN, emitter, legacy_only
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, SIGN, emitter, legacy_only
+from kvmpy.hw.translate.decoder import MAP0F
 from .alu import sx
 
 ARITH = F.CF | F.PF | F.AF | F.ZF | F.SF | F.OF

@@ -1,7 +1,7 @@
 """Control transfer: JMP/Jcc/CALL/RET/LOOP, far transfers, INT/IRET."""
 
-from ..codegen import M, emitter
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.translate.decoder import MAP0F
 from .alu import incdec
 
 

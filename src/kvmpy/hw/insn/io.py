@@ -5,7 +5,7 @@ when KVM completes the exit.  The emulator side (``emulating``) runs the same
 emitters with ``io_in``/``io_out`` bound to KVM's PIO buffer.
 """
 
-from ..codegen import M, emitter
+from kvmpy.hw.translate.codegen import M, emitter
 
 
 def _port(ins):

@@ -4,7 +4,7 @@ MMn is the significand of x87 physical register n: writing it sets that register
 and sign to all ones, and every MMX instruction sets TOP to 0 and tags all registers valid
 (EMMS empties them and, like the AMD silicon, also zeroes TOP).  Checks: CR0.EM is #UD, CR0.TS #NM, a pending x87 exception #MF; CR4.OSFXSR
 is not needed.  ModRM register numbers ignore REX (there are eight MMX registers).  The lane
-arithmetic is the SSE unit's (``kvmpy.hw.simd``) on 8-byte registers, and the handlers go into
+arithmetic is the SSE unit's (``kvmpy.hw.fpu.simd``) on 8-byte registers, and the handlers go into
 ``kvmpy.hw.insn.sse``'s table under the no-prefix key.
 
 The MMX<->XMM moves and conversions (MOVQ2DQ, MOVDQ2Q, CVTPI2PS/PD, CVT(T)PS2PI, CVT(T)PD2PI)
@@ -13,8 +13,8 @@ they make the x87->MMX transition only when they touch an MMX register (CVTPI2PS
 memory source do not).
 """
 
-from ..codegen import M, emitter
-from ..decoder import MAP0F, MAP0F38, MAP0F3A
+from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.translate.decoder import MAP0F, MAP0F38, MAP0F3A
 from . import sse
 
 M64 = M[8]
@@ -92,7 +92,7 @@ def _sse_mmx(*keys):
 
 
 def _lanes(call):
-    """``call`` of ``kvmpy.hw.simd`` on 8-byte registers: dest = call(a = dest, b = source)."""
+    """``call`` of ``kvmpy.hw.fpu.simd`` on 8-byte registers: dest = call(a = dest, b = source)."""
     def h(g, ins):
         s = src64(g, ins)
         set_mm(g, ins.reg, "SV.%s" % (call[:-1] + ", n=8)") % {"a": mm(ins.reg), "b": s})

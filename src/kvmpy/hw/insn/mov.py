@@ -1,7 +1,7 @@
 """Data movement: MOV, MOVZX/MOVSX, LEA, PUSH/POP, segment register moves, LEAVE/ENTER."""
 
-from ..codegen import M, emitter, legacy_only
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, emitter, legacy_only
+from kvmpy.hw.translate.decoder import MAP0F
 from .alu import sx
 
 

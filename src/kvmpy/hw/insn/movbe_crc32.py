@@ -7,8 +7,8 @@ accumulating into the low 32 bits of the destination, written zero-extended; no 
 change and, being an integer instruction, it needs no CR4.OSFXSR.  F3 is #UD.
 """
 
-from ..codegen import emitter
-from ..decoder import MAP0F38
+from kvmpy.hw.translate.codegen import emitter
+from kvmpy.hw.translate.decoder import MAP0F38
 
 
 def _swap(val: str, size: int) -> str:

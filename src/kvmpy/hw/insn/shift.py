@@ -10,8 +10,8 @@ write those two eagerly through ``setfl``.
 """
 
 from .. import flags as F
-from ..codegen import M, SIGN, emitter
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, SIGN, emitter
+from kvmpy.hw.translate.decoder import MAP0F
 
 ROL, ROR, RCL, RCR, SHL, SHR, SAL, SAR = range(8)
 CF_OF = F.CF | F.OF

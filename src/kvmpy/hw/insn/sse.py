@@ -2,7 +2,7 @@
 
 XMM registers live in ``cpu.fpu.xmm`` as 128-bit ints.  A block's first SSE instruction
 checks the control registers (CR0.EM or no CR4.OSFXSR: #UD; CR0.TS: #NM) and binds the
-locals ``XM`` (the register list) and ``SV`` (``kvmpy.hw.simd``, the execution unit); later
+locals ``XM`` (the register list) and ``SV`` (``kvmpy.hw.fpu.simd``, the execution unit); later
 SSE instructions in the block reuse them, since nothing inside a block can change CR0/CR4
 without ending it.  Bitwise operations and moves are inline; the rest call ``SV``.
 
@@ -11,8 +11,8 @@ else 66, else none.  Keys without a handler are #UD; ``kvmpy.hw.insn.mmx`` adds 
 forms (no prefix) of the integer instructions to the same table.
 """
 
-from ..codegen import M, emitter
-from ..decoder import MAP0F, MAP0F38, MAP0F3A
+from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.translate.decoder import MAP0F, MAP0F38, MAP0F3A
 
 M128 = (1 << 128) - 1
 M64 = M[8]

@@ -15,7 +15,7 @@ through slices of the TLB's page views when both pages are in the TLB.
 """
 
 from .. import flags as F
-from ..codegen import M, emitter
+from kvmpy.hw.translate.codegen import M, emitter
 
 REP_BUDGET = 4096
 RSI, RDI, RCX = 6, 7, 1

@@ -2,11 +2,11 @@
 tables, SYSCALL/SYSRET, SYSENTER/SYSEXIT, CLI/STI, cache and fence hints.
 
 Instructions that the hypervisor intercepts raise a VM exit (``intercept``)
-before they execute; the rest call helpers in ``kvmpy.hw.system``.
+before they execute; the rest call helpers in ``kvmpy.hw.system.sysops``.
 """
 
-from ..codegen import M, emitter
-from ..decoder import MAP0F
+from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.translate.decoder import MAP0F
 
 
 

@@ -1,13 +1,13 @@
 """x87 floating-point instructions (escape opcodes D8..DF).
 
 A block's first x87 instruction checks CR0.EM/TS (#NM) and binds ``FP`` (``cpu.fpu``) and
-``FU`` (``kvmpy.hw.fpu``, the execution unit).  Waiting instructions first raise a pending
+``FU`` (``kvmpy.hw.fpu.x87``, the execution unit).  Waiting instructions first raise a pending
 unmasked exception (#MF).  Memory operands are read here before the unit is called, and
 stores happen between ``FU.store_value`` and ``FU.store_done``, so a page fault leaves the
 register stack untouched.  Packed BCD (FBLD/FBSTP) moves as a raw 10-byte operand.
 """
 
-from ..codegen import M, emitter
+from kvmpy.hw.translate.codegen import M, emitter
 
 _TEN_BYTES = ("f80", "bcd")
 _SIZE = {"f32": 4, "f64": 8, "f80": 10, "i16": 2, "i32": 4, "i64": 8}

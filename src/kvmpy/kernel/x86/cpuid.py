@@ -14,7 +14,8 @@ import ctypes
 import errno
 
 from ... import uapi
-from ...hw import features, models, xsave
+from kvmpy.hw import features, models
+from kvmpy.hw.fpu import xsave
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
 from . import params

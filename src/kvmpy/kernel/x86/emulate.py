@@ -2,7 +2,7 @@
 
 There is no second x86 here: the emulator decodes with the processor's decoder
 and executes the processor's own translation of the instruction
-(``kvmpy.hw.codegen`` with ``emulating=True``), in a namespace whose memory and
+(``kvmpy.hw.translate.codegen`` with ``emulating=True``), in a namespace whose memory and
 port callbacks go through KVM: guest RAM by memslot, everything else to an
 in-kernel device or to user space as ``KVM_EXIT_MMIO`` / ``KVM_EXIT_IO``.
 
@@ -14,20 +14,25 @@ collected and go out, one fragment per exit, after the instruction retired.
 
 from __future__ import annotations
 
-from ...hw import codegen
+import contextlib
+
+from kvmpy.hw.translate import codegen
 from ...hw import memory as hm
 from ...hw import paging
-from ...hw.decoder import DecodeError, decode
+from kvmpy.hw.translate.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
-from ...hw.state import RCX, RDI
+from kvmpy.hw.x86defs import CR0_PE, RCX, RDI
 from ...uapi import kvm as uapi
 from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
-from . import mmu
+from kvmpy.kernel.x86.mmu import mmu
 from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
 from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
+# what the vendor's check_emulate_instruction answers (the names of kvm_emulate.h)
+X86EMUL_CONTINUE = 0
+X86EMUL_UNHANDLEABLE_VECTORING = 10
 _MEM_STRING_OPCODES = frozenset((0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF))
 
 
@@ -57,7 +62,8 @@ class EmulateCtxt:
         self.vcpu = vcpu
         cpu = vcpu.arch.cpu
         self.ns = dict(cpu.ns)
-        self.ns.update(rd=self.read, wr=self.write, probe_w=lambda a, n: None, io_in=self.io_in,
+        self.ns.update(rd=self.read, wr=self.write, probe_w=_probe_nothing, io_in=self.io_in,
+                       software_interrupt=self.software_interrupt, iret=self.iret,
                        io_out=self.io_out, TR={}, TW={})
         self.read_cache: list[int] = []
         self.read_idx = 0
@@ -122,7 +128,7 @@ class EmulateCtxt:
         host = mmu.gpa_to_host(self.vcpu.kvm, gpa, True)
         cpu = self.vcpu.arch.cpu
         if host is not None:
-            cpu._note_write(gpa >> 12)
+            cpu._note_write(gpa >> 12, gpa & 0xFFF, size)
             hm.write(host, size, value)
             mmu.kvm_mmu_pte_write(self.vcpu, gpa)
             return
@@ -131,6 +137,21 @@ class EmulateCtxt:
         if vcpu_mmio_write(self.vcpu, gpa, size, value.to_bytes(size, "little")):
             return
         self.writes.append((gpa, size, value))
+
+    # ------------------------------------------------------------------ real mode only
+    def _real_mode_only(self, what):
+        """KVM's emulator has INT n / INT3 / INTO (emulate_int) and IRET (emulate_iret) in
+        real mode only: elsewhere it cannot emulate them, an emulation failure."""
+        if self.vcpu.arch.cpu.cr0 & CR0_PE:
+            raise codegen.Unsupported(what + " outside real mode")
+
+    def software_interrupt(self, vector, next_ip, kind):
+        self._real_mode_only("INT")
+        self.vcpu.arch.cpu.software_interrupt(vector, next_ip, kind)
+
+    def iret(self, size, next_ip=None):
+        self._real_mode_only("IRET")
+        self.vcpu.arch.cpu.iret(size, next_ip)
 
     # ------------------------------------------------------------------ ports
     def io_in(self, port, size, insn_len, string=False, rep=False):
@@ -191,6 +212,23 @@ def _ctxt(vcpu) -> EmulateCtxt:
     return c
 
 
+@contextlib.contextmanager
+def _processor_through(cpu, ctxt):
+    """Send the processor's own memory accesses -- far transfers, IRET, event delivery,
+    descriptor reads, the helpers translated code calls -- through the emulator's accessors
+    as well, as KVM's emulator does all of an instruction's accesses itself: a far return
+    popping from MMIO, or an INT n pushing its frame there, is emulated, not a failure."""
+    cpu.read_slow, cpu.write_slow, cpu.probe_write = ctxt.read, ctxt.write, _probe_nothing
+    try:
+        yield
+    finally:
+        del cpu.read_slow, cpu.write_slow, cpu.probe_write
+
+
+def _probe_nothing(addr, size):
+    """The emulator's write probe: its writes to MMIO are collected, RAM checks its own."""
+
+
 @traced
 def kvm_emulate_instruction(vcpu) -> int:
     """x86_emulate_instruction: decode at RIP, execute with KVM's memory and port callbacks."""
@@ -202,7 +240,8 @@ def kvm_emulate_instruction(vcpu) -> int:
     try:
         b = ctxt.block()
         event("kvm_emulate_insn", rip=cpu.rip, insn=b.insns[0].raw.hex())
-        cpu.icount += b.fn()
+        with _processor_through(cpu, ctxt):
+            cpu.icount += b.fn()
     except _NeedUser as need:
         return _exit_for_read(vcpu, ctxt, need)
     except Fault as f:

@@ -13,17 +13,18 @@ from __future__ import annotations
 import errno
 import signal
 
-from ...hw import system
+from kvmpy.hw.system import sysops as system
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault
-from ...hw.state import IF, RAX, RBX, RCX, RDX
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..kvm_host import kvm_guest_mode_run
+from ..kvm_host import kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
-from . import cpuid, mmu, params, x86
+from kvmpy.kernel.x86 import cpuid, params, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
 
@@ -142,6 +143,8 @@ def vcpu_enter_guest(vcpu) -> int:
     run = vcpu.run
     if not vcpu.kvm.memslots:
         return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
+    if kvm_check_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu):
+        return kvm_handle_triple_fault(vcpu)
     mmu.kvm_mmu_check_generation(vcpu)
     inject_pending_event(vcpu)
     cpu.intr_window_exiting = bool(run.request_interrupt_window) and arch.interrupt is None
@@ -155,6 +158,8 @@ def vcpu_enter_guest(vcpu) -> int:
 
 def inject_pending_event(vcpu) -> None:
     """Program the entry's event injection: KVM's queued exception, then NMI, then interrupt.
+    An event whose delivery the last exit interrupted is among them again, put back by the
+    vendor's complete_interrupts.
 
     An NMI that user space restored as injected (KVM_SET_VCPU_EVENTS) is re-injected before
     new events. A new NMI waits while NMIs are blocked -- by the processor's NMI blocking,
@@ -165,8 +170,6 @@ def inject_pending_event(vcpu) -> None:
     """
     arch = vcpu.arch
     cpu = arch.cpu
-    if cpu.pending_event is not None:
-        return                  # an event whose delivery an exit interrupted goes first
     if arch.exception is not None:
         vector, error_code, cr2 = arch.exception
         arch.exception = None
@@ -383,6 +386,17 @@ def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     else:
         mmu.kvm_mmu_reset_context(vcpu)
     return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+def kvm_prepare_event_vectoring_exit(vcpu) -> int:
+    """The exit interrupted the delivery of an event and asks for the instruction to be
+    emulated (the delivery touched MMIO: a stack, IDT or GDT outside RAM).  Emulating the
+    instruction at RIP would not deliver the event, and the VM exit would come back at
+    once.  Recent Linux on silicon reports KVM_INTERNAL_ERROR_DELIVERY_EV; the reference host
+    (kvm_pvm, whose delivery cannot reach such memory either) shuts the guest down, and
+    kvmpy follows it: the event cannot be delivered, a triple fault."""
+    kvm_make_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu)
+    return 1
 
 
 def kvm_handle_triple_fault(vcpu) -> int:

@@ -3,8 +3,8 @@ halves of their exit handlers.
 
 In Linux, vmx.c and svm.c each decode their own exit format (VMCS exit reason and
 qualification; VMCB exit code, ``exit_info_1/2`` and ``next_rip``) and then call the same
-x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx.py`` and
-``kernel/x86/svm.py`` hold the decoding, the handler tables and the vendor entry points
+x86.c / mmu.c functions.  kvmpy keeps that split: ``kernel/x86/vmx/vmx.py`` and
+``kernel/x86/svm/svm.py`` hold the decoding, the handler tables and the vendor entry points
 (``vmx_vcpu_run``, ``svm_handle_exit``...), this module the ops class and the common functions
 their handlers call that cannot live lower down (``kvm_mmu_page_fault`` and
 ``kvm_handle_page_fault`` call the emulator, which calls the MMU; ``kvm_emulate_hypercall``,
@@ -15,14 +15,15 @@ from __future__ import annotations
 
 import contextlib
 
-from ...hw import tasks
+from kvmpy.hw.system import tasks
 from ...hw.cpu import Processor
-from ...hw.events import Fault, Intercept
-from ...hw.state import RAX, RCX, RDX
+from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept
+from kvmpy.hw.x86defs import RAX, RCX, RDX
 from ...uapi import kvm as uapi
 from ..kvm_host import gfn_to_memslot
 from ..trace import traced
-from . import cpuid, emulate, mmu, params, run, x86
+from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
 
@@ -40,13 +41,14 @@ def kvm_vcpu_reset_processor(vcpu, init_event: bool) -> None:
 class KvmX86Ops:
     """struct kvm_x86_ops: every op the x86 layer calls on a vendor module, each an attribute.
 
-    ``vcpu_create``, ``vcpu_run``, ``handle_exit`` and ``get_exit_info`` are the vendor's own
+    ``vcpu_create``, ``vcpu_run``, ``handle_exit``, ``get_exit_info`` and
+    ``check_emulate_instruction`` are the vendor's own
     (``vmx_vcpu_run``, ``svm_handle_exit``...); every other op has the explicit default below, which the vendor
     module replaces by passing its own.  The x86 layer calls them directly
     (``kvm_x86_ops().vcpu_load(vcpu)``): an op missing here is an AttributeError, not silence.
     """
 
-    def __init__(self, name, *, vcpu_create, vcpu_run, handle_exit, get_exit_info,
+    def __init__(self, name, *, vcpu_create, vcpu_run, handle_exit, get_exit_info, check_emulate_instruction,
                  hardware_setup=kvm_x86_op_nop, hardware_enable=kvm_x86_op_nop,
                  hardware_disable=kvm_x86_op_nop, vm_init=kvm_x86_op_nop, vm_destroy=kvm_x86_op_nop,
                  vcpu_precreate=kvm_x86_op_nop, vcpu_free=kvm_x86_op_nop,
@@ -67,6 +69,7 @@ class KvmX86Ops:
         self.vcpu_run = vcpu_run                # VM entry until the next VM exit
         self.handle_exit = handle_exit          # the exit through the vendor's handler table
         self.get_exit_info = get_exit_info      # the last exit's five words for user space
+        self.check_emulate_instruction = check_emulate_instruction  # may the last exit's insn be emulated?
         self.get_msr = get_msr                  # vendor MSRs, then kvm_get_msr_common
         self.set_msr = set_msr
 
@@ -88,6 +91,32 @@ def kvm_run_processor(vcpu):
     x = vcpu.arch.cpu.run(run.kvm_entry_budget(vcpu))
     run.kvm_insn_limit_check(vcpu)
     return x
+
+
+def kvm_complete_interrupts(vcpu, kind: int, vector: int, error_code) -> None:
+    """What vmx_complete_interrupts and svm_complete_interrupts share, once each has decoded
+    its exit's vectoring information: put the event whose delivery the exit interrupted back
+    in the queue it was injected from, to be injected again at the next entry.  A software
+    interrupt or exception is not put back: RIP is still at its instruction, which raises it
+    again (as SVM does for INT3 and INTO)."""
+    arch = vcpu.arch
+    if kind == NMI:
+        arch.nmi_injected = True
+        arch.cpu.nmi_masked = False
+    elif kind == EXT_INTR:
+        arch.interrupt = vector             # kvm_queue_interrupt
+    elif kind == HW_EXC:
+        x86.kvm_requeue_exception(vcpu, vector, error_code)
+
+
+def kvm_check_vectoring(kind: int) -> int:
+    """May an exit that interrupted the delivery of an event of ``kind`` be handled by
+    emulating the instruction at RIP (an MMIO access of the delivery)?  For a software
+    interrupt or exception, yes: the instruction raises the event, and emulating it delivers
+    it.  For any other event, no: the instruction has nothing to do with the event."""
+    if kind in (SW_INT, SW_EXC, PRIV_SW_EXC):
+        return emulate.X86EMUL_CONTINUE
+    return emulate.X86EMUL_UNHANDLEABLE_VECTORING
 
 
 def kvm_dispatch_exit(vcpu, code: int, handlers: dict, x) -> int:
@@ -124,6 +153,8 @@ def kvm_mmu_page_fault(vcpu, address, *fault) -> int:
         x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
         return 1
     if r == mmu.RET_PF_EMULATE:
+        if x86.kvm_x86_ops().check_emulate_instruction(vcpu) == emulate.X86EMUL_UNHANDLEABLE_VECTORING:
+            return run.kvm_prepare_event_vectoring_exit(vcpu)
         return emulate.kvm_emulate_instruction(vcpu)
     return 1
 
@@ -167,7 +198,8 @@ def handle_processor_error(vcpu) -> int:
 
 
 @traced
-def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, insn_len: int) -> int:
+def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, insn_len: int,
+                    event_kind: int | None = None) -> int:
     """Emulate the task switch of a TASK_SWITCH exit (x86.c's kvm_task_switch).
 
     The processor's own task switch does the work, with the intercept off and its memory
@@ -176,27 +208,46 @@ def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, in
     after the instruction (``insn_len``, 0 for a hardware event); a fault is queued for the
     guest, in the old task or, past the commit point, in the new one.  A new CR3 is a new
     root for the MMU.  Through an IDT task gate the switch delivers the event itself, so
-    the event the exit interrupted is not injected again.
+    the event the exit interrupted (of kind ``event_kind``) is not injected again once the
+    switch has reached its commit point (the new TR); a fault before it is a fault while
+    delivering that event, merged with it (#DF, or a triple fault on a #DF).
     """
     cpu = vcpu.arch.cpu
-    if source == tasks.INT:
-        cpu.pending_event = None
     next_ip = (cpu.rip + insn_len) & 0xFFFFFFFF
-    old_cr3 = cpu.cr3
+    old_cr3, old_tr = cpu.cr3, cpu.tr
     cpu.intercept_task_switch = False
     try:
         with _guest_virtual_access(vcpu):
             tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
                               ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
     except Fault as f:
+        if source == tasks.INT and cpu.tr is not old_tr:
+            kvm_clear_vectoring_event(vcpu, event_kind)
         x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
     except Intercept:           # a TSS or descriptor table outside RAM
         return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
+    else:
+        if source == tasks.INT:
+            kvm_clear_vectoring_event(vcpu, event_kind)
     finally:
         cpu.intercept_task_switch = True
         if cpu.cr3 != old_cr3:
             mmu.kvm_mmu_new_pgd(vcpu)
     return 1
+
+
+def kvm_clear_vectoring_event(vcpu, kind: int) -> None:
+    """Drop the event of ``kind`` that complete_interrupts put back, as handle_task_switch
+    and task_switch_interception clear the NMI, interrupt or exception queue: the task
+    switch through the IDT's task gate delivers it."""
+    arch = vcpu.arch
+    if kind == NMI:
+        arch.nmi_injected = False
+        arch.cpu.nmi_masked = True
+    elif kind == EXT_INTR:
+        arch.interrupt = None
+    elif kind == HW_EXC:
+        arch.exception = None
 
 
 class _GuestRam:

@@ -11,8 +11,10 @@ Events waiting for injection (the run path, ``kvmpy.kernel.x86.run``, injects th
 ``vcpu.arch.exception`` is None or ``(vector, error_code or None, cr2 or None)``;
 ``vcpu.arch.interrupt`` is None or the vector queued by ``KVM_INTERRUPT`` (no in-kernel
 irqchip); NMIs: ``nmi_queued`` (KVM_NMI), folded by ``process_nmi`` into ``nmi_pending``,
-and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, to re-inject first).  Once
-injected, an NMI is the processor's ``pending_event`` until delivered, and the processor's
+and ``nmi_injected`` (an NMI restored by KVM_SET_VCPU_EVENTS, or whose delivery a VM exit
+interrupted, to re-inject first).  The processor's ``pending_event`` is the entry's event
+injection, consumed by the entry; an event whose delivery an exit interrupted comes back
+into these queues through the vendor's complete_interrupts.  The processor's
 ``nmi_masked`` is NMI blocking (set by delivery, cleared by IRET).
 """
 
@@ -22,7 +24,8 @@ import ctypes
 import errno
 
 from ... import uapi
-from ...hw import events as hs_events, features, state as hs, xsave as hxsave
+from kvmpy.hw import events as hs_events, features, state as hs, x86defs as hd
+from kvmpy.hw.fpu import xsave as hxsave
 from ...hw.events import NMI, Fault
 from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_IA32_APICBASE, MSR_IA32_CR_PAT,
                              MSR_IA32_MISC_ENABLE, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP,
@@ -31,9 +34,10 @@ from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_
                              MSR_MTRRfix16K_80000, MSR_MTRRfix16K_A0000, MSR_MTRRfix64K_00000,
                              MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
+from ..kvm_host import kvm_make_request
 from ..trace import traced
 from . import cpuid as kcpuid
-from . import mmu
+from kvmpy.kernel.x86.mmu import mmu
 
 _vendor_ops = None           # the vendor module's KvmX86Ops (vmx_x86_ops / svm_x86_ops), set by kvm_arch_init
 
@@ -70,7 +74,7 @@ emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
 msr_handlers: dict = {}
 msr_based_features = (MSR_IA32_UCODE_REV,)
 
-_EFER_FEATURE = ((hs.EFER_SCE, "syscall"), (hs.EFER_LME | hs.EFER_LMA, "lm"), (hs.EFER_NXE, "nx"))
+_EFER_FEATURE = ((hd.EFER_SCE, "syscall"), (hd.EFER_LME | hd.EFER_LMA, "lm"), (hd.EFER_NXE, "nx"))
 
 
 def _efer_supported() -> int:
@@ -102,7 +106,7 @@ supported_caps = {
     uapi.KVM_CAP_IMMEDIATE_EXIT: 1,
     uapi.KVM_CAP_SYNC_REGS: uapi.KVM_SYNC_X86_VALID_FIELDS,
     uapi.KVM_CAP_USER_NMI: 1,               # KVM_NMI
-    # XSAVE state and XCR0 (kvmpy.hw.xsave): KVM_GET/SET_XSAVE, KVM_GET/SET_XCRS
+    # XSAVE state and XCR0 (kvmpy.hw.fpu.xsave): KVM_GET/SET_XSAVE, KVM_GET/SET_XCRS
     uapi.KVM_CAP_XSAVE: int(features.implemented("xsave")),
     uapi.KVM_CAP_XCRS: int(features.implemented("xsave")),
 }
@@ -388,7 +392,7 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
         if vcpu.arch.mtrr_state is not None:
             vcpu.arch.mtrr_state.__init__()
     entry = kcpuid.kvm_find_cpuid_entry(vcpu, 1)
-    cpu.regs[hs.RDX] = entry.eax if entry is not None else kcpuid.FAMILY_MODEL_STEPPING
+    cpu.regs[hd.RDX] = entry.eax if entry is not None else kcpuid.FAMILY_MODEL_STEPPING
     if vcpu.arch.guest_fpu is not None:
         vcpu.arch.guest_fpu.fpstate.reset()
         cpu.fpu = vcpu.arch.guest_fpu.fpstate
@@ -451,7 +455,7 @@ def lapic_in_kernel(vcpu) -> bool:
 # REGS / SREGS / FPU
 # ----------------------------------------------------------------------------------------
 # kvm_regs field i <- CPUState.regs[_REGS_MAP[i]] (kvm_regs order: rax rbx rcx rdx rsi rdi rsp rbp)
-_REGS_MAP = (hs.RAX, hs.RBX, hs.RCX, hs.RDX, hs.RSI, hs.RDI, hs.RSP, hs.RBP) + tuple(range(8, 16))
+_REGS_MAP = (hd.RAX, hd.RBX, hd.RCX, hd.RDX, hd.RSI, hd.RDI, hd.RSP, hd.RBP) + tuple(range(8, 16))
 
 
 def _get_user(arg: int, ctype):
@@ -486,7 +490,7 @@ def _seg_from_kvm(k: uapi.kvm_segment) -> hs.Segment:
                       k.avl, k.unusable)
 
 
-_SREGS_SEG = (("cs", hs.CS), ("ds", hs.DS), ("es", hs.ES), ("fs", hs.FS), ("gs", hs.GS), ("ss", hs.SS))
+_SREGS_SEG = (("cs", hd.CS), ("ds", hd.DS), ("es", hd.ES), ("fs", hd.FS), ("gs", hd.GS), ("ss", hd.SS))
 
 
 def kvm_arch_vcpu_ioctl_get_sregs(vcpu) -> uapi.kvm_sregs:
@@ -508,15 +512,15 @@ def kvm_arch_vcpu_ioctl_get_sregs(vcpu) -> uapi.kvm_sregs:
 def kvm_is_valid_cr0(cr0: int) -> bool:
     if cr0 >> 32:
         return False
-    if cr0 & hs.CR0_NW and not cr0 & hs.CR0_CD:
+    if cr0 & hd.CR0_NW and not cr0 & hd.CR0_CD:
         return False
-    return not (cr0 & hs.CR0_PG and not cr0 & hs.CR0_PE)
+    return not (cr0 & hd.CR0_PG and not cr0 & hd.CR0_PE)
 
 
-CR4_RESERVED = ~(hs.CR4_VME | hs.CR4_PVI | hs.CR4_TSD | hs.CR4_DE | hs.CR4_PSE | hs.CR4_PAE |
-                 hs.CR4_MCE | hs.CR4_PGE | hs.CR4_PCE | hs.CR4_OSFXSR | hs.CR4_OSXMMEXCPT |
-                 hs.CR4_UMIP | hs.CR4_FSGSBASE | hs.CR4_PCIDE | hs.CR4_OSXSAVE | hs.CR4_SMEP |
-                 hs.CR4_SMAP) & 0xFFFFFFFFFFFFFFFF
+CR4_RESERVED = ~(hd.CR4_VME | hd.CR4_PVI | hd.CR4_TSD | hd.CR4_DE | hd.CR4_PSE | hd.CR4_PAE |
+                 hd.CR4_MCE | hd.CR4_PGE | hd.CR4_PCE | hd.CR4_OSFXSR | hd.CR4_OSXMMEXCPT |
+                 hd.CR4_UMIP | hd.CR4_FSGSBASE | hd.CR4_PCIDE | hd.CR4_OSXSAVE | hd.CR4_SMEP |
+                 hd.CR4_SMAP) & 0xFFFFFFFFFFFFFFFF
 
 
 def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
@@ -524,12 +528,12 @@ def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
 
 
 def kvm_is_valid_sregs(vcpu, s: uapi.kvm_sregs) -> bool:
-    if s.efer & hs.EFER_LME and s.cr0 & hs.CR0_PG:
-        if not s.cr4 & hs.CR4_PAE or not s.efer & hs.EFER_LMA:
+    if s.efer & hd.EFER_LME and s.cr0 & hd.CR0_PG:
+        if not s.cr4 & hd.CR4_PAE or not s.efer & hd.EFER_LMA:
             return False
         if s.cr3 >> vcpu.arch.maxphyaddr:
             return False
-    elif s.efer & hs.EFER_LMA or s.cs.l:
+    elif s.efer & hd.EFER_LMA or s.cs.l:
         return False
     return kvm_is_valid_cr4(vcpu, s.cr4) and kvm_is_valid_cr0(s.cr0)
 
@@ -637,11 +641,11 @@ def kvm_set_efer(vcpu, efer: int, host_initiated: bool) -> int:
         return 1
     if not host_initiated:
         for mask, name in _EFER_FEATURE:
-            if efer & mask & ~hs.EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
+            if efer & mask & ~hd.EFER_LMA and not kcpuid.guest_cpuid_has(vcpu, name):
                 return 1
-        if cpu.cr0 & hs.CR0_PG and (cpu.efer ^ efer) & hs.EFER_LME:
+        if cpu.cr0 & hd.CR0_PG and (cpu.efer ^ efer) & hd.EFER_LME:
             return 1
-    cpu.efer = (efer & ~hs.EFER_LMA) | (cpu.efer & hs.EFER_LMA)      # LMA follows paging, not WRMSR
+    cpu.efer = (efer & ~hd.EFER_LMA) | (cpu.efer & hd.EFER_LMA)      # LMA follows paging, not WRMSR
     _state_changed(vcpu)
     return 0
 
@@ -663,7 +667,7 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
     elif index in (MSR_FS_BASE, MSR_GS_BASE):
         if is_noncanonical_msr_address(data, vcpu):
             return 1
-        cpu.seg[hs.FS if index == MSR_FS_BASE else hs.GS].base = data
+        cpu.seg[hd.FS if index == MSR_FS_BASE else hd.GS].base = data
         _state_changed(vcpu)
     elif index == MSR_TSC_AUX:
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
@@ -714,7 +718,7 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
     if index in _PLAIN_MSRS or index in (MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT):
         return 0, cpu.msrs.get(index, 0)
     if index in (MSR_FS_BASE, MSR_GS_BASE):
-        return 0, cpu.seg[hs.FS if index == MSR_FS_BASE else hs.GS].base
+        return 0, cpu.seg[hd.FS if index == MSR_FS_BASE else hd.GS].base
     if index == MSR_TSC_AUX:
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
@@ -844,8 +848,38 @@ def kvm_nmi_allowed(vcpu) -> bool:
 # ----------------------------------------------------------------------------------------
 # Exceptions for the guest
 # ----------------------------------------------------------------------------------------
+KVM_REQ_TRIPLE_FAULT = "triple_fault"      # served by vcpu_enter_guest: KVM_EXIT_SHUTDOWN
+
+
+def kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject: bool) -> None:
+    """Queue an exception for the guest, merged with the one already queued or being
+    injected as the processor would merge them (SDM table 6-5): a contributory exception
+    on a contributory one, or anything but a benign one on a #PF, is a #DF; any exception
+    on a #DF is a triple fault, KVM_REQ_TRIPLE_FAULT; otherwise the new exception replaces
+    the old (a fault comes back when its instruction is executed again).  ``reinject``: an
+    exception whose delivery a VM exit interrupted, put back as it was."""
+    a = vcpu.arch
+    if reinject or a.exception is None:
+        a.exception = (vector, error_code, cr2)
+        return
+    prev = a.exception[0]
+    if prev == uapi.DF_VECTOR:
+        kvm_make_request(KVM_REQ_TRIPLE_FAULT, vcpu)
+        return
+    if hs_events.is_double_fault(prev, vector):
+        a.exception = (uapi.DF_VECTOR, 0, None)
+    else:
+        a.exception = (vector, error_code, cr2)
+
+
 def kvm_queue_exception(vcpu, vector, error_code=None, cr2=None) -> None:
-    vcpu.arch.exception = (vector, error_code, cr2)
+    kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject=False)
+
+
+def kvm_requeue_exception(vcpu, vector, error_code=None) -> None:
+    """The exception a VM exit interrupted the delivery of, to inject again (its CR2, for a
+    #PF, is already in the guest's CR2)."""
+    kvm_multiple_exception(vcpu, vector, error_code, None, reinject=True)
 
 
 def kvm_inject_gp(vcpu, error_code: int) -> None:
@@ -1066,6 +1100,12 @@ def _get_mp_state(vcpu):
     return uapi.kvm_mp_state(vcpu.arch.cpu.mp_state)
 
 
+def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
+    """KVM_MEMORY_ENCRYPT_OP on a vCPU: ENOTTY, the answer of a vendor module without
+    vcpu_mem_enc_ioctl (kvmpy has neither SEV nor TDX), not the EINVAL of an unknown ioctl."""
+    raise kernel_error(errno.ENOTTY)
+
+
 vcpu_ioctl_handlers = {
     uapi.KVM_GET_REGS: _getter(kvm_arch_vcpu_ioctl_get_regs),
     uapi.KVM_SET_REGS: _setter(kvm_arch_vcpu_ioctl_set_regs, uapi.kvm_regs),
@@ -1090,6 +1130,7 @@ vcpu_ioctl_handlers = {
     uapi.KVM_GET_CPUID2: kcpuid.kvm_vcpu_ioctl_get_cpuid2,
     uapi.KVM_NMI: lambda v, arg: kvm_vcpu_ioctl_nmi(v),
     uapi.KVM_TRANSLATE: _translate,
+    uapi.KVM_MEMORY_ENCRYPT_OP: kvm_vcpu_mem_enc_ioctl,
 }
 
 

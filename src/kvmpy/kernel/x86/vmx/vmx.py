@@ -10,12 +10,13 @@ the handlers' vendor-neutral halves are shared with SVM (``kernel/x86/vendor.py`
 
 from __future__ import annotations
 
-from ...hw import vmx as hwvmx
-from ...hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
-from ...uapi import kvm as uapi
-from .. import kvm_main
-from ..trace import event, traced
-from . import emulate, mmu, run, vendor, x86
+from kvmpy.hw.virt import vmx as hwvmx
+from kvmpy.hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.uapi import kvm as uapi
+from kvmpy.kernel import kvm_main
+from kvmpy.kernel.trace import event, traced
+from kvmpy.kernel.x86 import emulate, run, vendor, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 
 
@@ -62,7 +63,8 @@ def handle_task_switch(vcpu, x) -> int:
     soft = (idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7) in (SW_INT, PRIV_SW_EXC, SW_EXC)
     error_code = x.idt_vectoring_error_code if idt_v and idt & hwvmx.INTR_INFO_DELIVER_CODE else None
     insn_len = x.instruction_len if source != "gate" or soft else 0
-    return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len)
+    kind = idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7 if idt_v else None
+    return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len, kind)
 
 
 kvm_vmx_exit_handlers = {
@@ -91,10 +93,29 @@ def vmx_vcpu_create(vcpu) -> None:
 
 @traced
 def vmx_vcpu_run(vcpu):
-    """VMLAUNCH/VMRESUME: run the processor until it reports a VM exit."""
+    """VMLAUNCH/VMRESUME: run the processor until it reports a VM exit, then take back the
+    event whose delivery the exit interrupted (vmx_complete_interrupts)."""
     x = vendor.kvm_run_processor(vcpu)
     event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.reason, rip=vcpu.arch.cpu.rip)
+    vmx_complete_interrupts(vcpu, x)
     return x
+
+
+def vmx_complete_interrupts(vcpu, x) -> None:
+    """The IDT-vectoring information of exit ``x``: the event being delivered, requeued."""
+    idt = x.idt_vectoring_info
+    if idt & hwvmx.INTR_INFO_VALID:
+        error_code = x.idt_vectoring_error_code if idt & hwvmx.INTR_INFO_DELIVER_CODE else None
+        vendor.kvm_complete_interrupts(vcpu, idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7, idt & 0xFF, error_code)
+
+
+def vmx_check_emulate_instruction(vcpu) -> int:
+    """An exit during the delivery of a hardware event cannot be handled by emulating the
+    instruction at RIP (see ``vendor.kvm_check_vectoring``)."""
+    idt = vcpu.arch.last_exit.idt_vectoring_info
+    if idt & hwvmx.INTR_INFO_VALID:
+        return vendor.kvm_check_vectoring(idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7)
+    return emulate.X86EMUL_CONTINUE
 
 
 @traced
@@ -118,7 +139,8 @@ def vmx_get_exit_info(vcpu) -> tuple:
 
 
 vmx_x86_ops = vendor.KvmX86Ops("vmx", vcpu_create=vmx_vcpu_create, vcpu_run=vmx_vcpu_run,
-                               handle_exit=vmx_handle_exit, get_exit_info=vmx_get_exit_info)
+                               handle_exit=vmx_handle_exit, get_exit_info=vmx_get_exit_info,
+                               check_emulate_instruction=vmx_check_emulate_instruction)
 
 
 @traced

@@ -19,14 +19,14 @@ Dirty logging write-protects a slot's pages and records the first write to each.
 
 from __future__ import annotations
 
-from ...hw import memory as hm
-from ...hw import paging
-from ...hw.events import Fault
-from ...hw.state import CR0_PG, CR0_WP, EFER_LMA
-from ...uapi import kvm as uapi
-from ..kvm_host import gfn_to_memslot, hva_to_pfn, mark_page_dirty_in_slot
-from ..trace import event, traced
-from . import params
+from kvmpy.hw import memory as hm
+from kvmpy.hw import paging
+from kvmpy.hw.events import Fault
+from kvmpy.hw.x86defs import CR0_PG, CR0_WP, EFER_LMA
+from kvmpy.uapi import kvm as uapi
+from kvmpy.kernel.kvm_host import gfn_to_memslot, hva_to_pfn, mark_page_dirty_in_slot
+from kvmpy.kernel.trace import event, traced
+from kvmpy.kernel.x86 import params
 
 RET_PF_RETRY, RET_PF_EMULATE = 1, 2
 

@@ -5,16 +5,14 @@ intercepts (MOV CR3 and INVLPG under shadow paging, CR0/CR4 writes under
 shadow paging, XSETBV, LMSW) they raise the VM exit instead.
 """
 
-from . import fxsave, xsave
-from .events import Fault, Intercept
-from .msr_index import (MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP,
-                        MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
-from .state import (CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME,
-                    EFER_SCE, IF,
-                    RF, SS, VM, FS, GS)
-from .entry import canonical
-from .descriptors import parse_descriptor
-from .state import Segment
+from kvmpy.hw.fpu import fxsave
+from kvmpy.hw.fpu import xsave
+from kvmpy.hw.events import Fault, Intercept
+from kvmpy.hw.msr_index import MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX
+from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
+from kvmpy.hw.x86defs import canonical
+from kvmpy.hw.system.descriptors import parse_descriptor
+from kvmpy.hw.state import Segment
 
 TSC_PER_INSN = 1        # the processor's own TSC (no hypervisor input): one tick per retired instruction
 
@@ -148,8 +146,8 @@ def fsgsbase(cpu, op, reg, size):
 
 
 def fpu_state(cpu, op, addr, rex_w):
-    """0F AE /0../6 with memory: FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (kvmpy.hw.fxsave), then
-    XSAVE/XRSTOR/XSAVEOPT (kvmpy.hw.xsave)."""
+    """0F AE /0../6 with memory: FXSAVE/FXRSTOR/LDMXCSR/STMXCSR (kvmpy.hw.fpu.fxsave), then
+    XSAVE/XRSTOR/XSAVEOPT (kvmpy.hw.fpu.xsave)."""
     if op < 4:
         fxsave.fpu_state(cpu, op, addr, rex_w)
     else:

@@ -3,7 +3,7 @@
 ``decode(fetch, mode)`` turns the bytes at an instruction pointer into an
 ``Insn``: prefixes, opcode (one-byte, 0F, 0F38, 0F3A maps folded into one
 integer), ModRM/SIB operands, displacement and immediates.  It knows nothing of
-semantics; ``kvmpy.hw.codegen`` turns Insns into Python code.  Decoding happens
+semantics; ``kvmpy.hw.translate.codegen`` turns Insns into Python code.  Decoding happens
 once per instruction per translation (the code cache keeps the result), so this
 module favours clarity over speed.
 """

@@ -22,9 +22,10 @@ the new task's segments are delivered in the new task, as on hardware.
 
 from __future__ import annotations
 
-from .events import Fault, Intercept
-from .descriptors import parse_descriptor
-from .state import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM, Segment
+from kvmpy.hw.events import Fault, Intercept
+from kvmpy.hw.system.descriptors import parse_descriptor
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PG, CR0_TS, CS, DS, ES, FS, GS, NT, SS, VM
 
 JMP, CALL, IRET, INT = "jmp", "call", "iret", "gate"     # INT: a task gate in the IDT
 
@@ -35,17 +36,18 @@ SREG_ORDER = (ES, CS, SS, DS, FS, GS)           # as stored from offset 0x48, 4 
 TSS_AVAILABLE, TSS_BUSY = 9, 0xB
 
 
-def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0, event=None, deliver_faults=True):
+def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0, deliver_faults=True):
     """Switch from the current task to the one whose TSS selector is ``sel``.
 
     ``source`` is JMP, CALL, IRET or INT; ``next_ip`` the EIP saved in the old task;
-    ``error_code`` (INT from an exception) is pushed on the new task's stack; ``event``
-    (INT only) the (kind, vector) being delivered, which the VM exit reports.  Faults past
-    the commit point are delivered in the new task, or raised with ``deliver_faults`` off.
+    ``error_code`` (INT from an exception) is pushed on the new task's stack (the VM exit
+    reports the event being delivered as any exit during a delivery does, see
+    ``Processor.deliver``).  Faults past the commit point are delivered in the new task, or
+    raised with ``deliver_faults`` off.
     """
     if cpu.intercept_task_switch:
         raise Intercept("task_switch", selector=sel, source=source, error_code=error_code,
-                        next_ip=next_ip, event=event)
+                        next_ip=next_ip)
     err = (sel & ~3) + ext
     bad = 10 if source == IRET else 13
     if sel & 4:

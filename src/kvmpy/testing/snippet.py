@@ -17,11 +17,12 @@ from __future__ import annotations
 import mmap
 from dataclasses import dataclass
 
-from . import memory as hm, models
-from .cpu import Processor
-from .state import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CS, EFER_LMA, EFER_LME, Segment
-from .xsave import XCR0_SUPPORTED
-from .vmx import EXIT_REASON_EXCEPTION_NMI, EXIT_REASON_HLT, VmxExitFormat
+from kvmpy.hw import memory as hm, models
+from kvmpy.hw.cpu import Processor
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import CR0_PE, CR0_PG, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CS, EFER_LMA, EFER_LME
+from kvmpy.hw.fpu.xsave import XCR0_SUPPORTED
+from kvmpy.hw.virt.vmx import EXIT_REASON_EXCEPTION_NMI, EXIT_REASON_HLT, VmxExitFormat
 
 CODE_ADDR = 0x10200000
 DATA_ADDR = 0x10000000

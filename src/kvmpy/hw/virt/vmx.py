@@ -4,8 +4,8 @@ Intel SDM vol. 3 appendix C (exit reasons) and section 28.2.1 (exit
 qualifications).  ``VmxExit`` is what the VMCS exit fields would hold.
 """
 
-from . import tasks
-from .events import HW_EXC
+from kvmpy.hw.system import tasks
+from kvmpy.hw.events import HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT
 
 EXIT_REASON_EXCEPTION_NMI = 0
 EXIT_REASON_EXTERNAL_INTERRUPT = 1
@@ -74,7 +74,7 @@ class VmxExit:
 class VmxExitFormat:
     """Encodes the processor's intercepts as VMX exits."""
 
-    vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.entry)
+    vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.virt.entry)
 
     def format(self, cpu, e):
         i = e.info
@@ -101,18 +101,21 @@ class VmxExitFormat:
             if i["vector"] == 14:
                 x.qualification = i["cr2"] or 0
         elif k == "task_switch":
-            _task_switch(cpu, x, i)
+            x.instruction_len = tasks.exit_insn_len(cpu, i)
+            x.qualification = i["selector"] | TASK_SWITCH_SOURCES.index(i["source"]) << TASK_SWITCH_SOURCE_SHIFT
+        if "vectoring" in i:
+            _idt_vectoring(cpu, x, i["vectoring"])
         return x
 
 
-def _task_switch(cpu, x, i):
-    """TASK_SWITCH: selector and source in the qualification; through an IDT task gate, the
-    event being delivered (with its error code) in the IDT-vectoring information."""
-    x.instruction_len = tasks.exit_insn_len(cpu, i)
-    x.qualification = i["selector"] | TASK_SWITCH_SOURCES.index(i["source"]) << TASK_SWITCH_SOURCE_SHIFT
-    if i["event"] is not None:
-        kind, vector = i["event"]
-        x.idt_vectoring_info = INTR_INFO_VALID | kind << VECTORING_INFO_TYPE_SHIFT | vector
-        if i["error_code"] is not None:
-            x.idt_vectoring_info |= INTR_INFO_DELIVER_CODE
-            x.idt_vectoring_error_code = i["error_code"]
+def _idt_vectoring(cpu, x, event):
+    """An exit during the delivery of an event (SDM 28.2.4): the event, its error code and, for
+    a software interrupt or exception, its instruction's length, so that KVM can inject it
+    again (through an IDT task gate: the event the task switch delivers)."""
+    kind, vector, error_code, next_ip = event
+    x.idt_vectoring_info = INTR_INFO_VALID | kind << VECTORING_INFO_TYPE_SHIFT | vector
+    if error_code is not None:
+        x.idt_vectoring_info |= INTR_INFO_DELIVER_CODE
+        x.idt_vectoring_error_code = error_code
+    if kind in (SW_INT, PRIV_SW_EXC, SW_EXC) and not x.instruction_len:
+        x.instruction_len = (next_ip - cpu.rip) & 0xF

@@ -2,19 +2,20 @@
 
 ``svm_init`` registers ``svm_x86_ops`` with ``kvm_init``, as ``vmx_init`` does for Intel;
 a process loads one of the two, like the kernel.  A vCPU's "VMCB" is its software
-processor with the SVM exit format (``kvmpy.hw.svm``); ``svm_vcpu_run`` enters it and
+processor with the SVM exit format (``kvmpy.hw.virt.svm``); ``svm_vcpu_run`` enters it and
 ``svm_handle_exit`` dispatches the exit code through ``svm_exit_handlers``.  Instruction
 intercepts retire through ``next_rip`` (NRIPS), as ``svm_skip_emulated_instruction`` does.
 """
 
 from __future__ import annotations
 
-from ...hw import svm as hwsvm
-from ...hw.events import HAS_ERROR_CODE
-from ...uapi import kvm as uapi
-from .. import kvm_main
-from ..trace import event, traced
-from . import emulate, mmu, run, vendor, x86
+from kvmpy.hw.virt import svm as hwsvm
+from kvmpy.hw.events import EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, SW_EXC, SW_INT
+from kvmpy.uapi import kvm as uapi
+from kvmpy.kernel import kvm_main
+from kvmpy.kernel.trace import event, traced
+from kvmpy.kernel.x86 import emulate, run, vendor, x86
+from kvmpy.kernel.x86.mmu import mmu
 
 
 def svm_insn_len(vcpu, x) -> int:
@@ -100,7 +101,8 @@ def task_switch_interception(vcpu, x) -> int:
     soft = int_type == hwsvm.SVM_EXITINTINFO_TYPE_SOFT or (int_type == hwsvm.SVM_EXITINTINFO_TYPE_EXEPT and
                                                            int_vec in (3, 4))
     insn_len = svm_insn_len(vcpu, x) if source != "gate" or soft else 0
-    return vendor.kvm_task_switch(vcpu, x.exit_info_1 & 0xFFFF, source, error_code, insn_len)
+    kind = svm_event_kind(int_info) if int_info & hwsvm.SVM_EXITINTINFO_VALID else None
+    return vendor.kvm_task_switch(vcpu, x.exit_info_1 & 0xFFFF, source, error_code, insn_len, kind)
 
 
 def shutdown_interception(vcpu, x) -> int:
@@ -150,10 +152,40 @@ def svm_vcpu_create(vcpu) -> None:
 
 @traced
 def svm_vcpu_run(vcpu):
-    """VMRUN: run the processor until it reports a #VMEXIT."""
+    """VMRUN: run the processor until it reports a #VMEXIT, then take back the event whose
+    delivery the exit interrupted (svm_complete_interrupts)."""
     x = vendor.kvm_run_processor(vcpu)
     event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
+    svm_complete_interrupts(vcpu, x)
     return x
+
+
+def svm_event_kind(int_info: int) -> int:
+    """The event kind of an EXITINTINFO: INT3 and INTO are software exceptions, though SVM
+    types them as exceptions (kvm_exception_is_soft)."""
+    int_type, vector = int_info & hwsvm.SVM_EXITINTINFO_TYPE_MASK, int_info & hwsvm.SVM_EXITINTINFO_VEC_MASK
+    if int_type == hwsvm.SVM_EXITINTINFO_TYPE_EXEPT:
+        return SW_EXC if vector in (uapi.BP_VECTOR, uapi.OF_VECTOR) else HW_EXC
+    return {hwsvm.SVM_EXITINTINFO_TYPE_INTR: EXT_INTR, hwsvm.SVM_EXITINTINFO_TYPE_NMI: NMI,
+            hwsvm.SVM_EXITINTINFO_TYPE_SOFT: SW_INT}.get(int_type, SW_INT)
+
+
+def svm_complete_interrupts(vcpu, x) -> None:
+    """EXITINTINFO of #VMEXIT ``x``: the event being delivered, requeued."""
+    info = x.exit_int_info
+    if info & hwsvm.SVM_EXITINTINFO_VALID:
+        error_code = x.exit_int_info_err if info & hwsvm.SVM_EXITINTINFO_VALID_ERR else None
+        vendor.kvm_complete_interrupts(vcpu, svm_event_kind(info), info & hwsvm.SVM_EXITINTINFO_VEC_MASK,
+                                       error_code)
+
+
+def svm_check_emulate_instruction(vcpu) -> int:
+    """An exit during the delivery of a hardware event cannot be handled by emulating the
+    instruction at RIP (see ``vendor.kvm_check_vectoring``)."""
+    info = vcpu.arch.last_exit.exit_int_info
+    if info & hwsvm.SVM_EXITINTINFO_VALID:
+        return vendor.kvm_check_vectoring(svm_event_kind(info))
+    return emulate.X86EMUL_CONTINUE
 
 
 @traced
@@ -176,7 +208,8 @@ def svm_get_exit_info(vcpu) -> tuple:
 
 
 svm_x86_ops = vendor.KvmX86Ops("svm", vcpu_create=svm_vcpu_create, vcpu_run=svm_vcpu_run,
-                               handle_exit=svm_handle_exit, get_exit_info=svm_get_exit_info)
+                               handle_exit=svm_handle_exit, get_exit_info=svm_get_exit_info,
+                               check_emulate_instruction=svm_check_emulate_instruction)
 
 
 @traced

@@ -1,6 +1,6 @@
 """SSE4.2's execution units: the packed string compare (PCMPxSTRx) and CRC32C.
 
-Both are reached from translated code as ``cpu.fpu.sse.<name>`` (``kvmpy.hw.simd`` re-exports
+Both are reached from translated code as ``cpu.fpu.sse.<name>`` (``kvmpy.hw.fpu.simd`` re-exports
 them).  ``pcmpstr`` follows the SDM's description (vol. 2, "Packed Compare String"): a
 comparison matrix between the elements of the first operand (the needle / character set /
 ranges) and the second (the haystack), overridden where either element lies past its

@@ -1,7 +1,7 @@
 """Translation of x86 basic blocks into Python functions.
 
 This is the processor's fast path and the single definition of instruction
-semantics.  A block of decoded instructions (``kvmpy.hw.decoder``) becomes the
+semantics.  A block of decoded instructions (``kvmpy.hw.translate.decoder``) becomes the
 source of one Python function, compiled once and cached by the processor; the
 emulator (``kvmpy.kernel.x86.emulate``) translates single instructions with
 the same code into a namespace whose memory and I/O callbacks go to the MMIO
@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import re
 
-from . import flags as F
-from .decoder import Insn
+from kvmpy.hw import flags as F
+from kvmpy.hw.translate.decoder import Insn
 
 M = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 SIGN = {1: 0x80, 2: 0x8000, 4: 0x80000000, 8: 0x8000000000000000}
@@ -507,7 +507,7 @@ class Block:
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
                  "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
-                 "reg_locals", "barriers")
+                 "reg_locals", "barriers", "last_ip", "code_ranges")
 
     def __init__(self):
         self.epoch = -1
@@ -719,6 +719,7 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     b.cs_base = cs_base
     b.lin = lin
     b.spans = _spans(insns, cs_base)
+    b.last_ip = max(i.start + len(i.raw) for i in insns) - 1    # checked against the CS limit
     b.mode_key = mode.key
     b.source = src
     return b

@@ -2,7 +2,7 @@
 
 The processor implements state components 0 (x87) and 1 (SSE) only -- no AVX -- so XCR0 may
 hold bits 0-1 (``XCR0_SUPPORTED``) and the standard-format area is 576 bytes: the 512-byte
-legacy area of FXSAVE (``kvmpy.hw.fxsave``) and the 64-byte XSAVE header, whose first
+legacy area of FXSAVE (``kvmpy.hw.fpu.fxsave``) and the 64-byte XSAVE header, whose first
 quadword is XSTATE_BV and second XCOMP_BV (always 0 here: no compacted format, no XSAVEC).
 
 Which components an instruction touches is RFBM = XCR0 & EDX:EAX.  XINUSE, the components
@@ -20,9 +20,9 @@ layout.
 
 from __future__ import annotations
 
-from . import fxsave
-from .events import Fault
-from .state import CR0_TS, CR4_OSXSAVE
+from kvmpy.hw.fpu import fxsave
+from kvmpy.hw.events import Fault
+from kvmpy.hw.x86defs import CR0_TS, CR4_OSXSAVE
 
 X87, SSE = 1, 2
 XCR0_SUPPORTED = X87 | SSE
@@ -116,11 +116,12 @@ def init_components(cpu, components: int, nxmm: int) -> None:
 
 
 def restore_components(cpu, legacy: bytes, bv: int, rfbm: int, wide: bool,
-                       nxmm: int | None = None) -> None:
+                       nxmm: int | None = None, mxcsr_from_memory: bool = True) -> None:
     """Load each component of RFBM from ``legacy`` if its XSTATE_BV bit is set, else put it
-    in its initial configuration; MXCSR comes from memory whenever RFBM has SSE.  All checks
-    happen before any state changes.  ``nxmm``: XMM registers to load (default: the mode's)."""
-    mxcsr = fxsave.check_mxcsr_image(cpu, legacy) if rfbm & SSE else None
+    in its initial configuration; MXCSR comes from memory whenever RFBM has SSE (and
+    ``mxcsr_from_memory``).  All checks happen before any state changes.  ``nxmm``: XMM
+    registers to load (default: the mode's)."""
+    mxcsr = fxsave.check_mxcsr_image(cpu, legacy) if rfbm & SSE and mxcsr_from_memory else None
     init_components(cpu, rfbm & ~bv, fxsave.xmm_count(cpu) if nxmm is None else nxmm)
     cpu.fpu.used = (cpu.fpu.used & ~rfbm) | (bv & rfbm)
     if rfbm & bv & X87:
@@ -158,6 +159,9 @@ def standard_image(cpu) -> bytes:
 
 def load_standard_image(cpu, area: bytes) -> None:
     """KVM_SET_XSAVE: load every supported component from a standard-format area (Fault
-    for a bad header or MXCSR, before any change)."""
+    for a bad header or MXCSR, before any change).  The area's MXCSR counts only when
+    XSTATE_BV has x87 or SSE, as Linux's copy_uabi_to_xstate reads it (MXCSR is part of
+    the x87 component's bytes, and SSE needs it); otherwise MXCSR is left as it is."""
     bv = check_header(area[LEGACY_SIZE:AREA_SIZE])
-    restore_components(cpu, area[:LEGACY_SIZE], bv, XCR0_SUPPORTED, True, len(cpu.fpu.xmm))
+    restore_components(cpu, area[:LEGACY_SIZE], bv, XCR0_SUPPORTED, True, len(cpu.fpu.xmm),
+                       mxcsr_from_memory=bool(bv & (X87 | SSE)))

@@ -7,8 +7,8 @@ arch/x86/include/uapi/asm/svm.h).  ``SvmExit`` is what the VMCB control area hol
 instruction intercepts and MOV-to-CR / INVLPG exits carry their operand.
 """
 
-from . import tasks
-from .events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.hw.system import tasks
+from kvmpy.hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
 
 SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
 SVM_EXIT_EXCP_BASE = 0x040          # + vector
@@ -95,7 +95,7 @@ class SvmExit:
 class SvmExitFormat:
     """Encodes the processor's intercepts as #VMEXITs."""
 
-    vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.entry)
+    vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.virt.entry)
 
     def format(self, cpu, e):
         """The #VMEXIT for intercept ``e``; a kind SVM has no code for is SVM_EXIT_ERR
@@ -109,7 +109,20 @@ class SvmExitFormat:
         encode = getattr(self, "_" + e.kind, None)
         if encode is not None:
             encode(cpu, x, i)
+        if "vectoring" in i:
+            self._exit_int_info(x, i["vectoring"])
         return x
+
+    @staticmethod
+    def _exit_int_info(x, event):
+        """An exit during the delivery of an event (APM 15.7.2): the event and its error code in
+        EXITINTINFO, for KVM to inject again (through an IDT task gate: the event the task
+        switch delivers)."""
+        kind, vector, error_code, _ = event
+        x.exit_int_info = SVM_EXITINTINFO_VALID | _INT_TYPES[kind] | vector
+        if error_code is not None:
+            x.exit_int_info |= SVM_EXITINTINFO_VALID_ERR
+            x.exit_int_info_err = error_code
 
     @staticmethod
     def _io(cpu, x, i):
@@ -145,12 +158,6 @@ class SvmExitFormat:
         x.exit_info_2 = ((1 << SVM_EXITINFOSHIFT_TS_REASON_IRET if source == "iret" else 0) |
                          (1 << SVM_EXITINFOSHIFT_TS_REASON_JMP if source == "jmp" else 0) |
                          (1 << SVM_EXITINFOSHIFT_TS_HAS_ERROR_CODE | ec if ec is not None else 0))
-        if i["event"] is not None:
-            kind, vector = i["event"]
-            x.exit_int_info = SVM_EXITINTINFO_VALID | _INT_TYPES[kind] | vector
-            if ec is not None:
-                x.exit_int_info |= SVM_EXITINTINFO_VALID_ERR
-                x.exit_int_info_err = ec
 
     @staticmethod
     def _ept_violation(cpu, x, i):

@@ -3,7 +3,7 @@
 Translated code (``kvmpy.hw.insn.x87``) reads memory operands itself, calls these functions
 (reachable as ``cpu.fpu.x87``) with the raw bits, and stores what they return before calling
 ``store_done``; so a memory fault never leaves the stack half changed.  Arithmetic is the
-exact ``kvmpy.hw.softfloat`` core on the 64-bit significand, rounded as the control word says
+exact ``kvmpy.hw.fpu.softfloat`` core on the 64-bit significand, rounded as the control word says
 (precision control applies to FADD/FSUB/FMUL/FDIV/FSQRT, as on the hardware), with the
 x87's NaN rules, stack faults, condition codes (C1 = rounded up) and exception flags.
 
@@ -24,8 +24,8 @@ FBLD/FBSTP convert 18-digit packed BCD; FBLD of invalid digits weighs them as th
 
 from __future__ import annotations
 
-from . import softfloat as sf
-from .softfloat import DE, F32, F64, F80, FINITE, IE, INF, PE, QNAN, SNAN, UE, UP, ZE, ZERO
+from kvmpy.hw.fpu import softfloat as sf
+from kvmpy.hw.fpu.softfloat import DE, F32, F64, F80, FINITE, IE, INF, PE, QNAN, SNAN, UE, UP, ZE, ZERO
 
 C0, C1, C2, C3 = 0x100, 0x200, 0x400, 0x4000
 SF, ES, BUSY = 0x40, 0x80, 0x8000

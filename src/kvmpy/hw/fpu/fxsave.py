@@ -11,8 +11,8 @@ no x87 exception is pending.  MXCSR_MASK is the model's (``kvmpy.hw.models``).
 
 from __future__ import annotations
 
-from .events import Fault
-from .state import CR0_EM, CR0_TS, CR4_OSFXSR
+from kvmpy.hw.events import Fault
+from kvmpy.hw.x86defs import CR0_EM, CR0_TS, CR4_OSFXSR
 
 XSTATE_BYTES = 416
 FSW_ES = 0x80

@@ -1,6 +1,6 @@
 """Which instruction forms the processor implements, found by translating each one.
 
-A *form* is an opcode (maps folded as in ``kvmpy.hw.decoder``) with the ModRM.reg value
+A *form* is an opcode (maps folded as in ``kvmpy.hw.translate.decoder``) with the ModRM.reg value
 where it selects the operation (groups), ModRM.rm where a register form selects it (x87
 escapes, 0F 01), register or memory operand, mandatory/size prefix (none, 66, F3, F2),
 REX.W, and the processor mode (64- or 32-bit code).  Each form with an emitter is probed
@@ -13,7 +13,7 @@ form of its own: it is an alias of the simpler variant, so counts reflect what t
 emitters distinguish.  ``tests.oracle.coverage`` maps the instructions the differential
 tests run onto these forms.
 
-    python -m kvmpy.hw.coverage          # implemented forms only
+    python -m kvmpy.testing.coverage          # implemented forms only
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from __future__ import annotations
 import sys
 from collections import Counter, namedtuple
 
-from . import codegen, insn  # noqa: F401  (insn registers the emitters)
-from .decoder import MAP0F, DecodeError, decode
+from kvmpy.hw import insn  # noqa: F401  (insn registers the emitters)
+from kvmpy.hw.translate import codegen
+from kvmpy.hw.translate.decoder import MAP0F, DecodeError, decode
 
 Form = namedtuple("Form", "bits opc reg rm mem pfx w")
 MAPS = {0: "1-byte", 1: "0F", 2: "0F38", 3: "0F3A"}

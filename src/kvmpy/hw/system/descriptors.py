@@ -1,12 +1,12 @@
 """Segment descriptors as the processor reads them from the GDT/LDT (SDM vol. 3 3.4.5).
 
-Shared by segment loads (``kvmpy.hw.segments``), task switches (``kvmpy.hw.tasks``) and the
-descriptor-table instructions (``kvmpy.hw.system``), none of which needs the others for it.
+Shared by segment loads (``kvmpy.hw.system.segments``), task switches (``kvmpy.hw.system.tasks``) and the
+descriptor-table instructions (``kvmpy.hw.system.sysops``), none of which needs the others for it.
 """
 
 from __future__ import annotations
 
-from .state import Segment
+from kvmpy.hw.state import Segment
 
 
 def parse_descriptor(d: int, seg: Segment, selector: int) -> Segment:

@@ -15,11 +15,9 @@ vmx_segment_access_rights, which sets the VMCS "unusable" bit for them.
 
 from __future__ import annotations
 
-from .events import EXT_INTR, Intercept
-from .state import (CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_DE, CR4_FSGSBASE, CR4_MCE, CR4_OSFXSR,
-                    CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PSE, CR4_PVI,
-                    CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, CS, DS, EFER_LMA, EFER_LME, EFER_NXE,
-                    EFER_SCE, ES, FS, GS, IF, SEG_NAMES, SS, VM)
+from kvmpy.hw.x86defs import CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_DE, CR4_FSGSBASE, CR4_MCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, CS, DS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, ES, FS, GS, IF, SEG_NAMES, SS, VM, canonical
+
+from kvmpy.hw.events import EXT_INTR, Intercept
 
 # CR4 bits this processor implements (IA32_VMX_CR4_FIXED1 less VMXE; on AMD, the bits that
 # are not MBZ).  Any other bit set makes the entry fail.
@@ -100,11 +98,6 @@ def _limit_granularity_error(name, seg):
     if not seg.g and seg.limit >> 20:
         return name + ".G=0 with limit[31:20] not zero"
     return None
-
-
-def canonical(addr) -> bool:
-    top = addr >> 47
-    return top == 0 or top == (1 << 17) - 1
 
 
 def _segment_errors(cpu, lma):

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import struct
 
-from . import softfloat as sf
-from .events import Fault
-from .softfloat import F32, F64, IE, DE, QNAN, SNAN
+from kvmpy.hw.fpu import softfloat as sf
+from kvmpy.hw.events import Fault
+from kvmpy.hw.fpu.softfloat import F32, F64, IE, DE, QNAN, SNAN
 
 _SIZE = {"b": 1, "B": 1, "h": 2, "H": 2, "i": 4, "I": 4, "q": 8, "Q": 8}
 _UNSIGNED = {1: "B", 2: "H", 4: "I", 8: "Q"}
@@ -487,4 +487,4 @@ def dot(cpu, a, b, size, imm):
 
 
 # SSE4.2's units, reached from translated code like the rest of this module (``SV.<name>``)
-from .sse42 import crc32c, explicit_length, implicit_length, pcmpstr  # noqa: E402,F401
+from kvmpy.hw.fpu.sse42 import crc32c, explicit_length, implicit_length, pcmpstr  # noqa: E402,F401

@@ -5,15 +5,16 @@ as helpers.  They follow SDM vol. 3 chapters 3, 5 and 6 (and AMD APM vol. 2
 chapter 8 for long mode), with their checks and faults: call gates (16/32-bit, and
 64-bit in long mode), virtual-8086 entry by IRET and interrupts out of it to a ring-0
 handler.  Task switches (JMP/CALL to a TSS or task gate, IDT task gates, IRET with NT)
-are in ``kvmpy.hw.tasks``.
+are in ``kvmpy.hw.system.tasks``.
 """
 
 from __future__ import annotations
 
-from . import tasks
-from .descriptors import parse_descriptor
-from .events import EXT_INTR, HW_EXC, NMI, SW_EXC, SW_INT, Fault
-from .state import AC, CR0_PE, CS, DS, EFER_LMA, ES, FS, GS, IF, NT, RF, SS, TF, VM, Segment
+from kvmpy.hw.system import tasks
+from kvmpy.hw.system.descriptors import parse_descriptor
+from kvmpy.hw.events import EXT_INTR, HW_EXC, NMI, SW_EXC, SW_INT, Fault
+from kvmpy.hw.state import Segment
+from kvmpy.hw.x86defs import AC, CR0_PE, CS, DS, EFER_LMA, ES, FS, GS, IF, NT, RF, SS, TF, VM
 
 M = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 
@@ -21,7 +22,7 @@ M = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}
 class SegmentUnit:
     """Mixin for Processor: everything that loads CS/SS or walks the IDT."""
 
-    # VMX/SVM execution control: task switches are VM exits (kvmpy.hw.tasks).  Off for a bare
+    # VMX/SVM execution control: task switches are VM exits (kvmpy.hw.system.tasks).  Off for a bare
     # processor; the vendor module sets it, as the silicon always intercepts them.
     intercept_task_switch = False
 
@@ -496,7 +497,7 @@ class SegmentUnit:
             raise Fault(11, idt_err)
         sel = (gate >> 16) & 0xFFFF
         if gtype == 5:
-            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext, event=(kind, vector))
+            tasks.task_switch(self, sel, tasks.INT, ret_ip, error_code=error_code, ext=ext)
             return
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
         if long_mode:
