@@ -4,26 +4,19 @@ then on kvmpy the TSC a guest reads (its frequency, TSC_ADJUST, a guest TSC writ
 pvclock structure kvmclock writes into guest memory."""
 
 import ctypes
-import errno
 
 import pytest
 
 from kvmpy import syscalls
-from kvmpy.kernel.x86 import kvmclock
+from kvmpy.kernel.x86 import cpuid as kcpuid, kvmclock
 from kvmpy.uapi import kvm as uapi
 from tests.guests.test_pit_guest import create_irqchip
 from tests.support import guestvm
-from tests.support.guestvm import BACKENDS
+from tests.support.guestvm import BACKENDS, errno_name as _errno
 
 TSC, TSC_ADJUST, TSC_DEADLINE = 0x10, 0x3B, 0x6E0
 WALL_CLOCK_NEW, SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
 
-
-def _errno(f):
-    try:
-        return f()
-    except OSError as e:
-        return errno.errorcode[e.errno]
 
 
 def _msrs(m, write=None, *indices):
@@ -56,8 +49,8 @@ def test_kvm_cpuid_leaves_and_msr_list_are_the_hosts(sc):
     sig = leaves[0x40000000]
     assert (sig.eax, sig.ebx, sig.ecx, sig.edx) == (0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)
     features = leaves[0x40000001].eax
-    for bit in (kvmclock.KVM_FEATURE_NOP_IO_DELAY, kvmclock.KVM_FEATURE_CLOCKSOURCE2,
-                kvmclock.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT):
+    for bit in (kcpuid.KVM_FEATURE_NOP_IO_DELAY, kcpuid.KVM_FEATURE_CLOCKSOURCE2,
+                kcpuid.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT):
         assert features >> bit & 1
     assert leaves[7].ebx >> 1 & 1                             # TSC_ADJUST
     assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW} <= listed

@@ -259,7 +259,7 @@ def kvm_vm_ioctl(file, cmd: int, arg):
     if cmd == uapi.KVM_GET_STATS_FD:
         return kvm_vm_ioctl_get_stats_fd(kvm)
     if cmd == uapi.KVM_IRQFD:
-        return eventfd.kvm_irqfd(kvm, arg)
+        return eventfd.kvm_irqfd(kvm, arg, arch.kvm_arch_irqfd_allowed)
     if cmd == uapi.KVM_IOEVENTFD:
         return eventfd.kvm_ioeventfd(kvm, arg)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)

@@ -21,6 +21,7 @@ from ...hw import memory as hm
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..kvm_host import gfn_to_memslot, mark_page_dirty_in_slot
 from . import cpuid as kcpuid
+from .cpuid import KVM_CPUID_FEATURES, KVM_FEATURE_CLOCKSOURCE2
 from . import x86
 
 HOST_TSC_KHZ = 1_000_000
@@ -28,8 +29,6 @@ NSEC_PER_SEC = 1_000_000_000
 MAX_GUEST_TSC_KHZ = 0xFFFFFFFF
 MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE = 0x10, 0x3B, 0x6E0
 MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
-KVM_CPUID_SIGNATURE, KVM_CPUID_FEATURES = 0x40000000, 0x40000001
-KVM_FEATURE_NOP_IO_DELAY, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1, 3, 24
 KVM_CLOCK_VALID_FLAGS = uapi.KVM_CLOCK_TSC_STABLE | uapi.KVM_CLOCK_REALTIME | uapi.KVM_CLOCK_HOST_TSC
 PVCLOCK_TSC_STABLE_BIT = 1
 
@@ -92,9 +91,9 @@ def kvm_vcpu_write_tsc(vcpu, value: int) -> None:
     vcpu_time(vcpu).tsc_offset = value - kvm_scale_tsc(vcpu, vcpu.kvm.clock.now_ns())
 
 
-def kvm_tsc_attach(vcpu) -> None:
+def kvm_synchronize_tsc(vcpu) -> None:
     """Let the vCPU's processor read its TSC from the clock (the processor's host TSC input),
-    in step with the VM's other vCPUs (kvm_synchronize_tsc)."""
+    in step with the VM's other vCPUs."""
     others = [v for v in vcpu.kvm.vcpus if v is not vcpu and getattr(v.arch, "time", None) is not None]
     cpu = vcpu.arch.cpu
     cpu.tsc = 0
@@ -227,16 +226,6 @@ TIME_MSRS = (MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_KVM_W
              MSR_KVM_SYSTEM_TIME_NEW)
 
 
-# ------------------------------------------------------------------ the CPUID leaves
-def kvm_cpuid_leaves():
-    """KVM_CPUID_SIGNATURE ("KVMKVMKVM") and KVM_CPUID_FEATURES: the kvmclock kvmpy has."""
-    sig = b"KVMKVMKVM\0\0\0"
-    ebx, ecx, edx = (int.from_bytes(sig[i:i + 4], "little") for i in (0, 4, 8))
-    features = 1 << KVM_FEATURE_NOP_IO_DELAY | 1 << KVM_FEATURE_CLOCKSOURCE2 | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
-    return [kcpuid.CpuidEntry(KVM_CPUID_SIGNATURE, 0, 0, KVM_CPUID_FEATURES, ebx, ecx, edx),
-            kcpuid.CpuidEntry(KVM_CPUID_FEATURES, 0, 0, features)]
-
-
 # ------------------------------------------------------------------ the ioctls
 def kvm_vm_ioctl_get_clock(kvm, arg) -> int:
     data = uapi.kvm_clock_data(clock=get_kvmclock_ns(kvm) & 0xFFFFFFFFFFFFFFFF)
@@ -297,6 +286,7 @@ x86.vm_ioctl_handlers.update({
 x86.vcpu_ioctl_handlers.update({
     uapi.KVM_SET_TSC_KHZ: kvm_vcpu_ioctl_set_tsc_khz, uapi.KVM_GET_TSC_KHZ: kvm_vcpu_ioctl_get_tsc_khz,
 })
+x86.kvm_synchronize_tsc = kvm_synchronize_tsc
 x86.msr_handlers.update({index: (kvm_get_time_msr, kvm_set_time_msr) for index in TIME_MSRS})
 x86.emulated_msrs += tuple(i for i in TIME_MSRS if i not in x86.msrs_to_save)
 x86.supported_caps.update({

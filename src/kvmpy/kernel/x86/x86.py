@@ -72,6 +72,8 @@ emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
 # MSRs that another module of the x86 layer owns: index -> (get(vcpu, index, host_initiated),
 # set(vcpu, index, data, host_initiated)), registered by that module (kvmclock.py: the time MSRs)
 msr_handlers: dict = {}
+# kvmclock.py's kvm_synchronize_tsc, registered by it (it imports this module)
+kvm_synchronize_tsc = None
 msr_based_features = (MSR_IA32_UCODE_REV,)
 
 _EFER_FEATURE = ((hd.EFER_SCE, "syscall"), (hd.EFER_LME | hd.EFER_LMA, "lm"), (hd.EFER_NXE, "nx"))
@@ -170,6 +172,13 @@ class KvmArch:
 def irqchip_in_kernel(kvm) -> bool:
     """An in-kernel interrupt controller (KVM_CREATE_IRQCHIP, or split) serves interrupts."""
     return kvm.arch.irqchip_mode != KVM_IRQCHIP_NONE
+
+
+def kvm_arch_irqfd_allowed(kvm, resample: bool) -> bool:
+    """x86: an irqfd needs an in-kernel irqchip; a resampling one the full in-kernel one (a
+    split irqchip's IOAPIC is in user space, which sees the EOIs itself)."""
+    mode = kvm.arch.irqchip_mode
+    return mode == KVM_IRQCHIP_KERNEL if resample else mode != KVM_IRQCHIP_NONE
 
 
 @traced
@@ -428,14 +437,7 @@ def kvm_arch_vcpu_create(vcpu) -> None:
 
 @traced
 def kvm_arch_vcpu_postcreate(vcpu) -> None:
-    kvm_synchronize_tsc(vcpu)
-
-
-def kvm_synchronize_tsc(vcpu) -> None:
-    """A new vCPU's TSC starts in step with the VM's other vCPUs, read from the VM clock
-    (kvmclock.py, which registers into this module and so is imported here, late)."""
-    from .kvmclock import kvm_tsc_attach
-    kvm_tsc_attach(vcpu)
+    kvm_synchronize_tsc(vcpu)         # a new vCPU's TSC starts in step with the VM's others
 
 
 def kvm_arch_vcpu_destroy(vcpu) -> None:
