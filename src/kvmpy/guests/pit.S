@@ -14,6 +14,7 @@
         .code16
         .globl _start
 _start:
+        cli
         /* channel 2 through the speaker port */
         mov $0x01, %al
         out %al, $0x61                  /* gate 2 on, speaker data off */
