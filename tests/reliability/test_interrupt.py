@@ -62,6 +62,7 @@ def test_signal_to_the_vcpu_thread(soft_kvm, soft_mmu):
         def vcpu_thread():
             result["ident"] = threading.get_ident()
             result["run"] = _run_until_interrupted(m)
+            result["returned"] = time.monotonic()
         t = threading.Thread(target=vcpu_thread)
         t.start()
         time.sleep(0.1)
@@ -69,9 +70,11 @@ def test_signal_to_the_vcpu_thread(soft_kvm, soft_mmu):
         signal.pthread_kill(result["ident"], signal.SIGUSR1)
         t.join(5)
         assert not t.is_alive(), "KVM_RUN did not return after the signal"
-        code, reason, took = result["run"]
+        code, reason, _ = result["run"]
         assert (code, reason) == (errno.EINTR, uapi.KVM_EXIT_INTR)
-        assert took - 0.1 < LIMIT + (time.monotonic() - sent)
+        # From the kick to KVM_RUN's return: not ``took``, which also holds however long the
+        # main thread's sleep overran on a loaded machine (a compile holding the GIL).
+        assert result["returned"] - sent < LIMIT
         for _ in range(100):                          # the handler runs in the main thread
             if seen:
                 break
