@@ -3,7 +3,6 @@ write signals an ioeventfd with no exit to user space (on the host and on kvmpy)
 errnos are the host's, and a signalled irqfd is consumed and drives its GSI (an edge, or a
 level that the guest's EOI lowers and reports on the resample fd), watched at the irq hook."""
 
-import errno
 import os
 import threading
 import time
@@ -16,7 +15,7 @@ from kvmpy.kernel.eventfd import kvm_notify_acked_gsi
 from kvmpy.uapi import kvm as uapi
 from tests.guests.test_pit_guest import create_irqchip
 from tests.support import guestvm
-from tests.support.guestvm import BACKENDS
+from tests.support.guestvm import BACKENDS, errno_name as _errno
 
 PIO_ANY, PIO_MATCH = 0x700, 0x702
 MMIO_ANY, MMIO_NOLEN = 0xD0000000, 0xD0000010
@@ -37,16 +36,9 @@ GUEST = guestvm.prot32(f"""
 """)
 
 
-def _errno(f):
-    try:
-        f()
-    except OSError as e:
-        return errno.errorcode[e.errno]
-    return 0
-
 
 def _ioeventfd(sc, vm, fd, addr, length, flags=0, datamatch=0):
-    sc.ioctl(vm, uapi.KVM_IOEVENTFD, uapi.kvm_ioeventfd(addr=addr, len=length, fd=fd, flags=flags,
+    return sc.ioctl(vm, uapi.KVM_IOEVENTFD, uapi.kvm_ioeventfd(addr=addr, len=length, fd=fd, flags=flags,
                                                           datamatch=datamatch))
 
 
@@ -106,7 +98,7 @@ def test_ioeventfd_errnos_are_the_hosts(sc):
 
 
 def _irqfd(sc, vm, fd, gsi, flags=0, resamplefd=0):
-    sc.ioctl(vm, uapi.KVM_IRQFD, uapi.kvm_irqfd(fd=fd, gsi=gsi, flags=flags, resamplefd=resamplefd))
+    return sc.ioctl(vm, uapi.KVM_IRQFD, uapi.kvm_irqfd(fd=fd, gsi=gsi, flags=flags, resamplefd=resamplefd))
 
 
 @pytest.mark.parametrize("sc", BACKENDS)

@@ -1,7 +1,6 @@
 """The PIT's ioctls against the host (errnos, the state KVM_GET_PIT2 shows), and channel 0's
 tick on IRQ 0 with the reinject and discard lost-tick policies (watched at the irq hook)."""
 
-import errno
 
 import pytest
 
@@ -13,15 +12,8 @@ from kvmpy.kernel.x86 import i8254
 from kvmpy.uapi import kvm as uapi
 from tests.guests.test_pit_guest import create_irqchip_and_pit
 from tests.support import guestvm
-from tests.support.guestvm import BACKENDS
+from tests.support.guestvm import BACKENDS, errno_name as _errno
 
-
-def _errno(f):
-    try:
-        f()
-    except OSError as e:
-        return errno.errorcode[e.errno]
-    return 0
 
 
 @pytest.mark.parametrize("sc", BACKENDS)

@@ -99,7 +99,8 @@ def test_cpuid2_round_trip_and_lookup(vcpu):
     assert cpuid.guest_cpuid_has(v, "lm") and not cpuid.guest_cpuid_has(v, "avx")
     max_basic = cpuid.kvm_cpuid(v, 0, 0)[0]
     assert cpuid.kvm_cpuid(v, 0x20, 0) == cpuid.kvm_cpuid(v, max_basic, 0)   # Intel: highest basic leaf
-    assert cpuid.kvm_cpuid(v, 0x40000000, 0) == (0, 0, 0, 0)
+    assert cpuid.kvm_cpuid(v, 0x40000000, 0)[1:] == (0x4B4D564B, 0x564B4D56, 0x4D)   # "KVMKVMKVM"
+    assert cpuid.kvm_cpuid(v, 0x40000100, 0) == (0, 0, 0, 0)     # hypervisor range, no entry
     present = {sup.entries[i].function for i in range(sup.nent)}
     hole = min(f for f in range(1, max_basic) if f not in present)
     assert cpuid.kvm_cpuid(v, hole, 0) == (0, 0, 0, 0)                       # in range, no entry

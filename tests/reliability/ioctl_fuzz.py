@@ -69,8 +69,9 @@ KVM_REQUESTS = {n: v for n, v in vars(K).items()
 
 def implemented() -> frozenset:
     """The ioctls kvmpy answers on some descriptor (the rest of kvmpy.uapi is kvmpy-only)."""
-    from kvmpy.kernel import kvm_main  # noqa: F401  (imports every module that registers handlers)
-    from kvmpy.kernel.x86 import run  # noqa: F401  (registers the run path's handlers)
+    # kvm_main imports every module that registers ioctl handlers (run, i8254, kvmclock...),
+    # so the parent and the workers draw from the same list whatever they imported before
+    from kvmpy.kernel import kvm_main  # noqa: F401
     from kvmpy.kernel.x86 import x86
     names = ("GET_API_VERSION", "CREATE_VM", "CHECK_EXTENSION", "GET_VCPU_MMAP_SIZE",
              "GET_MSR_INDEX_LIST", "GET_MSR_FEATURE_INDEX_LIST", "GET_SUPPORTED_CPUID", "GET_MSRS",
@@ -539,12 +540,17 @@ def explain(op, soft: str, host: str):
     * The tables KVM_GET_SUPPORTED_CPUID and KVM_GET_MSR_(FEATURE_)INDEX_LIST return have
       other lengths (kvmpy's processor has fewer leaves and MSRs than the host's), so an
       array long enough for one can be too short for the other: ok against E2BIG/EFAULT.
+    * KVM_SET_TSC_KHZ: which frequencies a vCPU may have depends on the host's TSC scaling;
+      kvmpy scales in software (KVM_CAP_TSC_CONTROL), a host without scaling accepts any
+      frequency above its own (it catches up) and refuses those below.
     """
     if op[0] != "ioctl":
         return None
     cmd = op[2]
     if cmd not in KVM_REQUESTS.values() and cmd not in GENERIC and host not in ("EINVAL", "ENOTTY"):
         return "host ioctl %#x unknown to kvmpy.uapi" % cmd
+    if cmd == K.KVM_SET_TSC_KHZ and {soft, host} <= {"ok", "EINVAL"}:
+        return "TSC scaling differs"
     if cmd in TABLES and {soft, host} <= {"ok", "E2BIG", "EFAULT"}:
         return "table lengths differ (%s)" % TABLES[cmd]
     return None

@@ -53,6 +53,15 @@ def assemble(source):
             return f.read()
 
 
+def errno_name(call):
+    """``call()``'s result, or the name of the errno it failed with ("EINVAL"), for tables of
+    ioctl outcomes that compare kvmpy with the host."""
+    try:
+        return call()
+    except OSError as e:
+        return errno.errorcode[e.errno]
+
+
 def putc(ch):
     """Guest code (any mode) writing one console byte; clobbers AL and DX."""
     return f"mov ${ord(ch)}, %al\n mov ${COM1}, %dx\n out %al, %dx\n"

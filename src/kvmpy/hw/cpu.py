@@ -105,6 +105,9 @@ class Processor(CPUState, SegmentUnit):
         # DELIVERY_TICK event deliveries;
         # True ends the entry with a preemption exit (kvm_vcpu_exit_request on the kernel side)
         self.host_interrupt = _no_host_interrupt
+        # the host's TSC, as the hypervisor scales it for the guest (a callable, the TSC the
+        # guest reads before the offset in ``tsc``); None: one tick per retired instruction
+        self.host_tsc = None
         # --- internal ---
         self.icount = 0
         self.entry_limit = 0             # icount at which the current VM entry ends (run)
@@ -506,6 +509,7 @@ class Processor(CPUState, SegmentUnit):
             while True:
                 if ic > near:
                     ns["_loop_limit"] = end - ic
+                self.icount = ic        # current for what a block asks (RDTSC reads the clock)
                 ic += b.fn()
                 if window:
                     self.icount = ic

@@ -26,7 +26,7 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
     "tsc_deadline_timer": (1, 0, ECX, 24), "xsave": (1, 0, ECX, 26), "osxsave": (1, 0, ECX, 27),
     "avx": (1, 0, ECX, 28), "rdrand": (1, 0, ECX, 30), "hypervisor": (1, 0, ECX, 31),
     # leaf 7.0
-    "fsgsbase": (7, 0, EBX, 0), "bmi1": (7, 0, EBX, 3), "smep": (7, 0, EBX, 7),
+    "fsgsbase": (7, 0, EBX, 0), "tsc_adjust": (7, 0, EBX, 1), "bmi1": (7, 0, EBX, 3), "smep": (7, 0, EBX, 7),
     "bmi2": (7, 0, EBX, 8), "erms": (7, 0, EBX, 9), "invpcid": (7, 0, EBX, 10),
     "smap": (7, 0, EBX, 20), "umip": (7, 0, ECX, 2), "rdpid": (7, 0, ECX, 22),
     "la57": (7, 0, ECX, 16),
@@ -42,7 +42,7 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
 }
 
 IMPLEMENTED: frozenset[str] = frozenset({
-    "tsc", "msr", "pae", "pse", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
+    "tsc", "tsc_adjust", "msr", "pae", "pse", "cx8", "apic", "sep", "mtrr", "pge", "cmov", "pat", "pse36",
     "clflush", "syscall", "nx", "lm", "lahf_lm", "hypervisor",
     # x87, MMX and SSE..SSE4.2 (kvmpy.hw.insn.x87 / mmx / sse, kvmpy.hw.fpu.sse42, FXSAVE in
     # kvmpy.hw.fpu.fxsave); XSAVE/XRSTOR/XSAVEOPT for x87 and SSE (kvmpy.hw.fpu.xsave; no AVX)

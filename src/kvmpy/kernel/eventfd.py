@@ -24,7 +24,6 @@ from . import irq_hook
 from .fs import copy_from_user, kernel_error
 from .irqchip import kvm_irq_map_chip_pin
 from .iodev import KVM_MMIO_BUS, KVM_PIO_BUS, KvmIoDevice, kvm_io_bus_register_dev, kvm_io_bus_unregister_dev
-from .kvm_host import KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_NONE
 
 
 class KvmIrqAckNotifier:
@@ -185,16 +184,9 @@ def _drain(fd: int) -> bool:
         return False
 
 
-def kvm_arch_irqfd_allowed(kvm, resample: bool) -> bool:
-    """x86: an irqfd needs an in-kernel irqchip; a resampling one the full in-kernel one (a
-    split irqchip's IOAPIC is in user space, which sees the EOIs itself)."""
-    mode = kvm.arch.irqchip_mode
-    return mode == KVM_IRQCHIP_KERNEL if resample else mode != KVM_IRQCHIP_NONE
-
-
-def kvm_irqfd_assign(kvm, args) -> int:
+def kvm_irqfd_assign(kvm, args, arch_allowed) -> int:
     resample = bool(args.flags & uapi.KVM_IRQFD_FLAG_RESAMPLE)
-    if not kvm_arch_irqfd_allowed(kvm, resample):
+    if not arch_allowed(kvm, resample):
         raise kernel_error(errno.EINVAL)
     fd = eventfd_ctx_fdget(args.fd)
     irqfd = KvmKernelIrqfd(kvm, args.gsi, fd, eventfd_id(fd))
@@ -259,13 +251,15 @@ def kvm_irqfd_deassign(kvm, args) -> int:
     return 0
 
 
-def kvm_irqfd(kvm, arg) -> int:
+def kvm_irqfd(kvm, arg, arch_allowed) -> int:
+    """KVM_IRQFD; ``arch_allowed(kvm, resample)`` is the architecture's kvm_arch_irqfd_allowed
+    (generic KVM passes it: this module sits below the architecture code)."""
     args = uapi.kvm_irqfd.from_buffer_copy(copy_from_user(arg, ctypes.sizeof(uapi.kvm_irqfd)))
     if args.flags & ~(uapi.KVM_IRQFD_FLAG_DEASSIGN | uapi.KVM_IRQFD_FLAG_RESAMPLE):
         raise kernel_error(errno.EINVAL)
     if args.flags & uapi.KVM_IRQFD_FLAG_DEASSIGN:
         return kvm_irqfd_deassign(kvm, args)
-    return kvm_irqfd_assign(kvm, args)
+    return kvm_irqfd_assign(kvm, args, arch_allowed)
 
 
 def kvm_irqfd_release(kvm) -> None:

@@ -36,7 +36,7 @@ from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
 from . import eventfd
 from .hrtimer import kvm_clock_create
-from kvmpy.kernel.x86 import i8254, irqchip_ioctls, params, run as x86_run, x86 as arch   # noqa: F401  (they register their ioctls)
+from kvmpy.kernel.x86 import i8254, irqchip_ioctls, kvmclock, params, run as x86_run, x86 as arch   # noqa: F401  (i8254, irqchip_ioctls and kvmclock register their ioctls)
 from kvmpy.kernel.x86.mmu import mmu
 
 __all__ = [
@@ -259,7 +259,7 @@ def kvm_vm_ioctl(file, cmd: int, arg):
     if cmd == uapi.KVM_GET_STATS_FD:
         return kvm_vm_ioctl_get_stats_fd(kvm)
     if cmd == uapi.KVM_IRQFD:
-        return eventfd.kvm_irqfd(kvm, arg)
+        return eventfd.kvm_irqfd(kvm, arg, arch.kvm_arch_irqfd_allowed)
     if cmd == uapi.KVM_IOEVENTFD:
         return eventfd.kvm_ioeventfd(kvm, arg)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)

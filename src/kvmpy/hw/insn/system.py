@@ -44,7 +44,7 @@ def _msr(g, ins):
 
 @emitter(MAP0F | 0x31)
 def _rdtsc(g, ins):
-    g.emit("sys('rdtsc', False)")
+    g.emit("sys('rdtsc', False, n + %d)" % g.idx)
 
 
 @emitter(MAP0F | 0x0B, MAP0F | 0xFF, MAP0F | 0xB9)
@@ -133,7 +133,7 @@ def _group7(g, ins):
             elif _priv(g):
                 g.emit("sys('swapgs')")
         elif key == (7, 1):
-            g.emit("sys('rdtsc', True)")
+            g.emit("sys('rdtsc', True, n + %d)" % g.idx)
         elif r == 4:
             g.set_reg(ins.rm, ins.opsize, "(cpu.cr0 & %#x)" % M[ins.opsize])
         elif r == 6:

@@ -14,13 +14,21 @@ from kvmpy.hw.x86defs import canonical
 from kvmpy.hw.system.descriptors import parse_descriptor
 from kvmpy.hw.state import Segment
 
-TSC_PER_INSN = 1        # deterministic virtual clock: one TSC tick per retired instruction
+TSC_PER_INSN = 1        # the processor's own TSC (no hypervisor input): one tick per retired instruction
 
 
-def rdtsc(cpu, with_aux):
+def rdtsc(cpu, with_aux, retired=0):
+    """RDTSC/RDTSCP.  ``retired``: the instructions the running block retired before this one,
+    which ``cpu.icount`` counts only once the block ends; they are counted in for the read,
+    so that the TSC is exact to the instruction."""
     if cpu.cr4 & CR4_TSD and cpu.mode.cpl:
         raise Fault(13, 0)
-    t = (cpu.tsc + cpu.icount * TSC_PER_INSN) & 0xFFFFFFFFFFFFFFFF
+    cpu.icount += retired
+    try:
+        host = cpu.host_tsc() if cpu.host_tsc is not None else cpu.icount * TSC_PER_INSN
+    finally:
+        cpu.icount -= retired
+    t = (cpu.tsc + host) & 0xFFFFFFFFFFFFFFFF
     cpu.regs[0] = t & 0xFFFFFFFF
     cpu.regs[2] = t >> 32
     if with_aux:

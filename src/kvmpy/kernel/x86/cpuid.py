@@ -124,7 +124,21 @@ def supported_cpuid(model: models.CpuModel) -> list[CpuidEntry]:
     ]
     if model.max_ext_leaf >= 0x80000021:
         out.append(CpuidEntry(0x80000021, 0, 0, *_regs(0x80000021, 0, names).values()))
-    return out
+    return out + kvm_cpuid_leaves()
+
+
+KVM_CPUID_SIGNATURE, KVM_CPUID_FEATURES = 0x40000000, 0x40000001
+KVM_FEATURE_NOP_IO_DELAY, KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT = 1, 3, 24
+
+
+def kvm_cpuid_leaves():
+    """KVM_CPUID_SIGNATURE ("KVMKVMKVM") and KVM_CPUID_FEATURES: the paravirtual features kvmpy
+    has (kvmclock through the *_NEW MSRs, kernel/x86/kvmclock.py; port 0x80 needs no delay)."""
+    sig = b"KVMKVMKVM\0\0\0"
+    ebx, ecx, edx = (int.from_bytes(sig[i:i + 4], "little") for i in (0, 4, 8))
+    features = 1 << KVM_FEATURE_NOP_IO_DELAY | 1 << KVM_FEATURE_CLOCKSOURCE2 | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+    return [CpuidEntry(KVM_CPUID_SIGNATURE, 0, 0, KVM_CPUID_FEATURES, ebx, ecx, edx),
+            CpuidEntry(KVM_CPUID_FEATURES, 0, 0, features)]
 
 
 def _read_cpuid2_header(arg: int) -> uapi.kvm_cpuid2:

@@ -72,6 +72,11 @@ msrs_to_save = (
     MSR_KERNEL_GS_BASE, MSR_SYSCALL_MASK, MSR_LSTAR, MSR_IA32_TSC, MSR_IA32_CR_PAT, MSR_TSC_AUX,
 )
 emulated_msrs = (MSR_IA32_MISC_ENABLE, MSR_PLATFORM_INFO, MSR_IA32_UCODE_REV)
+# MSRs that another module of the x86 layer owns: index -> (get(vcpu, index, host_initiated),
+# set(vcpu, index, data, host_initiated)), registered by that module (kvmclock.py: the time MSRs)
+msr_handlers: dict = {}
+# kvmclock.py's kvm_synchronize_tsc, registered by it (it imports this module)
+kvm_synchronize_tsc = None
 msr_based_features = (MSR_IA32_UCODE_REV,)
 
 _EFER_FEATURE = ((hd.EFER_SCE, "syscall"), (hd.EFER_LME | hd.EFER_LMA, "lm"), (hd.EFER_NXE, "nx"))
@@ -174,6 +179,13 @@ def irqchip_in_kernel(kvm) -> bool:
 def pic_in_kernel(kvm) -> bool:
     """The PIC is in the kernel (KVM_CREATE_IRQCHIP; a split irqchip leaves it to user space)."""
     return kvm.arch.irqchip_mode == KVM_IRQCHIP_KERNEL
+
+
+def kvm_arch_irqfd_allowed(kvm, resample: bool) -> bool:
+    """x86: an irqfd needs an in-kernel irqchip; a resampling one the full in-kernel one (a
+    split irqchip's IOAPIC is in user space, which sees the EOIs itself)."""
+    mode = kvm.arch.irqchip_mode
+    return mode == KVM_IRQCHIP_KERNEL if resample else mode != KVM_IRQCHIP_NONE
 
 
 @traced
@@ -433,13 +445,7 @@ def kvm_arch_vcpu_create(vcpu) -> None:
 
 @traced
 def kvm_arch_vcpu_postcreate(vcpu) -> None:
-    kvm_synchronize_tsc(vcpu)
-
-
-def kvm_synchronize_tsc(vcpu) -> None:
-    """A new vCPU's TSC starts in step with the VM's other vCPUs."""
-    others = [v for v in vcpu.kvm.vcpus if v is not vcpu and v.arch is not None and v.arch.cpu is not None]
-    vcpu.arch.cpu.tsc = others[0].arch.cpu.tsc if others else 0
+    kvm_synchronize_tsc(vcpu)         # a new vCPU's TSC starts in step with the VM's others
 
 
 def kvm_arch_vcpu_destroy(vcpu) -> None:
@@ -659,6 +665,8 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
     """Write an MSR; 0 on success, 1 if the write must fail (#GP for the guest)."""
     cpu = vcpu.arch.cpu
     data &= (1 << 64) - 1
+    if index in msr_handlers:
+        return msr_handlers[index][1](vcpu, index, data, host_initiated)
     if index == MSR_EFER:
         return kvm_set_efer(vcpu, data, host_initiated)
     if index in _PLAIN_MSRS:
@@ -672,8 +680,6 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         cpu.seg[hd.FS if index == MSR_FS_BASE else hd.GS].base = data
         _state_changed(vcpu)
-    elif index == MSR_IA32_TSC:
-        cpu.tsc = data
     elif index == MSR_TSC_AUX:
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
@@ -716,14 +722,14 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
     """Read an MSR: ``(0, value)``, or ``(1, 0)`` if the read must fail."""
     cpu = vcpu.arch.cpu
     mtrr = vcpu.arch.mtrr_state
+    if index in msr_handlers:
+        return msr_handlers[index][0](vcpu, index, host_initiated)
     if index == MSR_EFER:
         return 0, cpu.efer
     if index in _PLAIN_MSRS or index in (MSR_IA32_SYSENTER_ESP, MSR_IA32_SYSENTER_EIP, MSR_IA32_CR_PAT):
         return 0, cpu.msrs.get(index, 0)
     if index in (MSR_FS_BASE, MSR_GS_BASE):
         return 0, cpu.seg[hd.FS if index == MSR_FS_BASE else hd.GS].base
-    if index == MSR_IA32_TSC:
-        return 0, cpu.tsc
     if index == MSR_TSC_AUX:
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):

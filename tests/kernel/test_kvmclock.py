@@ -1,0 +1,179 @@
+"""Time ioctls and MSRs (kernel/x86/kvmclock.py) against the host: the KVM CPUID leaves, the
+MSR index list, KVM_GET/SET_CLOCK, KVM_GET/SET_TSC_KHZ and the host-initiated time MSRs;
+then on kvmpy the TSC a guest reads (its frequency, TSC_ADJUST, a guest TSC write) and the
+pvclock structure kvmclock writes into guest memory."""
+
+import ctypes
+
+import pytest
+
+from kvmpy import syscalls
+from kvmpy.kernel.x86 import cpuid as kcpuid, kvmclock
+from kvmpy.uapi import kvm as uapi
+from tests.guests.test_pit_guest import create_irqchip
+from tests.support import guestvm
+from tests.support.guestvm import BACKENDS, errno_name as _errno
+
+TSC, TSC_ADJUST, TSC_DEADLINE = 0x10, 0x3B, 0x6E0
+WALL_CLOCK_NEW, SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
+
+
+
+def _msrs(m, write=None, *indices):
+    buf = uapi.with_entries(uapi.kvm_msrs, len(indices))()
+    buf.nmsrs = len(indices)
+    for i, index in enumerate(indices):
+        buf.entries[i].index = index
+        if write is not None:
+            buf.entries[i].data = write
+    n = m.sc.ioctl(m.vcpu_fd, uapi.KVM_SET_MSRS if write is not None else uapi.KVM_GET_MSRS, buf)
+    return n, [buf.entries[i].data for i in range(len(indices))]
+
+
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_kvm_cpuid_leaves_and_msr_list_are_the_hosts(sc):
+    m = guestvm.Machine(sc, mode=None, ram=0)
+    try:
+        cpuid = uapi.with_entries(uapi.kvm_cpuid2, 256)()
+        cpuid.nent = 256
+        sc.ioctl(m.kvm_fd, uapi.KVM_GET_SUPPORTED_CPUID, cpuid)
+        leaves = {e.function: e for e in (cpuid.entries[i] for i in range(cpuid.nent))}
+        buf = bytearray(4 + 4 * 1024)
+        buf[:4] = (1024).to_bytes(4, "little")
+        sc.ioctl(m.kvm_fd, uapi.KVM_GET_MSR_INDEX_LIST, buf)
+        listed = {int.from_bytes(buf[4 + 4 * i:8 + 4 * i], "little") for i in range(int.from_bytes(buf[:4], "little"))}
+        caps = [sc.ioctl(m.vm_fd, uapi.KVM_CHECK_EXTENSION, c) for c in (uapi.KVM_CAP_GET_TSC_KHZ,
+                                                                        uapi.KVM_CAP_ADJUST_CLOCK)]
+    finally:
+        m.close()
+    sig = leaves[0x40000000]
+    assert (sig.eax, sig.ebx, sig.ecx, sig.edx) == (0x40000001, 0x4B4D564B, 0x564B4D56, 0x4D)
+    features = leaves[0x40000001].eax
+    for bit in (kcpuid.KVM_FEATURE_NOP_IO_DELAY, kcpuid.KVM_FEATURE_CLOCKSOURCE2,
+                kcpuid.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT):
+        assert features >> bit & 1
+    assert leaves[7].ebx >> 1 & 1                             # TSC_ADJUST
+    assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW} <= listed
+    assert caps == [1, kvmclock.KVM_CLOCK_VALID_FLAGS]
+
+
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
+    m = guestvm.Machine(sc, mode=None)
+    try:
+        vm, vcpu = m.vm_fd, m.vcpu_fd
+        got = {
+            "vm-set-khz-after-vcpu": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_TSC_KHZ, 1000)),
+            "vcpu-set-khz-0": _errno(lambda: sc.ioctl(vcpu, uapi.KVM_SET_TSC_KHZ, 0)),
+            "khz-equal": sc.ioctl(vcpu, uapi.KVM_GET_TSC_KHZ, 0) == sc.ioctl(vm, uapi.KVM_GET_TSC_KHZ, 0),
+            "set-clock-bad-flag": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(flags=1 << 4))),
+            "set-clock": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=10**12))),
+            "adjust": (_msrs(m, 5, TSC_ADJUST), _msrs(m, None, TSC_ADJUST)),
+            "deadline-without-lapic": (_msrs(m, 5, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE)),
+            "system-time": (_msrs(m, 0x1001, SYSTEM_TIME_NEW), _msrs(m, None, SYSTEM_TIME_NEW)),
+            "wall-clock": (_msrs(m, 0x2000, WALL_CLOCK_NEW), _msrs(m, None, WALL_CLOCK_NEW)),
+            "tsc": (_msrs(m, 10**15, TSC), _msrs(m, None, TSC)[1][0] - 10**15 < 10**11),
+        }
+        clock = uapi.kvm_clock_data()
+        sc.ioctl(vm, uapi.KVM_GET_CLOCK, clock)
+    finally:
+        m.close()
+    assert got == {"vm-set-khz-after-vcpu": "EINVAL", "vcpu-set-khz-0": 0, "khz-equal": True,
+                   "set-clock-bad-flag": "EINVAL", "set-clock": 0,
+                   "adjust": ((1, [5]), (1, [5])), "deadline-without-lapic": ((1, [5]), (1, [0])),
+                   "system-time": ((1, [0x1001]), (1, [0x1001])), "wall-clock": ((1, [0x2000]), (1, [0x2000])),
+                   "tsc": ((1, [10**15]), True)}
+    assert 10**12 <= clock.clock < 10**12 + 10 * 10**9
+
+
+RDTSC_TWICE = guestvm.prot32("""
+ rdtsc
+ mov %eax, %esi
+ rdtsc
+ sub %esi, %eax
+ mov %eax, %ebx
+ hlt
+""")
+
+
+@pytest.mark.parametrize("khz,delta", [(1_000_000, 2), (2_000_000, 4), (500_000, 1)])
+def test_the_guest_tsc_runs_at_the_set_frequency(soft_kvm, khz, delta):
+    """On the virtual clock: two RDTSCs two instructions apart read 2 ticks at 1 GHz."""
+    m = guestvm.Machine(syscalls, guestvm.assemble(RDTSC_TWICE))
+    try:
+        syscalls.ioctl(m.vcpu_fd, uapi.KVM_SET_TSC_KHZ, khz)
+        assert syscalls.ioctl(m.vcpu_fd, uapi.KVM_GET_TSC_KHZ, 0) == khz
+        assert m.step()["reason"] == "HLT"
+        assert int(m.regs("rbx")["rbx"], 16) == delta
+    finally:
+        m.close()
+
+
+ADJUST_GUEST = guestvm.prot32(f"""
+ mov ${TSC_ADJUST}, %ecx
+ xor %edx, %edx
+ mov $0x40000000, %eax
+ wrmsr
+ rdtsc
+ mov %edx, %esi
+ mov ${TSC}, %ecx
+ xor %edx, %edx
+ xor %eax, %eax
+ wrmsr
+ mov ${TSC_ADJUST}, %ecx
+ rdmsr
+ mov %eax, %edi
+ mov %edx, %ebp
+ hlt
+""")
+
+
+def test_guest_writes_of_tsc_adjust_and_tsc(soft_kvm):
+    """A TSC_ADJUST write moves the TSC by the difference; a TSC write moves TSC_ADJUST by as
+    much as the TSC moved (the TSC was 2^30 and a few ticks, TSC_ADJUST ends a few below 0)."""
+    m = guestvm.Machine(syscalls, guestvm.assemble(ADJUST_GUEST))
+    try:
+        assert m.step()["reason"] == "HLT"
+        r = {k: int(v, 16) for k, v in m.regs("rsi", "rdi", "rbp").items()}
+    finally:
+        m.close()
+    assert r["rsi"] == 0                                    # high half of the TSC: 2^30 + small
+    adjust = (r["rbp"] << 32 | r["rdi"]) - (1 << 64)
+    assert -100 < adjust < 0                                # 2^30 - (2^30 + the ticks so far)
+
+
+def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
+    m = guestvm.Machine(syscalls, guestvm.assemble(RDTSC_TWICE))
+    try:
+        syscalls.ioctl(m.vm_fd, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=5 * 10**9))
+        syscalls.ioctl(m.vcpu_fd, uapi.KVM_SET_TSC_KHZ, 3_000_000)
+        _msrs(m, 0x3001, SYSTEM_TIME_NEW)
+        _msrs(m, 0x3100, WALL_CLOCK_NEW)
+        info = kvmclock.PvclockVcpuTimeInfo.from_buffer_copy(bytes(m.ram[0x3000:0x3020]))
+        wall = kvmclock.PvclockWallClock.from_buffer_copy(bytes(m.ram[0x3100:0x310C]))
+        tsc = _msrs(m, None, TSC)[1][0]
+        clock = uapi.kvm_clock_data()
+        syscalls.ioctl(m.vm_fd, uapi.KVM_GET_CLOCK, clock)
+    finally:
+        m.close()
+    assert info.version % 2 == 0 and info.flags == kvmclock.PVCLOCK_TSC_STABLE_BIT
+    delta = tsc - info.tsc_timestamp
+    delta = delta << info.tsc_shift if info.tsc_shift >= 0 else delta >> -info.tsc_shift
+    guest_ns = info.system_time + (delta * info.tsc_to_system_mul >> 32)
+    assert abs(guest_ns - clock.clock) <= 1 and clock.clock >= 5 * 10**9
+    assert (wall.version, wall.sec, wall.nsec) == (2, 0, 0)     # the virtual clock's epoch
+
+
+def test_tsc_deadline_is_kept_for_the_in_kernel_lapic(soft_kvm):
+    m = guestvm.Machine(syscalls, mode=None, vm_setup=create_irqchip)
+    try:
+        _msrs(m, 12345, TSC_DEADLINE)
+        assert _msrs(m, None, TSC_DEADLINE) == (1, [12345])
+    finally:
+        m.close()
+
+
+def test_time_scale_is_exact_at_one_ghz():
+    assert kvmclock.kvm_get_time_scale(10**9) == (1 << 31, 1)
+    mul, shift = kvmclock.kvm_get_time_scale(2_445_404_000)
+    assert mul < 1 << 32 and abs((10**9 << shift if shift >= 0 else 10**9 >> -shift) * mul / 2**32 - 10**9 / 2.445404) < 1
