@@ -28,10 +28,6 @@ from kvmpy.kernel.x86.mmu import mmu
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
 
 
-def _stat(vcpu, name, n=1):
-    vcpu.stat[name] += n
-
-
 # ------------------------------------------------------------------ KVM_RUN
 @traced
 def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
@@ -87,7 +83,7 @@ def vcpu_run(vcpu) -> int:
             return r
         if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
-            _stat(vcpu, "signal_exits")
+            vcpu.stat["signal_exits"] += 1
             return -errno.EINTR
 
 
@@ -147,7 +143,7 @@ def vcpu_enter_guest(vcpu) -> int:
     arch.has_run = True
     ops = x86.kvm_x86_ops()
     exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
-    _stat(vcpu, "exits")
+    vcpu.stat["exits"] += 1
     return ops.handle_exit(vcpu, exit_info)
 
 
@@ -177,7 +173,7 @@ def inject_pending_event(vcpu) -> None:
     if arch.nmi_injected or (arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
         if not arch.nmi_injected:
             arch.nmi_pending -= 1
-            _stat(vcpu, "nmi_injections")
+            vcpu.stat["nmi_injections"] += 1
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
@@ -186,7 +182,7 @@ def inject_pending_event(vcpu) -> None:
         vec, arch.interrupt = arch.interrupt, None
         cpu.pending_event = (EXT_INTR, vec, None)
         cpu.halted = False
-        _stat(vcpu, "irq_injections")
+        vcpu.stat["irq_injections"] += 1
         event("kvm_inj_virq", vector=vec)
 
 
@@ -245,7 +241,9 @@ def _linear_rip(cpu):
     return cpu.sbase[1] + cpu.rip
 
 
-def _io_exit(vcpu, port, size, is_in, count) -> None:
+def kvm_prepare_pio_exit(vcpu, port, size, is_in, count) -> None:
+    """Hand a port access to user space as KVM_EXIT_IO (emulator_pio_in_out, x86.c): the data
+    is in the run area's second page, for the fast-PIO path and the emulator alike."""
     run = vcpu.run
     run.exit_reason = uapi.KVM_EXIT_IO
     run.io.direction = uapi.KVM_EXIT_IO_IN if is_in else uapi.KVM_EXIT_IO_OUT
@@ -253,7 +251,7 @@ def _io_exit(vcpu, port, size, is_in, count) -> None:
     run.io.port = port
     run.io.count = count
     run.io.data_offset = 4096
-    _stat(vcpu, "io_exits")
+    vcpu.stat["io_exits"] += 1
     event("kvm_pio", vcpu=vcpu.vcpu_id, rw="read" if is_in else "write", port=port, size=size, count=count)
     event("kvm_userspace_exit", reason="KVM_EXIT_IO")
 
@@ -274,7 +272,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
         if kernel_pio(vcpu, port, size, True, data):
             _complete_in(cpu, size, int.from_bytes(data, "little"))
             return kvm_skip_emulated_instruction(vcpu, insn_len)
-        _io_exit(vcpu, port, size, True, 1)
+        kvm_prepare_pio_exit(vcpu, port, size, True, 1)
         lrip = _linear_rip(cpu)
 
         def complete_fast_pio_in(v):
@@ -291,7 +289,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
     if kernel_pio(vcpu, port, size, False, data):
         return kvm_skip_emulated_instruction(vcpu, insn_len)
     vcpu.pio_data[:size] = data
-    _io_exit(vcpu, port, size, False, 1)
+    kvm_prepare_pio_exit(vcpu, port, size, False, 1)
     lrip = _linear_rip(cpu)
 
     def complete_fast_pio_out(v):
@@ -315,7 +313,7 @@ def _complete_in(cpu, size, val):
 @traced
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     kvm_skip_emulated_instruction(vcpu, insn_len)
-    _stat(vcpu, "halt_exits")
+    vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
         return 1
@@ -403,16 +401,16 @@ def kvm_handle_triple_fault(vcpu) -> int:
 def handle_preemption(vcpu) -> int:
     """The host interrupted the entry (its instruction budget ran out, or
     kvm_vcpu_exit_request said so): vcpu_run looks for signals, then goes on."""
-    _stat(vcpu, "irq_exits")            # the host interrupt that ends a time slice
+    vcpu.stat["irq_exits"] += 1            # the host interrupt that ends a time slice
     return 1
 
 
 def handle_interrupt_window(vcpu) -> int:
-    _stat(vcpu, "irq_window_exits")
+    vcpu.stat["irq_window_exits"] += 1
     vcpu.arch.cpu.intr_window_exiting = False
     if vcpu.run.request_interrupt_window and not x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
-        _stat(vcpu, "request_irq_exits")
+        vcpu.stat["request_irq_exits"] += 1
         return 0
     return 1
 
