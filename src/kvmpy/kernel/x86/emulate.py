@@ -26,7 +26,7 @@ from ...uapi import kvm as uapi
 from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
 from kvmpy.kernel.x86.mmu import mmu
-from .run import _io_exit, _stat, kernel_pio, kvm_prepare_emulation_failure_exit
+from .run import kernel_pio, kvm_prepare_emulation_failure_exit, kvm_prepare_pio_exit
 from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
@@ -234,7 +234,7 @@ def kvm_emulate_instruction(vcpu) -> int:
     """x86_emulate_instruction: decode at RIP, execute with KVM's memory and port callbacks."""
     ctxt = _ctxt(vcpu)
     cpu = vcpu.arch.cpu
-    _stat(vcpu, "insn_emulation")
+    vcpu.stat["insn_emulation"] += 1
     ctxt.read_idx = 0
     start = cpu.rip
     try:
@@ -255,7 +255,7 @@ def kvm_emulate_instruction(vcpu) -> int:
         return _after_retire(vcpu, ctxt)
     except (DecodeError, Intercept, codegen.Unsupported):
         ctxt.read_cache.clear()
-        _stat(vcpu, "insn_emulation_fail")
+        vcpu.stat["insn_emulation_fail"] += 1
         return kvm_prepare_emulation_failure_exit(vcpu)
     if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]:
         cpu.rip = start                     # see _Restart: REP retires on a later entry
@@ -272,7 +272,7 @@ def _after_retire(vcpu, ctxt) -> int:
         port, size, data = ctxt.pio_out
         ctxt.pio_out = None
         vcpu.pio_data[:size] = data
-        _io_exit(vcpu, port, size, False, 1)
+        kvm_prepare_pio_exit(vcpu, port, size, False, 1)
         vcpu.arch.complete_userspace_io = lambda v: 1
         return 0
     return 1
@@ -287,7 +287,7 @@ def _mmio_exit(vcpu, gpa, size, is_write, value=0) -> None:
     data = value.to_bytes(8, "little") if is_write else bytes(8)
     for i in range(8):
         run.mmio.data[i] = data[i]
-    _stat(vcpu, "mmio_exits")
+    vcpu.stat["mmio_exits"] += 1
     event("kvm_mmio", rw="write" if is_write else "read", len=size, gpa=gpa, val=value)
     event("kvm_userspace_exit", reason="KVM_EXIT_MMIO")
 
@@ -317,7 +317,7 @@ def _exit_for_read(vcpu, ctxt, need) -> int:
 
         vcpu.arch.complete_userspace_io = complete_emulated_mmio
         return 0
-    _io_exit(vcpu, need.addr, need.size, True, need.count)
+    kvm_prepare_pio_exit(vcpu, need.addr, need.size, True, need.count)
     start = vcpu.arch.cpu.rip
 
     def complete_emulated_pio_in(v):

@@ -10,27 +10,24 @@ Exits that user space completes (PIO IN, MMIO reads) leave a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import signal
 
-from kvmpy.hw.system import sysops as system
-from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault
+from kvmpy.hw.system import sysops as system, tasks
+from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault, Intercept
 from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..kvm_host import kvm_check_request, kvm_guest_mode_run, kvm_make_request
+from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, params, x86
 from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
-
-
-def _stat(vcpu, name, n=1):
-    vcpu.stat[name] += n
 
 
 # ------------------------------------------------------------------ KVM_RUN
@@ -99,11 +96,11 @@ def vcpu_run(vcpu) -> int:
             return r
         if dm_request_for_irq_injection(vcpu) and kvm_vcpu_ready_for_interrupt_injection(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
-            _stat(vcpu, "request_irq_exits")
+            vcpu.stat["request_irq_exits"] += 1
             return 0
         if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
-            _stat(vcpu, "signal_exits")
+            vcpu.stat["signal_exits"] += 1
             return -errno.EINTR
 
 
@@ -198,7 +195,7 @@ def vcpu_enter_guest(vcpu) -> int:
     arch.has_run = True
     ops = x86.kvm_x86_ops()
     exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
-    _stat(vcpu, "exits")
+    vcpu.stat["exits"] += 1
     return ops.handle_exit(vcpu, exit_info)
 
 
@@ -233,7 +230,7 @@ def inject_pending_event(vcpu) -> bool:
     if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
         if not reinject_nmi:
             arch.nmi_pending -= 1
-            _stat(vcpu, "nmi_injections")
+            vcpu.stat["nmi_injections"] += 1
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
@@ -246,7 +243,7 @@ def inject_pending_event(vcpu) -> bool:
         vec, arch.interrupt = arch.interrupt, None
         cpu.pending_event = (EXT_INTR, vec, None)
         cpu.halted = False
-        _stat(vcpu, "irq_injections")
+        vcpu.stat["irq_injections"] += 1
         event("kvm_inj_virq", vector=vec)
     return False
 
@@ -306,7 +303,9 @@ def _linear_rip(cpu):
     return cpu.sbase[1] + cpu.rip
 
 
-def _io_exit(vcpu, port, size, is_in, count) -> None:
+def kvm_prepare_pio_exit(vcpu, port, size, is_in, count) -> None:
+    """Hand a port access to user space as KVM_EXIT_IO (emulator_pio_in_out, x86.c): the data
+    is in the run area's second page, for the fast-PIO path and the emulator alike."""
     run = vcpu.run
     run.exit_reason = uapi.KVM_EXIT_IO
     run.io.direction = uapi.KVM_EXIT_IO_IN if is_in else uapi.KVM_EXIT_IO_OUT
@@ -314,7 +313,7 @@ def _io_exit(vcpu, port, size, is_in, count) -> None:
     run.io.port = port
     run.io.count = count
     run.io.data_offset = 4096
-    _stat(vcpu, "io_exits")
+    vcpu.stat["io_exits"] += 1
     event("kvm_pio", vcpu=vcpu.vcpu_id, rw="read" if is_in else "write", port=port, size=size, count=count)
     event("kvm_userspace_exit", reason="KVM_EXIT_IO")
 
@@ -335,7 +334,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
         if kernel_pio(vcpu, port, size, True, data):
             _complete_in(cpu, size, int.from_bytes(data, "little"))
             return kvm_skip_emulated_instruction(vcpu, insn_len)
-        _io_exit(vcpu, port, size, True, 1)
+        kvm_prepare_pio_exit(vcpu, port, size, True, 1)
         lrip = _linear_rip(cpu)
 
         def complete_fast_pio_in(v):
@@ -352,7 +351,7 @@ def kvm_fast_pio(vcpu, size: int, port: int, is_in: bool, insn_len: int) -> int:
     if kernel_pio(vcpu, port, size, False, data):
         return kvm_skip_emulated_instruction(vcpu, insn_len)
     vcpu.pio_data[:size] = data
-    _io_exit(vcpu, port, size, False, 1)
+    kvm_prepare_pio_exit(vcpu, port, size, False, 1)
     lrip = _linear_rip(cpu)
 
     def complete_fast_pio_out(v):
@@ -376,7 +375,7 @@ def _complete_in(cpu, size, val):
 @traced
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     kvm_skip_emulated_instruction(vcpu, insn_len)
-    _stat(vcpu, "halt_exits")
+    vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
         return 1
@@ -444,6 +443,119 @@ def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
+KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
+
+
+def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
+    """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
+    vcpu.stat["hypercalls"] += 1
+    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+def kvm_emulate_xsetbv(vcpu, insn_len: int) -> int:
+    """XSETBV (__kvm_set_xcr): XCR0 only, x87 always on, AVX only with SSE, nothing the guest's
+    CPUID leaf 0xD does not offer (kvmpy's processor: x87 and SSE); else #GP(0)."""
+    cpu = vcpu.arch.cpu
+    value = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
+    if (cpu.regs[RCX] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
+            or value & ~(x86.guest_supported_xcr0(vcpu) | 1)):
+        x86.kvm_inject_gp(vcpu, 0)
+        return 1
+    cpu.xcr0 = value
+    return kvm_skip_emulated_instruction(vcpu, insn_len)
+
+
+@traced
+def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, insn_len: int,
+                    event_kind: int | None = None) -> int:
+    """Emulate the task switch of a TASK_SWITCH exit (x86.c's kvm_task_switch).
+
+    The processor's own task switch does the work, with the intercept off and its memory
+    accesses going through the guest's page tables and the memslots (the emulator's guest
+    virtual accesses), not through KVM's shadow or TDP table.  The old task saves the EIP
+    after the instruction (``insn_len``, 0 for a hardware event); a fault is queued for the
+    guest, in the old task or, past the commit point, in the new one.  A new CR3 is a new
+    root for the MMU.  Through an IDT task gate the switch delivers the event itself, so
+    the event the exit interrupted (of kind ``event_kind``) is not injected again once the
+    switch has reached its commit point (the new TR); a fault before it is a fault while
+    delivering that event, merged with it (#DF, or a triple fault on a #DF).
+    """
+    cpu = vcpu.arch.cpu
+    next_ip = (cpu.rip + insn_len) & 0xFFFFFFFF
+    old_cr3, old_tr = cpu.cr3, cpu.tr
+    cpu.intercept_task_switch = False
+    try:
+        with _guest_virtual_access(vcpu):
+            tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
+                              ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
+    except Fault as f:
+        if source == tasks.INT and cpu.tr is not old_tr:
+            kvm_clear_vectoring_event(vcpu, event_kind)
+        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
+    except Intercept:           # a TSS or descriptor table outside RAM
+        return kvm_internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, cpu.rip)
+    else:
+        if source == tasks.INT:
+            kvm_clear_vectoring_event(vcpu, event_kind)
+    finally:
+        cpu.intercept_task_switch = True
+        if cpu.cr3 != old_cr3:
+            mmu.kvm_mmu_new_pgd(vcpu)
+    return 1
+
+
+def kvm_clear_vectoring_event(vcpu, kind: int) -> None:
+    """Drop the event of ``kind`` that complete_interrupts put back, as handle_task_switch
+    and task_switch_interception clear the NMI, interrupt or exception queue: the task
+    switch through the IDT's task gate delivers it."""
+    arch = vcpu.arch
+    if kind == NMI:
+        arch.nmi_injected = False
+        arch.cpu.nmi_masked = True
+    elif kind == EXT_INTR:
+        arch.interrupt = None
+    elif kind == HW_EXC:
+        arch.exception = None
+
+
+class _GuestRam:
+    """gfn -> host page from the memslots, as the processor's second-level table is read:
+    what the emulator reaches with kvm_read_guest/kvm_write_guest."""
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+
+    def get(self, gfn):
+        return mmu.gpa_to_host(self.kvm, gfn << 12, False)
+
+
+class _ReadOnlyGfns:
+    """gfns of read-only memslots (``gfn in``), the second level's read-only set."""
+
+    def __init__(self, kvm):
+        self.kvm = kvm
+
+    def __contains__(self, gfn):
+        slot = gfn_to_memslot(self.kvm, gfn)
+        return slot is not None and bool(slot.flags & uapi.KVM_MEM_READONLY)
+
+
+@contextlib.contextmanager
+def _guest_virtual_access(vcpu):
+    """Make the processor translate through the guest's page tables and the memslots for a
+    while (its TLB emptied on both sides), instead of KVM's shadow or TDP table."""
+    cpu = vcpu.arch.cpu
+    saved = cpu.tdp, cpu.ept, cpu.ept_ro
+    cpu.tdp, cpu.ept, cpu.ept_ro = True, _GuestRam(vcpu.kvm), _ReadOnlyGfns(vcpu.kvm)
+    cpu.flush_tlb()
+    try:
+        yield
+    finally:
+        cpu.tdp, cpu.ept, cpu.ept_ro = saved
+        cpu.flush_tlb()
+
+
 def kvm_prepare_event_vectoring_exit(vcpu) -> int:
     """The exit interrupted the delivery of an event and asks for the instruction to be
     emulated (the delivery touched MMIO: a stack, IDT or GDT outside RAM).  Emulating the
@@ -464,12 +576,12 @@ def kvm_handle_triple_fault(vcpu) -> int:
 def handle_preemption(vcpu) -> int:
     """The host interrupted the entry (its instruction budget ran out, or
     kvm_vcpu_exit_request said so): vcpu_run looks for signals, then goes on."""
-    _stat(vcpu, "irq_exits")            # the host interrupt that ends a time slice
+    vcpu.stat["irq_exits"] += 1            # the host interrupt that ends a time slice
     return 1
 
 
 def handle_interrupt_window(vcpu) -> int:
-    _stat(vcpu, "irq_window_exits")
+    vcpu.stat["irq_window_exits"] += 1
     vcpu.arch.cpu.intr_window_exiting = False
     return 1                            # vcpu_run reports KVM_EXIT_IRQ_WINDOW_OPEN
 

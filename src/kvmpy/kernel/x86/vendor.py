@@ -13,20 +13,12 @@ their handlers call that cannot live lower down (``kvm_mmu_page_fault`` and
 
 from __future__ import annotations
 
-import contextlib
-
-from kvmpy.hw.system import tasks
 from ...hw.cpu import Processor
-from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept
-from kvmpy.hw.x86defs import RAX, RCX, RDX
+from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault
 from ...uapi import kvm as uapi
-from ..kvm_host import gfn_to_memslot
 from ..trace import traced
 from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
 from kvmpy.kernel.x86.mmu import mmu
-
-KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
-
 
 def kvm_x86_op_nop(*args) -> None:
     """The default of an optional op the vendor module does not implement: nothing to do
@@ -171,117 +163,9 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
     return kvm_mmu_page_fault(vcpu, fault_address, error_code)
 
 
-def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
-    """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
-    vcpu.stat["hypercalls"] += 1
-    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
-    return run.kvm_skip_emulated_instruction(vcpu, insn_len)
-
-
-def kvm_emulate_xsetbv(vcpu, insn_len: int) -> int:
-    """XSETBV (__kvm_set_xcr): XCR0 only, x87 always on, AVX only with SSE, nothing the guest's
-    CPUID leaf 0xD does not offer (kvmpy's processor: x87 and SSE); else #GP(0)."""
-    cpu = vcpu.arch.cpu
-    value = (cpu.regs[RAX] & 0xFFFFFFFF) | ((cpu.regs[RDX] & 0xFFFFFFFF) << 32)
-    if (cpu.regs[RCX] & 0xFFFFFFFF or not value & 1 or (value & 4 and not value & 2)
-            or value & ~(x86.guest_supported_xcr0(vcpu) | 1)):
-        x86.kvm_inject_gp(vcpu, 0)
-        return 1
-    cpu.xcr0 = value
-    return run.kvm_skip_emulated_instruction(vcpu, insn_len)
-
-
 def handle_processor_error(vcpu) -> int:
     """The processor failed internally (VMX invalid state / SVM_EXIT_ERR): report it to user
     space like KVM's emulation failure, with the RIP it stopped at."""
-    return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, vcpu.arch.cpu.rip)
+    return run.kvm_internal_error(vcpu, uapi.KVM_INTERNAL_ERROR_EMULATION, vcpu.arch.cpu.rip)
 
 
-@traced
-def kvm_task_switch(vcpu, selector: int, source: str, error_code: int | None, insn_len: int,
-                    event_kind: int | None = None) -> int:
-    """Emulate the task switch of a TASK_SWITCH exit (x86.c's kvm_task_switch).
-
-    The processor's own task switch does the work, with the intercept off and its memory
-    accesses going through the guest's page tables and the memslots (the emulator's guest
-    virtual accesses), not through KVM's shadow or TDP table.  The old task saves the EIP
-    after the instruction (``insn_len``, 0 for a hardware event); a fault is queued for the
-    guest, in the old task or, past the commit point, in the new one.  A new CR3 is a new
-    root for the MMU.  Through an IDT task gate the switch delivers the event itself, so
-    the event the exit interrupted (of kind ``event_kind``) is not injected again once the
-    switch has reached its commit point (the new TR); a fault before it is a fault while
-    delivering that event, merged with it (#DF, or a triple fault on a #DF).
-    """
-    cpu = vcpu.arch.cpu
-    next_ip = (cpu.rip + insn_len) & 0xFFFFFFFF
-    old_cr3, old_tr = cpu.cr3, cpu.tr
-    cpu.intercept_task_switch = False
-    try:
-        with _guest_virtual_access(vcpu):
-            tasks.task_switch(cpu, selector, source, next_ip, error_code=error_code,
-                              ext=int(source == tasks.INT and not insn_len), deliver_faults=False)
-    except Fault as f:
-        if source == tasks.INT and cpu.tr is not old_tr:
-            kvm_clear_vectoring_event(vcpu, event_kind)
-        x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
-    except Intercept:           # a TSS or descriptor table outside RAM
-        return run.kvm_internal_error(vcpu, emulate.EMULATION_FAILED, cpu.rip)
-    else:
-        if source == tasks.INT:
-            kvm_clear_vectoring_event(vcpu, event_kind)
-    finally:
-        cpu.intercept_task_switch = True
-        if cpu.cr3 != old_cr3:
-            mmu.kvm_mmu_new_pgd(vcpu)
-    return 1
-
-
-def kvm_clear_vectoring_event(vcpu, kind: int) -> None:
-    """Drop the event of ``kind`` that complete_interrupts put back, as handle_task_switch
-    and task_switch_interception clear the NMI, interrupt or exception queue: the task
-    switch through the IDT's task gate delivers it."""
-    arch = vcpu.arch
-    if kind == NMI:
-        arch.nmi_injected = False
-        arch.cpu.nmi_masked = True
-    elif kind == EXT_INTR:
-        arch.interrupt = None
-    elif kind == HW_EXC:
-        arch.exception = None
-
-
-class _GuestRam:
-    """gfn -> host page from the memslots, as the processor's second-level table is read:
-    what the emulator reaches with kvm_read_guest/kvm_write_guest."""
-
-    def __init__(self, kvm):
-        self.kvm = kvm
-
-    def get(self, gfn):
-        return mmu.gpa_to_host(self.kvm, gfn << 12, False)
-
-
-class _ReadOnlyGfns:
-    """gfns of read-only memslots (``gfn in``), the second level's read-only set."""
-
-    def __init__(self, kvm):
-        self.kvm = kvm
-
-    def __contains__(self, gfn):
-        slot = gfn_to_memslot(self.kvm, gfn)
-        return slot is not None and bool(slot.flags & uapi.KVM_MEM_READONLY)
-
-
-@contextlib.contextmanager
-def _guest_virtual_access(vcpu):
-    """Make the processor translate through the guest's page tables and the memslots for a
-    while (its TLB emptied on both sides), instead of KVM's shadow or TDP table."""
-    cpu = vcpu.arch.cpu
-    saved = cpu.tdp, cpu.ept, cpu.ept_ro
-    cpu.tdp, cpu.ept, cpu.ept_ro = True, _GuestRam(vcpu.kvm), _ReadOnlyGfns(vcpu.kvm)
-    cpu.flush_tlb()
-    try:
-        yield
-    finally:
-        cpu.tdp, cpu.ept, cpu.ept_ro = saved
-        cpu.flush_tlb()
