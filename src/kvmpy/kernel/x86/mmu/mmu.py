@@ -272,7 +272,8 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
         kvm_write_guest(kvm, gpa, size, value)
 
     try:
-        t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
+        t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte,
+                        vcpu.arch.maxphyaddr, vcpu.arch.gbpages)
     except LookupError:
         raise Fault(uapi.PF_VECTOR, access | paging.PFERR_RSVD | 1, cr2=gva) from None
     return t.gpa | (gva & 0xFFF), t
