@@ -4,9 +4,10 @@ Four guests (one in each mode) run on every vendor/MMU combination and, where /d
 exists, on the host; the run fails on a crash, an escaped exception, a hang, a changed
 canary, or an outcome unlike the host's.  The seed is one that passes today; the
 reproducers of what other seeds found are in test_event_delivery, test_fetch_limit and
-test_single_step.  A few guests of other seeds still end otherwise than on the host (their
-exception frames overwrite their own page tables, or long runs of never-repeated code
-outlast the budget), see the note.
+test_single_step, test_reserved_bits, test_page_table_writes and test_cr0_paging.  A few
+guests of other seeds still end otherwise than on the host: storms of exceptions or of
+shadow-paging #PF exits, or long runs of never-repeated code, that outlast the budget (they
+end as on the host given more: ``--budget 2``), see the note.
 """
 
 from tests.reliability import guest_fuzz, guests

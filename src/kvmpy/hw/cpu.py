@@ -21,7 +21,7 @@ from kvmpy.hw.translate import codegen
 from kvmpy.hw.virt import entry
 from . import flags as lazy
 from . import memory as hm
-from kvmpy.hw import models, paging
+from kvmpy.hw import features, models, paging
 from kvmpy.hw.system import sysops as system
 from kvmpy.hw.translate.decoder import DecodeError, decode
 from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
@@ -65,6 +65,7 @@ class FetchTLB(dict):
 
 
 _ALL_CODE = b"\1" * 0x1000     # a page's code_bytes when not known: every byte may hold code
+GBPAGES = features.implemented("pdpe1gb")     # 1-GByte pages in the processor's own walk
 
 
 class _SingleStep(Exception):
@@ -281,7 +282,7 @@ class Processor(CPUState, SegmentUnit):
         else:
             if self.cr0 & CR0_PG:
                 t = paging.walk(lin, access, self.cr0, self.cr3, self.cr4, self.efer, self._read_pte,
-                                self._write_pte)
+                                self._write_pte, self.model.phys_bits, GBPAGES)
                 gpa = t.gpa
                 writable = t.writable or (not user and not self.cr0 & 0x10000)
                 uok = t.user

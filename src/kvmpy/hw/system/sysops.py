@@ -9,7 +9,7 @@ from kvmpy.hw.fpu import fxsave
 from kvmpy.hw.fpu import xsave
 from kvmpy.hw.events import Fault, Intercept
 from kvmpy.hw.msr_index import MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX
-from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
+from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
 from kvmpy.hw.x86defs import canonical
 from kvmpy.hw.system.descriptors import parse_descriptor
 from kvmpy.hw.state import Segment
@@ -64,8 +64,11 @@ def write_cr(cpu, cr, value, insn_len=0, reg=0):
         value |= 0x10                # ET is hardwired
         if value >> 32 or (value & CR0_PG and not value & CR0_PE) or (value & CR0_NW and not value & CR0_CD):
             raise Fault(13, 0)
-        if value & CR0_PG and not cpu.cr0 & CR0_PG and cpu.efer & EFER_LME and not cpu.cr4 & CR4_PAE:
-            raise Fault(13, 0)
+        if value & CR0_PG and not cpu.cr0 & CR0_PG and cpu.efer & EFER_LME and (
+                not cpu.cr4 & CR4_PAE or cpu.seg[CS].l):
+            raise Fault(13, 0)          # IA-32e mode needs PAE, and is entered from a CS without L
+        if not value & CR0_PG and (cpu.mode.code == 8 or cpu.cr4 & CR4_PCIDE):
+            raise Fault(13, 0)          # paging stays on in 64-bit mode and with PCIDs
         if cpu.intercept_cr0_cr4 and (value ^ cpu.cr0) & 0x80010001:
             raise Intercept("cr", cr=0, write=True, reg=reg, insn_len=insn_len)
         cpu.cr0 = value

@@ -182,8 +182,10 @@ def _same_table(a, b) -> bool:
 
 
 def kvm_vcpu_after_set_cpuid(vcpu) -> None:
-    """Recompute what depends on the guest's CPUID (address width, feature checks)."""
+    """Recompute what depends on the guest's CPUID (address width, feature checks; the
+    reserved bits of the guest's page-table entries follow both)."""
     vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
+    vcpu.arch.gbpages = guest_cpuid_has(vcpu, "pdpe1gb")
 
 
 def kvm_vcpu_ioctl_get_cpuid2(vcpu, arg: int) -> int:

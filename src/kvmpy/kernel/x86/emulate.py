@@ -30,6 +30,9 @@ from .run import kernel_pio, kvm_prepare_emulation_failure_exit, kvm_prepare_pio
 from .x86 import kvm_queue_exception
 
 EMULATION_FAILED = 1
+# emulation_type: a failed emulation of a write to a shadowed page table may be retried by
+# the guest once the page is unprotected (kvm_emulate.h's EMULTYPE_ALLOW_RETRY_PF)
+EMULTYPE_ALLOW_RETRY_PF = 1 << 3
 # what the vendor's check_emulate_instruction answers (the names of kvm_emulate.h)
 X86EMUL_CONTINUE = 0
 X86EMUL_UNHANDLEABLE_VECTORING = 10
@@ -229,9 +232,21 @@ def _probe_nothing(addr, size):
     """The emulator's write probe: its writes to MMIO are collected, RAM checks its own."""
 
 
+def kvm_unprotect_and_retry_on_failure(vcpu, gva, emulation_type: int) -> bool:
+    """KVM could not emulate a write to a write-protected guest page table at ``gva`` (the
+    instruction is one its emulator lacks, or an event's delivery wrote there): if
+    ``emulation_type`` allows it, stop shadowing the table and re-enter, for the processor
+    to run the instruction or deliver the event (requeued by complete_interrupts) itself."""
+    if not emulation_type & EMULTYPE_ALLOW_RETRY_PF:
+        return False
+    mmu.kvm_mmu_unprotect_gfn_and_retry(vcpu, gva)
+    return True
+
+
 @traced
-def kvm_emulate_instruction(vcpu) -> int:
-    """x86_emulate_instruction: decode at RIP, execute with KVM's memory and port callbacks."""
+def kvm_emulate_instruction(vcpu, emulation_type: int = 0, cr2_or_gpa=None) -> int:
+    """x86_emulate_instruction: decode at RIP, execute with KVM's memory and port callbacks.
+    ``cr2_or_gpa``: the address whose page fault asked for the emulation, if one did."""
     ctxt = _ctxt(vcpu)
     cpu = vcpu.arch.cpu
     vcpu.stat["insn_emulation"] += 1
@@ -255,6 +270,10 @@ def kvm_emulate_instruction(vcpu) -> int:
         return _after_retire(vcpu, ctxt)
     except (DecodeError, Intercept, codegen.Unsupported):
         ctxt.read_cache.clear()
+        if kvm_unprotect_and_retry_on_failure(vcpu, cr2_or_gpa, emulation_type):
+            cpu.rip = start
+            cpu.refresh()
+            return 1
         vcpu.stat["insn_emulation_fail"] += 1
         return kvm_prepare_emulation_failure_exit(vcpu)
     if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]:

@@ -136,18 +136,28 @@ def kvm_mmu_page_fault(vcpu, address, *fault) -> int:
 
     ``fault`` is what the MMU's handler takes after the address: (write, fetch) for TDP
     (an EPT violation / NPF at a guest-physical address), the #PF error code for shadow
-    paging (a guest-linear address).  MMIO and write-protected page-table pages come back
-    as RET_PF_EMULATE.
+    paging (a guest-linear address).  MMIO comes back as RET_PF_EMULATE, a write to a
+    write-protected page-table page as RET_PF_WRITE_PROTECTED: emulated too, but if that
+    fails -- or cannot start, the write being an event's delivery -- the page may be
+    unprotected and the guest left to write it (x86_emulate_instruction's
+    kvm_unprotect_and_retry_on_failure).
     """
     try:
         r = vcpu.arch.mmu.page_fault(vcpu, address, *fault)
     except Fault as f:              # the guest's page tables do not map it: the guest's #PF
         x86.kvm_queue_exception(vcpu, f.vector, f.error_code, f.cr2)
         return 1
+    emulation_type = 0
+    if r == mmu.RET_PF_WRITE_PROTECTED:
+        r = mmu.RET_PF_EMULATE
+        if mmu.kvm_mmu_write_protect_fault(vcpu, address):
+            emulation_type = emulate.EMULTYPE_ALLOW_RETRY_PF
     if r == mmu.RET_PF_EMULATE:
         if x86.kvm_x86_ops().check_emulate_instruction(vcpu) == emulate.X86EMUL_UNHANDLEABLE_VECTORING:
+            if emulate.kvm_unprotect_and_retry_on_failure(vcpu, address, emulation_type):
+                return 1
             return run.kvm_prepare_event_vectoring_exit(vcpu)
-        return emulate.kvm_emulate_instruction(vcpu)
+        return emulate.kvm_emulate_instruction(vcpu, emulation_type, address)
     return 1
 
 

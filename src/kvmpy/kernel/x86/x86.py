@@ -333,6 +333,7 @@ class KvmVcpuArch:
         self.mtrr_state = None
         self.cpuid_entries: list = []
         self.maxphyaddr = 36
+        self.gbpages = False                # the guest's CPUID shows 1-GByte pages
         self.exception = None               # (vector, error_code, cr2) waiting for injection
         self.interrupt = None               # external interrupt vector waiting for injection
         self.interrupt_nr = 0               # kvm_queued_interrupt.nr: stays after delivery

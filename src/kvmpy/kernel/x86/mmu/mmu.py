@@ -12,7 +12,11 @@
   is a #PF exit; ``paging_page_fault`` walks the guest tables in software (the
   shared walker in ``kvmpy.hw.paging``), raises the guest's own #PF when its
   mapping is absent (``kvm_mmu_page_fault`` injects it), or fills the shadow entry.  Guest page-table pages are
-  write-protected; a write to one is emulated and zaps the shadow entries.
+  write-protected; a write to one is emulated and zaps the shadow entries.  When the write
+  cannot be emulated (an exception frame pushed there, an instruction the emulator lacks),
+  ``kvm_mmu_unprotect_gfn_and_retry`` stops shadowing the page and lets the guest write it
+  itself -- unless the page translates the very address written (``write_fault_to_shadow_pgtable``):
+  it would be shadowed again by the walk of the retry.
 
 Dirty logging write-protects a slot's pages and records the first write to each.
 """
@@ -28,7 +32,7 @@ from kvmpy.kernel.kvm_host import gfn_to_memslot, hva_to_pfn, mark_page_dirty_in
 from kvmpy.kernel.trace import event, traced
 from kvmpy.kernel.x86 import params
 
-RET_PF_RETRY, RET_PF_EMULATE = 1, 2
+RET_PF_RETRY, RET_PF_EMULATE, RET_PF_WRITE_PROTECTED = 1, 2, 3
 
 
 def kvm_mmu_do_page_fault(handler):
@@ -54,6 +58,9 @@ class KvmMmu:
         self.page_fault = None
         self.generation = -1
         self.pt_gfns: set = set()       # shadow paging: gfns of guest page-table pages (write-protected)
+        # the last write fault hit a page table that translates the address written
+        self.write_fault_to_shadow_pgtable = False
+        self.last_retry_eip = self.last_retry_addr = None   # the last unprotect-and-retry
 
 
 class TdpTable:
@@ -247,10 +254,12 @@ def gpa_to_host(kvm, gpa: int, write: bool):
     return host + (gpa & 0xFFF)
 
 
-def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
+def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables=None,
                        system: bool = False) -> int:
     """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see).
 
+    ``track_tables``: a set to which the gfns of the guest's page tables read are added,
+    each write-protected as a shadowed table (shadow paging's own walk).
     ``system``: an access of KVM's own (kvm_mmu_gva_to_gpa_system, e.g. KVM_TRANSLATE): a
     supervisor access whatever the guest's CPL, and without paging the address is the
     guest-physical address as given (nonpaging_gva_to_gpa), not truncated to 32 bits.
@@ -264,7 +273,8 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
     kvm = vcpu.kvm
 
     def read_pte(gpa, size):
-        if track_tables:
+        if track_tables is not None:
+            track_tables.add(gpa >> 12)
             _protect_table(vcpu, gpa >> 12)
         return kvm_read_guest(kvm, gpa, size)
 
@@ -272,7 +282,8 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables: bool = False,
         kvm_write_guest(kvm, gpa, size, value)
 
     try:
-        t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte)
+        t = paging.walk(gva, access, cpu.cr0, cpu.cr3, cpu.cr4, cpu.efer, read_pte, write_pte,
+                        vcpu.arch.maxphyaddr, vcpu.arch.gbpages)
     except LookupError:
         raise Fault(uapi.PF_VECTOR, access | paging.PFERR_RSVD | 1, cr2=gva) from None
     return t.gpa | (gva & 0xFFF), t
@@ -301,8 +312,9 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     cpu = vcpu.arch.cpu
     event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gva, error_code=error_code)
     access = error_code & (paging.PFERR_WRITE | paging.PFERR_FETCH)
+    tables = set()
     try:
-        gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=True)
+        gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=tables)
     except Fault as f:
         vcpu.stat["pf_guest"] += 1
         raise Fault(uapi.PF_VECTOR, f.error_code, cr2=gva) from None    # the guest's #PF: the caller injects it
@@ -317,7 +329,8 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     if gfn in vcpu.arch.mmu.pt_gfns:
         if error_code & paging.PFERR_WRITE and writable:
             vcpu.kvm.stat["mmu_pte_write"] += 1
-            return RET_PF_EMULATE           # emulate the write, then zap (see kvm_mmu_pte_write)
+            vcpu.arch.mmu.write_fault_to_shadow_pgtable = gfn in tables
+            return RET_PF_WRITE_PROTECTED   # emulate the write, then zap (see kvm_mmu_pte_write)
         writable = False
     if error_code & paging.PFERR_WRITE and slot.flags & uapi.KVM_MEM_LOG_DIRTY_PAGES:
         mark_page_dirty_in_slot(vcpu.kvm, slot, gfn)
@@ -335,6 +348,41 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     cpu.flush_tlb()
     vcpu.stat["pf_fixed"] += 1
     return RET_PF_RETRY
+
+
+def kvm_mmu_unprotect_gfn_and_retry(vcpu, gva: int) -> bool:
+    """Stop shadowing the guest page table that the write to ``gva`` hit, so that the guest
+    writes it itself when it re-executes the instruction (or delivers the event) KVM could
+    not emulate.  The shadow entries built through the table go with it: kvmpy keeps no
+    record of which those are, so all of them go, as after an emulated table write.
+    Remembers RIP and address, so that a second fault there is not retried again (see
+    ``kvm_mmu_write_protect_fault``).  False if the page was no longer protected (the
+    caller retries all the same: another path may have unprotected it)."""
+    mmu = vcpu.arch.mmu
+    try:
+        gpa, _ = kvm_mmu_gva_to_gpa(vcpu, gva, paging.PFERR_WRITE)
+    except Fault:
+        return False
+    if gpa >> 12 not in mmu.pt_gfns:
+        return False
+    mmu.last_retry_eip, mmu.last_retry_addr = vcpu.arch.cpu.rip, gva
+    vcpu.arch.cpu.shadow.clear()
+    mmu.pt_gfns.clear()
+    vcpu.arch.cpu.flush_tlb()
+    vcpu.kvm.stat["mmu_shadow_zapped"] += 1
+    return True
+
+
+def kvm_mmu_write_protect_fault(vcpu, gva: int) -> bool:
+    """A write hit a write-protected guest page table: it is emulated.  May KVM, if the
+    emulation fails, unprotect the page and let the guest retry instead?  Not when the
+    retry would fault at the same RIP and address as the last one (it would loop), nor when
+    the page translates the address written (the walk would protect it again)."""
+    mmu = vcpu.arch.mmu
+    if (mmu.last_retry_eip, mmu.last_retry_addr) == (vcpu.arch.cpu.rip, gva):
+        return False
+    mmu.last_retry_eip = mmu.last_retry_addr = None
+    return not mmu.write_fault_to_shadow_pgtable
 
 
 def kvm_mmu_pte_write(vcpu, gpa: int) -> None:
