@@ -211,7 +211,7 @@ def test_kernel_decodes_what_the_processor_encodes(monkeypatch, vendor, source, 
     """The vendor's handler hands kvm_task_switch what the processor's exit said."""
     import types
     from kvmpy.hw.virt.svm import SvmExitFormat
-    from kvmpy.kernel.x86 import vendor as common
+    from kvmpy.kernel.x86 import run as common
     from kvmpy.kernel.x86.svm import svm
     from kvmpy.kernel.x86.vmx import vmx
     fmt, handler = {"vmx": (VmxExitFormat(), vmx.handle_task_switch),

@@ -76,11 +76,11 @@ def halt_interception(vcpu, x) -> int:
 
 
 def vmmcall_interception(vcpu, x) -> int:
-    return vendor.kvm_emulate_hypercall(vcpu, svm_insn_len(vcpu, x))
+    return run.kvm_emulate_hypercall(vcpu, svm_insn_len(vcpu, x))
 
 
 def xsetbv_interception(vcpu, x) -> int:
-    return vendor.kvm_emulate_xsetbv(vcpu, svm_insn_len(vcpu, x))
+    return run.kvm_emulate_xsetbv(vcpu, svm_insn_len(vcpu, x))
 
 
 def task_switch_interception(vcpu, x) -> int:
@@ -102,7 +102,7 @@ def task_switch_interception(vcpu, x) -> int:
                                                            int_vec in (3, 4))
     insn_len = svm_insn_len(vcpu, x) if source != "gate" or soft else 0
     kind = svm_event_kind(int_info) if int_info & hwsvm.SVM_EXITINTINFO_VALID else None
-    return vendor.kvm_task_switch(vcpu, x.exit_info_1 & 0xFFFF, source, error_code, insn_len, kind)
+    return run.kvm_task_switch(vcpu, x.exit_info_1 & 0xFFFF, source, error_code, insn_len, kind)
 
 
 def shutdown_interception(vcpu, x) -> int:

@@ -64,7 +64,7 @@ def handle_task_switch(vcpu, x) -> int:
     error_code = x.idt_vectoring_error_code if idt_v and idt & hwvmx.INTR_INFO_DELIVER_CODE else None
     insn_len = x.instruction_len if source != "gate" or soft else 0
     kind = idt >> hwvmx.VECTORING_INFO_TYPE_SHIFT & 7 if idt_v else None
-    return vendor.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len, kind)
+    return run.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len, kind)
 
 
 kvm_vmx_exit_handlers = {
@@ -75,7 +75,7 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_CPUID: lambda v, x: run.kvm_emulate_cpuid(v, x.instruction_len),
     hwvmx.EXIT_REASON_HLT: lambda v, x: run.kvm_emulate_halt(v, x.instruction_len),
     hwvmx.EXIT_REASON_INVLPG: handle_invlpg,
-    hwvmx.EXIT_REASON_VMCALL: lambda v, x: vendor.kvm_emulate_hypercall(v, x.instruction_len),
+    hwvmx.EXIT_REASON_VMCALL: lambda v, x: run.kvm_emulate_hypercall(v, x.instruction_len),
     hwvmx.EXIT_REASON_CR_ACCESS: handle_cr,
     hwvmx.EXIT_REASON_IO_INSTRUCTION: handle_io,
     hwvmx.EXIT_REASON_MSR_READ: lambda v, x: run.kvm_emulate_rdmsr(v, x.instruction_len),
@@ -83,7 +83,7 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_INVALID_STATE: lambda v, x: vendor.handle_processor_error(v),
     hwvmx.EXIT_REASON_EPT_VIOLATION: handle_ept_violation,
     hwvmx.EXIT_REASON_PREEMPTION_TIMER: lambda v, x: run.handle_preemption(v),
-    hwvmx.EXIT_REASON_XSETBV: lambda v, x: vendor.kvm_emulate_xsetbv(v, x.instruction_len),
+    hwvmx.EXIT_REASON_XSETBV: lambda v, x: run.kvm_emulate_xsetbv(v, x.instruction_len),
 }
 
 def vmx_vcpu_create(vcpu) -> None:
