@@ -17,6 +17,10 @@ a C int; a writable buffer with ``mutate_flag`` of at most 1024 bytes is copied 
 1025-byte buffer (NUL after it) and copied back whatever the outcome, a larger one is
 passed in place; any other buffer is copied (at most 1024 bytes) and the copy returned.
 
+``eventfd``, ``eventfd_read``, ``eventfd_write`` and the ``EFD_*`` flags are the ``os``
+functions of CPython 3.10+; PyPy 3.9's ``os`` has none of them, so there they call libc's
+eventfd(2) and read or write the 8-byte counter.
+
 PyPy's ``mmap.mmap`` raises ValueError for a negative offset and TypeError for a negative
 length, where CPython raises OverflowError (``check_mmap_range``).
 
@@ -95,3 +99,27 @@ if platform.python_implementation() == "CPython":
     ioctl, mmap, string_buffer = fcntl.ioctl, _mmap.mmap, ctypes.create_string_buffer
 else:
     ioctl, mmap, string_buffer = _ioctl, _mmap_checked, _string_buffer_over_bytearray
+
+
+EFD_SEMAPHORE, EFD_CLOEXEC, EFD_NONBLOCK = 1, os.O_CLOEXEC, os.O_NONBLOCK   # <sys/eventfd.h>
+
+_libc_eventfd = ctypes.CDLL(None, use_errno=True).eventfd
+_libc_eventfd.argtypes = [ctypes.c_uint, ctypes.c_int]
+
+
+def _eventfd(initval: int, flags: int = EFD_CLOEXEC) -> int:
+    return _checked(_libc_eventfd(initval, flags))
+
+
+def _eventfd_read(fd: int) -> int:
+    return int.from_bytes(os.read(fd, 8), "little")
+
+
+def _eventfd_write(fd: int, value: int) -> None:
+    os.write(fd, value.to_bytes(8, "little"))
+
+
+if hasattr(os, "eventfd"):
+    eventfd, eventfd_read, eventfd_write = os.eventfd, os.eventfd_read, os.eventfd_write
+else:
+    eventfd, eventfd_read, eventfd_write = _eventfd, _eventfd_read, _eventfd_write

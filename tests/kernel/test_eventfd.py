@@ -1,4 +1,4 @@
-"""KVM_IOEVENTFD and KVM_IRQFD (kernel/eventfd.py) on real os.eventfd descriptors: a guest
+"""KVM_IOEVENTFD and KVM_IRQFD (kernel/eventfd.py) on real compat.eventfd descriptors: a guest
 write signals an ioeventfd with no exit to user space (on the host and on kvmpy), the
 errnos are the host's, and a signalled irqfd is consumed and drives its GSI (an edge, or a
 level that the guest's EOI lowers and reports on the resample fd), watched at the irq hook."""
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kvmpy import syscalls
+from kvmpy import compat, syscalls
 from kvmpy.kernel import fs, irq_hook
 from kvmpy.kernel.eventfd import kvm_notify_acked_gsi
 from kvmpy.uapi import kvm as uapi
@@ -44,7 +44,7 @@ def _ioeventfd(sc, vm, fd, addr, length, flags=0, datamatch=0):
 
 def _count(fd):
     try:
-        return os.eventfd_read(fd)
+        return compat.eventfd_read(fd)
     except BlockingIOError:
         return 0
 
@@ -52,7 +52,7 @@ def _count(fd):
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_guest_writes_signal_ioeventfds_without_exits(sc, soft_mmu):
     m = guestvm.Machine(sc, guestvm.assemble(GUEST))
-    fds = {k: os.eventfd(0, os.EFD_NONBLOCK) for k in ("pio", "match", "mmio", "nolen")}
+    fds = {k: compat.eventfd(0, compat.EFD_NONBLOCK) for k in ("pio", "match", "mmio", "nolen")}
     try:
         pio = uapi.KVM_IOEVENTFD_FLAG_PIO
         _ioeventfd(sc, m.vm_fd, fds["pio"], PIO_ANY, 1, pio)
@@ -72,7 +72,7 @@ def test_guest_writes_signal_ioeventfds_without_exits(sc, soft_mmu):
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_ioeventfd_errnos_are_the_hosts(sc):
     m = guestvm.Machine(sc, mode=None, ram=0)
-    e1, e2 = os.eventfd(0), os.eventfd(0)
+    e1, e2 = compat.eventfd(0), compat.eventfd(0)
     vm, pio, dm = m.vm_fd, uapi.KVM_IOEVENTFD_FLAG_PIO, uapi.KVM_IOEVENTFD_FLAG_DATAMATCH
     deassign = uapi.KVM_IOEVENTFD_FLAG_DEASSIGN
     try:
@@ -103,7 +103,7 @@ def _irqfd(sc, vm, fd, gsi, flags=0, resamplefd=0):
 
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_irqfd_errnos_are_the_hosts(sc):
-    e1, e2, r = os.eventfd(0), os.eventfd(0), os.eventfd(0)
+    e1, e2, r = compat.eventfd(0), compat.eventfd(0), compat.eventfd(0)
     bare = guestvm.Machine(sc, mode=None, ram=0)
     try:
         without = _errno(lambda: _irqfd(sc, bare.vm_fd, e1, 0))
@@ -156,15 +156,15 @@ def _wait(lines, n):
 
 def test_an_irqfd_signalled_from_another_thread_pulses_its_gsi(irq_vm):
     m, kvm, lines, seen = irq_vm
-    efd = os.eventfd(0, os.EFD_NONBLOCK)
+    efd = compat.eventfd(0, compat.EFD_NONBLOCK)
     try:
         _irqfd(syscalls, m.vm_fd, efd, 10)
-        threading.Thread(target=os.eventfd_write, args=(efd, 3)).start()
+        threading.Thread(target=compat.eventfd_write, args=(efd, 3)).start()
         src = irq_hook.KVM_USERSPACE_IRQ_SOURCE_ID
         assert _wait(lines, 2) == [(src, 10, 1), (src, 10, 0)]
         assert _count(efd) == 0                                  # the kernel consumed the count
         _irqfd(syscalls, m.vm_fd, efd, 10, uapi.KVM_IRQFD_FLAG_DEASSIGN)
-        os.eventfd_write(efd, 1)
+        compat.eventfd_write(efd, 1)
         time.sleep(0.05)
         assert len(lines) == 2 and _count(efd) == 1              # deassigned: nobody reads it
     finally:
@@ -173,10 +173,10 @@ def test_an_irqfd_signalled_from_another_thread_pulses_its_gsi(irq_vm):
 
 def test_a_resampling_irqfd_holds_the_level_until_the_eoi(irq_vm):
     m, kvm, lines, seen = irq_vm
-    efd, rfd = os.eventfd(0, os.EFD_NONBLOCK), os.eventfd(0, os.EFD_NONBLOCK)
+    efd, rfd = compat.eventfd(0, compat.EFD_NONBLOCK), compat.eventfd(0, compat.EFD_NONBLOCK)
     try:
         _irqfd(syscalls, m.vm_fd, efd, 11, uapi.KVM_IRQFD_FLAG_RESAMPLE, rfd)
-        os.eventfd_write(efd, 1)
+        compat.eventfd_write(efd, 1)
         src = irq_hook.KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID
         assert _wait(lines, 1) == [(src, 11, 1)]
         assert _count(rfd) == 0

@@ -3,7 +3,7 @@
 KVM_IRQFD: a signal on an eventfd injects a GSI (an edge, or with a resample fd a level the
 guest's EOI lowers); KVM_IOEVENTFD: a guest write to a port or MMIO address signals an
 eventfd inside KVM_RUN, with no exit to user space (a device on the VM's kvm_io_bus).  Both
-work on real ``os.eventfd`` descriptors that another thread or process polls or signals.
+work on real ``compat.eventfd`` descriptors that another thread or process polls or signals.
 
 Ack notifiers: a device that must know when the guest has finished with an interrupt (the
 PIT's tick reinjection, an irqfd's resampler) registers a ``KvmIrqAckNotifier`` for a GSI;
@@ -19,7 +19,7 @@ import os
 import selectors
 import threading
 
-from .. import uapi
+from .. import compat, uapi
 from . import irq_hook
 from .fs import copy_from_user, kernel_error
 from .irqchip import kvm_irq_map_chip_pin
@@ -89,7 +89,7 @@ def eventfd_id(fd: int):
 
 def eventfd_signal(fd: int) -> None:
     try:
-        os.eventfd_write(fd, 1)
+        compat.eventfd_write(fd, 1)
     except BlockingIOError:         # the counter is at its maximum: the reader is behind anyway
         pass
 
@@ -140,7 +140,7 @@ class IrqfdPoller:
     def __init__(self, kvm):
         self.kvm = kvm
         self.selector = selectors.DefaultSelector()
-        self.wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.wake = compat.eventfd(0, compat.EFD_NONBLOCK | compat.EFD_CLOEXEC)
         self.selector.register(self.wake, selectors.EVENT_READ, None)
         self.lock = threading.Lock()
         self.stopping = False
@@ -178,7 +178,7 @@ class IrqfdPoller:
 
 def _drain(fd: int) -> bool:
     try:
-        os.eventfd_read(fd)
+        compat.eventfd_read(fd)
         return True
     except (BlockingIOError, OSError):
         return False
