@@ -206,6 +206,20 @@ def mark_page_dirty(kvm: Kvm, gfn: int) -> None:
     mark_page_dirty_in_slot(kvm, gfn_to_memslot(kvm, gfn), gfn)
 
 
+class KvmLapicIrq:
+    """struct kvm_lapic_irq: one interrupt message as the IOAPIC, an MSI or a LAPIC's ICR
+    sends it, before a destination is chosen (kvm_irq_delivery_to_apic)."""
+
+    __slots__ = ("vector", "delivery_mode", "dest_mode", "level", "trig_mode", "shorthand",
+                 "dest_id", "msi_redir_hint")
+
+    def __init__(self, vector=0, delivery_mode=0, dest_mode=0, level=True, trig_mode=0,
+                 shorthand=0, dest_id=0, msi_redir_hint=False):
+        self.vector, self.delivery_mode, self.dest_mode = vector, delivery_mode, dest_mode
+        self.level, self.trig_mode, self.shorthand = level, trig_mode, shorthand
+        self.dest_id, self.msi_redir_hint = dest_id, msi_redir_hint
+
+
 def kvm_vcpu_kick(vcpu: KvmVcpu) -> None:
     """The IPI that makes a vCPU in guest mode exit: the processor leaves at the next block."""
     vcpu.arch.cpu.request_exit()

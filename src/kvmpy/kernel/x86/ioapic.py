@@ -75,6 +75,12 @@ def kvm_ioapic_clear_all(ioapic: KvmIoapic, irq_source_id: int) -> None:
             ioapic.irq_states[irq] &= ~(1 << irq_source_id)
 
 
+def kvm_ioapic_update_eoi(vcpu, vector: int, trigger_mode: int) -> None:
+    """The LAPIC of ``vcpu`` took an EOI for ``vector`` (EOI broadcast): each level pin
+    with that vector clears its remote IRR and is sent again if its line is still high.
+    Interface for the LAPIC's EOI; with no delivery to LAPICs yet no remote IRR is set."""
+
+
 def kvm_get_ioapic(ioapic: KvmIoapic) -> uapi.kvm_ioapic_state:
     with ioapic.lock:
         state = uapi.kvm_ioapic_state(base_address=ioapic.base_address, ioregsel=ioapic.ioregsel,

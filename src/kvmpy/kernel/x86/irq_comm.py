@@ -26,6 +26,13 @@ def kvm_set_ioapic_irq(e, kvm, irq_source_id: int, level: int, line_status: bool
     return ioapic.kvm_ioapic_set_irq(kvm.arch.vioapic, e.pin, irq_source_id, level, line_status)
 
 
+def kvm_irq_delivery_to_apic(kvm, src, irq, dest_map=None) -> int:
+    """Deliver the message ``irq`` (a KvmLapicIrq) from LAPIC ``src`` (None: the IOAPIC or
+    an MSI) to every LAPIC it names; the number of LAPICs that took it, -1 for none.
+    Interface for lapic.c's delivery, which is not emulated yet: no LAPIC takes it."""
+    return -1
+
+
 def kvm_set_msi(e, kvm, irq_source_id: int, level: int, line_status: bool) -> int:
     """An MSI is a write of ``data`` to a LAPIC's ``address``; kvmpy has no in-kernel LAPIC
     to receive it yet, so none takes it (-1), as a lowered line never does either."""
