@@ -343,6 +343,8 @@ class KvmVcpuArch:
         self.sipi_vector = 0
         self.sipi_pending = False           # KVM_MP_STATE_SIPI_RECEIVED (in-kernel LAPIC only)
         self.apic = None                    # in-kernel LAPIC, when there is one
+        self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
+        self.pending_ioapic_eoi = 0         # the vector of the KVM_EXIT_IOAPIC_EOI to make
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
         self.microcode_version = 0
@@ -870,6 +872,9 @@ def kvm_nmi_allowed(vcpu) -> bool:
 # Exceptions for the guest
 # ----------------------------------------------------------------------------------------
 KVM_REQ_TRIPLE_FAULT = "triple_fault"      # served by vcpu_enter_guest: KVM_EXIT_SHUTDOWN
+KVM_REQ_EVENT = "event"                    # re-evaluate pending interrupts before entry
+KVM_REQ_SCAN_IOAPIC = "scan_ioapic"        # recompute ioapic_handled_vectors
+KVM_REQ_IOAPIC_EOI_EXIT = "ioapic_eoi_exit"  # split irqchip: KVM_EXIT_IOAPIC_EOI
 
 
 def kvm_multiple_exception(vcpu, vector, error_code, cr2, reinject: bool) -> None:
