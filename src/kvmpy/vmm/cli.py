@@ -2,7 +2,14 @@
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
               [-m MIB] [--format auto|flat|elf] [--trace] [--max-insns N] [--timeout S]
+    kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
+              -global -serial -display -nodefaults --no-reboot -enable-kvm]
+    kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
     kvmpy version
+
+``kvmpy run`` takes QEMU's spellings (one dash or two) of the options kvm-unit-tests and
+scripts use (:mod:`kvmpy.vmm.qemu_options`); whatever kvmpy cannot do is refused with one
+line naming it, never ignored.
 
 Exit status of ``kvmpy run``:
 
@@ -29,9 +36,14 @@ import os
 import sys
 
 from kvmpy.kernel.hrtimer import CLOCK_MODES
+from kvmpy.vmm import qemu_options
 from kvmpy.vmm.loader import LoadError
 
 DEMO = "demo"
+#: --cpu models that mean "what this KVM offers", so fit --accel host too
+HOST_CPU_MODELS = ("host", "max")
+#: -serial backends
+SERIAL_BACKENDS = ("stdio", "none", "null")
 #: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
 MMU_MODES = {"tdp": True, "shadow": False}
 #: exit statuses of the runs that a bound (--max-insns, --timeout) ended
@@ -52,10 +64,39 @@ class UsageError(Exception):
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``kvmpy run: error: ...`` (exit status 2), no usage."""
+    """argparse with one-line errors: ``kvmpy run: error: ...`` (exit status 2), no usage.
+
+    An option that takes a value takes the next word whatever it looks like, as QEMU's do
+    (``-append -pause_filter_test``): such pairs become ``--option=value`` before parsing.
+    """
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        if args is not None:
+            args = self._join_values(list(args))
+        return super().parse_known_args(args, namespace)
+
+    def _join_values(self, args):
+        takes_value = {}
+        for action in self._actions:
+            if action.option_strings and action.nargs is None:
+                long = max(action.option_strings, key=len)
+                for spelling in action.option_strings:
+                    takes_value[spelling] = long if long.startswith("--") else "-" + long
+        out, i = [], 0
+        while i < len(args):
+            if args[i] in takes_value and i + 1 < len(args):
+                out.append(f"{takes_value[args[i]]}={args[i + 1]}")
+                i += 2
+            elif args[i] == "--":
+                out.extend(args[i:])
+                break
+            else:
+                out.append(args[i])
+                i += 1
+        return out
 
 
 def positive_seconds(text):
@@ -81,18 +122,64 @@ def positive_int(text):
 
 
 def memory_mib(text):
-    """-m: guest RAM in MiB, at least 1 and small enough to end below the MMIO hole."""
+    """-m: guest RAM in MiB (or with QEMU's suffixes), at least 1 and small enough to end
+    below the MMIO hole."""
     # local: `kvmpy --help` and option errors answer before the machine loads
     from kvmpy.vmm.machine import MIB, MMIO_HOLE
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    value = _qemu_value(qemu_options.memory_size, text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value}: guest memory must be at least 1 MiB")
     if value * MIB > MMIO_HOLE:
         raise argparse.ArgumentTypeError(f"{value}: at most {MMIO_HOLE // MIB} MiB")
     return value
+
+
+def _qemu_value(parse, text):
+    """One QEMU option's value, its OptionError turned into argparse's one-line error."""
+    try:
+        return parse(text)
+    except qemu_options.OptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _qemu_type(parse):
+    def convert(text):
+        return _qemu_value(parse, text)
+    convert.__name__ = parse.__name__
+    return convert
+
+
+def _add_qemu_options(run):
+    """QEMU's spellings, for kvm-unit-tests' x86/run and unittests.cfg and for people."""
+    qemu = run.add_argument_group(
+        "QEMU-compatible options", "spelled with one dash or two, as QEMU takes them")
+    qemu.add_argument("--kernel", "-kernel", metavar="FILE",
+                      help="the guest image (instead of IMAGE); a missing file is reported "
+                           "as QEMU does: could not load kernel 'FILE'")
+    qemu.add_argument("--initrd", "-initrd", metavar="FILE", help="multiboot module")
+    qemu.add_argument("--append", "-append", metavar="CMDLINE", help="kernel command line")
+    qemu.add_argument("--smp", "-smp", type=_qemu_type(qemu_options.smp),
+                      metavar="N[,cpus=N][,sockets=N]",
+                      help="vCPUs (one socket each; cores and threads of 1)")
+    qemu.add_argument("--machine", "-machine", "-M", action="append", default=[],
+                      type=_qemu_type(qemu_options.machine), metavar="PROPS",
+                      help="accel=kvm (the KVM --accel picks), pit=off")
+    qemu.add_argument("--device", "-device", action="append", default=[],
+                      type=_qemu_type(qemu_options.device), metavar="DRIVER[,PROPS]",
+                      help="isa-debug-exit[,iobase=PORT][,iosize=1|2|4]")
+    qemu.add_argument("--global", "-global", dest="globals", action="append", default=[],
+                      type=_qemu_type(qemu_options.global_property), metavar="DRIVER.PROP=V",
+                      help="kvm-pit.lost_tick_policy=discard|delay")
+    qemu.add_argument("--serial", "-serial", choices=SERIAL_BACKENDS,
+                      help="COM1 to stdout (stdio, the default) or nowhere (none, null)")
+    qemu.add_argument("--display", "-display", choices=("none",),
+                      help="kvmpy has no display")
+    qemu.add_argument("--nodefaults", "-nodefaults", action="store_true",
+                      help="no default serial (COM1 goes nowhere unless -serial stdio)")
+    qemu.add_argument("--no-reboot", "-no-reboot", action="store_true",
+                      help="end the run when the guest resets (kvmpy always does)")
+    qemu.add_argument("--enable-kvm", "-enable-kvm", action="store_true",
+                      help="the same as -machine accel=kvm")
 
 
 def build_parser():
@@ -110,14 +197,17 @@ def build_parser():
                      help="soft KVM's MMU: two-dimensional paging or shadow paging")
     run.add_argument("--vendor", choices=("vmx", "svm"),
                      help="soft KVM's vendor module")
-    run.add_argument("--cpu", metavar="MODEL",
-                     help="soft KVM's CPU model, QEMU's spelling (Skylake-Server, EPYC, host, max...; "
-                          "default: the vendor module's)")
+    run.add_argument("--cpu", "-cpu", type=_qemu_type(qemu_options.cpu),
+                     metavar="MODEL[,+feat][,-feat]",
+                     help="CPU model and feature edits, QEMU's spelling (Skylake-Server, EPYC, "
+                          "qemu64, host, max...; +x2apic, -tsc-deadline, feat=on|off; "
+                          "default: the vendor module's model); other models than host and "
+                          "max only for --accel soft")
     run.add_argument("--clock", choices=CLOCK_MODES,
                      help="soft KVM's time base: virtual (from retired instructions, reproducible; "
                           "the default) or host (the host's monotonic clock)")
     run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
-                     help="guest RAM in MiB (default 16)")
+                     help="guest RAM in MiB, or with a suffix K, M, G (default 16)")
     run.add_argument("--format", choices=("auto", "flat", "elf"), default="auto",
                      help="image format (default: ELF if the file starts with its magic)")
     run.add_argument("--trace", action="store_true",
@@ -128,14 +218,16 @@ def build_parser():
     run.add_argument("--timeout", type=positive_seconds, metavar="S",
                      help="stop the guest after S seconds of wall time (exit status %d)"
                           % BOUND_STATUS["timeout"])
+    _add_qemu_options(run)
     sub.add_parser("version", help="print kvmpy's version")
     return parser
 
 
 def _soft_params(args):
     """Module parameters for the soft kernel; errors if soft-only options meet --accel host."""
+    host_model = args.cpu is None or args.cpu.model in HOST_CPU_MODELS
     soft_only = {"--mmu": args.mmu, "--vendor": args.vendor, "--trace": args.trace or None,
-                 "--max-insns": args.max_insns, "--cpu": args.cpu,
+                 "--max-insns": args.max_insns, "--cpu": None if host_model else args.cpu,
                  "--clock": args.clock}
     if args.accel == "host":
         given = [name for name, value in soft_only.items() if value is not None]
@@ -148,23 +240,68 @@ def _soft_params(args):
     if args.vendor is not None:
         params["vendor"] = args.vendor
     if args.cpu is not None:
-        params["cpu"] = _cpu_model(args.cpu)
+        params["cpu"] = _cpu_model(args.cpu.model)
     if args.clock is not None:
         params["clock"] = args.clock
     return params
 
 
-def _cpu_model(text):
-    """The model name of ``--cpu MODEL[,+feat,-feat...]`` (feature edits: not yet)."""
+def _cpu_model(name):
+    """``--cpu``'s model name, checked against kvmpy's models."""
     from kvmpy.hw import models     # local: option checking loads no more than it checks
     try:
-        name, edits = models.parse_cpu_option(text)
         models.lookup(name)
     except KeyError as e:
-        raise UsageError(f"--cpu {text}: {e.args[0]}") from None
-    if edits:
-        raise UsageError(f"--cpu {text}: feature edits ({', '.join(edits)}) are not supported yet")
+        raise UsageError(f"--cpu {name}: {e.args[0]}") from None
     return name
+
+
+def _machine_options(args):
+    """The Machine's keyword arguments for the QEMU options given (UsageError for what no
+    kvmpy machine has: those a later machine may have are the machine's to refuse)."""
+    pit = None
+    for props in args.machine:
+        for name, value in props.items():
+            if name == "accel":
+                for accel in value.split(":"):
+                    if accel != "kvm":
+                        raise UsageError(f"-machine accel={value}: kvmpy is a KVM; it has "
+                                         f"no {accel} (--accel soft|host picks which KVM)")
+            elif name == "type":
+                raise UsageError(f"-machine {value}: kvmpy has one machine type; "
+                                 f"give no type (accel=kvm and pit=on|off are supported)")
+            elif name == "pit":
+                pit = _qemu_value_or_usage(qemu_options.on_off, value, "-machine pit")
+            else:
+                raise UsageError(f"-machine {name}={value}: not supported "
+                                 f"(accel=kvm and pit=on|off are)")
+    pit_policy = None
+    for driver, prop, value in args.globals:
+        if (driver, prop) != ("kvm-pit", "lost_tick_policy"):
+            raise UsageError(f"-global {driver}.{prop}={value}: not supported "
+                             f"(kvm-pit.lost_tick_policy is)")
+        pit_policy = value
+    return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
+                cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
+                pit=pit, pit_policy=pit_policy, serial_sink=_serial_sink(args))
+
+
+def _qemu_value_or_usage(parse, text, what):
+    try:
+        return parse(text, what)
+    except qemu_options.OptionError as e:
+        raise UsageError(str(e)) from None
+
+
+def _serial_sink(args):
+    """COM1's output: stdout, unless -serial none/null, or -nodefaults without -serial."""
+    from kvmpy.vmm.devices.serial import stdout_sink
+    backend = args.serial or ("none" if args.nodefaults else "stdio")
+    return stdout_sink if backend == "stdio" else _discard
+
+
+def _discard(data):
+    """A serial sink for -serial none: the bytes go nowhere."""
 
 
 @contextlib.contextmanager
@@ -202,10 +339,14 @@ def _exit_status(result, demo):
 
 def cmd_run(args):
     # local: `kvmpy version` and bad options answer before the machine loads
-    from kvmpy.vmm.machine import Machine
+    from kvmpy.vmm.cpu_setup import FeatureUnsupported
+    from kvmpy.vmm.machine import Machine, Unsupported
 
     params = _soft_params(args)
-    demo = args.image is None
+    if args.kernel is not None and args.image is not None:
+        raise UsageError(f"both IMAGE ({args.image}) and -kernel ({args.kernel}) given")
+    demo = args.image is None and args.kernel is None
+    options = _machine_options(args)
     if demo:
         from kvmpy import guests     # local: the demo's image is read only when it runs
         try:
@@ -213,11 +354,23 @@ def cmd_run(args):
         except FileNotFoundError as e:
             raise LoadError(str(e)) from None
     else:
-        image = args.image
+        image = args.image or args.kernel
     with _tracing(args.trace):
         try:
             machine = Machine(image, accel=args.accel, memory_mib=args.memory,
-                              fmt=args.format, params=params, max_insns=args.max_insns)
+                              fmt=args.format, params=params, max_insns=args.max_insns,
+                              **options)
+        except LoadError as e:
+            if args.kernel is None:
+                raise
+            reason = str(e)
+            if reason.startswith(f"{args.kernel}: "):
+                reason = reason[len(args.kernel) + 2:]
+            raise LoadError(f"could not load kernel '{args.kernel}': {reason}") from None
+        except FeatureUnsupported as e:
+            raise UsageError(f"-cpu {args.cpu.text}: {e}") from None
+        except (Unsupported, qemu_options.OptionError) as e:
+            raise UsageError(str(e)) from None
         except OSError as e:
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1

@@ -4,8 +4,13 @@
 * ELF executables start in 32-bit protected mode with flat 4 GiB code and data segments
   from a three-entry GDT the VMM writes into guest memory (paging off), at the ELF entry
   point — the state a multiboot loader hands to a kernel.
+
+The CPUID the vCPU gets is KVM's supported table, with the features ``-cpu`` turns off
+cleared (:func:`edit_cpu_features`).
 """
 
+from kvmpy.hw.features import FEATURES
+from kvmpy.uapi.kvm import KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 from kvmpy.vmm.loader import LoadError
 
 GDT_ADDR = 0x500
@@ -74,3 +79,24 @@ def setup_boot_state(vcpu, memory, image):
         setup_real_mode(vcpu, image.entry)
     else:
         setup_protected_mode(vcpu, memory, image)
+
+
+class FeatureUnsupported(ValueError):
+    """``-cpu ...,+feat`` for a feature KVM cannot give the guest."""
+
+
+def edit_cpu_features(cpuid, edits):
+    """``cpuid`` (a ``kvm_cpuid2`` from KVM_GET_SUPPORTED_CPUID) with each feature of
+    ``edits`` ({name: on}) set or cleared.  Turning on a bit KVM does not report is
+    refused, as QEMU's ``enforce`` does: KVM cannot virtualise what it does not support."""
+    for name, on in edits.items():
+        leaf, subleaf, reg, bit = FEATURES[name]
+        entry = next((e for e in cpuid.entries[:cpuid.nent] if e.function == leaf and (
+            e.index == subleaf or not e.flags & KVM_CPUID_FLAG_SIGNIFCANT_INDEX)), None)
+        value = getattr(entry, reg) if entry is not None else 0
+        if on and not value >> bit & 1:
+            raise FeatureUnsupported(f"CPU feature {name}: not supported by this KVM "
+                                     f"(KVM_GET_SUPPORTED_CPUID)")
+        if not on and entry is not None:
+            setattr(entry, reg, value & ~(1 << bit))
+    return cpuid

@@ -9,10 +9,14 @@ RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
 COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
 i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
 CMOS/RTC               ports 0x70-0x71
-isa-debug-exit         port 0xf4; a write of v ends the run with status (v << 1) | 1
+isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosize=`` puts
+                       it); a write of v ends the run with status (v << 1) | 1
 kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes are
                        recorded (the demo guest checks an MMIO round trip with it)
 =====================  ============================================================
+
+What the machine cannot do yet (several vCPUs, an initrd or a command line, devices it
+lacks) it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
 """
 
 from __future__ import annotations
@@ -25,16 +29,28 @@ from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
 from kvmpy.vmm import loader
-from kvmpy.vmm.cpu_setup import setup_boot_state
+from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
 from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
+from kvmpy.vmm.qemu_options import port_number
 
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
 TEST_DEVICE_SIZE = 0x1000
 TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
 RFLAGS_IF = 1 << 9
+#: the PIT's lost-tick policies (QEMU's kvm-pit.lost_tick_policy)
+PIT_POLICIES = ("delay", "discard")
+#: the QEMU -device drivers this machine has
+DEVICE_DRIVERS = ("isa-debug-exit",)
+
+
+class Unsupported(ValueError):
+    """Something asked of the machine that it does not have yet; the message names the
+    option (``-smp 2``, ``-device pci-testdev``...)."""
+
+
 @dataclass
 class RunResult:
     """Why the run ended.
@@ -60,9 +76,17 @@ class Machine:
     """
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
-                 serial_sink=stdout_sink, clock=None, max_insns=None):
+                 serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
+                 cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None):
+        """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
+        properties), ``pit`` (None: the machine's default) and ``pit_policy`` (QEMU's
+        ``kvm-pit.lost_tick_policy``) are what QEMU's command line asks for; those the
+        machine lacks raise :class:`Unsupported` before anything is built.
+        ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
+        self._check_supported(smp, initrd, cmdline, pit, pit_policy)
+        self.debug_exit_range = self._debug_exit_range(devices)
         if max_insns is not None:
             if accel != "soft":
                 raise ValueError("an instruction limit needs the soft accelerator")
@@ -79,12 +103,48 @@ class Machine:
                 self.vm.set_tss_address(TSS_ADDR)
             self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
             self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.set_cpuid2(self.kvm.get_supported_cpuid())
+            self.vcpu.set_cpuid2(edit_cpu_features(self.kvm.get_supported_cpuid(),
+                                                   cpu_features or {}))
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, clock)
         except BaseException:
             self.close()
             raise
+
+    @staticmethod
+    def _check_supported(smp, initrd, cmdline, pit, pit_policy):
+        if smp != 1:
+            raise Unsupported(f"-smp {smp}: this machine runs one vCPU")
+        if initrd is not None:
+            raise Unsupported("-initrd: this machine has no multiboot loader to pass it")
+        if cmdline is not None:
+            raise Unsupported("-append: this machine has no multiboot loader to pass it")
+        if pit:
+            raise Unsupported("-machine pit=on: this machine has no PIT")
+        # The machine creates no PIT, so a lost-tick policy has nothing to apply to; QEMU
+        # likewise leaves -global of an absent device unused.
+        if pit_policy is not None and pit_policy not in PIT_POLICIES:
+            raise Unsupported(f"kvm-pit.lost_tick_policy={pit_policy}: "
+                              f"one of {', '.join(PIT_POLICIES)}")
+
+    @staticmethod
+    def _debug_exit_range(devices):
+        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says."""
+        port, size = debug_exit.DEBUG_EXIT_PORT, 1
+        for driver, props in devices:
+            if driver not in DEVICE_DRIVERS:
+                raise Unsupported(f"-device {driver}: not a device this machine has "
+                                  f"(it has: {', '.join(DEVICE_DRIVERS)})")
+            unknown = set(props) - {"iobase", "iosize"}
+            if unknown:
+                raise Unsupported(f"-device {driver}: property {sorted(unknown)[0]!r} "
+                                  f"is not supported (iobase, iosize are)")
+            port = port_number(props.get("iobase", str(port)), "iobase")
+            size = port_number(props.get("iosize", str(size)), "iosize")
+            if size not in (1, 2, 4) or not 0 <= port <= 0x10000 - size:
+                raise Unsupported(f"-device {driver},iobase={port:#x},iosize={size:#x}: "
+                                  f"iosize must be 1, 2 or 4 ports within 0..0xffff")
+        return port, size
 
     def _create_devices(self, serial_sink, clock):
         self.pio = PioBus()
@@ -94,7 +154,7 @@ class Machine:
         self.debug_exit = DebugExit(on_exit=lambda status: self._end(
             RunResult("debug-exit", f"guest wrote to isa-debug-exit: status {status}",
                       status)))
-        self.pio.register(debug_exit.DEBUG_EXIT_PORT, 1, self.debug_exit)
+        self.pio.register(*self.debug_exit_range, self.debug_exit)
         self.i8042 = I8042(on_reset=lambda: self._end(
             RunResult("reset", "guest asked the i8042 to reset the machine")))
         self.pio.register(i8042.DATA_PORT, 1, self.i8042, offset=i8042.DATA)
