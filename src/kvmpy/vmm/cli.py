@@ -219,6 +219,9 @@ def build_parser():
                      help="stop the guest after S seconds of wall time (exit status %d)"
                           % BOUND_STATUS["timeout"])
     _add_qemu_options(run)
+    # local import keeps `kvmpy` light: the runner's modules load only for unit-tests
+    from kvmpy.vmm.unit_tests.cli import add_parser as add_unit_tests_parser
+    add_unit_tests_parser(sub)
     sub.add_parser("version", help="print kvmpy's version")
     return parser
 
@@ -381,10 +384,24 @@ def cmd_run(args):
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "unit-tests":
+        args.argv = list(sys.argv[1:] if argv is None else argv)
+        # test names may follow the options: argparse leaves them over
+        args.tests += [word for word in extra if not word.startswith("-")]
+        extra = [word for word in extra if word.startswith("-")]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "run":
             return cmd_run(args)
+        if args.command == "unit-tests":
+            from kvmpy.vmm.unit_tests import RunnerError
+            from kvmpy.vmm.unit_tests.cli import cmd_unit_tests
+            try:
+                return cmd_unit_tests(args)
+            except RunnerError as e:
+                parser.exit(2, f"kvmpy unit-tests: error: {e}\n")
         if args.command == "version":
             # local: only `kvmpy version` needs the package metadata
             from importlib.metadata import PackageNotFoundError, version
