@@ -248,3 +248,96 @@ def test_trace_prints_the_kernel_call_chain(capsys, image):
     status, out, err = run_main(capsys, "run", image(OUT_COM1 + [0xFA, 0xF4]), "--trace")
     assert (status, out) == (0, "!")
     assert "kvm_create_vm()" in err
+
+
+# -- QEMU's command line --------------------------------------------------------------
+
+#: x86/run's options for every kvm-unit-test, less the devices kvmpy's machine may lack
+SUITE_OPTIONS = ["--no-reboot", "-nodefaults", "-global", "kvm-pit.lost_tick_policy=discard",
+                 "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-display", "none",
+                 "-serial", "stdio", "-machine", "accel=kvm", "-machine", "pit=off",
+                 "-enable-kvm", "-m", "64M", "-smp", "1,sockets=1"]
+#: prints '!' on COM1, then reports through isa-debug-exit whether CPUID.1:ECX shows
+#: SSE4.1 (bit 19): value 1 if it does, 2 if not
+SSE41_PROBE = OUT_COM1 + [
+    0x66, 0xB8, 0x01, 0x00, 0x00, 0x00,          # mov eax, 1
+    0x0F, 0xA2,                                  # cpuid
+    0x66, 0xF7, 0xC1, 0x00, 0x00, 0x08, 0x00,    # test ecx, 1 << 19
+    0x74, 0x04,                                  # jz absent
+    0xB0, 0x01, 0xE6, 0xF4,                      # mov al, 1; out 0xf4, al
+    0xB0, 0x02, 0xE6, 0xF4]                      # absent: mov al, 2; out 0xf4, al
+SSE41_SHOWN, SSE41_HIDDEN = (1 << 1) | 1, (2 << 1) | 1
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["-cpu", "qemu64,vendor=GenuineIntel"], "CPU property vendor=GenuineIntel is not supported"),
+    (["-cpu", "max,+frobnicate"], "'frobnicate' is not a CPU feature or property kvmpy supports"),
+    (["-cpu", "Opteron_G1"], "unknown CPU model 'Opteron_G1'"),
+    (["-smp", "2,cores=2"], "only one core of one thread per socket is supported"),
+    (["-smp", "1,cores=2"], "sockets (1) * dies (1) * cores (2) * threads (1) != cpus (1)"),
+    (["-smp", "2,maxcpus=4"], "maxcpus other than cpus (CPU hotplug) is not supported"),
+    (["-m", "4g"], "4096: at most 3328 MiB"),
+    (["-m", "1536K"], "1536K: not a whole number of MiB"),
+    (["-machine", "accel=tcg"], "-machine accel=tcg: kvmpy is a KVM; it has no tcg"),
+    (["-M", "q35,kernel-irqchip=split"], "-machine q35: kvmpy has one machine type"),
+    (["-machine", "kernel-irqchip=split"], "-machine kernel-irqchip=split: not supported"),
+    (["-machine", "pit=maybe"], "-machine pit=maybe: expected on or off"),
+    (["-global", "kvm-pit.frequency=2"], "-global kvm-pit.frequency=2: not supported"),
+    (["-device", "hyperv-testdev"], "-device hyperv-testdev: not a device this machine has"),
+    (["-device", "isa-debug-exit,iobase=0xf4,iosize=3"], "iosize must be 1, 2 or 4"),
+    (["-device", "isa-debug-exit,irq=5"], "property 'irq' is not supported"),
+    (["-display", "gtk"], "invalid choice: 'gtk'"),
+    (["-serial", "pty"], "invalid choice: 'pty'"),
+    (["-overcommit", "cpu-pm=on"], "unrecognized arguments: -overcommit"),
+    # a value is the next word, even one starting with a dash (-append -pause_filter_test)
+    (["-append", "-pause_filter_test", "-machine", "accel=hvf"], "it has no hvf"),
+])
+def test_unsupported_qemu_options_are_refused_by_name(capsys, image, argv, message):
+    status, out, err = run_main(capsys, "run", "-kernel", image([0xF4]), *argv)
+    assert status == 2 and out == ""
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_missing_kernel_is_reported_as_qemu_does(capsys, tmp_path):
+    missing = str(tmp_path / "_NO_FILE_4Uhere_")
+    status, _, err = run_main(capsys, "run", *SUITE_OPTIONS, "-kernel", missing)
+    assert (status, err) == (2, f"kvmpy: error: could not load kernel '{missing}': "
+                                f"no such file\n")
+
+
+def test_image_and_kernel_together_are_refused(capsys, image):
+    path = image([0xF4])
+    status, _, err = run_main(capsys, "run", path, "-kernel", path)
+    assert status == 2 and "both IMAGE" in err
+
+
+def test_kvm_cannot_give_a_feature_it_lacks(capsys, image):
+    """+feat needs KVM_GET_SUPPORTED_CPUID to have it (kvmpy's processor has no AVX)."""
+    status, _, err = run_main(capsys, "run", "-kernel", image([0xF4]), "-cpu", "max,+avx")
+    assert (status, err) == (2, "kvmpy: error: -cpu max,+avx: CPU feature avx: not supported "
+                                "by this KVM (KVM_GET_SUPPORTED_CPUID)\n")
+
+
+@pytest.mark.parametrize("cpu,expected", [
+    ("max", SSE41_SHOWN), ("qemu64,+sse4.1", SSE41_SHOWN), ("max,-sse4.1", SSE41_HIDDEN),
+    ("EPYC,sse4_1=off", SSE41_HIDDEN)])
+def test_cpu_feature_edits_reach_the_guest(image, cpu, expected):
+    status, err, _ = run_cli("run", *SUITE_OPTIONS, "-kernel", image(SSE41_PROBE), "-cpu", cpu)
+    assert (status, err) == (expected, "")
+
+
+def test_serial_follows_nodefaults_and_serial(image):
+    code = image(OUT_COM1 + [0xB0, 0x00, 0xE6, 0xF4])
+    for argv, out in ((["-nodefaults", "-serial", "stdio"], "!"), (["-nodefaults"], ""),
+                      (["-serial", "none"], ""), ([], "!")):
+        result = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", "-kernel", code,
+                                 *argv], capture_output=True, text=True, timeout=120)
+        assert (result.returncode, result.stdout, result.stderr) == (1, out, ""), argv
+
+
+def test_debug_exit_where_the_device_option_puts_it(image):
+    code = [0xBA, 0x01, 0x05,                    # mov dx, 0x501
+            0xB0, 0x07, 0xEE]                    # mov al, 7; out dx, al
+    argv = ["run", "-kernel", image(code + [0xFA, 0xF4])]
+    assert run_cli(*argv, "-device", "isa-debug-exit,iobase=0x501,iosize=2")[0] == (7 << 1) | 1
+    assert run_cli(*argv)[0] == 0                # 0x501 is nobody's: the guest halts
