@@ -228,3 +228,14 @@ def test_kvmpy_target_reads_kvmpy_module_parameters_for_check(capsys, tmp_path, 
 def test_runner_errors(capsys, tree, argv, message):
     status, _, err = run(capsys, *[a.format(tree=tree) for a in argv])
     assert status == 2 and message in err and len(err.splitlines()) == 1
+
+
+def test_a_vmm_killed_by_a_signal(capsys, tree, tmp_path):
+    """The status of a VMM that a signal ended is the shell's 128 + n, as the suite sees
+    it: SIGABRT is "QEMU Aborted" (a SKIP when it happens before the kernel loads)."""
+    qemu = tmp_path / "qemu-aborts"
+    qemu.write_text(FAKE_QEMU.format(python=sys.executable).replace(
+        "out = []", "import signal; os.kill(os.getpid(), signal.SIGABRT)\nout = []"))
+    qemu.chmod(0o755)
+    _, out, _ = run(capsys, "unit-tests", str(tree), "passes", "--qemu", str(qemu))
+    assert result_lines(out) == {"passes": "SKIP passes (QEMU Aborted)"}

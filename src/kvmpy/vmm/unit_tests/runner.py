@@ -26,6 +26,8 @@ PC_TESTDEV_OPTS = ["-device", "pc-testdev", "-device", "isa-debug-exit,iobase=0x
 PCI_TESTDEV_OPTS = ["-device", "pci-testdev"]
 #: seconds between timeout(1)'s SIGTERM and its SIGKILL (``-k 1s``)
 KILL_AFTER = 1.0
+#: a VMM's status when abort() killed it (128 + SIGABRT)
+ABORTED_STATUS = 128 + signal.SIGABRT
 _KVMPY_PARAM = re.compile(r"^/sys/module/(kvm|kvm_intel|kvm_amd)/parameters/(\w+)$")
 
 
@@ -126,7 +128,12 @@ def execute(shell_text, timeout, cwd, env):
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
-        return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        # a shell's status: 128 + n for a VMM that signal n killed
+        ret = proc.returncode if proc.returncode >= 0 else 128 - proc.returncode
+        err = err.decode(errors="replace")
+        if ret == ABORTED_STATUS:                  # qemu_fixup_return_code says so too
+            err += "QEMU Aborted\n"
+        return ret, out.decode(errors="replace"), err
     except subprocess.TimeoutExpired:
         _signal_group(proc, signal.SIGTERM)
         try:
