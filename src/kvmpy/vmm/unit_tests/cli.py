@@ -44,6 +44,9 @@ def add_parser(sub):
                    help="write each test's output to DIR/TEST.log")
     p.add_argument("--table", metavar="FILE.json",
                    help="record the results in this data file and rewrite FILE.md")
+    p.add_argument("--readme", metavar="FILE",
+                   help="with --table: also rewrite the copy of the table in FILE (between "
+                        "its kvm-unit-tests table marker lines)")
     p.add_argument("--record", metavar="COLUMN",
                    help="the table column to replace (default: kvmpy, or qemu-ACCEL)")
 
@@ -54,6 +57,8 @@ def cmd_unit_tests(args):
     if not os.path.isfile(os.path.join(args.build_dir, "x86", "unittests.cfg")):
         raise RunnerError(f"{args.build_dir}: no x86/unittests.cfg (a kvm-unit-tests tree "
                          f"configured for x86 and built?)")
+    if args.readme and not args.table:
+        raise RunnerError("--readme: only with --table")
     if args.qemu:
         if args.kvmpy_args:
             raise RunnerError("--kvmpy-args: not with --qemu")
@@ -74,7 +79,7 @@ def cmd_unit_tests(args):
                  "kvm-unit-tests": table.suite_commit(args.build_dir),
                  "machine": table.machine_description(),
                  "command": "kvmpy " + " ".join(shlex.quote(a) for a in args.argv)}
-        table.record(args.table, column, results, about)
+        table.record(args.table, column, results, about, args.readme)
     return 1 if any(r.status == "FAIL" for r in results) else 0
 
 

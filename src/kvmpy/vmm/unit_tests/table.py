@@ -10,6 +10,8 @@ import os
 import platform
 import subprocess
 
+from kvmpy.vmm.unit_tests import RunnerError
+
 
 def machine_description():
     """The host: CPU model name, how many CPUs, the kernel release."""
@@ -22,7 +24,25 @@ def machine_description():
                     break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+    return f"{name}{_family_model()}, {os.cpu_count()} CPUs, Linux {platform.release()}"
+
+
+def _family_model():
+    """`` (family F model M)`` from /proc/cpuinfo, or "" where it does not say."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in ("cpu family", "model") and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+                if not line.strip():
+                    break
+    except OSError:
+        pass
+    if len(fields) < 2:
+        return ""
+    return f" (family {fields['cpu family']} model {fields['model']})"
 
 
 def suite_commit(build_dir):
@@ -41,10 +61,18 @@ def suite_commit(build_dir):
         return "unknown"
 
 
-def record(path, name, results, about):
+#: the order in which a column's provenance is shown
+ABOUT_KEYS = ("target", "version", "kvm-unit-tests", "machine", "command")
+#: the lines around the copy of the table that ``--readme`` keeps up to date
+README_BEGIN = "<!-- kvm-unit-tests table: written by kvmpy unit-tests --readme -->"
+README_END = "<!-- end of kvm-unit-tests table -->"
+
+
+def record(path, name, results, about, readme=None):
     """Put ``results`` in column ``name`` of the data file at ``path`` (created if need be),
-    with ``about`` (a dict: target, command, suite commit, machine...), and rewrite the
-    Markdown beside it."""
+    with ``about`` (a dict: target, command, suite commit, machine...), rewrite the
+    Markdown beside it, and the copy between :data:`README_BEGIN` and :data:`README_END`
+    in ``readme`` if given."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -57,8 +85,22 @@ def record(path, name, results, about):
     with open(path, "w") as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write("\n")
+    text = markdown(data)
     with open(os.path.splitext(path)[0] + ".md", "w") as f:
-        f.write(markdown(data))
+        f.write(text)
+    if readme:
+        _update_readme(readme, text)
+
+
+def _update_readme(path, text):
+    with open(path) as f:
+        content = f.read()
+    begin, end = content.find(README_BEGIN), content.find(README_END)
+    if begin < 0 or end < begin:
+        raise RunnerError(f"{path}: no {README_BEGIN} ... {README_END} lines to write between")
+    body = text.split("\n", 3)[3]          # the table without its title
+    with open(path, "w") as f:
+        f.write(content[:begin + len(README_BEGIN)] + "\n" + body + content[end:])
 
 
 def markdown(data):
@@ -69,7 +111,9 @@ def markdown(data):
              "do not edit by hand.", ""]
     for name in names:
         about = data["columns"][name]["about"]
-        lines.append(f"- **{name}**: " + "; ".join(f"{k}: {v}" for k, v in about.items()))
+        lines.append(f"- **{name}**: " + "; ".join(
+            f"{k}: `{about[k]}`" if k == "command" else f"{k}: {about[k]}"
+            for k in ABOUT_KEYS if k in about))
     lines += ["", "| test | " + " | ".join(names) + " |",
               "|---|" + "---|" * len(names)]
     for test in data["order"]:
