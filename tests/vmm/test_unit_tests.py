@@ -239,3 +239,23 @@ def test_a_vmm_killed_by_a_signal(capsys, tree, tmp_path):
     qemu.chmod(0o755)
     _, out, _ = run(capsys, "unit-tests", str(tree), "passes", "--qemu", str(qemu))
     assert result_lines(out) == {"passes": "SKIP passes (QEMU Aborted)"}
+
+
+def test_columns_and_the_readme_copy_of_the_table(capsys, tree, fake_qemu, tmp_path):
+    table, readme = tmp_path / "t.json", tmp_path / "README.md"
+    readme.write_text("intro\n<!-- kvm-unit-tests table: written by kvmpy unit-tests "
+                      "--readme -->\nold\n<!-- end of kvm-unit-tests table -->\nrest\n")
+    common = ["--table", str(table), "--readme", str(readme)]
+    run(capsys, "unit-tests", str(tree), "passes", "--qemu", fake_qemu, "--accel", "tcg",
+        "--record", "QEMU TCG", *common)
+    run(capsys, "unit-tests", str(tree), "passes", "i386_only", *common)
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.endswith("<!-- end of kvm-unit-tests table -->"
+                                                         "\nrest\n")
+    assert "old" not in text
+    assert "| test | QEMU TCG | kvmpy |" in text
+    assert "| passes | PASS (3 tests) | " in text
+    assert "| i386_only |  | SKIP (i386 only) |" in text                 # not run on TCG
+    assert "command: `kvmpy unit-tests " in text
+    status, _, err = run(capsys, "unit-tests", str(tree), "--readme", str(readme))
+    assert status == 2 and "--readme: only with --table" in err
