@@ -6,20 +6,9 @@ import time
 
 import pytest
 
+from tests.support.cli import run_main
 from tests.support.elfgen import make_elf
 from kvmpy.api import Vcpu, VcpuExit
-from kvmpy.vmm.cli import main
-
-
-def run_main(capsys, *argv):
-    """(exit status, stdout, stderr) of ``kvmpy argv``, whether main returns or exits."""
-    try:
-        status = main(list(argv))
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return status, out, err
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import textwrap
 
 import pytest
 
-from kvmpy.vmm.cli import main
+from tests.support.cli import run_main as run
 
 COM1 = [0xBA, 0xF8, 0x03]                    # mov dx, 0x3f8
 
@@ -123,16 +123,6 @@ def fake_qemu(tmp_path):
     path.write_text(FAKE_QEMU.format(python=sys.executable))
     path.chmod(path.stat().st_mode | stat.S_IXUSR)
     return str(path)
-
-
-def run(capsys, *argv):
-    try:
-        status = main(list(argv))
-    except SystemExit as e:
-        status = e.code
-    out, err = capsys.readouterr()
-    assert "Traceback" not in out + err
-    return status, out, err
 
 
 def result_lines(out):

@@ -37,6 +37,7 @@ import sys
 
 from kvmpy.kernel.hrtimer import CLOCK_MODES
 from kvmpy.vmm import qemu_options
+from kvmpy.vmm.arg_types import positive_int
 from kvmpy.vmm.loader import LoadError
 
 DEMO = "demo"
@@ -107,17 +108,6 @@ def positive_seconds(text):
         raise argparse.ArgumentTypeError(f"{text!r}: not a number of seconds") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"{text}: must be positive and finite")
-    return value
-
-
-def positive_int(text):
-    """--max-insns: a whole number > 0."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive")
     return value
 
 

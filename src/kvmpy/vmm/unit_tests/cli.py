@@ -1,18 +1,9 @@
 """``kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]``."""
 
-import argparse
 import os
 import shlex
 
-
-def _positive_int(text):
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text}: must be positive")
-    return value
+from kvmpy.vmm.arg_types import positive_int
 
 
 def add_parser(sub):
@@ -25,7 +16,7 @@ def add_parser(sub):
                     "suite's own run_tests.sh.")
     p.add_argument("build_dir", metavar="BUILD_DIR", help="the kvm-unit-tests tree")
     p.add_argument("tests", nargs="*", metavar="TEST", help="only these tests")
-    p.add_argument("-j", "--jobs", type=_positive_int, default=1, metavar="N",
+    p.add_argument("-j", "--jobs", type=positive_int, default=1, metavar="N",
                    help="run N tests at once (default 1)")
     p.add_argument("-g", "--group", default="", help="only the tests of this group "
                    "(nodefault tests of it included, as run_tests.sh -g does)")
