@@ -330,3 +330,8 @@ def test_debug_exit_where_the_device_option_puts_it(image):
     argv = ["run", "-kernel", image(code + [0xFA, 0xF4])]
     assert run_cli(*argv, "-device", "isa-debug-exit,iobase=0x501,iosize=2")[0] == (7 << 1) | 1
     assert run_cli(*argv)[0] == 0                # 0x501 is nobody's: the guest halts
+
+
+def test_device_help_lists_the_machine_s_devices(capsys):
+    status, out, _ = run_main(capsys, "run", "-device", "help")
+    assert status == 0 and 'name "isa-debug-exit"' in out.splitlines()

@@ -43,6 +43,8 @@ from kvmpy.vmm.loader import LoadError
 DEMO = "demo"
 #: --cpu models that mean "what this KVM offers", so fit --accel host too
 HOST_CPU_MODELS = ("host", "max")
+#: -device values that ask for the list of devices, as QEMU's do
+DEVICE_HELP = ("help", "?")
 #: -serial backends
 SERIAL_BACKENDS = ("stdio", "none", "null")
 #: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
@@ -156,7 +158,8 @@ def _add_qemu_options(run):
                       help="accel=kvm (the KVM --accel picks), pit=off")
     qemu.add_argument("--device", "-device", action="append", default=[],
                       type=_qemu_type(qemu_options.device), metavar="DRIVER[,PROPS]",
-                      help="isa-debug-exit[,iobase=PORT][,iosize=1|2|4]")
+                      help="isa-debug-exit[,iobase=PORT][,iosize=1|2|4]; "
+                           "-device help lists the devices")
     qemu.add_argument("--global", "-global", dest="globals", action="append", default=[],
                       type=_qemu_type(qemu_options.global_property), metavar="DRIVER.PROP=V",
                       help="kvm-pit.lost_tick_policy=discard|delay")
@@ -335,6 +338,11 @@ def cmd_run(args):
     from kvmpy.vmm.cpu_setup import FeatureUnsupported
     from kvmpy.vmm.machine import Machine, Unsupported
 
+    if any(driver in DEVICE_HELP for driver, _ in args.device):
+        from kvmpy.vmm.machine import DEVICE_DRIVERS
+        for driver in DEVICE_DRIVERS:        # QEMU's format, which scripts grep
+            print(f'name "{driver}"')
+        return 0
     params = _soft_params(args)
     if args.kernel is not None and args.image is not None:
         raise UsageError(f"both IMAGE ({args.image}) and -kernel ({args.kernel}) given")
