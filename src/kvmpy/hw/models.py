@@ -189,15 +189,3 @@ def lookup(name: str, module: str = "vmx") -> CpuModel:
     if name not in MODELS:
         raise KeyError("unknown CPU model %r (known: %s)" % (name, ", ".join(names())))
     return MODELS[name]
-
-
-def parse_cpu_option(text: str) -> tuple[str, list[str]]:
-    """Split QEMU's ``MODEL[,+feat][,-feat]...`` into the model name and its feature edits
-    (KeyError, with a one-line message, for a malformed one)."""
-    name, *edits = text.split(",")
-    if not name:
-        raise KeyError("empty CPU model name")
-    for e in edits:
-        if len(e) < 2 or e[0] not in "+-":
-            raise KeyError("bad CPU feature edit %r (expected +feat or -feat)" % e)
-    return name, edits
