@@ -244,7 +244,7 @@ def test_trace_prints_the_kernel_call_chain(capsys, image):
 #: x86/run's options for every kvm-unit-test, less the devices kvmpy's machine may lack
 SUITE_OPTIONS = ["--no-reboot", "-nodefaults", "-global", "kvm-pit.lost_tick_policy=discard",
                  "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-display", "none",
-                 "-serial", "stdio", "-machine", "accel=kvm", "-machine", "pit=off",
+                 "-serial", "stdio", "-machine", "accel=kvm:tcg", "-machine", "pit=off",
                  "-enable-kvm", "-m", "64M", "-smp", "1,sockets=1"]
 #: prints '!' on COM1, then reports through isa-debug-exit whether CPUID.1:ECX shows
 #: SSE4.1 (bit 19): value 1 if it does, 2 if not
@@ -268,6 +268,7 @@ SSE41_SHOWN, SSE41_HIDDEN = (1 << 1) | 1, (2 << 1) | 1
     (["-m", "4g"], "4096: at most 3328 MiB"),
     (["-m", "1536K"], "1536K: not a whole number of MiB"),
     (["-machine", "accel=tcg"], "-machine accel=tcg: kvmpy is a KVM; it has no tcg"),
+    (["-machine", "accel=tcg:kvm"], "-machine accel=tcg:kvm: kvmpy is a KVM; it has no tcg"),
     (["-M", "q35,kernel-irqchip=split"], "-machine q35: kvmpy has one machine type"),
     (["-machine", "kernel-irqchip=split"], "-machine kernel-irqchip=split: not supported"),
     (["-machine", "pit=maybe"], "-machine pit=maybe: expected on or off"),

@@ -259,10 +259,11 @@ def _machine_options(args):
     for props in args.machine:
         for name, value in props.items():
             if name == "accel":
-                for accel in value.split(":"):
-                    if accel != "kvm":
-                        raise UsageError(f"-machine accel={value}: kvmpy is a KVM; it has "
-                                         f"no {accel} (--accel soft|host picks which KVM)")
+                # QEMU takes the first accelerator of the list that works: kvm must be it
+                first = value.split(":")[0]
+                if first != "kvm":
+                    raise UsageError(f"-machine accel={value}: kvmpy is a KVM; it has "
+                                     f"no {first} (--accel soft|host picks which KVM)")
             elif name == "type":
                 raise UsageError(f"-machine {value}: kvmpy has one machine type; "
                                  f"give no type (accel=kvm and pit=on|off are supported)")
