@@ -9,9 +9,12 @@ guest runs; the rules that act before a run are checked on the kvmpy target too.
 
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -249,3 +252,36 @@ def test_columns_and_the_readme_copy_of_the_table(capsys, tree, fake_qemu, tmp_p
     assert "command: `kvmpy unit-tests " in text
     status, _, err = run(capsys, "unit-tests", str(tree), "--readme", str(readme))
     assert status == 2 and "--readme: only with --table" in err
+
+
+def _processes_naming(text):
+    """PIDs of the processes whose command line mentions ``text``."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_ctrl_c_stops_the_run_and_its_vmms(tree, fake_qemu):
+    """The VMMs run in sessions of their own (the terminal's SIGINT does not reach them):
+    an interrupted runner kills them, starts no more, and exits 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "kvmpy.vmm.cli", "unit-tests", str(tree),
+                             "hangs", "passes", "--qemu", fake_qemu, "--timeout", "120"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    hang = str(tree / "x86" / "hang.flat")
+    deadline = time.monotonic() + 60
+    while not _processes_naming(hang) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _processes_naming(hang), "the hanging guest never started"
+    time.sleep(1)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert (proc.returncode, err) == (130, "kvmpy: interrupted\n")
+    assert "SUMMARY" not in out
+    time.sleep(0.5)
+    assert _processes_naming(hang) == []

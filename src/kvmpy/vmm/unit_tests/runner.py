@@ -120,12 +120,40 @@ def command(target, test, kernel, env_path):
     return " ".join(words)
 
 
-def execute(shell_text, timeout, cwd, env):
+class Processes:
+    """The VMMs running now, so that an interrupted run (Ctrl-C) kills them all and starts
+    no more: each runs in a session of its own, out of reach of the terminal's SIGINT."""
+
+    def __init__(self):
+        self._running = set()
+        self._lock = threading.Lock()
+        self.stopped = False
+
+    def start(self, argv, **kw):
+        with self._lock:
+            if self.stopped:
+                raise KeyboardInterrupt
+            proc = subprocess.Popen(argv, start_new_session=True, **kw)
+            self._running.add(proc)
+            return proc
+
+    def done(self, proc):
+        with self._lock:
+            self._running.discard(proc)
+
+    def kill_all(self):
+        with self._lock:
+            self.stopped = True
+            for proc in self._running:
+                _signal_group(proc, signal.SIGKILL)
+
+
+def execute(shell_text, timeout, cwd, env, processes):
     """(status, stdout, stderr) of the command; on timeout SIGTERM, then SIGKILL after
     :data:`KILL_AFTER`, and status 124, as ``timeout -k 1s`` does."""
-    proc = subprocess.Popen(["bash", "-c", "exec " + shell_text], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = processes.start(["bash", "-c", "exec " + shell_text], cwd=cwd, env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
     try:
         out, err = proc.communicate(timeout=timeout)
         # a shell's status: 128 + n for a VMM that signal n killed
@@ -146,6 +174,7 @@ def execute(shell_text, timeout, cwd, env):
         if proc.poll() is None:
             _signal_group(proc, signal.SIGKILL)
             proc.wait()
+        processes.done(proc)
 
 
 def _signal_group(proc, signum):
@@ -170,6 +199,7 @@ class Runner:
         self.log_dir = log_dir
         self._lock = threading.Lock()
         self._done = 0
+        self._processes = Processes()
 
     def _arch(self):
         """ARCH from the tree's config.mak (x86_64 if it does not say)."""
@@ -200,8 +230,14 @@ class Runner:
             env_path = os.path.join(tmp, "environ")
             with open(env_path, "w") as f:
                 f.write(environ_file(self.target))
-            with ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            pool = ThreadPoolExecutor(max_workers=self.jobs)
+            try:
                 results = list(pool.map(lambda t: self._one(t, env_path, len(tests)), tests))
+            except KeyboardInterrupt:
+                self._processes.kill_all()
+                raise
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
         counts = {s: sum(r.status == s for r in results) for s in (rules.PASS, rules.FAIL,
                                                                    rules.SKIP)}
         self._print(f"SUMMARY: {counts['PASS']} pass, {counts['FAIL']} fail, "
@@ -229,13 +265,13 @@ class Runner:
         env = dict(os.environ, TESTNAME=test.name, TIMEOUT=timeout_text,
                    MACHINE=test.machine, ACCEL=self.target.accel)
         ret, out, err = execute(command(self.target, test, rules.NO_FILE, env_path),
-                                timeout, self.build_dir, env)
+                                timeout, self.build_dir, env, self._processes)
         reason = rules.premature_failure(out + err)
         if reason is not None:
             self._log(test, out + err)
             return rules.Result(test.name, rules.SKIP, reason)
         ret, out, err = execute(command(self.target, test, test.kernel, env_path),
-                                timeout, self.build_dir, env)
+                                timeout, self.build_dir, env, self._processes)
         self._log(test, out + err)
         result = rules.verdict(test.name, rules.fixup_status(ret, err), out, timeout_text)
         if result.status == rules.FAIL and not result.detail:
