@@ -202,13 +202,23 @@ def test_kvmpy_target_reads_kvmpy_module_parameters_for_check(capsys, tmp_path, 
         [needs_shadow]
         file = missing.flat
         check = /sys/module/kvm_intel/parameters/ept=N
+        [needs_svm_shadow]
+        file = missing.flat
+        check = /sys/module/kvm_amd/parameters/npt=N
         """))
-    _, out, _ = run(capsys, "unit-tests", str(tree), "--kvmpy-args", "--mmu shadow")
+    _, out, _ = run(capsys, "unit-tests", str(tree), "--kvmpy-args", "--mmu=shadow")
     lines = result_lines(out)
     assert lines["needs_pmu"] == ("SKIP needs_pmu (/sys/module/kvm/parameters/enable_pmu "
                                   "not equal to Y)")
     # the check passed (kvmpy's ept is off with --mmu shadow): the next rule speaks
     assert lines["needs_shadow"].startswith("SKIP needs_shadow (Test file ")
+    # kvm_amd is not loaded: the VMX module is
+    assert lines["needs_svm_shadow"] == ("SKIP needs_svm_shadow (/sys/module/kvm_amd/"
+                                         "parameters/npt not equal to N)")
+    _, out, _ = run(capsys, "unit-tests", str(tree), "--kvmpy-args", "--vendor svm --mmu tdp")
+    lines = result_lines(out)
+    assert lines["needs_shadow"].startswith("SKIP needs_shadow (/sys/module/kvm_intel/")
+    assert lines["needs_svm_shadow"].startswith("SKIP needs_svm_shadow (/sys/module/kvm_amd/")
 
 
 @pytest.mark.parametrize("argv,message", [

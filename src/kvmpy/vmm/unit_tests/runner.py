@@ -5,6 +5,7 @@ A :class:`Target` is the VMM: kvmpy (``python -m kvmpy.vmm.cli run`` with kvmpy'
 options) or a QEMU binary with an accelerator.  Both get the same QEMU command line.
 """
 
+import argparse
 import os
 import platform
 import re
@@ -28,6 +29,8 @@ PCI_TESTDEV_OPTS = ["-device", "pci-testdev"]
 KILL_AFTER = 1.0
 #: a VMM's status when abort() killed it (128 + SIGABRT)
 ABORTED_STATUS = 128 + signal.SIGABRT
+#: the vendor module and parameter that switch two-dimensional paging, per --vendor
+TDP_PARAMS = {"vmx": ("kvm_intel", "ept"), "svm": ("kvm_amd", "npt")}
 _KVMPY_PARAM = re.compile(r"^/sys/module/(kvm|kvm_intel|kvm_amd)/parameters/(\w+)$")
 
 
@@ -56,17 +59,24 @@ class Target:
 
 
 def kvmpy_target(kvmpy_args=()):
-    """kvmpy's soft KVM (``kvmpy_args``: --vendor, --mmu...). Its ``check`` of a KVM module
-    parameter reads kvmpy's own (ept/npt from --mmu); other module parameters kvmpy does
-    not have, so such checks fail and the test is skipped."""
+    """kvmpy's soft KVM (``kvmpy_args``: --vendor, --mmu...). A ``check`` of a KVM module
+    parameter reads kvmpy's own: the loaded vendor module's two-dimensional paging switch
+    (kvm_intel.ept or kvm_amd.npt, from --mmu); kvmpy has no other, so such checks fail
+    and the test is skipped, as on a host whose KVM lacks the parameter."""
     argv = [sys.executable, "-m", "kvmpy.vmm.cli", "run", *kvmpy_args]
-    tdp = "shadow" not in kvmpy_args
+    known = argparse.ArgumentParser(add_help=False)
+    known.add_argument("--mmu", default="tdp")
+    known.add_argument("--vendor", default="vmx")
+    opts, _ = known.parse_known_args(list(kvmpy_args))
+    tdp_param = TDP_PARAMS.get(opts.vendor)
 
     def read_check(path):
         m = _KVMPY_PARAM.match(path)
         if not m:
             return rules.Context.read_check(path)
-        return ("Y" if tdp else "N") if m.group(2) in ("ept", "npt") else None
+        if m.groups() == tdp_param:
+            return "N" if opts.mmu == "shadow" else "Y"
+        return None
 
     env = {"QEMU_ACCEL": "kvm", "ERRATA_FORCE": "y"}
     return Target("kvmpy", argv, "kvm", ("pc-testdev", "pci-testdev"), env, read_check)
