@@ -24,10 +24,6 @@ RAISE, LOWER10, RAISE_POLLED = "0x80", "0x82", "0x83"
 CHIPS = (uapi.KVM_IRQCHIP_PIC_MASTER, uapi.KVM_IRQCHIP_PIC_SLAVE, uapi.KVM_IRQCHIP_IOAPIC)
 
 
-def _create_irqchip(m):
-    m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_IRQCHIP, 0)
-
-
 def _line(m, irq, level):
     m.sc.ioctl(m.vm_fd, uapi.KVM_IRQ_LINE, uapi.kvm_irq_level(irq=irq, level=level))
 
@@ -51,7 +47,7 @@ def _round_trip(m):
 
 
 def run_pic_guest(sc, round_trip=False):
-    m = guestvm.Machine(sc, load_image("pic"), mode="real", vm_setup=_create_irqchip)
+    m = guestvm.Machine(sc, load_image("pic"), mode="real", vm_setup=guestvm.create_irqchip)
     try:
         exits, raised = [], 0
         while len(exits) < 40:

@@ -12,35 +12,15 @@ import sys
 import pytest
 
 from kvmpy.guests import load_image
-from kvmpy.uapi import kvm as uapi
 from kvmpy import syscalls
 from tests.support import guestvm, rawvmm
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
 
-def create_irqchip(m):
-    """KVM_CREATE_IRQCHIP.  While kvmpy's tree has no KVM_CREATE_IRQCHIP (the irqchip work
-    adds it), the soft VM's irqchip mode is set as that ioctl sets it, so that the devices
-    that need an irqchip can be created."""
-    try:
-        m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_IRQCHIP, 0)
-    except OSError:
-        from kvmpy.kernel import fs
-        from kvmpy.kernel.x86 import x86
-        assert m.sc is not rawvmm.HOST
-        fs.fdget(m.vm_fd).private_data.arch.irqchip_mode = x86.KVM_IRQCHIP_KERNEL
-
-
-def create_irqchip_and_pit(m):
-    """KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 with the speaker port in the kernel."""
-    create_irqchip(m)
-    m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config(flags=uapi.KVM_PIT_SPEAKER_DUMMY))
-
-
 def run_pit_guest(sc):
     """The guest's report: its registers at the debug-exit OUT, and the exits it made."""
-    m = guestvm.Machine(sc, load_image("pit"), mode="real", vm_setup=create_irqchip_and_pit)
+    m = guestvm.Machine(sc, load_image("pit"), mode="real", vm_setup=guestvm.create_irqchip_and_pit)
     try:
         exits = []
         while True:

@@ -13,7 +13,6 @@ from kvmpy import compat, syscalls
 from kvmpy.kernel import fs, irq_hook
 from kvmpy.kernel.eventfd import kvm_notify_acked_gsi
 from kvmpy.uapi import kvm as uapi
-from tests.guests.test_pit_guest import create_irqchip
 from tests.support import guestvm
 from tests.support.guestvm import BACKENDS, errno_name as _errno
 
@@ -109,7 +108,7 @@ def test_irqfd_errnos_are_the_hosts(sc):
         without = _errno(lambda: _irqfd(sc, bare.vm_fd, e1, 0))
     finally:
         bare.close()
-    m = guestvm.Machine(sc, mode=None, ram=0, vm_setup=create_irqchip)
+    m = guestvm.Machine(sc, mode=None, ram=0, vm_setup=guestvm.create_irqchip)
     vm, resample, deassign = m.vm_fd, uapi.KVM_IRQFD_FLAG_RESAMPLE, uapi.KVM_IRQFD_FLAG_DEASSIGN
     try:
         got = [without,
@@ -142,7 +141,7 @@ def irq_vm(monkeypatch):
         return 1
 
     monkeypatch.setattr(irq_hook, "kvm_set_irq", record)
-    m = guestvm.Machine(syscalls, mode=None, ram=0, vm_setup=create_irqchip)
+    m = guestvm.Machine(syscalls, mode=None, ram=0, vm_setup=guestvm.create_irqchip)
     yield m, fs.fdget(m.vm_fd).private_data, lines, seen
     m.close()
 

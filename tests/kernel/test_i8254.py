@@ -10,7 +10,6 @@ from kvmpy.kernel.eventfd import kvm_notify_acked_gsi
 from kvmpy.kernel.hrtimer import kvm_clock_run_expired
 from kvmpy.kernel.x86 import i8254
 from kvmpy.uapi import kvm as uapi
-from tests.guests.test_pit_guest import create_irqchip_and_pit
 from tests.support import guestvm
 from tests.support.guestvm import BACKENDS, errno_name as _errno
 
@@ -49,7 +48,7 @@ def _channels(state):
 
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_pit_state_after_creation_and_a_set_is_the_hosts(sc):
-    m = guestvm.Machine(sc, mode=None, vm_setup=create_irqchip_and_pit)
+    m = guestvm.Machine(sc, mode=None, vm_setup=guestvm.create_irqchip_and_pit)
     try:
         vm = m.vm_fd
         again = _errno(lambda: sc.ioctl(vm, uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config()))
@@ -88,7 +87,7 @@ def _program_channel0(m, kvm, mode, count):
 def pit_vm(monkeypatch):
     """A soft VM with a PIT, and the IRQ 0 edges channel 0 raises, as (time, level)."""
     lines = []
-    m = guestvm.Machine(syscalls, mode=None, vm_setup=create_irqchip_and_pit)
+    m = guestvm.Machine(syscalls, mode=None, vm_setup=guestvm.create_irqchip_and_pit)
     kvm = fs.fdget(m.vm_fd).private_data
     monkeypatch.setattr(irq_hook, "kvm_set_irq",
                         lambda k, src, gsi, level, ls=False: lines.append((src, gsi, level)) or 1)

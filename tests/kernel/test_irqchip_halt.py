@@ -10,16 +10,12 @@ import time
 import pytest
 
 from kvmpy.uapi import kvm as uapi
-from tests.support.guestvm import BACKENDS, Machine, assemble, real16
+from tests.support.guestvm import BACKENDS, Machine, assemble, create_irqchip, real16
 
 PIC_SETUP = "".join(f" mov ${v:#x}, %al\n out %al, ${p:#x}\n" for p, v in
                     ((0x20, 0x11), (0x21, 0x20), (0x21, 0x04), (0x21, 0x01), (0x21, 0xFD)))
 GUEST = real16(" movw $h, 0x84\n movw $0, 0x86\n" + PIC_SETUP + " out %al, $0x81\n cli\n hlt\n"
                " out %al, $0x82\n sti\n hlt\nh:\n out %al, $0x80\n cli\n hlt\n")
-
-
-def _create_irqchip(m):
-    m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_IRQCHIP, 0)
 
 
 def _mp_state(m):
@@ -28,7 +24,7 @@ def _mp_state(m):
 
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_halt_blocks_until_signal_or_interrupt(sc):
-    m = Machine(sc, assemble(GUEST), mode="real", vm_setup=_create_irqchip)
+    m = Machine(sc, assemble(GUEST), mode="real", vm_setup=create_irqchip)
     old = signal.signal(signal.SIGALRM, lambda *a: None)
     try:
         assert m.kvm_run()["port"] == "0x81"

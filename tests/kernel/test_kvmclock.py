@@ -10,7 +10,6 @@ import pytest
 from kvmpy import syscalls
 from kvmpy.kernel.x86 import cpuid as kcpuid, kvmclock
 from kvmpy.uapi import kvm as uapi
-from tests.guests.test_pit_guest import create_irqchip
 from tests.support import guestvm
 from tests.support.guestvm import BACKENDS, errno_name as _errno
 
@@ -165,7 +164,7 @@ def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
 
 
 def test_tsc_deadline_is_kept_for_the_in_kernel_lapic(soft_kvm):
-    m = guestvm.Machine(syscalls, mode=None, vm_setup=create_irqchip)
+    m = guestvm.Machine(syscalls, mode=None, vm_setup=guestvm.create_irqchip)
     try:
         _msrs(m, 12345, TSC_DEADLINE)
         assert _msrs(m, None, TSC_DEADLINE) == (1, [12345])

@@ -253,3 +253,14 @@ def machine(factory):
 # test_soft_injection_into_unmapped_stack), so the interrupt scenarios touch the stack and
 # GDT pages first.
 TOUCH_STACK = " movw $0, 0x6ffe\n movw 0x500, %ax\n"
+
+
+def create_irqchip(m):
+    """``vm_setup`` for a VM with the in-kernel irqchip (KVM_CREATE_IRQCHIP)."""
+    m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_IRQCHIP, 0)
+
+
+def create_irqchip_and_pit(m):
+    """``vm_setup``: KVM_CREATE_IRQCHIP, then KVM_CREATE_PIT2 with the speaker port in the kernel."""
+    create_irqchip(m)
+    m.sc.ioctl(m.vm_fd, uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config(flags=uapi.KVM_PIT_SPEAKER_DUMMY))
