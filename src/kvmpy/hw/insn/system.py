@@ -157,7 +157,7 @@ def _group7(g, ins):
         base = g.load("%s + 2" % ea, 8 if g.mode.code == 8 else 4)
         if g.mode.code != 8 and ins.opsize == 2:
             base = "(%s & 0xffffff)" % base
-        g.emit("sys('load_dtable', %d, %s, %s)" % (r == 3, base, limit))
+        g.emit("sys('load_dtable', %d, %s, %s, %s)" % (r == 3, base, limit, g.mode.code == 8))
     elif r == 4:
         g.store(ea, 2, "(cpu.cr0 & 0xffff)")
     elif r == 6:

@@ -104,7 +104,12 @@ def write_dr(cpu, dr, value):
     cpu.dr[dr] = value
 
 
-def load_dtable(cpu, idt, base, limit):
+def load_dtable(cpu, idt, base, limit, long64=False):
+    """LGDT / LIDT.  In 64-bit mode a non-canonical base is #GP(0) (AMD's APM says so for
+    LGDT/LIDT, and KVM's emulator checks it in em_lgdt_lidt): it never reaches GDTR/IDTR,
+    where the next VM entry's canonical checks would refuse it."""
+    if long64 and not canonical(base):
+        raise Fault(13, 0)
     if idt:
         cpu.idt_base, cpu.idt_limit = base, limit
     else:
