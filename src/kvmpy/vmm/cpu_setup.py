@@ -3,7 +3,11 @@
 * flat binaries start like a boot sector: real mode, CS:IP = 0:load address;
 * ELF executables start in 32-bit protected mode with flat 4 GiB code and data segments
   from a three-entry GDT the VMM writes into guest memory (paging off), at the ELF entry
-  point — the state a multiboot loader hands to a kernel.
+  point — the state a multiboot loader hands to a kernel;
+* a bzImage starts as the Linux boot protocol says (boot.rst): at its 64-bit entry in long
+  mode with the low 1 GiB identity-mapped, or at its 32-bit entry in flat protected mode,
+  the code segment at __BOOT_CS (0x10) and data at __BOOT_DS (0x18), RSI/ESI pointing at
+  the zero page.
 
 The CPUID the vCPU gets is KVM's supported table, with the features ``-cpu`` turns off
 cleared (:func:`edit_cpu_features`).
@@ -20,7 +24,16 @@ GDT_ENTRIES = (
     0x00CF92000000FFFF,  # 0x10: data, base 0, limit 4 GiB, 32-bit, read/write
 )
 CODE_SELECTOR, DATA_SELECTOR = 0x08, 0x10
-CR0_PE = 1 << 0
+#: the Linux boot protocol's GDT: __BOOT_CS = 0x10, __BOOT_DS = 0x18 (code is 64-bit or 32-bit)
+LINUX_CODE64, LINUX_CODE32, LINUX_DATA = 0x00AF9A000000FFFF, 0x00CF9A000000FFFF, 0x00CF92000000FFFF
+LINUX_CS, LINUX_DS = 0x10, 0x18
+#: identity page tables for a 64-bit Linux entry: 0 .. 1 GiB in 2 MiB pages (Firecracker's places)
+PML4_ADDR, PDPT_ADDR, PD_ADDR = 0x9000, 0xA000, 0xB000
+PTE_PRESENT_RW, PDE_LARGE = 0x3, 0x80
+PAGE_2M = 1 << 21
+CR0_PE, CR0_PG = 1 << 0, 1 << 31
+CR4_PAE = 1 << 5
+EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 1 << 1
 
 
@@ -73,10 +86,42 @@ def setup_protected_mode(vcpu, memory, image):
     vcpu.set_regs(regs)
 
 
+def setup_linux_boot(vcpu, memory, image):
+    """The boot protocol's entry state for a loaded bzImage (see the module docstring)."""
+    long_mode = image.bits == 64
+    gdt = (0, 0, LINUX_CODE64 if long_mode else LINUX_CODE32, LINUX_DATA)
+    for i, descriptor in enumerate(gdt):
+        memory.write_int(GDT_ADDR + 8 * i, 8, descriptor)
+    sregs = vcpu.get_sregs()
+    sregs.gdt.base, sregs.gdt.limit = GDT_ADDR, 8 * len(gdt) - 1
+    _flat_segment(sregs.cs, LINUX_CS, 0xB)
+    for seg in (sregs.ds, sregs.es, sregs.fs, sregs.gs, sregs.ss):
+        _flat_segment(seg, LINUX_DS, 0x3)
+    sregs.cr0 |= CR0_PE
+    if long_mode:
+        memory.write_int(PML4_ADDR, 8, PDPT_ADDR | PTE_PRESENT_RW)
+        memory.write_int(PDPT_ADDR, 8, PD_ADDR | PTE_PRESENT_RW)
+        for i in range(512):
+            memory.write_int(PD_ADDR + 8 * i, 8, i * PAGE_2M | PTE_PRESENT_RW | PDE_LARGE)
+        sregs.cs.l, sregs.cs.db = 1, 0
+        sregs.cr3 = PML4_ADDR
+        sregs.cr4 |= CR4_PAE
+        sregs.cr0 |= CR0_PG
+        sregs.efer |= EFER_LME | EFER_LMA
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rip = image.entry
+    regs.rsi = image.boot_params
+    regs.rflags = RFLAGS_RESERVED
+    vcpu.set_regs(regs)
+
+
 def setup_boot_state(vcpu, memory, image):
     """The entry state that fits ``image`` (a :class:`~kvmpy.vmm.loader.LoadedImage`)."""
     if image.kind == "flat":
         setup_real_mode(vcpu, image.entry)
+    elif image.kind == "bzimage":
+        setup_linux_boot(vcpu, memory, image)
     else:
         setup_protected_mode(vcpu, memory, image)
 

@@ -23,12 +23,14 @@ class LoadError(Exception):
 
 @dataclass
 class LoadedImage:
-    """Where the image went: ``kind`` is "flat" or "elf"; ``bits`` is 16, 32 or 64."""
+    """Where the image went: ``kind`` is "flat", "elf" or "bzimage"; ``bits`` is 16, 32 or
+    64; ``boot_params`` is the Linux zero page of a bzImage (RSI at entry)."""
 
     kind: str
     entry: int
     bits: int
     segments: list  # (guest-physical address, memory size) of each loaded piece
+    boot_params: int = 0
 
 
 def _open(path):

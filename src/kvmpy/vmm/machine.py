@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import loader
+from kvmpy.vmm import bzimage, loader
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
 from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
@@ -96,7 +96,7 @@ class Machine:
         self.kvm = self.vm = self.vcpu = None
         self._stop = None
         try:
-            self.image = loader.load(self.memory, image, fmt)
+            self.image = self._load(image, fmt, cmdline, initrd)
             self.kvm = Kvm(accel, params)
             self.vm = self.kvm.create_vm()
             if self.vm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
@@ -115,10 +115,6 @@ class Machine:
     def _check_supported(smp, initrd, cmdline, pit, pit_policy):
         if smp != 1:
             raise Unsupported(f"-smp {smp}: this machine runs one vCPU")
-        if initrd is not None:
-            raise Unsupported("-initrd: this machine has no multiboot loader to pass it")
-        if cmdline is not None:
-            raise Unsupported("-append: this machine has no multiboot loader to pass it")
         if pit:
             raise Unsupported("-machine pit=on: this machine has no PIT")
         # The machine creates no PIT, so a lost-tick policy has nothing to apply to; QEMU
@@ -126,6 +122,17 @@ class Machine:
         if pit_policy is not None and pit_policy not in PIT_POLICIES:
             raise Unsupported(f"kvm-pit.lost_tick_policy={pit_policy}: "
                               f"one of {', '.join(PIT_POLICIES)}")
+
+    def _load(self, image, fmt, cmdline, initrd):
+        """A bzImage goes through the Linux boot protocol, with the command line and initrd;
+        other images through :func:`loader.load`, which has nowhere to put either."""
+        if fmt == "bzimage" or fmt == "auto" and bzimage.is_bzimage_file(image):
+            return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
+        for option, given in (("-initrd", initrd), ("-append", cmdline)):
+            if given is not None:
+                raise Unsupported(f"{option}: {image} is not a Linux bzImage, and only the "
+                                  f"Linux boot protocol takes it here")
+        return loader.load(self.memory, image, fmt)
 
     @staticmethod
     def _debug_exit_range(devices):

@@ -1,0 +1,27 @@
+"""The guest-physical memory map the VMM gives a guest, as firmware would report it (e820).
+
+One home for it, so that every loader and device that tells the guest about memory (the
+Linux zero page, a multiboot memory map, fw_cfg's ``etc/e820``) says the same thing:
+
+=====================  ========================================================
+0 .. 0x9fc00           RAM (conventional memory)
+0x9fc00 .. 0xa0000     reserved (the extended BIOS data area, as on a PC)
+0xe0000 .. 0x100000    reserved (the BIOS area, where ACPI's RSDP is looked for)
+0x100000 .. RAM end    RAM
+=====================  ========================================================
+"""
+
+E820_RAM, E820_RESERVED = 1, 2          # e820 entry types
+EBDA_START = 0x9FC00
+LOW_RAM_END = 0xA0000
+BIOS_AREA = 0xE0000
+HIGH_RAM_START = 0x100000
+
+
+def e820_map(ram_end: int):
+    """[(address, size, type)] for a guest whose RAM ends at ``ram_end`` (at least 1 MiB)."""
+    entries = [(0, EBDA_START, E820_RAM), (EBDA_START, LOW_RAM_END - EBDA_START, E820_RESERVED),
+               (BIOS_AREA, HIGH_RAM_START - BIOS_AREA, E820_RESERVED)]
+    if ram_end > HIGH_RAM_START:
+        entries.append((HIGH_RAM_START, ram_end - HIGH_RAM_START, E820_RAM))
+    return entries
