@@ -107,9 +107,28 @@ class KvmKernelIrqfdResampler:
 
 
 def irqfd_resampler_ack(resampler) -> None:
+    """The guest's EOI: lower the shared line, then ask the device (its resample fds)."""
     irq_hook.kvm_set_irq(resampler.kvm, irq_hook.KVM_IRQFD_RESAMPLE_IRQ_SOURCE_ID, resampler.notifier.gsi, 0)
+    irqfd_resampler_notify(resampler)
+
+
+def irqfd_resampler_notify(resampler) -> None:
     for irqfd in resampler.list:
         eventfd_signal(irqfd.resamplefd)
+
+
+def kvm_notify_irqfd_resampler(kvm, irqchip: int, pin: int) -> bool:
+    """Signal the resample fds of the GSI routed to ``pin`` of ``irqchip``, if it has a
+    resampler: the IOAPIC asks this way whether a level line that was latched while masked
+    is still asserted.  False when there is none to ask."""
+    gsi = kvm_irq_map_chip_pin(kvm, irqchip, pin)
+    if gsi == -1:
+        return False
+    for resampler in list(kvm.irqfd_resampler_list):
+        if resampler.notifier.gsi == gsi:
+            irqfd_resampler_notify(resampler)
+            return True
+    return False
 
 
 class KvmKernelIrqfd:

@@ -54,14 +54,14 @@ class KvmIrqRoutingTable:
         self.chip = [[-1] * KVM_IRQCHIP_NUM_PINS for _ in range(KVM_NR_IRQCHIPS)]
 
 
-def setup_routing_entry(rt: KvmIrqRoutingTable, e: KvmKernelIrqRoutingEntry, ue, set_routing_entry) -> None:
+def setup_routing_entry(kvm, rt: KvmIrqRoutingTable, e: KvmKernelIrqRoutingEntry, ue, set_routing_entry) -> None:
     """Add one user entry; a GSI may go to several chips but to each chip once, and a
     non-irqchip (MSI) route must be its GSI's only route."""
     for ei in rt.map.get(ue.gsi, ()):
         if (ei.type != uapi.KVM_IRQ_ROUTING_IRQCHIP or ue.type != uapi.KVM_IRQ_ROUTING_IRQCHIP
                 or ue.u.irqchip.irqchip == ei.irqchip):
             raise kernel_error(errno.EINVAL)
-    set_routing_entry(e, ue)
+    set_routing_entry(kvm, e, ue)
     if e.type == uapi.KVM_IRQ_ROUTING_IRQCHIP:
         rt.chip[e.irqchip][e.pin] = e.gsi
     rt.map.setdefault(e.gsi, []).append(e)
@@ -69,7 +69,7 @@ def setup_routing_entry(rt: KvmIrqRoutingTable, e: KvmKernelIrqRoutingEntry, ue,
 
 def kvm_set_irq_routing(kvm, ues, flags: int, set_routing_entry) -> None:
     """KVM_SET_GSI_ROUTING: build the whole new table, then publish it; any bad entry leaves
-    the old one in place.  ``set_routing_entry(e, ue)`` is the architecture's check and
+    the old one in place.  ``set_routing_entry(kvm, e, ue)`` is the architecture's check and
     choice of ``set`` (kvm_set_routing_entry)."""
     if len(ues) > KVM_MAX_IRQ_ROUTES or flags:
         raise kernel_error(errno.EINVAL)
@@ -82,7 +82,7 @@ def kvm_set_irq_routing(kvm, ues, flags: int, set_routing_entry) -> None:
     for ue in ues:
         if ue.flags:
             raise kernel_error(errno.EINVAL)
-        setup_routing_entry(rt, KvmKernelIrqRoutingEntry(ue.gsi, ue.type), ue, set_routing_entry)
+        setup_routing_entry(kvm, rt, KvmKernelIrqRoutingEntry(ue.gsi, ue.type), ue, set_routing_entry)
     with kvm.lock:
         kvm.irq_routing = rt
     synchronize_srcu_expedited(kvm.srcu)

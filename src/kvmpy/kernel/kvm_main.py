@@ -142,6 +142,7 @@ def kvm_vm_ioctl_check_extension_generic(kvm, arg: int) -> int:
         uapi.KVM_CAP_JOIN_MEMORY_REGIONS_WORKS: 1,
         uapi.KVM_CAP_INTERNAL_ERROR_DATA: 1,
         uapi.KVM_CAP_CHECK_EXTENSION_VM: 1,
+        uapi.KVM_CAP_ENABLE_CAP_VM: 1,
         uapi.KVM_CAP_BINARY_STATS_FD: 1,
         uapi.KVM_CAP_NR_MEMSLOTS: uapi.KVM_USER_MEM_SLOTS,
         uapi.KVM_CAP_MULTI_ADDRESS_SPACE: KVM_ADDRESS_SPACE_NUM if KVM_ADDRESS_SPACE_NUM > 1 else 0,
@@ -262,7 +263,16 @@ def kvm_vm_ioctl(file, cmd: int, arg):
         return eventfd.kvm_irqfd(kvm, arg, arch.kvm_arch_irqfd_allowed)
     if cmd == uapi.KVM_IOEVENTFD:
         return eventfd.kvm_ioeventfd(kvm, arg)
+    if cmd == uapi.KVM_ENABLE_CAP:
+        cap = uapi.kvm_enable_cap.from_buffer_copy(fs.copy_from_user(arg, ctypes.sizeof(uapi.kvm_enable_cap)))
+        return kvm_vm_ioctl_enable_cap_generic(kvm, cap)
     return arch.kvm_arch_vm_ioctl(file, cmd, arg)
+
+
+def kvm_vm_ioctl_enable_cap_generic(kvm: Kvm, cap) -> int:
+    """KVM_ENABLE_CAP on a VM: kvmpy has none of the generic ones (halt polling, dirty
+    rings, ...), so every capability is the architecture's."""
+    return arch.kvm_vm_ioctl_enable_cap(kvm, cap)
 
 
 kvm_vm_fops = fs.FileOperations("kvm_vm_fops", release=kvm_vm_release, unlocked_ioctl=kvm_vm_ioctl,

@@ -24,7 +24,7 @@ from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
-from kvmpy.kernel.x86 import cpuid, irq, params, x86
+from kvmpy.kernel.x86 import cpuid, irq, irq_comm, params, x86
 from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
@@ -188,6 +188,12 @@ def vcpu_enter_guest(vcpu) -> int:
         return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
     if kvm_check_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu):
         return kvm_handle_triple_fault(vcpu)
+    if kvm_check_request(x86.KVM_REQ_SCAN_IOAPIC, vcpu):
+        vcpu_scan_ioapic(vcpu)
+    if kvm_check_request(x86.KVM_REQ_IOAPIC_EOI_EXIT, vcpu):
+        run.exit_reason = uapi.KVM_EXIT_IOAPIC_EOI          # split irqchip: user space's IOAPIC
+        run.eoi.vector, arch.pending_ioapic_eoi = arch.pending_ioapic_eoi, 0
+        return 0
     mmu.kvm_mmu_check_generation(vcpu)
     req_int_win = dm_request_for_irq_injection(vcpu) and arch.interrupt is None  # kvm_cpu_accept_dm_intr
     cpu.intr_window_exiting = inject_pending_event(vcpu) or req_int_win
@@ -197,6 +203,19 @@ def vcpu_enter_guest(vcpu) -> int:
     exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
     vcpu.stat["exits"] += 1
     return ops.handle_exit(vcpu, exit_info)
+
+
+def vcpu_scan_ioapic(vcpu) -> None:
+    """Which vectors' EOIs on this vCPU the IOAPIC must see (``ioapic_handled_vectors``):
+    the in-kernel IOAPIC's pins that send here, or with a split irqchip the level-triggered
+    MSI routes of user space's IOAPIC."""
+    kvm = vcpu.kvm
+    vectors: set = set()
+    if x86.irqchip_split(kvm):
+        irq_comm.kvm_scan_ioapic_routes(vcpu, vectors)
+    elif kvm.arch.vioapic is not None:
+        kvm.arch.vioapic.scan_entry(vcpu, vectors)
+    vcpu.arch.ioapic_handled_vectors = vectors
 
 
 def inject_pending_event(vcpu) -> bool:

@@ -37,7 +37,7 @@ from ...hw.msr_index import (MSR_CSTAR, MSR_EFER, MSR_FS_BASE, MSR_GS_BASE, MSR_
                              MSR_MTRRphysBase0, MSR_PLATFORM_INFO, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX)
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..kvm_host import KVM_IRQCHIP_KERNEL, KVM_IRQCHIP_NONE, KVM_IRQCHIP_SPLIT  # noqa: F401  (x86.KVM_IRQCHIP_*)
-from ..kvm_host import kvm_make_request
+from ..kvm_host import kvm_make_request, kvm_vcpu_kick
 from ..trace import traced
 from . import cpuid as kcpuid
 from kvmpy.kernel.x86.mmu import mmu
@@ -169,11 +169,26 @@ class KvmArch:
         self.vpit = None                    # KVM_CREATE_PIT2 (i8254.KvmPit)
         self.vpic = None                    # KVM_CREATE_IRQCHIP (i8259.KvmPic)
         self.vioapic = None                 # KVM_CREATE_IRQCHIP (ioapic.KvmIoapic)
+        self.nr_reserved_ioapic_pins = 0    # KVM_CAP_SPLIT_IRQCHIP: GSIs of user space's IOAPIC
 
 
 def irqchip_in_kernel(kvm) -> bool:
     """An in-kernel interrupt controller (KVM_CREATE_IRQCHIP, or split) serves interrupts."""
     return kvm.arch.irqchip_mode != KVM_IRQCHIP_NONE
+
+
+def irqchip_split(kvm) -> bool:
+    """KVM_CAP_SPLIT_IRQCHIP: the LAPICs are in the kernel, the PIC and IOAPIC in user space."""
+    return kvm.arch.irqchip_mode == KVM_IRQCHIP_SPLIT
+
+
+def kvm_make_scan_ioapic_request(kvm) -> None:
+    """The IOAPIC's entries or the MSI routes changed: every vCPU recomputes which vectors'
+    EOIs go to the IOAPIC before its next entry (a running one is kicked out to do so; no
+    wait, as the IOAPIC may call this from any thread)."""
+    for vcpu in list(kvm.vcpus):
+        kvm_make_request(KVM_REQ_SCAN_IOAPIC, vcpu)
+        kvm_vcpu_kick(vcpu)
 
 
 def pic_in_kernel(kvm) -> bool:
@@ -260,6 +275,18 @@ def kvm_arch_vm_ioctl(file, cmd: int, arg):
 
 # In-kernel devices register their VM ioctls here (KVM_CREATE_IRQCHIP, KVM_IRQ_LINE, ...).
 vm_ioctl_handlers: dict = {}
+# ... and the capabilities KVM_ENABLE_CAP turns on: cap -> handler(kvm, cap), e.g. KVM_CAP_SPLIT_IRQCHIP.
+vm_enable_cap_handlers: dict = {}
+
+
+def kvm_vm_ioctl_enable_cap(kvm, cap) -> int:
+    """KVM_ENABLE_CAP on a VM: flags must be 0; a capability nobody registered is EINVAL."""
+    if cap.flags:
+        raise kernel_error(errno.EINVAL)
+    handler = vm_enable_cap_handlers.get(cap.cap)
+    if handler is None:
+        raise kernel_error(errno.EINVAL)
+    return handler(kvm, cap)
 
 
 # ----------------------------------------------------------------------------------------
@@ -449,6 +476,8 @@ def kvm_arch_vcpu_create(vcpu) -> None:
 @traced
 def kvm_arch_vcpu_postcreate(vcpu) -> None:
     kvm_synchronize_tsc(vcpu)         # a new vCPU's TSC starts in step with the VM's others
+    if irqchip_in_kernel(vcpu.kvm):
+        kvm_make_request(KVM_REQ_SCAN_IOAPIC, vcpu)     # its first entry learns the IOAPIC's vectors
 
 
 def kvm_arch_vcpu_destroy(vcpu) -> None:
