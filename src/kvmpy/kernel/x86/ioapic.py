@@ -39,8 +39,8 @@ IOAPIC_EDGE_TRIG, IOAPIC_LEVEL_TRIG = 0, 1
 
 IOAPIC_REG_SELECT = 0x00            # offsets in the MMIO window
 IOAPIC_REG_WINDOW = 0x10
-IOAPIC_REG_VERSION = 0x00           # indirect registers (IOREGSEL)
-IOAPIC_REG_APIC_ID = 0x01
+IOAPIC_REG_APIC_ID = 0x00           # indirect registers (IOREGSEL)
+IOAPIC_REG_VERSION = 0x01
 IOAPIC_REG_ARB_ID = 0x02
 IOAPIC_REDIR_TABLE = 0x10           # two registers per pin: low, high dword
 

@@ -13,8 +13,14 @@ from .lapic import kvm_apic_accept_pic_intr
 
 
 def kvm_cpu_has_extint(vcpu) -> bool:
+    """An ExtINT waits: the in-kernel PIC's output, or with a split irqchip the vector user
+    space's PIC gave KVM_INTERRUPT."""
+    if not kvm_apic_accept_pic_intr(vcpu):
+        return False
     vpic = vcpu.kvm.arch.vpic
-    return vpic is not None and kvm_apic_accept_pic_intr(vcpu) and vpic.output
+    if vpic is not None:
+        return bool(vpic.output)
+    return vcpu.arch.pending_external_vector is not None
 
 
 def kvm_cpu_has_interrupt(vcpu) -> bool:
@@ -24,4 +30,7 @@ def kvm_cpu_has_interrupt(vcpu) -> bool:
 
 def kvm_cpu_get_interrupt(vcpu) -> int:
     """Acknowledge the interrupt and return its vector."""
+    if vcpu.kvm.arch.vpic is None:
+        vector, vcpu.arch.pending_external_vector = vcpu.arch.pending_external_vector, None
+        return vector
     return i8259.kvm_pic_read_irq(vcpu.kvm)

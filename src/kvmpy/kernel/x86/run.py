@@ -72,7 +72,7 @@ def kvm_vcpu_ready_for_interrupt_injection(vcpu) -> bool:
     the VMM must find the vCPU at an instruction boundary with nothing half-injected."""
     cpu, arch = vcpu.arch.cpu, vcpu.arch
     return (bool(cpu.flags & IF) and not cpu.interrupt_shadow and arch.interrupt is None
-            and arch.exception is None and not arch.nmi_injected and cpu.pending_event is None)
+            and arch.pending_external_vector is None and arch.exception is None and not arch.nmi_injected and cpu.pending_event is None)
 
 
 def dm_request_for_irq_injection(vcpu) -> bool:

@@ -372,6 +372,7 @@ class KvmVcpuArch:
         self.apic = None                    # in-kernel LAPIC, when there is one
         self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
         self.pending_ioapic_eoi = 0         # the vector of the KVM_EXIT_IOAPIC_EOI to make
+        self.pending_external_vector = None # split irqchip: user space's PIC's ExtINT (KVM_INTERRUPT)
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
         self.microcode_version = 0
@@ -850,11 +851,19 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
 
 
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
+    """KVM_INTERRUPT: without an in-kernel irqchip, the vector to inject; with a split one,
+    the ExtINT of user space's PIC, which the LAPIC takes when it accepts PIC interrupts
+    (one at a time: EEXIST while one waits); the full in-kernel irqchip refuses it (ENXIO)."""
     if irq >= uapi.KVM_NR_INTERRUPTS:
         raise kernel_error(errno.EINVAL)
-    if irqchip_in_kernel(vcpu.kvm):
+    if not irqchip_in_kernel(vcpu.kvm):
+        kvm_queue_interrupt(vcpu, irq)
+        return 0
+    if pic_in_kernel(vcpu.kvm):
         raise kernel_error(errno.ENXIO)
-    kvm_queue_interrupt(vcpu, irq)
+    if vcpu.arch.pending_external_vector is not None:
+        raise kernel_error(errno.EEXIST)
+    vcpu.arch.pending_external_vector = irq
     return 0
 
 

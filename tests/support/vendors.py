@@ -1,0 +1,42 @@
+"""Scenarios run on kvmpy under each vendor module and MMU mode.
+
+A process loads one vendor module (as the kernel does), so kvmpy's runs under vmx and svm
+are each a child process's: ``soft_results(module, vendor, mmu)`` imports ``module`` in a
+child with KVMPY_VENDOR and the MMU mode set, runs every function of its ``SCENARIOS`` dict
+on ``kvmpy.syscalls`` and returns their JSON results (cached per module, vendor and mode).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+VENDORS_MMUS = [(v, m) for v in ("vmx", "svm") for m in ("tdp", "shadow")]
+
+_CHILD = """
+import importlib, json, sys
+sys.path.insert(0, sys.argv[1])
+from kvmpy import syscalls
+from kvmpy.kernel.x86 import params
+params.set(ept=sys.argv[3] == "tdp")
+scenarios = importlib.import_module(sys.argv[2]).SCENARIOS
+print(json.dumps({name: run(syscalls) for name, run in scenarios.items()}))
+"""
+_cache: dict = {}
+
+
+def soft_results(module: str, vendor: str, mmu: str, timeout: int = 600) -> dict:
+    key = (module, vendor, mmu)
+    if key not in _cache:
+        proc = subprocess.run([sys.executable, "-c", _CHILD, str(REPO), module, mmu], capture_output=True,
+                              text=True, env=dict(os.environ, KVMPY_VENDOR=vendor), timeout=timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        _cache[key] = json.loads(proc.stdout)
+    return _cache[key]
+
+
+def jsonable(result):
+    """A result as it comes back from a child (tuples become lists)."""
+    return json.loads(json.dumps(result))
