@@ -127,10 +127,14 @@ def run_scenario(name, backend_name):
 # ------------------------------------------------------------------ delete under a running vCPU
 def threaded_case(sc, rng):
     """A vCPU thread stores to the data slot in a loop; the VMM thread deletes (or moves) the
-    slot, snapshots the old memory, and munmaps it after a while.  Returns defects found."""
+    slot, snapshots the old memory, and munmaps it after a while.  Returns defects found.
+
+    The last store loop spins for ever, so the delete always lands while the guest stores,
+    whatever the timing: its next store becomes an MMIO exit, where the thread sees ``stop``
+    (a guest that went on storing to the old memory would hang, a defect reported)."""
     defects = []
     offsets = rng.sample(range(0, mv.SLOT_SIZE, 7), rng.randint(1, 4))
-    ops = [("loop", o, rng.randint(5000, 40000)) for o in offsets]
+    ops = [("loop", o, rng.randint(5000, 40000)) for o in offsets[:-1]] + [("spin", offsets[-1])]
     vm = mv.MemoryVm(sc, mv.guest(ops))
     outcomes, errors = [], []
     stop = threading.Event()
@@ -140,7 +144,7 @@ def threaded_case(sc, rng):
             outcomes.extend(run_to_end(vm, stop=stop, max_runs=10 ** 6))
         except BaseException as e:         # noqa: BLE001 - any escape is the defect reported
             errors.append(repr(e))
-    t = threading.Thread(target=vcpu_thread)
+    t = threading.Thread(target=vcpu_thread, daemon=True)
     t.start()
     time.sleep(rng.uniform(0, 0.03))
     if rng.random() < 0.7:

@@ -9,8 +9,9 @@ The guard pages hold a canary that no access may change (a change is a write out
 slot).  The guest runs in real mode: DS = 0x2000 addresses slot 1.  ``guest(ops)`` assembles a
 program from a list of ``("w", offset, byte)`` (store), ``("r", offset)`` (load into AL),
 ``("out",)`` (OUT to port 0x80: an exit to the VMM, which may then change memory),
-``("loop", offset, count)`` (store to ``offset`` ``count`` times, incrementing the byte) and
-ends with OUT to port 0xf4 and HLT.
+``("loop", offset, count)`` (store to ``offset`` ``count`` times, incrementing the byte),
+``("spin", offset)`` (the same, for ever: only an exit to the VMM stops it) and ends with OUT
+to port 0xf4 and HLT.
 
 Outcomes are what the host's KVM gives for data in memory that is not there: an MMIO exit
 (kvm_pvm, and kvmpy) or EFAULT (KVM with EPT/NPT: KVM_EXIT_MEMORY_FAULT); an instruction
@@ -55,6 +56,8 @@ def guest(ops) -> bytes:
             code += b"\xb9" + op[2].to_bytes(2, "little")                        # mov cx, count
             code += b"\xfe\x06" + op[1].to_bytes(2, "little")                    # inc byte [o]
             code += b"\xe2\xfa"                                                   # loop back
+        elif op[0] == "spin":
+            code += b"\xfe\x06" + op[1].to_bytes(2, "little") + b"\xeb\xfa"         # inc [o]; jmp back
         else:
             raise ValueError(op)
     return bytes(code + bytes([0xE6, DONE_PORT, 0xF4]))

@@ -74,8 +74,8 @@ def test_delete_under_a_running_vcpu_then_munmap():
     cases = [json.loads(line) for line in out.splitlines()]
     assert len(cases) == 6
     assert [c["defects"] for c in cases] == [[]] * 6
-    # most deletes hit the guest still storing: its stores became MMIO exits
-    assert sum(c["exits"] >= 2 for c in cases) >= 3
+    # every delete hit the guest still storing (it spins): its stores became MMIO exits
+    assert all(c["exits"] >= 1 for c in cases)
 
 
 def test_random_memory_changes_seeded():
