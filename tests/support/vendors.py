@@ -53,11 +53,13 @@ def scenario_tests(module: str, scenarios: dict, expected: dict):
     @pytest.mark.host
     @pytest.mark.parametrize("name", sorted(scenarios))
     def on_the_host(name):
-        assert jsonable(scenarios[name](rawvmm.HOST)) == jsonable(expected[name])
+        got, want = jsonable(scenarios[name](rawvmm.HOST)), jsonable(expected[name])
+        assert got == want, (got, want)
 
     @pytest.mark.parametrize("name", sorted(scenarios))
     @pytest.mark.parametrize("vendor,mmu", VENDORS_MMUS)
     def on_kvmpy(name, vendor, mmu):
-        assert soft_results(module, vendor, mmu)[name] == jsonable(expected[name])
+        got, want = soft_results(module, vendor, mmu)[name], jsonable(expected[name])
+        assert got == want, (got, want)
 
     return on_the_host, on_kvmpy
