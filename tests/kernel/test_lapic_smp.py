@@ -16,7 +16,7 @@ import threading
 import pytest
 
 from kvmpy.uapi import kvm as uapi
-from tests.support.apicguest import COUNT, DONE, LAPIC_BASE, READY, guest, handler, port_exit, watchdog
+from tests.support.apicguest import COUNT, DONE, LAPIC_BASE, guest, handler, port_exit, watchdog
 from tests.support.guestvm import assemble, create_irqchip, machine
 from tests.support.vendors import scenario_tests
 
