@@ -3,7 +3,6 @@ MSR index list, KVM_GET/SET_CLOCK, KVM_GET/SET_TSC_KHZ and the host-initiated ti
 then on kvmpy the TSC a guest reads (its frequency, TSC_ADJUST, a guest TSC write) and the
 pvclock structure kvmclock writes into guest memory."""
 
-import ctypes
 
 import pytest
 
