@@ -28,7 +28,7 @@ import errno
 import threading
 
 from ...hw import apicdef as A
-from ...uapi import kvm as uapi
+from ...uapi import kvm as uapi, kvm_para
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..hrtimer import HrTimer
 from ..iodev import KvmIoDevice
@@ -664,6 +664,26 @@ def kvm_apic_send_ipi(apic, icr_low: int, icr_high: int) -> None:
                       shorthand=icr_low & A.APIC_SHORT_MASK,
                       dest_id=icr_high if apic.x2apic_mode else icr_high >> 24)
     kvm_irq_delivery_to_apic(apic.vcpu.kvm, apic, irq)
+
+
+def kvm_pv_send_ipi(kvm, bitmap_low: int, bitmap_high: int, min_id: int, icr: int, op_64_bit: bool) -> int:
+    """KVM_HC_SEND_IPI: one ICR-style message to each LAPIC whose APIC ID is ``min_id`` plus
+    a set bit of the two bitmaps (32 or 64 IDs each); the number delivered, -KVM_EINVAL for a
+    logical or shorthand ICR, -EOPNOTSUPP without in-kernel LAPICs."""
+    if icr & (A.APIC_DEST_MASK | A.APIC_SHORT_MASK):
+        return -kvm_para.KVM_EINVAL
+    by_id = {v.arch.apic.x2apic_id(): v for v in list(kvm.vcpus) if v.arch is not None and v.arch.apic is not None}
+    if not by_id:
+        return -errno.EOPNOTSUPP
+    irq = KvmLapicIrq(vector=icr & A.APIC_VECTOR_MASK, delivery_mode=icr & A.APIC_MODE_MASK,
+                      level=bool(icr & A.APIC_INT_ASSERT), trig_mode=icr & A.APIC_INT_LEVELTRIG)
+    cluster = 64 if op_64_bit else 32
+    count = 0
+    for base, bitmap in ((min_id, bitmap_low), (min_id + cluster, bitmap_high)):
+        for i in range(cluster):
+            if bitmap >> i & 1 and base + i in by_id:
+                count += kvm_apic_set_irq(by_id[base + i], irq)
+    return count
 
 
 # ------------------------------------------------------------------ INIT and SIPI

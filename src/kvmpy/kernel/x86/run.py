@@ -16,8 +16,8 @@ import signal
 
 from kvmpy.hw.system import sysops as system, tasks
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault, Intercept
-from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
-from ...uapi import kvm as uapi
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX, RSI
+from ...uapi import kvm as uapi, kvm_para
 from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
@@ -488,13 +488,22 @@ def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
-KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
-
-
 def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
-    """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
+    """VMCALL/VMMCALL: the hypercall number in RAX, arguments in RBX, RCX, RDX, RSI (cut to
+    32 bits outside 64-bit mode), the answer in RAX.  kvmpy has KVM_HC_SEND_IPI; any other
+    number gets -KVM_ENOSYS, and a call from CPL > 0 -KVM_EPERM."""
     vcpu.stat["hypercalls"] += 1
-    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
+    cpu = vcpu.arch.cpu
+    op_64_bit = cpu.mode.code == 8
+    mask = 0xFFFFFFFFFFFFFFFF if op_64_bit else 0xFFFFFFFF
+    nr, a0, a1, a2, a3 = (cpu.regs[r] & mask for r in (RAX, RBX, RCX, RDX, RSI))
+    if cpu.mode.cpl:
+        ret = -kvm_para.KVM_EPERM
+    elif nr == kvm_para.KVM_HC_SEND_IPI:
+        ret = lapic.kvm_pv_send_ipi(vcpu.kvm, a0, a1, a2 & 0xFFFFFFFF, a3, op_64_bit)
+    else:
+        ret = -kvm_para.KVM_ENOSYS
+    cpu.regs[RAX] = ret & mask
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
