@@ -155,7 +155,7 @@ def _add_qemu_options(run):
                       help="vCPUs (one socket each; cores and threads of 1)")
     qemu.add_argument("--machine", "-machine", "-M", action="append", default=[],
                       type=_qemu_type(qemu_options.machine), metavar="PROPS",
-                      help="accel=kvm (the KVM --accel picks), pit=off")
+                      help="accel=kvm (the KVM --accel picks), pit=off, kernel-irqchip=off")
     qemu.add_argument("--device", "-device", action="append", default=[],
                       type=_qemu_type(qemu_options.device), metavar="DRIVER[,PROPS]",
                       help="isa-debug-exit[,iobase=PORT][,iosize=1|2|4]; "
@@ -252,10 +252,14 @@ def _cpu_model(name):
     return name
 
 
+MACHINE_PROPS = "accel=kvm, pit=on|off and kernel-irqchip=on|off"
+
+
 def _machine_options(args):
     """The Machine's keyword arguments for the QEMU options given (UsageError for what no
     kvmpy machine has: those a later machine may have are the machine's to refuse)."""
     pit = None
+    irqchip = None                      # the machine's default
     for props in args.machine:
         for name, value in props.items():
             if name == "accel":
@@ -266,12 +270,15 @@ def _machine_options(args):
                                      f"no {first} (--accel soft|host picks which KVM)")
             elif name == "type":
                 raise UsageError(f"-machine {value}: kvmpy has one machine type; "
-                                 f"give no type (accel=kvm and pit=on|off are supported)")
+                                 f"give no type ({MACHINE_PROPS} are supported)")
             elif name == "pit":
                 pit = _qemu_value_or_usage(qemu_options.on_off, value, "-machine pit")
+            elif name == "kernel-irqchip":
+                if value == "split":
+                    raise UsageError("-machine kernel-irqchip=split: not supported (on|off are)")
+                irqchip = _qemu_value_or_usage(qemu_options.on_off, value, "-machine kernel-irqchip")
             else:
-                raise UsageError(f"-machine {name}={value}: not supported "
-                                 f"(accel=kvm and pit=on|off are)")
+                raise UsageError(f"-machine {name}={value}: not supported ({MACHINE_PROPS} are)")
     pit_policy = None
     for driver, prop, value in args.globals:
         if (driver, prop) != ("kvm-pit", "lost_tick_policy"):
@@ -280,7 +287,7 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
-                pit=pit, pit_policy=pit_policy, serial_sink=_serial_sink(args))
+                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args))
 
 
 def _qemu_value_or_usage(parse, text, what):

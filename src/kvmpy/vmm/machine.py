@@ -1,8 +1,13 @@
-"""The machine: guest RAM, one vCPU, the PC devices, and the run loop.
+"""The machine: guest RAM, its vCPUs, the in-kernel irqchip and PIT, the PC devices, and
+the run loop.
 
-``Machine`` builds a VM on either backend, loads an image, sets the vCPU's entry state and
-CPUID, maps the devices, then :meth:`Machine.run` loops on ``KVM_RUN``, handing port and
-MMIO exits to the buses until something ends the run. The layout:
+``Machine`` builds a VM on either backend as QEMU does with accel=kvm: the in-kernel irqchip
+(8259 pair, IOAPIC, a LAPIC per vCPU) and PIT before the vCPUs (``-machine
+kernel-irqchip=off`` and ``pit=off`` leave them out), ``-smp`` vCPUs, loads an image, sets the
+boot processor's entry state and every vCPU's CPUID (the others wait for INIT and SIPI), maps
+the devices, then :meth:`Machine.run` runs each vCPU on a thread of its own
+(``vmm/vcpu.py``), handing port and MMIO exits to the buses until something ends the run.
+The layout:
 
 =====================  ============================================================
 RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
@@ -15,8 +20,8 @@ kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes
                        recorded (the demo guest checks an MMIO round trip with it)
 =====================  ============================================================
 
-What the machine cannot do yet (several vCPUs, an initrd or a command line, devices it
-lacks) it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
+What the machine cannot do (several vCPUs without the in-kernel irqchip, devices it lacks)
+it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, P
 from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
 from kvmpy.vmm.qemu_options import port_number
+from kvmpy.vmm import vcpu as vcpu_mod
+from kvmpy.vmm.vcpu import VcpuThread, install_kick_handler
 
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
@@ -42,6 +49,7 @@ TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
 RFLAGS_IF = 1 << 9
 #: the PIT's lost-tick policies (QEMU's kvm-pit.lost_tick_policy)
 PIT_POLICIES = ("delay", "discard")
+MAX_CPUS = 64
 #: the QEMU -device drivers this machine has
 DEVICE_DRIVERS = ("isa-debug-exit",)
 
@@ -57,7 +65,7 @@ class RunResult:
 
     ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
     "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
-    "unhandled-exit".
+    "unhandled-exit", "stopped" (the run was left by an exception).
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
 
@@ -77,15 +85,20 @@ class Machine:
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
                  serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
-                 cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None):
+                 cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
+                 irqchip=None):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
-        properties), ``pit`` (None: the machine's default) and ``pit_policy`` (QEMU's
-        ``kvm-pit.lost_tick_policy``) are what QEMU's command line asks for; those the
-        machine lacks raise :class:`Unsupported` before anything is built.
+        properties), ``pit`` (None: the machine's default, on with the irqchip),
+        ``pit_policy`` (QEMU's ``kvm-pit.lost_tick_policy``) and ``irqchip``
+        (``-machine kernel-irqchip``) are what QEMU's command line asks for; those the
+        machine lacks raise :class:`Unsupported` before anything is built.  ``irqchip``
+        None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
+        multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
+        whose HLT with interrupts off then ends the run instead of waiting for ever.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
-        self._check_supported(smp, initrd, cmdline, pit, pit_policy)
+        self._check_supported(smp, pit, pit_policy, irqchip is not False)
         self.debug_exit_range = self._debug_exit_range(devices)
         if max_insns is not None:
             if accel != "soft":
@@ -94,7 +107,13 @@ class Machine:
         self.max_insns = max_insns
         self.memory = GuestMemory(memory_mib * MIB)
         self.kvm = self.vm = self.vcpu = None
+        self.vcpus = []
+        self.smp = smp
         self._stop = None
+        self._device_lock = threading.Lock()
+        self._aps = []
+        self._run_thread = None
+        self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
             self.kvm = Kvm(accel, params)
@@ -102,9 +121,16 @@ class Machine:
             if self.vm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
                 self.vm.set_tss_address(TSS_ADDR)
             self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
-            self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.set_cpuid2(edit_cpu_features(self.kvm.get_supported_cpuid(),
-                                                   cpu_features or {}))
+            if irqchip is None:
+                irqchip = self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+            self.irqchip = irqchip
+            if irqchip:
+                self._create_irqchip(pit is not False, pit_policy)
+            cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
+            for i in range(smp):
+                self.vcpus.append(self.vm.create_vcpu(i))
+                self.vcpus[-1].set_cpuid2(cpuid)
+            self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, clock)
         except BaseException:
@@ -112,16 +138,28 @@ class Machine:
             raise
 
     @staticmethod
-    def _check_supported(smp, initrd, cmdline, pit, pit_policy):
-        if smp != 1:
-            raise Unsupported(f"-smp {smp}: this machine runs one vCPU")
-        if pit:
-            raise Unsupported("-machine pit=on: this machine has no PIT")
-        # The machine creates no PIT, so a lost-tick policy has nothing to apply to; QEMU
-        # likewise leaves -global of an absent device unused.
+    def _check_supported(smp, pit, pit_policy, irqchip):
+        if smp < 1 or smp > MAX_CPUS:
+            raise Unsupported(f"-smp {smp}: 1 to {MAX_CPUS} CPUs")
+        if not irqchip and smp != 1:
+            raise Unsupported(f"-smp {smp}: several CPUs need the in-kernel irqchip "
+                              f"(kernel-irqchip=off leaves their LAPICs out)")
+        if pit and not irqchip:
+            raise Unsupported("-machine pit=on: the in-kernel PIT needs the in-kernel irqchip")
+        # Without a PIT a lost-tick policy has nothing to apply to; QEMU likewise leaves
+        # -global of an absent device unused.
         if pit_policy is not None and pit_policy not in PIT_POLICIES:
             raise Unsupported(f"kvm-pit.lost_tick_policy={pit_policy}: "
                               f"one of {', '.join(PIT_POLICIES)}")
+
+    def _create_irqchip(self, pit, pit_policy):
+        """KVM_CREATE_IRQCHIP, then the PIT with its speaker port in the kernel, as QEMU
+        creates them; the "discard" lost-tick policy turns the PIT's reinjection off."""
+        self.vm.create_irqchip()
+        if pit:
+            self.vm.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
+            if pit_policy == "discard":
+                self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
 
     def _load(self, image, fmt, cmdline, initrd):
         """A bzImage goes through the Linux boot protocol, with the command line and initrd;
@@ -172,7 +210,7 @@ class Machine:
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
 
     def close(self):
-        for obj in (self.vcpu, self.vm, self.kvm):
+        for obj in (*self.vcpus, self.vm, self.kvm):
             if obj is not None:
                 obj.close()
         self.memory.close()
@@ -186,8 +224,16 @@ class Machine:
     # -- the run loop ---------------------------------------------------------
 
     def _end(self, result):
+        """The run ends with ``result`` (the first to come wins); every vCPU is kicked out
+        of KVM_RUN."""
         if self._stop is None:
             self._stop = result
+        for ap in self._aps:
+            ap.kick(self._kick_signals)
+        if self._aps and threading.current_thread() is not self._run_thread:
+            self.vcpu.immediate_exit = True             # the BSP, on the thread of run()
+            if self._kick_signals:
+                signal.pthread_kill(self._run_thread.ident, vcpu_mod.KICK_SIGNAL)
 
     def run(self, timeout=None):
         """Run until the guest ends, ``timeout`` seconds pass, or the vCPU has retired the
@@ -200,17 +246,47 @@ class Machine:
         handlers only record why the run ends; nothing is raised through the vCPU.
         """
         self._stop = None
+        self._run_thread = threading.current_thread()
         exits = 0
         with _RunBounds(self, timeout):
-            while self._stop is None:
-                try:
-                    exit_ = self.vcpu.run()
-                except InterruptedError:
-                    exit_ = VcpuExit.Intr()
-                exits += 1
-                self._dispatch(exit_)
+            self._start_aps()
+            try:
+                while self._stop is None:
+                    try:
+                        exit_ = self.vcpu.run()
+                    except InterruptedError:
+                        exit_ = VcpuExit.Intr()
+                    exits += 1
+                    self._locked_dispatch(exit_)
+            finally:
+                self._stop_aps()
         self._stop.exits = exits
         return self._stop
+
+    def _start_aps(self):
+        for vcpu in self.vcpus[1:]:
+            vcpu.immediate_exit = False
+            self._aps.append(VcpuThread(vcpu, self._locked_dispatch, lambda: self._stop is not None,
+                                        self._ap_failed))
+        for ap in self._aps:
+            ap.start()
+
+    def _stop_aps(self):
+        if self._stop is None:
+            self._stop = RunResult("stopped", "the run was interrupted")
+        for ap in self._aps:
+            ap.kick(self._kick_signals)
+        for ap in self._aps:
+            ap.join()
+        self._aps = []
+
+    def _ap_failed(self, vcpu, exc):
+        with self._device_lock:
+            self._end(RunResult("internal-error", f"vCPU {vcpu.id}: {exc!r}"))
+
+    def _locked_dispatch(self, exit_):
+        with self._device_lock:
+            self._dispatch(exit_)
 
     def _dispatch(self, exit_):
         if isinstance(exit_, VcpuExit.Io):
@@ -277,6 +353,9 @@ class _RunBounds:
         self.machine.vcpu.immediate_exit = True
 
     def __enter__(self):
+        if len(self.machine.vcpus) > 1 and threading.current_thread() is threading.main_thread():
+            self.previous[vcpu_mod.KICK_SIGNAL] = install_kick_handler()
+            self.machine._kick_signals = True
         if not self.handlers:
             return
         if threading.current_thread() is not threading.main_thread():
@@ -287,7 +366,10 @@ class _RunBounds:
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
 
     def __exit__(self, *exc):
+        self.machine._kick_signals = False
         if not self.handlers:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
             return
         if signal.SIGALRM in self.handlers:
             signal.setitimer(signal.ITIMER_REAL, 0)
