@@ -1,0 +1,172 @@
+"""The ACPI tables, the PM timer and the reset register, as a guest finds them.
+
+The acpi guest (src/kvmpy/guests/acpi.S) does what kvm-unit-tests and Linux do: it scans the
+BIOS area for the RSDP, checks every checksum, walks RSDT/XSDT to the MADT and the FADT,
+times a delay with the PM timer and the TSC, scans PCI bus 0, exercises a pci-testdev and
+resets the machine through the FADT's reset register. The tests assert what it printed, on
+kvmpy and on the host's /dev/kvm (the VMM's devices are the same there).
+"""
+
+import re
+import struct
+
+import pytest
+
+from kvmpy.guests import image_path
+from kvmpy.vmm import acpi, layout
+from kvmpy.vmm.devices.pm_timer import PM_TIMER_HZ, PmTimer
+from kvmpy.vmm.machine import Machine
+
+TABLE_LINES = [
+    "RSDP at 0xf0000 revision 2",
+    "rsdt: FACP APIC",
+    "xsdt: FACP APIC",
+    "madt: cpus 1 lapic 0xfee00000 ioapic 0xfec00000 gsi base 0 irq0 -> gsi 2",
+    "fadt: facs ok, dsdt ok, pm timer port 0xb008 (24 bits), reset port 0xcf9 value 0x6",
+]
+PCI_LINES = [
+    "pci 00:0x00.0 0x12378086",
+    "pci 00:0x02.0 0x00051b36",
+    "pci-testdev bars 0xe0000000 0xc000",
+    "mmio-no-eventfd count 3",
+    "portio-no-eventfd count 3",
+    "portio-datamatch-eventfd count 0",
+    "resetting",
+]
+PM_LINE = re.compile(r"pm timer 0x([0-9a-f]{8}) then 0x([0-9a-f]{8}) ticks (\d+) tsc (\d+)")
+#: the guest's delay loop: DELAY iterations of DEC + JNZ between the two readings
+DELAY_INSNS = 2 * 500000
+
+
+def run_acpi_guest(accel="soft", devices=(("pci-testdev", {}),), clock_ns=None):
+    """(RunResult, output lines, TSC kHz) of the acpi guest."""
+    out = bytearray()
+    with Machine(image_path("acpi"), accel=accel, serial_sink=out.extend,
+                 devices=list(devices)) as m:
+        if clock_ns is not None:
+            m.vm.set_clock(clock_ns)
+        result = m.run(timeout=120)
+        tsc_khz = m.vcpu.get_tsc_khz()
+    return result, out.decode().splitlines(), tsc_khz
+
+
+def pm_reading(lines):
+    """(first, second, ticks, tsc cycles) of the guest's PM timer line."""
+    found = [PM_LINE.fullmatch(line) for line in lines if line.startswith("pm timer")]
+    assert len(found) == 1 and found[0], lines
+    first, second, ticks, tsc = found[0].groups()
+    return int(first, 16), int(second, 16), int(ticks), int(tsc)
+
+
+def check_transcript(result, lines):
+    assert result.reason == "reset", (result, lines)
+    assert lines[:5] == TABLE_LINES
+    assert lines[6:] == PCI_LINES
+
+
+def test_guest_finds_the_tables_timer_and_pci_on_kvmpy():
+    result, lines, tsc_khz = run_acpi_guest()
+    check_transcript(result, lines)
+    first, second, ticks, tsc = pm_reading(lines)
+    assert ticks == (second - first) % (1 << 24)
+    # The virtual clock: the delay's instructions are the time; the PM timer and the TSC
+    # agree on it to the tick.
+    assert DELAY_INSNS <= tsc * 1_000_000 // tsc_khz <= DELAY_INSNS + 100      # ns
+    assert abs(ticks - tsc * PM_TIMER_HZ // (tsc_khz * 1000)) <= 1
+
+
+def test_virtual_clock_runs_are_identical():
+    assert run_acpi_guest()[1] == run_acpi_guest()[1]
+
+
+def test_pm_timer_wraps_at_24_bits_in_the_guest():
+    """The VM's clock set (KVM_SET_CLOCK) to a little before the counter's wrap: the second
+    reading is below the first, and the ticks modulo 2^24 are what they are unwrapped."""
+    _, plain, _ = run_acpi_guest()
+    wrap_ns = (1 << 24) * 1_000_000_000 // PM_TIMER_HZ
+    result, lines, _ = run_acpi_guest(clock_ns=wrap_ns - 500_000)
+    check_transcript(result, lines)
+    first, second, ticks, _ = pm_reading(lines)
+    assert second < first and first < 1 << 24
+    assert abs(ticks - pm_reading(plain)[2]) <= 1
+
+
+@pytest.mark.host
+def test_guest_finds_the_tables_timer_and_pci_on_the_host():
+    result, lines, tsc_khz = run_acpi_guest("host")
+    check_transcript(result, lines)
+    first, second, ticks, tsc = pm_reading(lines)
+    # The host's clock: the PM timer and the TSC measure the same interval (1 %).
+    assert ticks == (second - first) % (1 << 24)
+    assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.01)
+
+
+def test_without_pci_testdev_only_the_host_bridge():
+    result, lines, _ = run_acpi_guest(devices=())
+    assert result.reason == "reset"
+    assert lines[6:] == ["pci 00:0x00.0 0x12378086", "resetting"]
+
+
+# -- the tables themselves -----------------------------------------------------------
+
+def tables(ncpus):
+    return {data[:4] if data[:4] != b"RSD " else b"RSDP": (addr, data)
+            for addr, data in acpi.build(ncpus)}
+
+
+@pytest.mark.parametrize("ncpus", [1, 4])
+def test_every_table_has_a_valid_checksum(ncpus):
+    built = tables(ncpus)
+    assert set(built) == {b"RSDP", b"RSDT", b"XSDT", b"FACP", b"APIC", b"FACS", b"DSDT"}
+    for sig, (addr, data) in built.items():
+        if sig == b"RSDP":
+            assert sum(data[:20]) % 256 == 0 and sum(data) % 256 == 0
+        elif sig != b"FACS":
+            assert struct.unpack_from("<I", data, 4)[0] == len(data)
+            assert sum(data) % 256 == 0, sig
+    assert built[b"FACS"][0] % 64 == 0 and built[b"RSDP"][0] % 16 == 0
+
+
+def test_tables_sit_in_memory_the_e820_map_reserves():
+    reserved = [(a, a + n) for a, n, kind in layout.e820_map(16 << 20)
+                if kind == layout.E820_RESERVED]
+    for addr, data in acpi.build(4):
+        assert any(lo <= addr and addr + len(data) <= hi for lo, hi in reserved), hex(addr)
+
+
+def test_madt_has_one_local_apic_per_cpu():
+    _, madt = tables(4)[b"APIC"]
+    entries, off = [], 44
+    while off < len(madt):
+        entries.append(madt[off:off + madt[off + 1]])
+        off += madt[off + 1]
+    lapics = [(e[2], e[3], e[4] & 1) for e in entries if e[0] == 0]
+    assert lapics == [(0, 0, 1), (1, 1, 1), (2, 2, 1), (3, 3, 1)]
+    ioapics = [struct.unpack_from("<BBII", e, 2) for e in entries if e[0] == 1]
+    assert ioapics == [(0, 0, 0xFEC00000, 0)]
+    overrides = {e[3]: struct.unpack_from("<IH", e, 4) for e in entries if e[0] == 2}
+    assert overrides[0] == (2, 0)
+
+
+def test_fadt_names_the_pm_timer_and_reset_register():
+    _, fadt = tables(1)[b"FACP"]
+    assert fadt[8] == 3 and len(fadt) == 244
+    assert struct.unpack_from("<I", fadt, 76)[0] == 0xB008
+    flags = struct.unpack_from("<I", fadt, 112)[0]
+    assert flags & (1 << 10) and not flags & (1 << 8)      # RESET_REG_SUP, 24-bit timer
+    assert struct.unpack_from("<BBBBQB", fadt, 116) == (1, 8, 0, 1, 0xCF9, 6)
+
+
+# -- the PM timer --------------------------------------------------------------------
+
+def test_pm_timer_counts_the_clock_and_wraps():
+    now = [0]
+    timer = PmTimer(lambda: now[0])
+    now[0] = 1_000_000_000
+    assert timer.read(0, 4) == PM_TIMER_HZ
+    now[0] = (1 << 24) * 1_000_000_000 // PM_TIMER_HZ + 1_000
+    assert timer.read(0, 4) < 10                            # 24 bits: it wrapped
+    now[0] = 10_000_000
+    assert timer.read(1, 1) == (35795 >> 8) & 0xFF          # byte reads at their offset
+    timer.write(0, 4, 0)
+    assert timer.read(0, 4) == 35795                        # read-only
