@@ -2,8 +2,8 @@
 
 The acpi guest (src/kvmpy/guests/acpi.S) does what kvm-unit-tests and Linux do: it scans the
 BIOS area for the RSDP, checks every checksum, walks RSDT/XSDT to the MADT and the FADT,
-times a delay with the PM timer and the TSC, scans PCI bus 0, exercises a pci-testdev and
-resets the machine through the FADT's reset register. The tests assert what it printed, on
+times a delay with the PM timer and the TSC, scans PCI bus 0, exercises a pci-testdev and a
+pc-testdev and resets the machine through the FADT's reset register. The tests assert what it printed, on
 kvmpy and on the host's /dev/kvm (the VMM's devices are the same there).
 """
 
@@ -14,6 +14,7 @@ import pytest
 
 from kvmpy.guests import image_path
 from kvmpy.vmm import acpi, layout
+from kvmpy.vmm.devices.pm1 import Pm1
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_HZ, PmTimer
 from kvmpy.vmm.machine import Machine
 
@@ -31,6 +32,8 @@ PCI_LINES = [
     "mmio-no-eventfd count 3",
     "portio-no-eventfd count 3",
     "portio-datamatch-eventfd count 0",
+    "pc-testdev 0x1234ab2d 0x34 0x11223344 flushed page keeps 0x600dc0de",
+    "sci_en 1",
     "resetting",
 ]
 PM_LINE = re.compile(r"pm timer 0x([0-9a-f]{8}) then 0x([0-9a-f]{8}) ticks (\d+) tsc (\d+)")
@@ -38,7 +41,8 @@ PM_LINE = re.compile(r"pm timer 0x([0-9a-f]{8}) then 0x([0-9a-f]{8}) ticks (\d+)
 DELAY_INSNS = 2 * 500000
 
 
-def run_acpi_guest(accel="soft", devices=(("pci-testdev", {}),), clock_ns=None):
+def run_acpi_guest(accel="soft", devices=(("pci-testdev", {}), ("pc-testdev", {})),
+                   clock_ns=None):
     """(RunResult, output lines, TSC kHz) of the acpi guest."""
     out = bytearray()
     with Machine(image_path("acpi"), accel=accel, serial_sink=out.extend,
@@ -104,7 +108,7 @@ def test_guest_finds_the_tables_timer_and_pci_on_the_host():
 def test_without_pci_testdev_only_the_host_bridge():
     result, lines, _ = run_acpi_guest(devices=())
     assert result.reason == "reset"
-    assert lines[6:] == ["pci 00:0x00.0 0x12378086", "resetting"]
+    assert lines[6:] == ["pci 00:0x00.0 0x12378086", "sci_en 1", "resetting"]
 
 
 # -- the tables themselves -----------------------------------------------------------
@@ -170,3 +174,34 @@ def test_pm_timer_counts_the_clock_and_wraps():
     assert timer.read(1, 1) == (35795 >> 8) & 0xFF          # byte reads at their offset
     timer.write(0, 4, 0)
     assert timer.read(0, 4) == 35795                        # read-only
+
+
+# -- PM1 ------------------------------------------------------------------------------
+
+#: real mode: mov dx, 0xb004; mov ax, SLP_EN | SLP_TYP 0; out dx, ax; hlt
+POWEROFF = bytes([0xBA, 0x04, 0xB0, 0xB8, 0x00, 0x20, 0xEF, 0xF4])
+
+
+@pytest.mark.parametrize("accel", ["soft", pytest.param("host", marks=pytest.mark.host)])
+def test_s5_through_pm1a_cnt_powers_off(tmp_path, accel):
+    image = tmp_path / "poweroff.bin"
+    image.write_bytes(POWEROFF)
+    with Machine(str(image), accel=accel) as m:
+        result = m.run(timeout=60)
+    assert result.reason == "poweroff"
+
+
+def test_pm1_status_sets_tmr_sts_when_bit_23_changes():
+    now = [0]
+    pm1 = Pm1(PmTimer(lambda: now[0]))
+    assert pm1.read(0, 2) == 0 and pm1.read(4, 2) & 1          # SCI_EN: in ACPI mode
+    now[0] = (1 << 23) * 1_000_000_000 // PM_TIMER_HZ + 1_000
+    assert pm1.read(0, 2) == 1                                  # TMR_STS
+    pm1.write(0, 2, 0)                                          # writing 0 keeps it
+    assert pm1.read(0, 2) == 1
+    pm1.write(0, 2, 1)                                          # writing 1 clears it
+    assert pm1.read(0, 2) == 0
+    pm1.write(2, 2, 0xFFFF)
+    assert pm1.read(0, 4) == 0x0721 << 16                       # PM1_EN's bits, PM1_STS 0
+    pm1.write(4, 2, 0)
+    assert pm1.read(4, 2) == 1                                  # SCI_EN stays

@@ -17,7 +17,12 @@
  *     (1b36:0005) is there, prints its BARs and runs three of its tests: mmio-no-eventfd and
  *     portio-no-eventfd (three writes: count 3), portio-datamatch-eventfd (three writes the
  *     eventfd takes: count 0);
- *   - resets the machine by writing the FADT's reset value to its reset port.
+ *   - if a pc-testdev answers at port 0xe0: writes its register at several widths and
+ *     through the byte window at 0xe8 and with `rep outsb`, reads it back, stores a qword in
+ *     its memory at 0xff000000 and reads half of it, flushes a page through port 0xe4 and
+ *     reads the page back;
+ *   - prints PM1a_CNT's SCI_EN (1: in ACPI mode) and resets the machine by writing the
+ *     FADT's reset value to its reset port.
  * A check that fails prints "FAIL: ..." and writes 1 to isa-debug-exit; if the reset does not
  * end the run, it prints "FAIL: no reset" and does the same.
  */
@@ -30,6 +35,11 @@
         .set PCI_ENABLE,    0x80000000
         .set TESTDEV_ID,    0x00051b36
         .set DELAY,         500000
+        .set PC_TESTDEV,        0xe0
+        .set PC_TESTDEV_FLUSH,  0xe4
+        .set PC_TESTDEV_BYTES,  0xe8
+        .set PC_TESTDEV_MEM,    0xff000000
+        .set PM1A_CNT,      0xb004
         .set SIG_RSDT,      0x54445352
         .set SIG_XSDT,      0x54445358
         .set SIG_FACP,      0x50434146
@@ -258,7 +268,7 @@ main64:
         cmp     $32, %ebx
         jb      9b
         test    %r15d, %r15d
-        jz      reset
+        jz      pc_testdev
 
         /* pci-testdev: R12 its memory BAR, R13 its I/O BAR */
         lea     -1(%r15), %edi
@@ -320,7 +330,48 @@ main64:
         cmp     $2, %r14d
         je      11b
 
+pc_testdev:
+        /* pc-testdev, if its register answers: widths, the byte window, string I/O, the
+         * device memory, a flushed page keeping its contents */
+        xor     %eax, %eax
+        out     %eax, $PC_TESTDEV
+        in      $PC_TESTDEV, %eax
+        test    %eax, %eax
+        jnz     reset
+        mov     $0x12345678, %eax
+        out     %eax, $PC_TESTDEV
+        mov     $0xab, %al
+        out     %al, $PC_TESTDEV_BYTES + 1
+        mov     $s_pc_testdev + 1, %esi
+        mov     $PC_TESTDEV, %dx
+        mov     $3, %ecx
+        rep outsb                               /* "pc-" to byte 0: the last, '-', stays */
+        PRINT   s_pc_testdev
+        in      $PC_TESTDEV, %eax
+        PUTHEX  %rax, 8
+        PRINT   s_space
+        in      $PC_TESTDEV + 2, %al
+        movzbl  %al, %eax
+        PUTHEX  %rax, 2
+        movabs  $0x1122334455667788, %rax
+        mov     %rax, PC_TESTDEV_MEM + 16
+        PRINT   s_space
+        mov     PC_TESTDEV_MEM + 20, %eax
+        PUTHEX  %rax, 8
+        movl    $0x600dc0de, SCRATCH
+        mov     $SCRATCH, %eax
+        out     %eax, $PC_TESTDEV_FLUSH
+        PRINT   s_flushed
+        mov     SCRATCH, %eax
+        PUTHEX  %rax, 8
+
 reset:
+        /* ACPI mode, as PM1a_CNT says; then the FADT's reset */
+        PRINT   s_pm1
+        mov     $PM1A_CNT, %dx
+        in      %dx, %ax
+        and     $1, %eax
+        PUTDEC  %rax
         PRINT   s_resetting
         movzwl  reset_port, %edx
         movzbl  reset_value, %eax
@@ -423,6 +474,9 @@ s_bars:         .asciz "\npci-testdev bars "
 s_count:        .asciz " count "
 s_space:        .asciz " "
 s_nl:           .asciz "\n"
+s_pc_testdev:   .asciz "\npc-testdev "
+s_flushed:      .asciz " flushed page keeps "
+s_pm1:          .asciz "\nsci_en "
 s_resetting:    .asciz "\nresetting\n"
 s_fail:         .asciz "\nFAIL: "
 s_no_rsdp:      .asciz "no RSDP"

@@ -15,7 +15,9 @@ kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes
                        recorded (the demo guest checks an MMIO round trip with it)
 ACPI tables            in the BIOS area (:mod:`kvmpy.vmm.acpi`): RSDP, RSDT/XSDT, FADT,
                        FACS, DSDT, MADT (one LAPIC per vCPU, the IOAPIC)
-ACPI PM timer          ports 0xb008-0xb00b (PIIX4's PM base 0xb000 + 8, as the FADT says)
+ACPI PM registers      PIIX4's PM base 0xb000, as the FADT says: PM1a event block
+                       0xb000-0xb003, PM1a control 0xb004-0xb005 (S5 powers off: ends the
+                       run), the PM timer 0xb008-0xb00b
 reset control          port 0xcf9: a write with bit 2 (6, the FADT's reset value) resets
                        the machine (ends the run)
 PCI                    configuration mechanism #1 at 0xcf8/0xcfc; 00:00.0 the i440FX host
@@ -43,7 +45,7 @@ from kvmpy.uapi import kvm as uapi
 from kvmpy.vmm import acpi, bzimage, layout, loader
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
-from kvmpy.vmm.devices import cmos, debug_exit, i8042, pc_testdev, pci, serial, testdev
+from kvmpy.vmm.devices import cmos, debug_exit, i8042, pc_testdev, pci, pm1, serial, testdev
 from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
@@ -74,8 +76,8 @@ class Unsupported(ValueError):
 class RunResult:
     """Why the run ended.
 
-    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
-    "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
+    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "poweroff",
+    "shutdown", "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
     "unhandled-exit".
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
@@ -207,6 +209,9 @@ class Machine:
         self.pio.register(RESET_CONTROL_PORT, 1, self.reset_control)
         self.pm_timer = PmTimer(self._clock_ns())
         self.pio.register(acpi.PM_TMR_BLK, PM_TIMER_LEN, self.pm_timer)
+        self.pm1 = pm1.Pm1(self.pm_timer, on_poweroff=lambda: self._end(
+            RunResult("poweroff", "guest powered the machine off (ACPI S5)")))
+        pm1.register(self.pio, self.pm1, acpi.PM1A_EVT_BLK, acpi.PM1A_CNT_BLK)
         self.pci = pci.PciBus(self.pio, self.mmio)
         self.pci_host = pci.PciHost(self.pci)
         self.pio.register(pci.CONFIG_ADDRESS_PORT, 1, self.pci_host, offset=pci.ADDRESS)

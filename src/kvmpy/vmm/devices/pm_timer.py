@@ -17,7 +17,7 @@ COUNTER_MASK = (1 << COUNTER_BITS) - 1
 PM_TIMER_LEN = 4
 
 
-def ticks(ns: int) -> int:
+def ns_to_ticks(ns: int) -> int:
     """Timer ticks in ``ns`` nanoseconds, rounded down (no drift: not summed per read)."""
     return ns * PM_TIMER_HZ // NS_PER_S
 
@@ -28,8 +28,12 @@ class PmTimer:
     def __init__(self, now_ns):
         self.now_ns = now_ns
 
+    def ticks(self) -> int:
+        """Ticks since the clock's zero, all bits (PM1_STS's TMR_STS watches bit 23)."""
+        return ns_to_ticks(self.now_ns())
+
     def value(self) -> int:
-        return ticks(self.now_ns()) & COUNTER_MASK
+        return self.ticks() & COUNTER_MASK
 
     def read(self, offset, size):
         return self.value() >> (8 * offset)
