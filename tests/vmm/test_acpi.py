@@ -42,13 +42,14 @@ DELAY_INSNS = 2 * 500000
 
 
 def run_acpi_guest(accel="soft", devices=(("pci-testdev", {}), ("pc-testdev", {})),
-                   clock_ns=None):
+                   clock_ns=None, kernel_ioeventfds=True):
     """(RunResult, output lines, TSC kHz) of the acpi guest."""
     out = bytearray()
     with Machine(image_path("acpi"), accel=accel, serial_sink=out.extend,
                  devices=list(devices)) as m:
         if clock_ns is not None:
             m.vm.set_clock(clock_ns)
+        m.ioeventfds.available &= kernel_ioeventfds
         result = m.run(timeout=120)
         tsc_khz = m.vcpu.get_tsc_khz()
     return result, out.decode().splitlines(), tsc_khz
@@ -103,6 +104,16 @@ def test_guest_finds_the_tables_timer_and_pci_on_the_host():
     # The host's clock: the PM timer and the TSC measure the same interval (1 %).
     assert ticks == (second - first) % (1 << 24)
     assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.01)
+
+
+@pytest.mark.parametrize("accel", ["soft", pytest.param("host", marks=pytest.mark.host)])
+def test_eventfd_writes_cost_no_exit(accel):
+    """pci-testdev's datamatch test through KVM_IOEVENTFD: the guest's three matching writes
+    never leave the kernel; matched by the VMM instead, the guest sees the same."""
+    with_kernel, lines, _ = run_acpi_guest(accel)
+    in_vmm, lines_vmm, _ = run_acpi_guest(accel, kernel_ioeventfds=False)
+    assert "portio-datamatch-eventfd count 0" in lines and lines[6:] == lines_vmm[6:]
+    assert in_vmm.exits - with_kernel.exits == 3
 
 
 def test_without_pci_testdev_only_the_host_bridge():

@@ -50,6 +50,7 @@ from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
 from kvmpy.vmm.devices.serial import stdout_sink
+from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
 
 MIB = 1 << 20
@@ -219,8 +220,9 @@ class Machine:
         self.pio.register(pci.CONFIG_DATA_PORT, 4, self.pci_host, offset=pci.DATA)
         self.pci.add(pci.devfn(0), pci.i440fx_host_bridge())
         self.pci_testdevs = []
+        self.ioeventfds = Ioeventfds(self.vm)
         for i in range(self.device_counts["pci-testdev"]):
-            self.pci_testdevs.append(PciTestdev())
+            self.pci_testdevs.append(PciTestdev(self.ioeventfds))
             self.pci.add(pci.devfn(FIRST_PCI_DEVICE_SLOT + i), self.pci_testdevs[-1].function)
         self.pci.assign_resources(layout.PCI_MMIO_WINDOW, layout.PCI_IO_WINDOW)
         self.pc_testdev = None
@@ -250,6 +252,8 @@ class Machine:
             self.memory.invalidate(gpa, 1)
 
     def close(self):
+        if getattr(self, "ioeventfds", None) is not None:
+            self.ioeventfds.close()
         for obj in (self.vcpu, self.vm, self.kvm):
             if obj is not None:
                 obj.close()

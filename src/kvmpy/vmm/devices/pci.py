@@ -60,12 +60,14 @@ def devfn(slot: int, function: int = 0) -> int:
 
 @dataclass
 class Bar:
-    """One base address register: ``space`` "io" or "mem", a power-of-two ``size``, and the
-    device answering its range (``read(offset, size)`` / ``write(offset, size, value)``)."""
+    """One base address register: ``space`` "io" or "mem", a power-of-two ``size``, the
+    device answering its range (``read(offset, size)`` / ``write(offset, size, value)``),
+    and ``on_map(address or None)``, told where the range decodes whenever that changes."""
 
     space: str
     size: int
     device: object
+    on_map: object = None
     mapped_at: int | None = None
 
 
@@ -155,9 +157,11 @@ class PciBus:
             if addr is not None:
                 try:
                     bus.register(addr, bar.size, bar.device)
+                    bar.mapped_at = addr
                 except BusError:
-                    continue            # over another device: it decodes nothing (a conflict)
-                bar.mapped_at = addr
+                    pass                # over another device: it decodes nothing (a conflict)
+            if bar.on_map:
+                bar.on_map(bar.mapped_at)
 
     def assign_resources(self, mmio_base, io_base):
         """The firmware's BAR assignment: each BAR at the next address of its window aligned

@@ -18,8 +18,11 @@ at the test's offset (of its data, when it matches data) adds one to ``count``.
 The two eventfd tests are QEMU's ioeventfd checks: the test's write is bound to an eventfd
 (wildcard: any value, and in the MMIO BAR any width; datamatch: only the data byte), and a
 write that the eventfd takes does *not* reach the device, so ``count`` stays 0 and the
-eventfd is signalled instead; a read clears it. The VMM does this matching itself, as QEMU's
-memory core does when the accelerator has no ioeventfds, so a guest sees what it sees on QEMU.
+eventfd is signalled instead; a read clears it. The binding is made in the kernel
+(KVM_IOEVENTFD, through the ``eventfds`` the VMM gives: :mod:`kvmpy.vmm.ioeventfds`), so the
+write costs no exit, which is what kvm-unit-tests' vmexit pci cases time; where the kernel
+cannot bind it, the device matches the write itself, as QEMU's memory core does for an
+accelerator without ioeventfds, so the guest sees the same either way.
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ class IoTest:
     has_eventfd: bool
     eventfd_width: int                  # 0: any width (the MMIO wildcard)
     count: int = 0
-    signalled: bool = False
+    signalled: bool = False             # a write the device matched itself
+    binding: object = None              # the kernel's eventfd while the test runs
 
     @property
     def data(self):
@@ -88,21 +92,52 @@ class _Region:
 
 
 class PciTestdev:
-    """The device: ``function`` goes on the PCI bus; its BARs are the two regions."""
+    """The device: ``function`` goes on the PCI bus; its BARs are the two regions.
+    ``eventfds`` (:class:`kvmpy.vmm.ioeventfds.Ioeventfds` or None) binds the eventfd tests'
+    writes in the kernel."""
 
-    def __init__(self):
+    def __init__(self, eventfds=None):
         self.tests = [_tests("mmio", MEM_TEST_BASE, 0), _tests("portio", IO_TEST_BASE, 3)]
         self.current = None
+        self.eventfds = eventfds
+        self.bar_addr = [None, None]
         self.function = PciFunction(
             VENDOR_REDHAT, DEVICE_TEST, CLASS_OTHERS,
-            bars=(Bar("mem", MEM_BAR_SIZE, _Region(self, 0)),
-                  Bar("io", IO_BAR_SIZE, _Region(self, 1))))
+            bars=tuple(Bar(space, size, _Region(self, group),
+                           on_map=lambda addr, group=group: self._bar_moved(group, addr))
+                       for group, (space, size) in enumerate((("mem", MEM_BAR_SIZE),
+                                                              ("io", IO_BAR_SIZE)))))
+
+    def _group_of(self, test):
+        return 0 if test in self.tests[0] else 1
+
+    def _bind(self, test):
+        addr = self.bar_addr[self._group_of(test)]
+        if self.eventfds is None or not test.has_eventfd or addr is None:
+            return
+        test.binding = self.eventfds.bind(addr + test.offset, test.eventfd_width,
+                                          test.data if test.match_data else None,
+                                          pio=self._group_of(test) == 1)
+
+    def _unbind(self, test):
+        if test.binding is not None:
+            self.eventfds.unbind(test.binding)
+            test.binding = None
+
+    def _bar_moved(self, group, addr):
+        self.bar_addr[group] = addr
+        test = self.current
+        if test is not None and self._group_of(test) == group:
+            self._unbind(test)
+            self._bind(test)
 
     def read(self, group, offset, size):
         test = self.current
         if test is None:
             return 0
         test.signalled = False
+        if test.binding is not None:
+            self.eventfds.drain(test.binding)
         header = test.header()
         value = 0
         for i in range(size):           # byte by byte, nothing from the last byte on
@@ -120,11 +155,14 @@ class PciTestdev:
 
     def _write_byte(self, group, offset, value):
         if offset == TEST_OFFSET:
+            if self.current is not None:
+                self._unbind(self.current)
             self.current = None
             if value < len(TESTS):
                 self.current = self.tests[group][value]
                 self.current.count = 0
                 self.current.signalled = False
+                self._bind(self.current)
             return
         test = self.current
         if test is None or offset != test.offset:
