@@ -38,6 +38,15 @@ def test_scan_finds_the_host_bridge_and_the_testdev(machine):
     assert config_read(machine, TESTDEV_BDF, 2, 2) == 0x0005
 
 
+def test_address_low_bits_select_the_register_as_in_qemu(machine):
+    """kvm-unit-tests' pci_config_readw(dev, 2): the register in the address, a word at 0xcfc."""
+    machine.pio.write(0xCF8, 4, ENABLE | TESTDEV_BDF << 8 | 2)
+    assert machine.pio.read(0xCFC, 2) == 0x0005
+    machine.pio.write(0xCF8, 4, ENABLE | TESTDEV_BDF << 8 | 0xFC)
+    assert machine.pio.read(0xCFF, 4) == 0x00                   # register 0xff, then nothing
+    machine.pio.write(0xCFF, 4, 0xFFFFFFFF)                     # past the end: clipped
+
+
 def test_config_address_register(machine):
     machine.pio.write(0xCF8, 4, 0x80001234)
     assert machine.pio.read(0xCF8, 4) == 0x80001234

@@ -4,7 +4,9 @@ The guest finds PCI devices by reading their configuration space through two I/O
 (PCI Local Bus 3.0, 3.2.2.3.2): it writes the address dword ``1 << 31 | bus << 16 |
 device << 11 | function << 8 | register`` to CONFIG_ADDRESS (0xcf8, dword accesses only) and
 then reads or writes CONFIG_DATA (0xcfc-0xcff, any width, the low two register bits from the
-port). A function nobody implements reads all-ones, which is how a scan tells "no device".
+port). As in QEMU, the address keeps its low two bits and they are ORed with the port's:
+kvm-unit-tests reads the device ID as a word at 0xcfc after writing register 2 to the
+address. A function nobody implements reads all-ones, which is how a scan tells "no device".
 
 :class:`PciFunction` is one function's 256-byte type-0 header with the writable bits the
 spec gives it; its BARs are sized the standard way (write all-ones, read back the mask) and
@@ -99,10 +101,11 @@ class PciFunction:
         self.on_change = None           # the bus's: remap the BARs after a write
 
     def read_config(self, reg, size):
+        """An access running past the 256 bytes sees only those inside, as in QEMU."""
         return int.from_bytes(self.config[reg:reg + size], "little")
 
     def write_config(self, reg, size, value):
-        for i in range(size):
+        for i in range(min(size, CONFIG_SPACE_SIZE - reg)):
             off = reg + i
             mask = self.wmask[off]
             self.config[off] = (self.config[off] & ~mask) | ((value >> (8 * i)) & mask)
@@ -202,25 +205,25 @@ class PciHost:
         self.bus = bus
         self.address = 0
 
-    def _target(self, port_offset, size):
+    def _target(self, port_offset):
         """(devfn, register) that a data access addresses, or None."""
         addr = self.address
-        if not addr & CONFIG_ENABLE or (addr >> 16) & 0xFF or port_offset + size > 4:
-            return None                 # disabled, a bus that does not exist, or torn
-        return (addr >> 8) & 0xFF, (addr & 0xFC) + port_offset
+        if not addr & CONFIG_ENABLE or (addr >> 16) & 0xFF:
+            return None                 # disabled, or a bus that does not exist
+        return (addr >> 8) & 0xFF, (addr | port_offset) & 0xFF
 
     def read(self, offset, size):
         if offset == ADDRESS and size == 4:
             return self.address
-        target = self._target(offset - DATA, size) if offset >= DATA else None
+        target = self._target(offset - DATA) if offset >= DATA else None
         if target is None:
             return (1 << (8 * size)) - 1
         return self.bus.read_config(*target, size)
 
     def write(self, offset, size, value):
         if offset == ADDRESS and size == 4:
-            self.address = value & ~0x3 & ALL_ONES
+            self.address = value & ALL_ONES
             return
-        target = self._target(offset - DATA, size) if offset >= DATA else None
+        target = self._target(offset - DATA) if offset >= DATA else None
         if target is not None:
             self.bus.write_config(*target, size, value)
