@@ -9,6 +9,8 @@ kvmpy and on the host's /dev/kvm (the VMM's devices are the same there).
 
 import re
 import struct
+import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +19,8 @@ from kvmpy.vmm import acpi, layout
 from kvmpy.vmm.devices.pm1 import Pm1
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_HZ, PmTimer
 from kvmpy.vmm.machine import Machine
+from tests.support.cli import run_main
+from tests.support.vendors import VENDORS_MMUS
 
 TABLE_LINES = [
     "RSDP at 0xf0000 revision 2",
@@ -42,11 +46,11 @@ DELAY_INSNS = 2 * 500000
 
 
 def run_acpi_guest(accel="soft", devices=(("pci-testdev", {}), ("pc-testdev", {})),
-                   clock_ns=None, kernel_ioeventfds=True):
+                   clock_ns=None, kernel_ioeventfds=True, params=None):
     """(RunResult, output lines, TSC kHz) of the acpi guest."""
     out = bytearray()
     with Machine(image_path("acpi"), accel=accel, serial_sink=out.extend,
-                 devices=list(devices)) as m:
+                 devices=list(devices), params=params) as m:
         if clock_ns is not None:
             m.vm.set_clock(clock_ns)
         m.ioeventfds.available &= kernel_ioeventfds
@@ -80,6 +84,22 @@ def test_guest_finds_the_tables_timer_and_pci_on_kvmpy():
     assert abs(ticks - tsc * PM_TIMER_HZ // (tsc_khz * 1000)) <= 1
 
 
+def test_same_transcript_under_both_vendor_modules_and_mmus():
+    """A process loads one vendor module: each pair runs in a ``kvmpy run`` of its own. The
+    virtual clock makes even the PM timer's and the TSC's readings the same."""
+    transcripts = set()
+    for vendor, mmu in VENDORS_MMUS:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvmpy.vmm.cli", "run", image_path("acpi"), "--vendor",
+             vendor, "--mmu", mmu, "-device", "pci-testdev", "-device", "pc-testdev"],
+            capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0 and "reset the machine" in proc.stderr, proc.stderr
+        transcripts.add(proc.stdout)
+    assert len(transcripts) == 1
+    lines = transcripts.pop().splitlines()
+    assert lines[:5] == TABLE_LINES and lines[6:] == PCI_LINES
+
+
 def test_virtual_clock_runs_are_identical():
     assert run_acpi_guest()[1] == run_acpi_guest()[1]
 
@@ -104,6 +124,22 @@ def test_guest_finds_the_tables_timer_and_pci_on_the_host():
     # The host's clock: the PM timer and the TSC measure the same interval (1 %).
     assert ticks == (second - first) % (1 << 24)
     assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.01)
+
+
+def test_pm_timer_on_the_host_clock_agrees_with_the_tsc():
+    """kvmpy with --clock host: the PM timer and the TSC keep the host's pace together."""
+    result, lines, tsc_khz = run_acpi_guest(params={"clock": "host"})
+    check_transcript(result, lines)
+    _, _, ticks, tsc = pm_reading(lines)
+    assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.02)
+
+
+def test_kvmpy_run_prints_the_transcript_and_ends_with_the_reset(capsys):
+    status, out, err = run_main(capsys, "run", str(image_path("acpi")), "-device", "pci-testdev",
+                                "-device", "pc-testdev")
+    assert status == 0 and err == "kvmpy: guest reset the machine through port 0xcf9\n"
+    lines = out.splitlines()
+    assert lines[:5] == TABLE_LINES and lines[6:] == PCI_LINES
 
 
 @pytest.mark.parametrize("accel", ["soft", pytest.param("host", marks=pytest.mark.host)])
