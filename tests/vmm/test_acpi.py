@@ -67,6 +67,13 @@ def pm_reading(lines):
     return int(first, 16), int(second, 16), int(ticks), int(tsc)
 
 
+def assert_same_interval(ticks, tsc, tsc_khz):
+    """On a host clock the PM timer's interval holds the TSC's, plus the two IN exits'
+    round trips to the VMM (each read is taken outside the guest): 1 % and 50 ms at most."""
+    pm_s, tsc_s = ticks / PM_TIMER_HZ, tsc / (tsc_khz * 1000)
+    assert 0.99 * tsc_s <= pm_s <= 1.01 * tsc_s + 0.05, (pm_s, tsc_s)
+
+
 def check_transcript(result, lines):
     assert result.reason == "reset", (result, lines)
     assert lines[:5] == TABLE_LINES
@@ -123,7 +130,7 @@ def test_guest_finds_the_tables_timer_and_pci_on_the_host():
     first, second, ticks, tsc = pm_reading(lines)
     # The host's clock: the PM timer and the TSC measure the same interval (1 %).
     assert ticks == (second - first) % (1 << 24)
-    assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.01)
+    assert_same_interval(ticks, tsc, tsc_khz)
 
 
 def test_pm_timer_on_the_host_clock_agrees_with_the_tsc():
@@ -131,7 +138,7 @@ def test_pm_timer_on_the_host_clock_agrees_with_the_tsc():
     result, lines, tsc_khz = run_acpi_guest(params={"clock": "host"})
     check_transcript(result, lines)
     _, _, ticks, tsc = pm_reading(lines)
-    assert ticks == pytest.approx(tsc * PM_TIMER_HZ / (tsc_khz * 1000), rel=0.02)
+    assert_same_interval(ticks, tsc, tsc_khz)
 
 
 def test_kvmpy_run_prints_the_transcript_and_ends_with_the_reset(capsys):
