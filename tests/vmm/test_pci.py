@@ -103,7 +103,7 @@ def test_pc_testdev_ports_and_memory(machine):
     assert machine.mmio.read(0xFF000014, 4) == 0x11223344
     machine.memory.write(0x3000, b"kept")
     pio.write(0xE4, 4, 0x3123)                          # flush the page: contents stay
-    assert machine.pc_testdev.flushed == [0x3000]
+    assert (machine.pc_testdev.flushes, machine.pc_testdev.last_flushed) == (1, 0x3000)
     assert machine.memory.read(0x3000, 4) == b"kept"
     pio.write(0x2000 + 4, 1, 1)                         # no irqchip: the line goes nowhere
     assert machine.pc_testdev.irq_levels[4]

@@ -161,7 +161,8 @@ class Machine:
 
     @staticmethod
     def _debug_exit_range(devices):
-        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says."""
+        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says; every
+        -device is checked here: a driver the machine has, with properties it takes."""
         port, size = debug_exit.DEBUG_EXIT_PORT, 1
         for driver, props in devices:
             if driver not in DEVICE_DRIVERS:

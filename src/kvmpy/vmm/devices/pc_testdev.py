@@ -37,7 +37,8 @@ class PcTestdev:
         self.flush_page = flush_page
         self.data = 0
         self.irq_levels = [False] * IRQ_LINES
-        self.flushed = []               # pages flushed, for the VMM's tests and traces
+        self.flushes = 0                # pages flushed, and the last one (a count, so that
+        self.last_flushed = None        # a guest flushing in a loop grows nothing)
 
     # -- port I/O ------------------------------------------------------------
     def read(self, offset, size):
@@ -52,7 +53,8 @@ class PcTestdev:
             self.data = (self.data & ~mask) | ((value << shift) & mask)
         elif offset == FLUSH and size == 4:
             page = value & PAGE_MASK
-            self.flushed.append(page)
+            self.flushes += 1
+            self.last_flushed = page
             if self.flush_page:
                 self.flush_page(page)
         elif offset in range(IRQ, IRQ + IRQ_LINES) and size == 1:
