@@ -156,3 +156,27 @@ def test_two_pci_testdevs_get_their_own_slots_and_bars():
         assert config_read(m, 3 << 3, 0) == 0x00051B36
         assert config_read(m, 3 << 3, 0x10) == 0xE0001000
         assert config_read(m, 3 << 3, 0x14) == 0xC101
+
+
+def test_random_guest_accesses_never_raise_and_ids_stay(machine):
+    """What a guest can do to these devices (any port, width and value, any configuration
+    register) never raises in the VMM, and the read-only identity registers stay."""
+    import random
+    rng = random.Random(9)
+    ports = [0xCF8, 0xCF9, 0xCFA, 0xCFC, 0xCFD, 0xCFE, 0xCFF, 0xB000, 0xB002, 0xB004, 0xB008,
+             0xE0, 0xE3, 0xE4, 0xE8, 0x2000, 0x2017, 0xC000, 0xC080, 0xC0FF]
+    for _ in range(3000):
+        size = rng.choice((1, 2, 4))
+        if rng.random() < 0.5:
+            config_write(machine, rng.choice((0, TESTDEV_BDF)), rng.randrange(256),
+                         rng.getrandbits(32), size)
+        elif rng.random() < 0.5:
+            port = rng.choice(ports)
+            machine.pio.write(port, size, rng.getrandbits(8 * size))
+            machine.pio.read(port, size)
+        else:
+            addr = rng.choice((0xE0000000, 0xFF000000)) + rng.randrange(0x10000)
+            machine.mmio.write(addr, rng.choice((1, 2, 4, 8)), rng.getrandbits(64))
+            machine.mmio.read(addr, size)
+    assert config_read(machine, 0, 0) == 0x12378086
+    assert config_read(machine, TESTDEV_BDF, 0) == 0x00051B36
