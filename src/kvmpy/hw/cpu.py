@@ -267,10 +267,8 @@ class Processor(CPUState, SegmentUnit):
 
         Fills the software TLB; raises Fault(14)/Intercept on failure.
         """
-        if self.mode.code == 8 and ((lin + (1 << 47)) >> 48) & 0xFFFF:
-            # non-canonical address (#SS for stack accesses is not told apart); the mask
-            # drops the carry out of bit 63 that every upper-half address makes
-            raise Fault(13, 0)
+        if self.mode.code == 8 and (lin + (1 << 47)) >> 48:
+            raise Fault(13, 0)          # non-canonical address (#SS for stack accesses is not told apart)
         user = self.mode.cpl == 3
         if user:
             access |= paging.PFERR_USER
