@@ -186,6 +186,12 @@ def kvm_vcpu_after_set_cpuid(vcpu) -> None:
     reserved bits of the guest's page-table entries follow both)."""
     vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
     vcpu.arch.gbpages = guest_cpuid_has(vcpu, "pdpe1gb")
+    for hook in after_set_cpuid_hooks:
+        hook(vcpu)
+
+
+# what layers above follow the guest's CPUID with (the LAPIC's version and timer modes)
+after_set_cpuid_hooks: list = []
 
 
 def kvm_vcpu_ioctl_get_cpuid2(vcpu, arg: int) -> int:
