@@ -33,6 +33,7 @@ lacks) it refuses with :class:`Unsupported`, naming the option, rather than igno
 
 from __future__ import annotations
 
+import collections
 import errno
 import signal
 import time
@@ -42,14 +43,16 @@ from dataclasses import dataclass
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import acpi, bzimage, layout, loader
+from kvmpy.vmm import bzimage, loader
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
-from kvmpy.vmm.devices import cmos, debug_exit, i8042, pc_testdev, pci, pm1, serial, testdev
+from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
+from kvmpy.vmm.devices.serial import stdout_sink
+from kvmpy.vmm import acpi, layout
+from kvmpy.vmm.devices import pc_testdev, pci, pm1
 from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
-from kvmpy.vmm.devices.serial import stdout_sink
 from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
 
@@ -107,10 +110,9 @@ class Machine:
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
+        self.device_counts = collections.Counter(driver for driver, _ in devices)
         self._check_supported(smp, initrd, cmdline, pit, pit_policy)
         self.debug_exit_range = self._debug_exit_range(devices)
-        self.device_counts = {driver: sum(1 for d, _ in devices if d == driver)
-                              for driver in DEVICE_DRIVERS}
         if max_insns is not None:
             if accel != "soft":
                 raise ValueError("an instruction limit needs the soft accelerator")
