@@ -331,7 +331,7 @@ def _exit_status(result, demo):
         return result.status
     if result.reason == "hlt":
         return 0
-    if result.reason == "reset":
+    if result.reason in ("reset", "poweroff"):
         print(f"kvmpy: {result.message}", file=sys.stderr)
         return 0
     if result.reason in BOUND_STATUS:

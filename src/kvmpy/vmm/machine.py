@@ -18,6 +18,18 @@ isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosi
                        it); a write of v ends the run with status (v << 1) | 1
 kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes are
                        recorded (the demo guest checks an MMIO round trip with it)
+ACPI tables            in the BIOS area (:mod:`kvmpy.vmm.acpi`): RSDP, RSDT/XSDT, FADT,
+                       FACS, DSDT, MADT (one LAPIC per vCPU, the IOAPIC)
+ACPI PM registers      PIIX4's PM base 0xb000, as the FADT says: PM1a event block
+                       0xb000-0xb003, PM1a control 0xb004-0xb005 (S5 powers off: ends the
+                       run), the PM timer 0xb008-0xb00b
+reset control          port 0xcf9: a write with bit 2 (6, the FADT's reset value) resets
+                       the machine (ends the run)
+PCI                    configuration mechanism #1 at 0xcf8/0xcfc; 00:00.0 the i440FX host
+                       bridge; ``-device pci-testdev`` from 00:02.0 on; BARs assigned from
+                       0xe0000000 (memory) and port 0xc000 (I/O)
+pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x2017, MMIO
+                       0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
 =====================  ============================================================
 
 What the machine cannot do (several vCPUs without the in-kernel irqchip, devices it lacks)
@@ -26,7 +38,10 @@ it refuses with :class:`Unsupported`, naming the option, rather than ignoring it
 
 from __future__ import annotations
 
+import collections
+import errno
 import signal
+import time
 import threading
 from dataclasses import dataclass
 
@@ -38,6 +53,12 @@ from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
 from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
+from kvmpy.vmm import acpi, layout
+from kvmpy.vmm.devices import pc_testdev, pci, pm1
+from kvmpy.vmm.devices.pci_testdev import PciTestdev
+from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
+from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
+from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
 from kvmpy.vmm import vcpu as vcpu_mod
 from kvmpy.vmm.vcpu import VcpuThread, install_kick_handler
@@ -50,8 +71,12 @@ RFLAGS_IF = 1 << 9
 #: the PIT's lost-tick policies (QEMU's kvm-pit.lost_tick_policy)
 PIT_POLICIES = ("delay", "discard")
 MAX_CPUS = 64
-#: the QEMU -device drivers this machine has
-DEVICE_DRIVERS = ("isa-debug-exit",)
+#: the QEMU -device drivers this machine has, and the properties each takes
+DEVICE_PROPERTIES = {"isa-debug-exit": ("iobase", "iosize"), "pc-testdev": (),
+                     "pci-testdev": ()}
+DEVICE_DRIVERS = tuple(DEVICE_PROPERTIES)
+#: the first PCI slot of -device pci-testdev (00:01.x is the PIIX south bridge on QEMU's pc)
+FIRST_PCI_DEVICE_SLOT = 2
 
 
 class Unsupported(ValueError):
@@ -63,8 +88,8 @@ class Unsupported(ValueError):
 class RunResult:
     """Why the run ended.
 
-    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
-    "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
+    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "poweroff",
+    "shutdown", "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
     "unhandled-exit", "stopped" (the run was left by an exception).
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
@@ -98,6 +123,7 @@ class Machine:
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
+        self.device_counts = collections.Counter(driver for driver, _ in devices)
         self._check_supported(smp, pit, pit_policy, irqchip is not False)
         self.debug_exit_range = self._debug_exit_range(devices)
         if max_insns is not None:
@@ -116,6 +142,7 @@ class Machine:
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
+            acpi.install(self.memory, smp)
             self.kvm = Kvm(accel, params)
             self.vm = self.kvm.create_vm()
             if self.vm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
@@ -174,16 +201,23 @@ class Machine:
 
     @staticmethod
     def _debug_exit_range(devices):
-        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says."""
+        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says; every
+        -device is checked here: a driver the machine has, with properties it takes."""
         port, size = debug_exit.DEBUG_EXIT_PORT, 1
         for driver, props in devices:
             if driver not in DEVICE_DRIVERS:
                 raise Unsupported(f"-device {driver}: not a device this machine has "
                                   f"(it has: {', '.join(DEVICE_DRIVERS)})")
-            unknown = set(props) - {"iobase", "iosize"}
+            known = DEVICE_PROPERTIES[driver]
+            unknown = set(props) - set(known)
             if unknown:
+                takes = f"{', '.join(known)} are" if known else "it takes none"
                 raise Unsupported(f"-device {driver}: property {sorted(unknown)[0]!r} "
-                                  f"is not supported (iobase, iosize are)")
+                                  f"is not supported ({takes})")
+            if driver == "pc-testdev" and sum(d == driver for d, _ in devices) > 1:
+                raise Unsupported("-device pc-testdev: given twice (its ports are fixed)")
+            if driver != "isa-debug-exit":
+                continue
             port = port_number(props.get("iobase", str(port)), "iobase")
             size = port_number(props.get("iosize", str(size)), "iosize")
             if size not in (1, 2, 4) or not 0 <= port <= 0x10000 - size:
@@ -208,8 +242,59 @@ class Machine:
         self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
+        self._create_pc_platform()
+
+    def _create_pc_platform(self):
+        """What the ACPI tables describe (the PM timer, the reset register) and PCI."""
+        self.reset_control = ResetControl(on_reset=lambda: self._end(
+            RunResult("reset", "guest reset the machine through port 0xcf9")))
+        self.pio.register(RESET_CONTROL_PORT, 1, self.reset_control)
+        self.pm_timer = PmTimer(self._clock_ns())
+        self.pio.register(acpi.PM_TMR_BLK, PM_TIMER_LEN, self.pm_timer)
+        self.pm1 = pm1.Pm1(self.pm_timer, on_poweroff=lambda: self._end(
+            RunResult("poweroff", "guest powered the machine off (ACPI S5)")))
+        pm1.register(self.pio, self.pm1, acpi.PM1A_EVT_BLK, acpi.PM1A_CNT_BLK)
+        self.pci = pci.PciBus(self.pio, self.mmio)
+        self.pci_host = pci.PciHost(self.pci)
+        self.pio.register(pci.CONFIG_ADDRESS_PORT, 1, self.pci_host, offset=pci.ADDRESS)
+        self.pio.register(pci.CONFIG_ADDRESS_PORT + 2, 2, self.pci_host, offset=pci.ADDRESS + 2)
+        self.pio.register(pci.CONFIG_DATA_PORT, 4, self.pci_host, offset=pci.DATA)
+        self.pci.add(pci.devfn(0), pci.i440fx_host_bridge())
+        self.pci_testdevs = []
+        self.ioeventfds = Ioeventfds(self.vm)
+        for i in range(self.device_counts["pci-testdev"]):
+            self.pci_testdevs.append(PciTestdev(self.ioeventfds))
+            self.pci.add(pci.devfn(FIRST_PCI_DEVICE_SLOT + i), self.pci_testdevs[-1].function)
+        self.pci.assign_resources(layout.PCI_MMIO_WINDOW, layout.PCI_IO_WINDOW)
+        self.pc_testdev = None
+        if self.device_counts["pc-testdev"]:
+            self.pc_testdev = pc_testdev.PcTestdev(set_irq=self._set_isa_irq,
+                                                   flush_page=self._flush_page)
+            pc_testdev.register(self.pio, self.mmio, self.pc_testdev,
+                                pc_testdev.PcTestdevMemory())
+
+    def _clock_ns(self):
+        """The VM's clock (KVM_GET_CLOCK), or the host's monotonic one on a KVM without it."""
+        if self.vm.check_extension(uapi.KVM_CAP_ADJUST_CLOCK):
+            return self.vm.get_clock
+        return time.monotonic_ns
+
+    def _set_isa_irq(self, line, level):
+        """An ISA interrupt line to the in-kernel irqchip. KVM answers ENXIO while the VM
+        has none: the line then goes nowhere, as on a board with no PIC wired."""
+        try:
+            self.vm.set_irq_line(line, level)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+
+    def _flush_page(self, gpa):
+        if self.memory.contains(gpa, 1):
+            self.memory.invalidate(gpa, 1)
 
     def close(self):
+        if getattr(self, "ioeventfds", None) is not None:
+            self.ioeventfds.close()
         for obj in (*self.vcpus, self.vm, self.kvm):
             if obj is not None:
                 obj.close()
