@@ -1,7 +1,7 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
-              [-m MIB] [--format auto|flat|elf|bzimage] [--trace] [--max-insns N] [--timeout S]
+              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N] [--timeout S]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
               -global -serial -display -nodefaults --no-reboot -enable-kvm]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
@@ -148,7 +148,8 @@ def _add_qemu_options(run):
     qemu.add_argument("--kernel", "-kernel", metavar="FILE",
                       help="the guest image (instead of IMAGE); a missing file is reported "
                            "as QEMU does: could not load kernel 'FILE'")
-    qemu.add_argument("--initrd", "-initrd", metavar="FILE", help="initial ramdisk (a bzImage's initrd)")
+    qemu.add_argument("--initrd", "-initrd", metavar="FILE", help="initial ramdisk (a bzImage's initrd), or a multiboot kernel's "
+                           "modules (FILE[ ARGS][,FILE...])")
     qemu.add_argument("--append", "-append", metavar="CMDLINE", help="kernel command line")
     qemu.add_argument("--smp", "-smp", type=_qemu_type(qemu_options.smp),
                       metavar="N[,cpus=N][,sockets=N]",
@@ -201,8 +202,10 @@ def build_parser():
                           "the default) or host (the host's monotonic clock)")
     run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
                      help="guest RAM in MiB, or with a suffix K, M, G (default 16)")
-    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage"), default="auto",
-                     help="image format (default: a bzImage by its boot protocol header, ELF by its magic, else flat)")
+    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "multiboot"),
+                     default="auto",
+                     help="image format (default: a bzImage by its boot protocol header, a "
+                          "multiboot kernel by its multiboot header, ELF by its magic, else flat)")
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
     run.add_argument("--max-insns", type=positive_int, metavar="N",
