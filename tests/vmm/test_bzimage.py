@@ -125,4 +125,4 @@ def test_initrd_too_large(tmp_path):
 def test_append_refused_for_other_images(capsys):
     from tests.support.cli import run_main
     status, _, err = run_main(capsys, "run", str(image_path("demo")), "-append", "x")
-    assert status == 2 and "-append" in err and "not a Linux bzImage" in err
+    assert status == 2 and "-append" in err and "neither a Linux bzImage" in err

@@ -5,7 +5,7 @@
  * 16): the header's address fields load the whole file at 1 MiB, with BSS_SIZE bytes of
  * zeroed memory after it (a scratch buffer, then the stack), and enter at `entry` in flat
  * 32-bit protected mode, paging off, EAX = 0x2BADB002 and EBX = the multiboot information
- * structure.  (Run as a flat image at 0x7c00 in real mode it would do nothing useful.)
+ * structure.  (Run as a flat image at 0x7c00 in real mode, it halts at once.)
  * It is linked at 0x7c00 like every guest but runs at 1 MiB, so it addresses its data
  * relative to EBP = 1 MiB (the load address its header names).
  *
@@ -59,8 +59,9 @@
         .text
         .code32
         .globl  _start
-_start:
-        jmp     entry
+_start:                                 /* run as a flat image in real mode, it stops */
+        cli
+        hlt
         .align  4
 mb_header:
         .long   MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)

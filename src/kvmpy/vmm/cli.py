@@ -49,6 +49,9 @@ DEVICE_HELP = ("help", "?")
 SERIAL_BACKENDS = ("stdio", "none", "null")
 #: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
 MMU_MODES = {"tdp": True, "shadow": False}
+#: guest RAM (MiB) without -m: kvmpy's for an IMAGE, QEMU's for -kernel (kvm-unit-tests'
+#: kernels load at 4 MiB and need more than 16)
+DEFAULT_MIB, QEMU_DEFAULT_MIB = 16, 128
 #: exit statuses of the runs that a bound (--max-insns, --timeout) ended
 BOUND_STATUS = {"insn-limit": 4, "timeout": 124}
 
@@ -200,8 +203,9 @@ def build_parser():
     run.add_argument("--clock", choices=CLOCK_MODES,
                      help="soft KVM's time base: virtual (from retired instructions, reproducible; "
                           "the default) or host (the host's monotonic clock)")
-    run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
-                     help="guest RAM in MiB, or with a suffix K, M, G (default 16)")
+    run.add_argument("-m", "--memory", type=memory_mib, metavar="MIB",
+                     help=f"guest RAM in MiB, or with a suffix K, M, G (default {DEFAULT_MIB}; "
+                          f"{QEMU_DEFAULT_MIB}, QEMU's default, with -kernel)")
     run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "multiboot"),
                      default="auto",
                      help="image format (default: a bzImage by its boot protocol header, a "
@@ -362,7 +366,8 @@ def cmd_run(args):
         image = args.image or args.kernel
     with _tracing(args.trace):
         try:
-            machine = Machine(image, accel=args.accel, memory_mib=args.memory,
+            memory = args.memory or (QEMU_DEFAULT_MIB if args.kernel else DEFAULT_MIB)
+            machine = Machine(image, accel=args.accel, memory_mib=memory,
                               fmt=args.format, params=params, max_insns=args.max_insns,
                               **options)
         except LoadError as e:
