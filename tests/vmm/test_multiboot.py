@@ -9,8 +9,6 @@ kvm-unit-tests' .flat files take), the information structure's fields, and the e
 """
 
 import struct
-import subprocess
-import sys
 
 import pytest
 
@@ -19,7 +17,7 @@ from kvmpy.guests import image_path
 from kvmpy.vmm import layout, multiboot
 from kvmpy.vmm.loader import LoadError
 from kvmpy.vmm.machine import Machine
-from tests.support.cli import run_main
+from tests.support.cli import kvmpy_run, run_main
 from tests.support.elfgen import EM_X86_64, make_elf
 
 GUEST = str(image_path("multiboot"))
@@ -42,32 +40,30 @@ def expected(kernel, module_path, ram_mib, cpus=1):
             f"matches the mmap\n")
 
 
-@pytest.fixture
-def module(tmp_path):
+def _module(tmp_path):
     path = tmp_path / "module.bin"
     path.write_bytes(MODULE)
     return str(path)
 
 
-def _kvmpy_run(*argv):
-    proc = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", *argv],
-                          capture_output=True, text=True, timeout=120)
-    return proc.returncode, proc.stdout, proc.stderr
+def _boot(tmp_path, *options):
+    """``kvmpy run OPTIONS`` of the guest with a module: (status, stdout, stderr, module)."""
+    module = _module(tmp_path)
+    return (*kvmpy_run(*options, "-kernel", GUEST, "-append", CMDLINE,
+                       "-initrd", f"{module} arg=1"), module)
 
 
 @pytest.mark.parametrize("vendor", ["vmx", "svm"])
 @pytest.mark.parametrize("mmu", ["tdp", "shadow"])
-def test_multiboot_boots_on_kvmpy(module, vendor, mmu):
-    """No -m: -kernel gets QEMU's 128 MiB."""
-    status, out, err = _kvmpy_run("--vendor", vendor, "--mmu", mmu, "-kernel", GUEST,
-                                  "-append", CMDLINE, "-initrd", f"{module} arg=1")
-    assert (status, out) == (1, expected(GUEST, module, 128)), err   # isa-debug-exit 0
+def test_multiboot_boots_on_kvmpy(tmp_path, vendor, mmu):
+    """No -m: -kernel gets QEMU's 128 MiB.  isa-debug-exit 0 is status 1."""
+    status, out, err, module = _boot(tmp_path, "--vendor", vendor, "--mmu", mmu)
+    assert (status, out) == (1, expected(GUEST, module, 128)), err
 
 
 @pytest.mark.host
-def test_multiboot_boots_on_the_host(module):
-    status, out, err = _kvmpy_run("--accel", "host", "-m", "32M", "-kernel", GUEST,
-                                  "-append", CMDLINE, "-initrd", f"{module} arg=1")
+def test_multiboot_boots_on_the_host(tmp_path):
+    status, out, err, module = _boot(tmp_path, "--accel", "host", "-m", "32M")
     assert (status, out) == (1, expected(GUEST, module, 32)), err
 
 
@@ -85,8 +81,8 @@ def _as_elf(tmp_path):
     return str(path)
 
 
-def test_multiboot_elf_through_the_machine(tmp_path, module):
-    kernel = _as_elf(tmp_path)
+def test_multiboot_elf_through_the_machine(tmp_path):
+    kernel, module = _as_elf(tmp_path), _module(tmp_path)
     out = bytearray()
     with Machine(kernel, memory_mib=16, cmdline=CMDLINE, initrd=f"{module} arg=1",
                  serial_sink=out.extend) as machine:
