@@ -118,20 +118,9 @@ def module_list(initrd):
     """QEMU's ``-initrd`` list for a multiboot kernel: [(file, command line)].  Entries
     are separated by ``,`` (``,,`` is a comma in an entry); an entry's file name ends at
     its first space."""
-    entries, current, i = [], [], 0
-    while i < len(initrd):
-        if initrd[i] == ",":
-            if initrd[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            entries.append("".join(current))
-            current = []
-        else:
-            current.append(initrd[i])
-        i += 1
-    entries.append("".join(current))
-    return [(entry.split(" ", 1)[0], entry) for entry in entries]
+    entries = initrd.replace(",,", "\0").split(",")      # no NUL can be in a command line
+    return [(entry.split(" ", 1)[0], entry) for entry in
+            (entry.replace("\0", ",") for entry in entries)]
 
 
 def _page_up(addr):
@@ -194,8 +183,6 @@ def load_multiboot(memory, path, cmdline="", initrd=None):
     ram_end = memory.base + memory.size
     mmap = b"".join(struct.pack(MMAP_ENTRY, struct.calcsize(MMAP_ENTRY) - 4, base, size, kind)
                     for base, size, kind in layout.e820_map(ram_end))
-    if MMAP_ADDR + len(mmap) > INFO_ADDR:
-        raise LoadError(f"{path}: the memory map does not fit below the information structure")
     info = bytearray(INFO_SIZE)
     fields = {"flags": INFO_FLAGS, "mem_lower": MEM_LOWER_KIB,
               "mem_upper": max(0, ram_end - layout.HIGH_RAM_START) // 1024,
