@@ -1,7 +1,8 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
-              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N] [--timeout S]
+              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
+              [--timeout S]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
               -global -serial -display -nodefaults --no-reboot -enable-kvm]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
@@ -151,8 +152,9 @@ def _add_qemu_options(run):
     qemu.add_argument("--kernel", "-kernel", metavar="FILE",
                       help="the guest image (instead of IMAGE); a missing file is reported "
                            "as QEMU does: could not load kernel 'FILE'")
-    qemu.add_argument("--initrd", "-initrd", metavar="FILE", help="initial ramdisk (a bzImage's initrd), or a multiboot kernel's "
-                           "modules (FILE[ ARGS][,FILE...])")
+    qemu.add_argument("--initrd", "-initrd", metavar="FILE",
+                      help="a bzImage's initial ramdisk, or a multiboot kernel's modules "
+                           "(FILE[ ARGS][,FILE...])")
     qemu.add_argument("--append", "-append", metavar="CMDLINE", help="kernel command line")
     qemu.add_argument("--smp", "-smp", type=_qemu_type(qemu_options.smp),
                       metavar="N[,cpus=N][,sockets=N]",
@@ -366,7 +368,9 @@ def cmd_run(args):
         image = args.image or args.kernel
     with _tracing(args.trace):
         try:
-            memory = args.memory or (QEMU_DEFAULT_MIB if args.kernel else DEFAULT_MIB)
+            memory = args.memory
+            if memory is None:
+                memory = QEMU_DEFAULT_MIB if args.kernel is not None else DEFAULT_MIB
             machine = Machine(image, accel=args.accel, memory_mib=memory,
                               fmt=args.format, params=params, max_insns=args.max_insns,
                               **options)

@@ -18,7 +18,8 @@ kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes
 =====================  ============================================================
 
 What the machine cannot do yet (several vCPUs, an initrd or a command line for an image
-that has no boot protocol, devices it lacks) it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
+that has no boot protocol, devices it lacks) it refuses with :class:`Unsupported`, naming
+the option, rather than ignoring it.
 """
 
 from __future__ import annotations
