@@ -5,8 +5,8 @@
   from a three-entry GDT the VMM writes into guest memory (paging off), at the ELF entry
   point — the state a multiboot loader hands to a kernel;
 * a multiboot kernel starts in the same flat protected mode at its entry, with EAX = the
-  multiboot boot magic and EBX = the information structure (the multiboot spec; QEMU's
-  selectors differ, and the spec leaves them to the loader);
+  multiboot boot magic and EBX = the information structure (the multiboot spec; the
+  selectors are QEMU's option ROM's too, code 0x08 and data 0x10);
 * a bzImage starts as the Linux boot protocol says (boot.rst): at its 64-bit entry in long
   mode with the low 1 GiB identity-mapped, or at its 32-bit entry in flat protected mode,
   the code segment at __BOOT_CS (0x10) and data at __BOOT_DS (0x18), RSI/ESI pointing at

@@ -15,9 +15,12 @@ boots them through its multiboot path; this loader hands them the same machine:
   module's own arguments, and the whole entry is its command line);
 - the kernel's command line is ``"<kernel file> <-append>"``, QEMU's, so that the kernel
   sees its own name as argv[0];
-- the multiboot information structure at :data:`INFO_ADDR`, with the memory sizes,
-  boot device, command line, modules, the memory map (the e820 of
-  :mod:`kvmpy.vmm.layout`, at :data:`MMAP_ADDR`) and the boot loader name;
+- the multiboot information structure at :data:`INFO_ADDR`, with the memory sizes (as
+  QEMU's option ROM computes them: conventional memory, and the RAM contiguous from
+  1 MiB), boot device, command line, modules, the memory map (the e820 of
+  :mod:`kvmpy.vmm.layout`, at :data:`MMAP_ADDR`) and the boot loader name.  QEMU writes
+  these two before it copies the kernel and modules, so a kernel that overlaps them keeps
+  its own bytes (kvm-unit-tests' ``realmode.flat`` loads at 0x8000); here likewise;
 - entry in flat 32-bit protected mode, paging off, EAX = 0x2BADB002 and EBX = the
   information structure (:func:`kvmpy.vmm.cpu_setup.setup_multiboot`).
 
@@ -44,7 +47,6 @@ MODULE_SIZE = 16                    # mod_start, mod_end, cmdline, reserved
 MMAP_ENTRY = "<IQQI"                # size (of the rest: 20), base_addr, length, type
 BOOTLOADER_NAME = "qemu"
 BOOT_DEVICE = 0x8000FFFF            # the first BIOS disk, no partition: QEMU's
-MEM_LOWER_KIB = 640
 # info flags: which fields the loader filled in
 INFO_MEMORY, INFO_BOOT_DEVICE, INFO_CMDLINE, INFO_MODULES = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 INFO_MMAP, INFO_BOOTLOADER = 1 << 6, 1 << 9
@@ -140,12 +142,26 @@ class _Strings:
         return where
 
 
-def _check_clear(path, what, start, size):
-    """``what`` must leave the memory map and information structure's place alone."""
-    info_end = INFO_ADDR + INFO_SIZE
-    if start < info_end and MMAP_ADDR < start + size:
-        raise LoadError(f"{path}: {what} ({start:#x}+{size:#x}) overlaps the multiboot "
-                        f"information at {MMAP_ADDR:#x}..{info_end:#x}")
+def _uncovered(start, data, pieces):
+    """[(address, bytes)]: the parts of ``data`` at ``start`` that none of ``pieces``
+    ((address, size) each) covers."""
+    parts = [(start, start + len(data))]
+    for base, size in pieces:
+        parts = [(lo, hi) for a, b in parts
+                 for lo, hi in ((a, min(b, base)), (max(a, base + size), b)) if lo < hi]
+    return [(lo, data[lo - start:hi - start]) for lo, hi in parts]
+
+
+def memory_sizes(e820):
+    """(mem_lower, mem_upper) in KiB: the RAM at 0, and the RAM contiguous from 1 MiB."""
+    lower = sum(size for base, size, kind in e820 if base == 0 and kind == layout.E820_RAM)
+    top, grown = layout.HIGH_RAM_START, True
+    while grown:
+        grown = False
+        for base, size, kind in e820:
+            if kind == layout.E820_RAM and base <= top < base + size:
+                top, grown = base + size, True
+    return lower // 1024, (top - layout.HIGH_RAM_START) // 1024
 
 
 def load_multiboot(memory, path, cmdline="", initrd=None):
@@ -159,8 +175,6 @@ def load_multiboot(memory, path, cmdline="", initrd=None):
     offset, flags = found
     entry, segments = _load_kernel(memory, path, data, offset, flags)
     kernel_end = max(start + size for start, size in segments)
-    for start, size in segments:
-        _check_clear(path, "the kernel", start, size)
 
     modules = module_list(initrd) if initrd is not None else []
     mods_addr = _page_up(kernel_end)
@@ -168,29 +182,29 @@ def load_multiboot(memory, path, cmdline="", initrd=None):
     kernel_cmdline = strings.add(f"{path} {cmdline}")
     loader_name = strings.add(BOOTLOADER_NAME)
     module_cmdlines = [strings.add(text) for _, text in modules]
-    _check_clear(path, "the module list", mods_addr, strings.addr + len(strings.data) - mods_addr)
     _place(memory, path, mods_addr, bytes(strings.addr - mods_addr) + bytes(strings.data))
+    segments.append((mods_addr, strings.addr + len(strings.data) - mods_addr))
     addr = _page_up(strings.addr + len(strings.data))
     for i, ((name, _), text_addr) in enumerate(zip(modules, module_cmdlines)):
         module = _read(name, memory.size)
-        _check_clear(name, "the module", addr, len(module))
         _place(memory, name, addr, module)
         memory.write(mods_addr + MODULE_SIZE * i,
                      struct.pack("<IIII", addr, addr + len(module), text_addr, 0))
         segments.append((addr, len(module)))
         addr = _page_up(addr + len(module))
 
-    ram_end = memory.base + memory.size
+    e820 = layout.e820_map(memory.base + memory.size)
     mmap = b"".join(struct.pack(MMAP_ENTRY, struct.calcsize(MMAP_ENTRY) - 4, base, size, kind)
-                    for base, size, kind in layout.e820_map(ram_end))
+                    for base, size, kind in e820)
     info = bytearray(INFO_SIZE)
-    fields = {"flags": INFO_FLAGS, "mem_lower": MEM_LOWER_KIB,
-              "mem_upper": max(0, ram_end - layout.HIGH_RAM_START) // 1024,
+    mem_lower, mem_upper = memory_sizes(e820)
+    fields = {"flags": INFO_FLAGS, "mem_lower": mem_lower, "mem_upper": mem_upper,
               "boot_device": BOOT_DEVICE, "cmdline": kernel_cmdline,
               "mods_count": len(modules), "mods_addr": mods_addr,
               "mmap_length": len(mmap), "mmap_addr": MMAP_ADDR, "boot_loader_name": loader_name}
     for name, value in fields.items():
         struct.pack_into("<I", info, INFO_FIELDS[name], value)
-    _place(memory, path, MMAP_ADDR, mmap)
-    _place(memory, path, INFO_ADDR, bytes(info))
+    for addr, data in (_uncovered(MMAP_ADDR, mmap, segments)
+                       + _uncovered(INFO_ADDR, bytes(info), segments)):
+        _place(memory, path, addr, data)
     return LoadedImage("multiboot", entry, 32, segments, boot_params=INFO_ADDR)
