@@ -46,6 +46,7 @@ def test_canonical_addresses(soft_kvm, soft_mmu, name):
 
 
 @pytest.mark.host
-@pytest.mark.parametrize("name", CASES)
-def test_canonical_addresses_on_the_host(name):
-    assert run_case(rawvmm.HOST, name) == CASES[name][1]
+def test_canonical_addresses_on_the_host():
+    """The host's KVM answers every case the same."""
+    outcomes = {name: run_case(rawvmm.HOST, name) for name in CASES}
+    assert outcomes == {name: outcome for name, (_, outcome) in CASES.items()}
