@@ -215,6 +215,10 @@ def test_cli_neither_bzimage_nor_multiboot(capsys, tmp_path):
         assert status == 2 and out == "" and err.count("\n") == 1
         assert err.startswith(f"kvmpy: error: {option}: {junk} is neither a Linux bzImage "
                               f"nor a multiboot kernel")
+    status, out, err = run_main(capsys, "run", "-kernel", str(junk), "--format", "multiboot")
+    assert (status, out) == (2, "")
+    assert err == (f"kvmpy: error: could not load kernel '{junk}': no multiboot header in the "
+                   f"first 8192 bytes\n")
 
 
 def test_cli_missing_module(capsys, tmp_path):
