@@ -268,7 +268,8 @@ class Processor(CPUState, SegmentUnit):
 
         Fills the software TLB; raises Fault(14)/Intercept on failure.
         """
-        if self.mode.code == 8 and (lin + (1 << 47)) >> 48:
+        # canonical: bits 63..47 equal, i.e. lin + 2**47 (cut to 64 bits) is below 2**48
+        if self.mode.code == 8 and (lin + (1 << 47)) >> 48 & 0xFFFF:
             raise Fault(13, 0)          # non-canonical address (#SS for stack accesses is not told apart)
         user = self.mode.cpl == 3
         if user:

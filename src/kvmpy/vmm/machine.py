@@ -14,6 +14,8 @@ RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
 COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
 i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
 CMOS/RTC               ports 0x70-0x71
+fw_cfg                 ports 0x510 (selector), 0x511 (data): QEMU's firmware configuration
+                       (signature, RAM size, CPUs, the file directory with etc/e820)
 isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosize=`` puts
                        it); a write of v ends the run with status (v << 1) | 1
 kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes are
@@ -32,8 +34,9 @@ pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x
                        0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
 =====================  ============================================================
 
-What the machine cannot do (several vCPUs without the in-kernel irqchip, devices it lacks)
-it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
+What the machine cannot do (several vCPUs without the in-kernel irqchip, an initrd or a
+command line for an image that has no boot protocol, devices it lacks) it refuses with
+:class:`Unsupported`, naming the option, rather than ignoring it.
 """
 
 from __future__ import annotations
@@ -48,10 +51,10 @@ from dataclasses import dataclass
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import bzimage, loader
+from kvmpy.vmm import bzimage, loader, multiboot
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
-from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
-from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
+from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
+from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
 from kvmpy.vmm import acpi, layout
 from kvmpy.vmm.devices import pc_testdev, pci, pm1
@@ -126,6 +129,7 @@ class Machine:
         self.device_counts = collections.Counter(driver for driver, _ in devices)
         self._check_supported(smp, pit, pit_policy, irqchip is not False)
         self.debug_exit_range = self._debug_exit_range(devices)
+        self.smp = smp
         if max_insns is not None:
             if accel != "soft":
                 raise ValueError("an instruction limit needs the soft accelerator")
@@ -134,7 +138,6 @@ class Machine:
         self.memory = GuestMemory(memory_mib * MIB)
         self.kvm = self.vm = self.vcpu = None
         self.vcpus = []
-        self.smp = smp
         self._stop = None
         self._device_lock = threading.Lock()
         self._aps = []
@@ -189,14 +192,17 @@ class Machine:
                 self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
 
     def _load(self, image, fmt, cmdline, initrd):
-        """A bzImage goes through the Linux boot protocol, with the command line and initrd;
-        other images through :func:`loader.load`, which has nowhere to put either."""
+        """A bzImage goes through the Linux boot protocol and a multiboot kernel through
+        the multiboot loader, each with the command line and initrd; other images through
+        :func:`loader.load`, which has nowhere to put either."""
         if fmt == "bzimage" or fmt == "auto" and bzimage.is_bzimage_file(image):
             return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
+        if fmt == "multiboot" or fmt == "auto" and multiboot.is_multiboot_file(image):
+            return multiboot.load_multiboot(self.memory, image, cmdline or "", initrd)
         for option, given in (("-initrd", initrd), ("-append", cmdline)):
             if given is not None:
-                raise Unsupported(f"{option}: {image} is not a Linux bzImage, and only the "
-                                  f"Linux boot protocol takes it here")
+                raise Unsupported(f"{option}: {image} is neither a Linux bzImage nor a "
+                                  f"multiboot kernel, the images that take it")
         return loader.load(self.memory, image, fmt)
 
     @staticmethod
@@ -240,6 +246,8 @@ class Machine:
         self.pio.register(i8042.COMMAND_PORT, 1, self.i8042, offset=i8042.COMMAND)
         self.cmos = Cmos(clock) if clock else Cmos()
         self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
+        self.fw_cfg = FwCfg(self.memory.size, self.smp)
+        self.pio.register(fw_cfg.FW_CFG_PORT, fw_cfg.FW_CFG_PORTS, self.fw_cfg)
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
         self._create_pc_platform()
