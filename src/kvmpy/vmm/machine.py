@@ -199,11 +199,12 @@ class Machine:
             return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
         if fmt == "multiboot" or fmt == "auto" and multiboot.is_multiboot_file(image):
             return multiboot.load_multiboot(self.memory, image, cmdline or "", initrd)
+        loaded = loader.load(self.memory, image, fmt)     # a file it cannot load: LoadError first
         for option, given in (("-initrd", initrd), ("-append", cmdline)):
             if given is not None:
                 raise Unsupported(f"{option}: {image} is neither a Linux bzImage nor a "
                                   f"multiboot kernel, the images that take it")
-        return loader.load(self.memory, image, fmt)
+        return loaded
 
     @staticmethod
     def _debug_exit_range(devices):
