@@ -15,6 +15,7 @@ from tests.support.guestvm import BACKENDS, errno_name as _errno
 
 TSC, TSC_ADJUST, TSC_DEADLINE = 0x10, 0x3B, 0x6E0
 WALL_CLOCK_NEW, SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
+WALL_CLOCK, SYSTEM_TIME = 0x11, 0x12           # the first numbers (QEMU writes both pairs)
 
 
 
@@ -53,7 +54,7 @@ def test_kvm_cpuid_leaves_and_msr_list_are_the_hosts(sc):
                 kcpuid.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT):
         assert features >> bit & 1
     assert leaves[7, 0].ebx >> 1 & 1                          # TSC_ADJUST
-    assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW} <= listed
+    assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW, WALL_CLOCK, SYSTEM_TIME} <= listed
     assert caps == [1, kvmclock.KVM_CLOCK_VALID_FLAGS]
 
 
@@ -72,6 +73,8 @@ def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
             "deadline-without-lapic": (_msrs(m, 5, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE)),
             "system-time": (_msrs(m, 0x1001, SYSTEM_TIME_NEW), _msrs(m, None, SYSTEM_TIME_NEW)),
             "wall-clock": (_msrs(m, 0x2000, WALL_CLOCK_NEW), _msrs(m, None, WALL_CLOCK_NEW)),
+            "system-time-old": (_msrs(m, 0x3001, SYSTEM_TIME), _msrs(m, None, SYSTEM_TIME)),
+            "wall-clock-old": (_msrs(m, 0x4000, WALL_CLOCK), _msrs(m, None, WALL_CLOCK, WALL_CLOCK_NEW)),
             "tsc": (_msrs(m, 10**15, TSC), _msrs(m, None, TSC)[1][0] - 10**15 < 10**11),
         }
         clock = uapi.kvm_clock_data()
@@ -82,6 +85,8 @@ def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
                    "set-clock-bad-flag": "EINVAL", "set-clock": 0,
                    "adjust": ((1, [5]), (1, [5])), "deadline-without-lapic": ((1, [5]), (1, [0])),
                    "system-time": ((1, [0x1001]), (1, [0x1001])), "wall-clock": ((1, [0x2000]), (1, [0x2000])),
+                   "system-time-old": ((1, [0x3001]), (1, [0x3001])),
+                   "wall-clock-old": ((1, [0x4000]), (2, [0x4000, 0x4000])),
                    "tsc": ((1, [10**15]), True)}
     assert 10**12 <= clock.clock < 10**12 + 10 * 10**9
 

@@ -64,6 +64,24 @@ static long xioctl(int fd, unsigned long request, unsigned long arg, const char 
     return ret;
 }
 
+/* "ok" or the errno's name, for a call's result. */
+static const char *describe(long ret)
+{
+    static char buf[32];
+
+    if (ret >= 0)
+        return "ok";
+    switch (errno) {
+    case EBADF: return "EBADF";
+    case EINVAL: return "EINVAL";
+    case ENOTTY: return "ENOTTY";
+    case ENODEV: return "ENODEV";
+    case EINTR: return "EINTR";
+    }
+    snprintf(buf, sizeof(buf), "errno %d", errno);
+    return buf;
+}
+
 /* QEMU's SIG_IPI handler: nothing but immediate_exit. */
 static void kick(int sig)
 {
@@ -109,12 +127,9 @@ static void *vcpu_thread(void *started)
 
     *(volatile int *)started = 1;
     ret = ioctl(vcpu, KVM_RUN, 0);
-    printf("kicked: ret=%ld errno=%s immediate_exit=%u kicks=%d\n", ret,
-           ret < 0 && errno == EINTR ? "EINTR" : strerror(errno), run->immediate_exit,
+    printf("kicked: %s immediate_exit=%u kicks=%d\n", describe(ret), run->immediate_exit,
            (int)kicks);
-    ret = ioctl(vcpu, KVM_RUN, 0);
-    printf("immediate_exit set: ret=%ld errno=%s\n", ret,
-           ret < 0 && errno == EINTR ? "EINTR" : strerror(errno));
+    printf("immediate_exit set: %s\n", describe(ioctl(vcpu, KVM_RUN, 0)));
     return NULL;
 }
 
@@ -183,7 +198,7 @@ int main(void)
     if (run == MAP_FAILED)
         die("mmap kvm_run");
     printf("mmap of the VM: %s\n",
-           mmap(NULL, 4096, PROT_READ, MAP_SHARED, vm, 0) == MAP_FAILED ? strerror(errno) : "ok");
+           describe(mmap(NULL, 4096, PROT_READ, MAP_SHARED, vm, 0) == MAP_FAILED ? -1 : 0));
 
     xioctl(vcpu, KVM_GET_SREGS, (unsigned long)&sregs, "KVM_GET_SREGS");
     sregs.cs.base = 0;
@@ -206,6 +221,23 @@ int main(void)
            (unsigned long long)(regs.rax & 0xff));
     if (close(dupfd) < 0)
         die("close dup");
+    /* dup2 over a descriptor, then F_DUPFD_CLOEXEC above a floor: both name the vCPU */
+    dupfd = open("/dev/null", O_RDONLY);
+    if (dupfd < 0 || dup2(vcpu, dupfd) != dupfd)
+        die("dup2");
+    printf("dup2: %s\n", describe(ioctl(dupfd, KVM_GET_REGS, &regs)));
+    close(dupfd);
+    dupfd = fcntl(vcpu, F_DUPFD_CLOEXEC, 100);
+    if (dupfd < 100)
+        die("F_DUPFD_CLOEXEC");
+    printf("F_DUPFD_CLOEXEC: %s cloexec=%d\n", describe(ioctl(dupfd, KVM_GET_REGS, &regs)),
+           fcntl(dupfd, F_GETFD) & FD_CLOEXEC);
+    close(dupfd);
+    printf("after close: %s\n", describe(ioctl(dupfd, KVM_GET_REGS, &regs)));
+
+    /* ioctls no KVM has: the errno of each kind of file */
+    printf("unknown ioctl: /dev/kvm %s, VM %s, vCPU %s\n", describe(ioctl(kvm, _IO(KVMIO, 0xff))),
+           describe(ioctl(vm, _IO(KVMIO, 0xff))), describe(ioctl(vcpu, _IO(KVMIO, 0xff))));
 
     /* the kick */
     memset(&sa, 0, sizeof(sa));
