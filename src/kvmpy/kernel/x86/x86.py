@@ -307,8 +307,14 @@ def kvm_get_msr_feature(index: int):
     return {MSR_IA32_UCODE_REV: 0}.get(index)
 
 
+# /dev/kvm ioctls another module of the x86 layer owns: cmd -> handler(arg) (mce.py's)
+dev_ioctl_handlers: dict = {}
+
+
 @traced
 def kvm_arch_dev_ioctl(file, cmd: int, arg):
+    if cmd in dev_ioctl_handlers:
+        return dev_ioctl_handlers[cmd](arg)
     if cmd == uapi.KVM_GET_MSR_INDEX_LIST:
         return _msr_list_ioctl(arg, msrs_to_save + emulated_msrs)
     if cmd == uapi.KVM_GET_MSR_FEATURE_INDEX_LIST:
