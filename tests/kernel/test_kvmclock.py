@@ -18,18 +18,6 @@ WALL_CLOCK_NEW, SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
 WALL_CLOCK, SYSTEM_TIME = 0x11, 0x12           # the first numbers (QEMU writes both pairs)
 
 
-
-def _msrs(m, write=None, *indices):
-    buf = uapi.with_entries(uapi.kvm_msrs, len(indices))()
-    buf.nmsrs = len(indices)
-    for i, index in enumerate(indices):
-        buf.entries[i].index = index
-        if write is not None:
-            buf.entries[i].data = write
-    n = m.sc.ioctl(m.vcpu_fd, uapi.KVM_SET_MSRS if write is not None else uapi.KVM_GET_MSRS, buf)
-    return n, [buf.entries[i].data for i in range(len(indices))]
-
-
 @pytest.mark.parametrize("sc", BACKENDS)
 def test_kvm_cpuid_leaves_and_msr_list_are_the_hosts(sc):
     m = guestvm.Machine(sc, mode=None, ram=0)
@@ -69,13 +57,13 @@ def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
             "khz-equal": sc.ioctl(vcpu, uapi.KVM_GET_TSC_KHZ, 0) == sc.ioctl(vm, uapi.KVM_GET_TSC_KHZ, 0),
             "set-clock-bad-flag": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(flags=1 << 4))),
             "set-clock": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=10**12))),
-            "adjust": (_msrs(m, 5, TSC_ADJUST), _msrs(m, None, TSC_ADJUST)),
-            "deadline-without-lapic": (_msrs(m, 5, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE)),
-            "system-time": (_msrs(m, 0x1001, SYSTEM_TIME_NEW), _msrs(m, None, SYSTEM_TIME_NEW)),
-            "wall-clock": (_msrs(m, 0x2000, WALL_CLOCK_NEW), _msrs(m, None, WALL_CLOCK_NEW)),
-            "system-time-old": (_msrs(m, 0x3001, SYSTEM_TIME), _msrs(m, None, SYSTEM_TIME)),
-            "wall-clock-old": (_msrs(m, 0x4000, WALL_CLOCK), _msrs(m, None, WALL_CLOCK, WALL_CLOCK_NEW)),
-            "tsc": (_msrs(m, 10**15, TSC), _msrs(m, None, TSC)[1][0] - 10**15 < 10**11),
+            "adjust": (m.msrs(5, TSC_ADJUST), m.msrs(None, TSC_ADJUST)),
+            "deadline-without-lapic": (m.msrs(5, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE)),
+            "system-time": (m.msrs(0x1001, SYSTEM_TIME_NEW), m.msrs(None, SYSTEM_TIME_NEW)),
+            "wall-clock": (m.msrs(0x2000, WALL_CLOCK_NEW), m.msrs(None, WALL_CLOCK_NEW)),
+            "system-time-old": (m.msrs(0x3001, SYSTEM_TIME), m.msrs(None, SYSTEM_TIME)),
+            "wall-clock-old": (m.msrs(0x4000, WALL_CLOCK), m.msrs(None, WALL_CLOCK, WALL_CLOCK_NEW)),
+            "tsc": (m.msrs(10**15, TSC), m.msrs(None, TSC)[1][0] - 10**15 < 10**11),
         }
         clock = uapi.kvm_clock_data()
         sc.ioctl(vm, uapi.KVM_GET_CLOCK, clock)
@@ -152,11 +140,11 @@ def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
     try:
         syscalls.ioctl(m.vm_fd, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=5 * 10**9))
         syscalls.ioctl(m.vcpu_fd, uapi.KVM_SET_TSC_KHZ, 3_000_000)
-        _msrs(m, 0x3001, SYSTEM_TIME_NEW)
-        _msrs(m, 0x3100, WALL_CLOCK_NEW)
+        m.msrs(0x3001, SYSTEM_TIME_NEW)
+        m.msrs(0x3100, WALL_CLOCK_NEW)
         info = kvmclock.PvclockVcpuTimeInfo.from_buffer_copy(bytes(m.ram[0x3000:0x3020]))
         wall = kvmclock.PvclockWallClock.from_buffer_copy(bytes(m.ram[0x3100:0x310C]))
-        tsc = _msrs(m, None, TSC)[1][0]
+        tsc = m.msrs(None, TSC)[1][0]
         clock = uapi.kvm_clock_data()
         syscalls.ioctl(m.vm_fd, uapi.KVM_GET_CLOCK, clock)
     finally:
@@ -172,8 +160,8 @@ def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
 def test_tsc_deadline_is_kept_for_the_in_kernel_lapic(soft_kvm):
     m = guestvm.Machine(syscalls, mode=None, vm_setup=guestvm.create_irqchip)
     try:
-        _msrs(m, 12345, TSC_DEADLINE)
-        assert _msrs(m, None, TSC_DEADLINE) == (1, [12345])
+        m.msrs(12345, TSC_DEADLINE)
+        assert m.msrs(None, TSC_DEADLINE) == (1, [12345])
     finally:
         m.close()
 

@@ -15,17 +15,6 @@ MC0_CTL, MC0_STATUS = 0x400, 0x401
 ALL_ONES = (1 << 64) - 1
 
 
-def _msrs(m, write, *indices):
-    """KVM_GET_MSRS (write None) or KVM_SET_MSRS of ``indices``: (entries done, values)."""
-    buf = uapi.with_entries(uapi.kvm_msrs, len(indices))()
-    buf.nmsrs = len(indices)
-    for i, index in enumerate(indices):
-        buf.entries[i].index = index
-        buf.entries[i].data = write or 0
-    n = m.sc.ioctl(m.vcpu_fd, uapi.KVM_SET_MSRS if write is not None else uapi.KVM_GET_MSRS, buf)
-    return n, [buf.entries[i].data for i in range(n)]
-
-
 def _setup_mce(m, mcg_cap):
     return _errno(lambda: m.sc.ioctl(m.vcpu_fd, uapi.KVM_X86_SETUP_MCE,
                                      bytearray(mcg_cap.to_bytes(8, "little"))))
@@ -41,22 +30,22 @@ def test_mce_ioctls_and_msrs_are_the_hosts(sc):
         got = {
             "cap": sc.ioctl(m.vm_fd, uapi.KVM_CHECK_EXTENSION, uapi.KVM_CAP_MCE),
             # before KVM_X86_SETUP_MCE: KVM_MAX_MCE_BANKS banks, no MCG_CTL_P
-            "default": _msrs(m, None, MCG_CAP, MCG_CTL, MC0_CTL + 4 * 31),
+            "default": m.msrs(None, MCG_CAP, MCG_CTL, MC0_CTL + 4 * 31),
             "no-banks": _setup_mce(m, mce.MCG_CTL_P),
             "33-banks": _setup_mce(m, 33),
             "unknown-bit": _setup_mce(m, 10 | 1 << 63),
             "setup": _setup_mce(m, ten_banks),
-            "after": _msrs(m, None, MCG_CAP, MCG_STATUS, MCG_CTL, MC0_CTL, MC0_STATUS,
+            "after": m.msrs(None, MCG_CAP, MCG_STATUS, MCG_CTL, MC0_CTL, MC0_STATUS,
                            MC0_CTL + 4 * 9, MC0_CTL + 4 * 10),
             # QEMU's reset: MCG_STATUS, MCG_CTL, then every bank's four MSRs
-            "qemu-reset": _msrs(m, 0, MCG_STATUS, MCG_CTL, *range(MC0_CTL, MC0_CTL + 40)),
-            "ctl-all-ones": _msrs(m, ALL_ONES, MC0_CTL, MCG_CTL),
-            "ctl-but-bit-10": _msrs(m, ALL_ONES & ~(1 << 10), MC0_CTL + 16),
-            "ctl-other": _msrs(m, 5, MC0_CTL),
-            "mcg-ctl-other": _msrs(m, 5, MCG_CTL),
-            "status-by-vmm": _msrs(m, 0x1234, MC0_STATUS),
-            "mcg-cap-write": _msrs(m, 10, MCG_CAP),
-            "read-back": _msrs(m, None, MC0_CTL, MC0_STATUS, MC0_CTL + 16),
+            "qemu-reset": m.msrs(0, MCG_STATUS, MCG_CTL, *range(MC0_CTL, MC0_CTL + 40)),
+            "ctl-all-ones": m.msrs(ALL_ONES, MC0_CTL, MCG_CTL),
+            "ctl-but-bit-10": m.msrs(ALL_ONES & ~(1 << 10), MC0_CTL + 16),
+            "ctl-other": m.msrs(5, MC0_CTL),
+            "mcg-ctl-other": m.msrs(5, MCG_CTL),
+            "status-by-vmm": m.msrs(0x1234, MC0_STATUS),
+            "mcg-cap-write": m.msrs(10, MCG_CAP),
+            "read-back": m.msrs(None, MC0_CTL, MC0_STATUS, MC0_CTL + 16),
         }
     finally:
         m.close()

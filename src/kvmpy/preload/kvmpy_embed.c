@@ -118,14 +118,36 @@ static void leave(PyGILState_STATE state)
     kvmpy_inside--;
 }
 
-/* shim.NAME(*args built from FORMAT) as a long; a Python exception is a bug in kvmpy: its
- * traceback is printed and the call fails with EIO, as a kernel oops ends the system call. */
-static long call(const char *name, PyObject **result, const char *format, ...)
+/* The result of a shim function: an int, or with is_file an (int, bool) pair. */
+static long result_of(PyObject *res, int *is_file)
 {
+    long ret;
+
+    if (is_file != NULL) {
+        if (!PyArg_ParseTuple(res, "lp", &ret, is_file))
+            return -EIO;
+        return ret;
+    }
+    ret = PyLong_AsLong(res);
+    return ret == -1 && PyErr_Occurred() ? -EIO : ret;
+}
+
+/*
+ * shim.NAME(*args built from FORMAT), under the GIL.  A Python exception is a bug in kvmpy:
+ * its traceback is printed and the call fails with EIO, as a kernel oops ends the system
+ * call; ENODEV if kvmpy could not start.
+ */
+static long call(const char *name, int *is_file, const char *format, ...)
+{
+    PyGILState_STATE state;
     PyObject *args, *res = NULL, *func;
     va_list ap;
     long ret = -EIO;
 
+    if (is_file != NULL)
+        *is_file = 0;
+    if (!enter(&state))
+        return -ENODEV;
     va_start(ap, format);
     args = Py_VaBuildValue(format, ap);
     va_end(ap);
@@ -134,89 +156,40 @@ static long call(const char *name, PyObject **result, const char *format, ...)
         res = PyObject_CallObject(func, args);
     Py_XDECREF(func);
     Py_XDECREF(args);
-    if (res == NULL) {
+    if (res != NULL) {
+        ret = result_of(res, is_file);
+        Py_DECREF(res);
+    }
+    if (PyErr_Occurred()) {
         fprintf(stderr, "kvmpy: internal error in %s:\n", name);
         PyErr_Print();
-        return -EIO;
+        ret = -EIO;
     }
-    if (result != NULL) {
-        *result = res;
-        return 0;
-    }
-    ret = PyLong_AsLong(res);
-    Py_DECREF(res);
-    if (ret == -1 && PyErr_Occurred()) {
-        PyErr_Print();
-        return -EIO;
-    }
+    leave(state);
     return ret;
 }
 
 int kvmpy_py_open(const char *path, int flags)
 {
-    PyGILState_STATE state;
-    long ret;
-
-    if (!enter(&state))
-        return -ENODEV;
-    ret = call("open", NULL, "(y i)", path, flags);
-    leave(state);
-    return (int)ret;
+    return (int)call("open", NULL, "(y i)", path, flags);
 }
 
 long kvmpy_py_ioctl(int fd, unsigned long request, unsigned long arg, int *is_file)
 {
-    PyGILState_STATE state;
-    PyObject *res;
-    long ret;
-
-    *is_file = 0;
-    if (!enter(&state))
-        return -ENODEV;
-    ret = call("ioctl", &res, "(i k k)", fd, request, arg);
-    if (ret == 0) {
-        if (!PyArg_ParseTuple(res, "lp", &ret, is_file)) {
-            PyErr_Print();
-            ret = -EIO;
-        }
-        Py_DECREF(res);
-    }
-    leave(state);
-    return ret;
+    return call("ioctl", is_file, "(i k k)", fd, request, arg);
 }
 
 int kvmpy_py_close(int fd)
 {
-    PyGILState_STATE state;
-    long ret;
-
-    if (!enter(&state))
-        return -ENODEV;
-    ret = call("close", NULL, "(i)", fd);
-    leave(state);
-    return (int)ret;
+    return (int)call("close", NULL, "(i)", fd);
 }
 
 int kvmpy_py_dup(int oldfd, int newfd)
 {
-    PyGILState_STATE state;
-    long ret;
-
-    if (!enter(&state))
-        return -ENODEV;
-    ret = call("dup", NULL, "(i i)", oldfd, newfd);
-    leave(state);
-    return (int)ret;
+    return (int)call("dup", NULL, "(i i)", oldfd, newfd);
 }
 
 int kvmpy_py_mmap_check(int fd, int prot, int flags)
 {
-    PyGILState_STATE state;
-    long ret;
-
-    if (!enter(&state))
-        return -ENODEV;
-    ret = call("mmap_check", NULL, "(i i i)", fd, prot, flags);
-    leave(state);
-    return (int)ret;
+    return (int)call("mmap_check", NULL, "(i i i)", fd, prot, flags);
 }
