@@ -7,9 +7,10 @@
  * PIO and MMIO and halts, printing each exit.  Then, as QEMU's vCPU threads do, a second
  * thread runs the vCPU in a busy loop while the main thread makes VM ioctls and kicks it
  * with SIGUSR1, whose handler only sets kvm_run->immediate_exit: KVM_RUN must end in EINTR.
- * It also goes through a dup() of the vCPU descriptor and an ioctl number sign-extended to 64
- * bits (QEMU's habit), and prints the vCPU's binary statistics last, on lines starting with
- * "stats" (their number differs between kernels: kvmpy's signature).
+ * It also goes through dup/dup2/F_DUPFD of the vCPU descriptor, a forked child's use of it,
+ * and an ioctl number sign-extended to 64 bits (QEMU's habit), and prints the vCPU's binary
+ * statistics last, on lines starting with "stats" (their number differs between kernels:
+ * kvmpy's signature).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,6 +24,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -77,6 +79,7 @@ static const char *describe(long ret)
     case ENOTTY: return "ENOTTY";
     case ENODEV: return "ENODEV";
     case EINTR: return "EINTR";
+    case EIO: return "EIO";
     }
     snprintf(buf, sizeof(buf), "errno %d", errno);
     return buf;
@@ -171,6 +174,7 @@ int main(void)
     pthread_t thread;
     volatile int started = 0;
     int kvm, vm, dupfd, stats;
+    pid_t child;
     long size;
     uint8_t *ram;
 
@@ -234,6 +238,16 @@ int main(void)
            fcntl(dupfd, F_GETFD) & FD_CLOEXEC);
     close(dupfd);
     printf("after close: %s\n", describe(ioctl(dupfd, KVM_GET_REGS, &regs)));
+
+    /* a forked child: its copies of the descriptors belong to another process's KVM */
+    child = fork();
+    if (child == 0) {
+        printf("forked child: vCPU ioctl %s", describe(ioctl(vcpu, KVM_GET_REGS, &regs)));
+        printf(", close %s\n", describe(close(vcpu)));
+        _exit(0);
+    }
+    waitpid(child, NULL, 0);
+    printf("parent after the fork: %s\n", describe(ioctl(vcpu, KVM_GET_REGS, &regs)));
 
     /* ioctls no KVM has: the errno of each kind of file */
     printf("unknown ioctl: /dev/kvm %s, VM %s, vCPU %s\n", describe(ioctl(kvm, _IO(KVMIO, 0xff))),

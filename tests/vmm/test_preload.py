@@ -40,6 +40,8 @@ regs rip=0x1016 al=0x7e
 dup2: ok
 F_DUPFD_CLOEXEC: ok cloexec=1
 after close: EBADF
+forked child: vCPU ioctl EIO, close ok
+parent after the fork: ok
 unknown ioctl: /dev/kvm EINVAL, VM ENOTTY, vCPU EINVAL
 vm ioctl while the vCPU runs: 1
 kicked: EINTR immediate_exit=1 kicks=1

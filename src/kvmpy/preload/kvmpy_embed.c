@@ -31,6 +31,7 @@
 #endif
 
 __thread int kvmpy_inside;
+int kvmpy_forked;
 
 static PyObject *shim;                  /* the module kvmpy.preload.shim */
 static int started;                     /* 1: the interpreter runs; -1: it failed to start */
@@ -48,6 +49,11 @@ static void unpin(void *tstate)
     PyThreadState_Clear(tstate);
     PyThreadState_DeleteCurrent();          /* and releases the GIL */
     kvmpy_inside--;
+}
+
+static void forked_child(void)
+{
+    kvmpy_forked = 1;
 }
 
 /* This thread keeps the state it holds now; the GIL is released. */
@@ -85,6 +91,7 @@ static int start_python(void)
         PyErr_Print();
     }
     pthread_key_create(&unpin_key, unpin);
+    pthread_atfork(NULL, NULL, forked_child);
     pin();                                  /* the main thread state stays this thread's */
     return shim == NULL ? -1 : 1;
 }
@@ -146,7 +153,7 @@ static long call(const char *name, int *is_file, const char *format, ...)
 
     if (is_file != NULL)
         *is_file = 0;
-    if (!enter(&state))
+    if (kvmpy_forked || !enter(&state))
         return -ENODEV;
     va_start(ap, format);
     args = Py_VaBuildValue(format, ap);

@@ -224,6 +224,10 @@ int ioctl(int fd, unsigned long request, ...)
     va_end(ap);
     if (!is_kvm_fd(fd))
         return NEXT(ioctl)(fd, request, arg);
+    if (kvmpy_forked) {
+        errno = EIO;
+        return -1;
+    }
     ret = kvmpy_py_ioctl(fd, request & 0xffffffffUL, arg, &is_file);
     if (ret >= 0 && is_file)
         track_fd((int)ret, 1);
@@ -236,7 +240,7 @@ static int mmap_allowed(int fd, int prot, int flags)
 {
     int ret;
 
-    if (flags & MAP_ANONYMOUS || !is_kvm_fd(fd))
+    if (flags & MAP_ANONYMOUS || !is_kvm_fd(fd) || kvmpy_forked)
         return 1;
     ret = kvmpy_py_mmap_check(fd, prot, flags);
     if (ret < 0) {
@@ -265,6 +269,8 @@ int close(int fd)
     if (!is_kvm_fd(fd))
         return NEXT(close)(fd);
     track_fd(fd, 0);
+    if (kvmpy_forked)
+        return NEXT(close)(fd);
     return (int)sys_ret(kvmpy_py_close(fd));
 }
 
@@ -277,6 +283,8 @@ static int dup_done(int oldfd, int newfd, int old_kvm, int new_was_kvm)
     if (newfd < 0 || !(old_kvm || new_was_kvm))
         return newfd;
     track_fd(newfd, old_kvm);
+    if (kvmpy_forked)
+        return newfd;
     ret = kvmpy_py_dup(oldfd, newfd);
     if (ret < 0) {
         track_fd(newfd, 0);

@@ -20,6 +20,12 @@
  * code's own open/ioctl/mmap/close/dup calls go straight to libc. */
 extern __thread int kvmpy_inside;
 
+/* Nonzero in a child forked after kvmpy started: the interpreter's other threads (one may
+ * hold the GIL) did not come along, so the child cannot enter kvmpy.  Its copies of the
+ * descriptors close and map as the host's; their ioctls fail with EIO, as KVM's VM and vCPU
+ * ioctls do from another process. */
+extern int kvmpy_forked;
+
 int kvmpy_py_open(const char *path, int flags);
 /* *is_file: the result names a kvmpy file (KVM_CREATE_VM, KVM_CREATE_VCPU, ...). */
 long kvmpy_py_ioctl(int fd, unsigned long request, unsigned long arg, int *is_file);
