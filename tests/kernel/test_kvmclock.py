@@ -14,18 +14,7 @@ from tests.support.guestvm import BACKENDS, errno_name as _errno
 
 TSC, TSC_ADJUST, TSC_DEADLINE = 0x10, 0x3B, 0x6E0
 WALL_CLOCK_NEW, SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
-
-
-
-def _msrs(m, write=None, *indices):
-    buf = uapi.with_entries(uapi.kvm_msrs, len(indices))()
-    buf.nmsrs = len(indices)
-    for i, index in enumerate(indices):
-        buf.entries[i].index = index
-        if write is not None:
-            buf.entries[i].data = write
-    n = m.sc.ioctl(m.vcpu_fd, uapi.KVM_SET_MSRS if write is not None else uapi.KVM_GET_MSRS, buf)
-    return n, [buf.entries[i].data for i in range(len(indices))]
+WALL_CLOCK, SYSTEM_TIME = 0x11, 0x12           # the first numbers (QEMU writes both pairs)
 
 
 @pytest.mark.parametrize("sc", BACKENDS)
@@ -52,7 +41,7 @@ def test_kvm_cpuid_leaves_and_msr_list_are_the_hosts(sc):
                 kcpuid.KVM_FEATURE_CLOCKSOURCE_STABLE_BIT):
         assert features >> bit & 1
     assert leaves[7, 0].ebx >> 1 & 1                          # TSC_ADJUST
-    assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW} <= listed
+    assert {TSC, TSC_ADJUST, TSC_DEADLINE, WALL_CLOCK_NEW, SYSTEM_TIME_NEW, WALL_CLOCK, SYSTEM_TIME} <= listed
     assert caps == [1, kvmclock.KVM_CLOCK_VALID_FLAGS]
 
 
@@ -67,11 +56,13 @@ def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
             "khz-equal": sc.ioctl(vcpu, uapi.KVM_GET_TSC_KHZ, 0) == sc.ioctl(vm, uapi.KVM_GET_TSC_KHZ, 0),
             "set-clock-bad-flag": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(flags=1 << 4))),
             "set-clock": _errno(lambda: sc.ioctl(vm, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=10**12))),
-            "adjust": (_msrs(m, 5, TSC_ADJUST), _msrs(m, None, TSC_ADJUST)),
-            "deadline-without-lapic": (_msrs(m, 5, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE)),
-            "system-time": (_msrs(m, 0x1001, SYSTEM_TIME_NEW), _msrs(m, None, SYSTEM_TIME_NEW)),
-            "wall-clock": (_msrs(m, 0x2000, WALL_CLOCK_NEW), _msrs(m, None, WALL_CLOCK_NEW)),
-            "tsc": (_msrs(m, 10**15, TSC), _msrs(m, None, TSC)[1][0] - 10**15 < 10**11),
+            "adjust": (m.msrs(5, TSC_ADJUST), m.msrs(None, TSC_ADJUST)),
+            "deadline-without-lapic": (m.msrs(5, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE)),
+            "system-time": (m.msrs(0x1001, SYSTEM_TIME_NEW), m.msrs(None, SYSTEM_TIME_NEW)),
+            "wall-clock": (m.msrs(0x2000, WALL_CLOCK_NEW), m.msrs(None, WALL_CLOCK_NEW)),
+            "system-time-old": (m.msrs(0x3001, SYSTEM_TIME), m.msrs(None, SYSTEM_TIME)),
+            "wall-clock-old": (m.msrs(0x4000, WALL_CLOCK), m.msrs(None, WALL_CLOCK, WALL_CLOCK_NEW)),
+            "tsc": (m.msrs(10**15, TSC), m.msrs(None, TSC)[1][0] - 10**15 < 10**11),
         }
         clock = uapi.kvm_clock_data()
         sc.ioctl(vm, uapi.KVM_GET_CLOCK, clock)
@@ -81,6 +72,8 @@ def test_time_ioctls_and_host_initiated_msrs_are_the_hosts(sc):
                    "set-clock-bad-flag": "EINVAL", "set-clock": 0,
                    "adjust": ((1, [5]), (1, [5])), "deadline-without-lapic": ((1, [5]), (1, [0])),
                    "system-time": ((1, [0x1001]), (1, [0x1001])), "wall-clock": ((1, [0x2000]), (1, [0x2000])),
+                   "system-time-old": ((1, [0x3001]), (1, [0x3001])),
+                   "wall-clock-old": ((1, [0x4000]), (2, [0x4000, 0x4000])),
                    "tsc": ((1, [10**15]), True)}
     assert 10**12 <= clock.clock < 10**12 + 10 * 10**9
 
@@ -146,11 +139,11 @@ def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
     try:
         syscalls.ioctl(m.vm_fd, uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=5 * 10**9))
         syscalls.ioctl(m.vcpu_fd, uapi.KVM_SET_TSC_KHZ, 3_000_000)
-        _msrs(m, 0x3001, SYSTEM_TIME_NEW)
-        _msrs(m, 0x3100, WALL_CLOCK_NEW)
+        m.msrs(0x3001, SYSTEM_TIME_NEW)
+        m.msrs(0x3100, WALL_CLOCK_NEW)
         info = kvmclock.PvclockVcpuTimeInfo.from_buffer_copy(bytes(m.ram[0x3000:0x3020]))
         wall = kvmclock.PvclockWallClock.from_buffer_copy(bytes(m.ram[0x3100:0x310C]))
-        tsc = _msrs(m, None, TSC)[1][0]
+        tsc = m.msrs(None, TSC)[1][0]
         clock = uapi.kvm_clock_data()
         syscalls.ioctl(m.vm_fd, uapi.KVM_GET_CLOCK, clock)
     finally:
@@ -169,13 +162,13 @@ def test_tsc_deadline_msr_follows_the_lapic_timer_mode(sc):
     reset) a write is taken and dropped (it reads 0); in TSC-deadline mode it is kept."""
     m = guestvm.Machine(sc, mode=None, vm_setup=guestvm.create_irqchip)
     try:
-        oneshot = (_msrs(m, 12345, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE))
+        oneshot = (m.msrs(12345, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE))
         state = uapi.kvm_lapic_state()
         sc.ioctl(m.vcpu_fd, uapi.KVM_GET_LAPIC, state)
         raw = bytearray(bytes(state))
         raw[0x320:0x324] = (0x50000 | 0x40).to_bytes(4, "little")      # masked, TSC-deadline mode
         sc.ioctl(m.vcpu_fd, uapi.KVM_SET_LAPIC, uapi.kvm_lapic_state.from_buffer_copy(bytes(raw)))
-        deadline = (_msrs(m, 1 << 62, TSC_DEADLINE), _msrs(m, None, TSC_DEADLINE))
+        deadline = (m.msrs(1 << 62, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE))
     finally:
         m.close()
     assert oneshot == ((1, [12345]), (1, [0]))

@@ -157,6 +157,18 @@ class Machine:
         self.sc.ioctl(self.vcpu_fd, request, obj)
         return obj
 
+    def msrs(self, write, *indices):
+        """KVM_SET_MSRS of ``write`` to each of ``indices`` (KVM_GET_MSRS if ``write`` is
+        None): (how many entries the kernel processed, their values)."""
+        buf = uapi.with_entries(uapi.kvm_msrs, len(indices))()
+        buf.nmsrs = len(indices)
+        for i, index in enumerate(indices):
+            buf.entries[i].index = index
+            buf.entries[i].data = write or 0
+        request = uapi.KVM_SET_MSRS if write is not None else uapi.KVM_GET_MSRS
+        n = self.sc.ioctl(self.vcpu_fd, request, buf)
+        return n, [buf.entries[i].data for i in range(n)]
+
     def regs(self, *names):
         r = self.get(uapi.KVM_GET_REGS, uapi.kvm_regs)
         return {n: hex(getattr(r, n)) for n in names}

@@ -21,7 +21,7 @@ FEATURES: dict[str, tuple[int, int, str, int]] = {
     "fxsr": (1, 0, EDX, 24), "sse": (1, 0, EDX, 25), "sse2": (1, 0, EDX, 26),
     # leaf 1 ECX
     "sse3": (1, 0, ECX, 0), "pclmulqdq": (1, 0, ECX, 1), "ssse3": (1, 0, ECX, 9),
-    "cx16": (1, 0, ECX, 13), "sse4_1": (1, 0, ECX, 19), "sse4_2": (1, 0, ECX, 20),
+    "cx16": (1, 0, ECX, 13), "pcid": (1, 0, ECX, 17), "sse4_1": (1, 0, ECX, 19), "sse4_2": (1, 0, ECX, 20),
     "x2apic": (1, 0, ECX, 21), "movbe": (1, 0, ECX, 22), "popcnt": (1, 0, ECX, 23),
     "tsc_deadline_timer": (1, 0, ECX, 24), "xsave": (1, 0, ECX, 26), "osxsave": (1, 0, ECX, 27),
     "avx": (1, 0, ECX, 28), "rdrand": (1, 0, ECX, 30), "hypervisor": (1, 0, ECX, 31),

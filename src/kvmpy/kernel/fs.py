@@ -27,7 +27,7 @@ from .. import compat
 __all__ = [
     "File", "FileOperations", "MiscDevice", "kernel_error", "noop_llseek",
     "get_unused_fd_flags", "put_unused_fd", "fd_install", "anon_inode_getfile", "anon_inode_getfd",
-    "lookup_file", "fdget", "fget", "fput", "vfs_ioctl", "do_vfs_ioctl", "sys_ioctl", "vfs_mmap", "close_fd", "misc_register",
+    "lookup_file", "fdget", "fget", "fput", "dup_fd", "vfs_ioctl", "do_vfs_ioctl", "sys_ioctl", "vfs_mmap_check", "vfs_mmap", "close_fd", "misc_register",
     "misc_deregister", "misc_is_registered", "misc_open", "copy_from_user", "copy_to_user", "user_buffer",
 ]
 
@@ -190,6 +190,20 @@ def fput(file: File) -> None:
         file.f_op.release(None, file)
 
 
+def dup_fd(oldfd: int, newfd: int) -> None:
+    """dup(2)'s part in the descriptor table, once the host has duplicated ``oldfd`` to
+    ``newfd``: a kvmpy file that ``newfd`` named before is released (dup2 closes it), and
+    ``newfd`` names ``oldfd``'s file, with a reference of its own (one struct file, two
+    descriptors, as in the kernel)."""
+    lookup_file(newfd)                  # drops the entry of a file dup2 replaced
+    with _fd_lock:
+        file = lookup_file(oldfd)
+        if file is None:
+            return
+        file.f_count += 1
+        _fdtable[newfd] = file
+
+
 def close_fd(fd: int) -> None:
     """close(2): remove the descriptor and drop its reference to the file."""
     with _fd_lock:
@@ -285,10 +299,15 @@ MAP_TYPE, MAP_SHARED, MAP_SHARED_VALIDATE, PROT_WRITE = 0x0F, 0x01, 0x03, 0x02
 O_ACCMODE = 0o3                 # <fcntl.h>; PyPy's os module lacks it
 
 
-def vfs_mmap(file: File, length: int, offset: int, flags: int, prot: int, access: int):
-    """mmap(2) of a file: do_mmap's checks of the open mode (a shared writable mapping needs
-    a file open for writing, any mapping one open for reading: EACCES), then the owner's
-    ``mmap`` returns the mapping (ENODEV if it has none)."""
+def vfs_mmap_check(file: File, flags: int, prot: int) -> None:
+    """do_mmap's checks of a file mapping: a shared writable mapping needs a file open for
+    writing, any mapping one open for reading (EACCES), and the file must have an ``mmap``
+    (ENODEV).
+
+    A kvmpy file that has one maps its own descriptor's memory (the vCPU's kvm_run pages are
+    the memfd its descriptor duplicates), so a caller that passes these checks may map the
+    descriptor with the host's mmap (the LD_PRELOAD library does, at the client's address).
+    """
     mode = file.f_flags & O_ACCMODE
     if flags & MAP_TYPE in (MAP_SHARED, MAP_SHARED_VALIDATE) and prot & PROT_WRITE and mode == os.O_RDONLY:
         raise kernel_error(errno.EACCES)
@@ -296,6 +315,11 @@ def vfs_mmap(file: File, length: int, offset: int, flags: int, prot: int, access
         raise kernel_error(errno.EACCES)
     if file.f_op.mmap is None:
         raise kernel_error(errno.ENODEV)
+
+
+def vfs_mmap(file: File, length: int, offset: int, flags: int, prot: int, access: int):
+    """mmap(2) of a file: vfs_mmap_check, then the owner's ``mmap`` returns the mapping."""
+    vfs_mmap_check(file, flags, prot)
     return file.f_op.mmap(file, length, offset, flags, prot, access)
 
 

@@ -36,7 +36,7 @@ from .stats import VCPU_STATS, VM_STATS, KvmStats, stats_id_vcpu, stats_id_vm
 from .trace import traced
 from . import eventfd
 from .hrtimer import kvm_clock_create
-from kvmpy.kernel.x86 import i8254, irqchip_ioctls, kvmclock, params, run as x86_run, x86 as arch   # noqa: F401  (i8254, irqchip_ioctls and kvmclock register their ioctls)
+from kvmpy.kernel.x86 import i8254, irqchip_ioctls, kvmclock, mce, params, pmu, run as x86_run, x86 as arch   # noqa: F401  (i8254, irqchip_ioctls, kvmclock, mce and pmu register their ioctls and MSRs)
 from kvmpy.kernel.x86.mmu import mmu
 
 __all__ = [

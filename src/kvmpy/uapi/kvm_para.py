@@ -8,6 +8,7 @@ KVM_EPERM = 1               # a hypercall from CPL > 0
 
 KVM_HC_SEND_IPI = 10        # a0/a1: APIC-ID bitmap from a2, a3: the ICR's low word
 
+KVM_FEATURE_CLOCKSOURCE = 0
 KVM_FEATURE_NOP_IO_DELAY = 1
 KVM_FEATURE_CLOCKSOURCE2 = 3
 KVM_FEATURE_PV_SEND_IPI = 11

@@ -225,7 +225,46 @@ def build_parser():
     from kvmpy.vmm.unit_tests.cli import add_parser as add_unit_tests_parser
     add_unit_tests_parser(sub)
     sub.add_parser("version", help="print kvmpy's version")
+    exec_ = sub.add_parser("exec", help="run a C program with kvmpy as its /dev/kvm",
+                           description="Run PROGRAM with kvmpy's LD_PRELOAD library: /dev/kvm "
+                                       "in its process is kvmpy (e.g. kvmpy exec -- "
+                                       "qemu-system-x86_64 -accel kvm -machine "
+                                       "kernel-irqchip=off ...). KVMPY_TRACE=1 logs each "
+                                       "failing ioctl.")
+    exec_.add_argument("program", metavar="PROGRAM")
+    exec_.add_argument("args", nargs=argparse.REMAINDER, metavar="ARGS")
+    sub.add_parser("build-preload", help="build the LD_PRELOAD library of kvmpy exec",
+                   description="Compile libkvmpy_preload.so for this interpreter (gcc and the "
+                               "Python headers and shared library; kvmpy exec builds it too "
+                               "when it is missing or out of date).")
     return parser
+
+
+def cmd_exec(args):
+    """exec PROGRAM with the library first in LD_PRELOAD (the environment's own after it)."""
+    from kvmpy.preload import build     # local: only exec and build-preload need it
+    try:
+        library = build.ensure_built()
+    except build.BuildError as e:
+        print(f"kvmpy exec: {e}", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    env["LD_PRELOAD"] = " ".join(filter(None, [str(library), env.get("LD_PRELOAD")]))
+    try:
+        os.execvpe(args.program, [args.program] + args.args, env)
+    except OSError as e:
+        print(f"kvmpy exec: {args.program}: {e.strerror}", file=sys.stderr)
+        return 127
+
+
+def cmd_build_preload(args):
+    from kvmpy.preload import build
+    try:
+        print(build.build())
+    except build.BuildError as e:
+        print(f"kvmpy build-preload: {e}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _soft_params(args):
@@ -420,6 +459,10 @@ def main(argv=None):
                 return cmd_unit_tests(args)
             except RunnerError as e:
                 parser.exit(2, f"kvmpy unit-tests: error: {e}\n")
+        if args.command == "exec":
+            return cmd_exec(args)
+        if args.command == "build-preload":
+            return cmd_build_preload(args)
         if args.command == "version":
             # local: only `kvmpy version` needs the package metadata
             from importlib.metadata import PackageNotFoundError, version

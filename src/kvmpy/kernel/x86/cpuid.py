@@ -14,9 +14,10 @@ import ctypes
 import errno
 
 from ... import uapi
-from ...uapi.kvm_para import (KVM_FEATURE_CLOCKSOURCE2, KVM_FEATURE_CLOCKSOURCE_STABLE_BIT,  # noqa: F401
-                              KVM_FEATURE_NOP_IO_DELAY, KVM_FEATURE_PV_SEND_IPI)
-from kvmpy.hw import features, models
+from ...uapi.kvm_para import (KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2,  # noqa: F401
+                              KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY,
+                              KVM_FEATURE_PV_SEND_IPI)
+from kvmpy.hw import features, models, x86defs as hd
 from kvmpy.hw.fpu import xsave
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..trace import traced
@@ -189,12 +190,26 @@ def kvm_vcpu_after_set_cpuid(vcpu) -> None:
     reserved bits of the guest's page-table entries follow both)."""
     vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
     vcpu.arch.gbpages = guest_cpuid_has(vcpu, "pdpe1gb")
+    vcpu.arch.cr4_guest_rsvd_bits = cr4_reserved_bits(lambda name: guest_cpuid_has(vcpu, name))
     for hook in after_set_cpuid_hooks:
         hook(vcpu)
 
 
 # what layers above follow the guest's CPUID with (the LAPIC's version and timer modes)
 after_set_cpuid_hooks: list = []
+
+
+# CR4 bits reserved unless the CPUID has their feature (KVM's __cr4_reserved_bits; the other
+# bits of that list kvmpy never supports, see x86.CR4_RESERVED)
+CR4_FEATURE_BITS = ((hd.CR4_OSXSAVE, "xsave"), (hd.CR4_SMEP, "smep"), (hd.CR4_SMAP, "smap"),
+                    (hd.CR4_FSGSBASE, "fsgsbase"), (hd.CR4_UMIP, "umip"), (hd.CR4_PCIDE, "pcid"))
+
+
+def cr4_reserved_bits(has) -> int:
+    """The CR4 feature bits whose feature ``has(name)`` denies: over the supported features
+    (kvm_caps: what any vCPU may set, before KVM_SET_CPUID2 too) or a guest's CPUID (once
+    KVM_SET_CPUID2 gave it one)."""
+    return sum(bit for bit, name in CR4_FEATURE_BITS if not has(name))
 
 
 def kvm_vcpu_ioctl_get_cpuid2(vcpu, arg: int) -> int:

@@ -1,6 +1,8 @@
 """x86.c's time keeping: the guest TSC, KVM_GET/SET_CLOCK, KVM_GET/SET_TSC_KHZ, the time MSRs
 (IA32_TSC, IA32_TSC_ADJUST, IA32_TSC_DEADLINE) and kvmclock (the KVM paravirtual CPUID
-leaves, MSR_KVM_WALL_CLOCK_NEW and MSR_KVM_SYSTEM_TIME_NEW with their pvclock structures).
+leaves, MSR_KVM_WALL_CLOCK_NEW and MSR_KVM_SYSTEM_TIME_NEW with their pvclock structures, and
+their first numbers MSR_KVM_WALL_CLOCK and MSR_KVM_SYSTEM_TIME, which KVM still serves: QEMU
+writes both pairs at every vCPU reset).
 
 Every time here derives from the VM clock (``kvm.clock``, kernel/hrtimer.py), so the TSC,
 kvmclock and the timers agree and are reproducible on the virtual clock.  kvmpy's "host" TSC
@@ -21,7 +23,7 @@ from ...hw import memory as hm
 from ..fs import copy_from_user, copy_to_user, kernel_error
 from ..kvm_host import gfn_to_memslot, mark_page_dirty_in_slot
 from . import cpuid as kcpuid
-from .cpuid import KVM_CPUID_FEATURES, KVM_FEATURE_CLOCKSOURCE2
+from .cpuid import KVM_CPUID_FEATURES, KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2
 from . import x86
 
 HOST_TSC_KHZ = 1_000_000
@@ -29,6 +31,12 @@ NSEC_PER_SEC = 1_000_000_000
 MAX_GUEST_TSC_KHZ = 0xFFFFFFFF
 MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE = 0x10, 0x3B, 0x6E0
 MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW = 0x4B564D00, 0x4B564D01
+MSR_KVM_WALL_CLOCK, MSR_KVM_SYSTEM_TIME = 0x11, 0x12
+# each kvmclock MSR -> the KVM_CPUID_FEATURES bit a guest needs to use it
+KVMCLOCK_MSR_FEATURE = {MSR_KVM_WALL_CLOCK: KVM_FEATURE_CLOCKSOURCE, MSR_KVM_SYSTEM_TIME: KVM_FEATURE_CLOCKSOURCE,
+                        MSR_KVM_WALL_CLOCK_NEW: KVM_FEATURE_CLOCKSOURCE2,
+                        MSR_KVM_SYSTEM_TIME_NEW: KVM_FEATURE_CLOCKSOURCE2}
+WALL_CLOCK_MSRS = (MSR_KVM_WALL_CLOCK, MSR_KVM_WALL_CLOCK_NEW)
 KVM_CLOCK_VALID_FLAGS = uapi.KVM_CLOCK_TSC_STABLE | uapi.KVM_CLOCK_REALTIME | uapi.KVM_CLOCK_HOST_TSC
 PVCLOCK_TSC_STABLE_BIT = 1
 
@@ -184,15 +192,14 @@ def kvm_set_time_msr(vcpu, index: int, data: int, host_initiated: bool) -> int:
             t.tsc_offset += data - t.ia32_tsc_adjust_msr
             kvm_guest_time_update(vcpu)
         t.ia32_tsc_adjust_msr = data
-    elif index == MSR_KVM_WALL_CLOCK_NEW:
-        if not host_initiated and not _has_kvm_feature(vcpu, KVM_FEATURE_CLOCKSOURCE2):
+    elif index in KVMCLOCK_MSR_FEATURE:
+        if not host_initiated and not _has_kvm_feature(vcpu, KVMCLOCK_MSR_FEATURE[index]):
             return 1
-        kvm_write_wall_clock(vcpu.kvm, data)
-    elif index == MSR_KVM_SYSTEM_TIME_NEW:
-        if not host_initiated and not _has_kvm_feature(vcpu, KVM_FEATURE_CLOCKSOURCE2):
-            return 1
-        t.time = data
-        kvm_guest_time_update(vcpu)
+        if index in WALL_CLOCK_MSRS:
+            kvm_write_wall_clock(vcpu.kvm, data)
+        else:
+            t.time = data
+            kvm_guest_time_update(vcpu)
     return 0
 
 
@@ -204,10 +211,10 @@ def kvm_get_time_msr(vcpu, index: int, host_initiated: bool):
         if not host_initiated and not kcpuid.guest_cpuid_has(vcpu, "tsc_adjust"):
             return 1, 0
         return 0, t.ia32_tsc_adjust_msr
-    if index in (MSR_KVM_WALL_CLOCK_NEW, MSR_KVM_SYSTEM_TIME_NEW):
-        if not host_initiated and not _has_kvm_feature(vcpu, KVM_FEATURE_CLOCKSOURCE2):
+    if index in KVMCLOCK_MSR_FEATURE:
+        if not host_initiated and not _has_kvm_feature(vcpu, KVMCLOCK_MSR_FEATURE[index]):
             return 1, 0
-        return 0, kvm_arch_time(vcpu.kvm).wall_clock if index == MSR_KVM_WALL_CLOCK_NEW else t.time
+        return 0, kvm_arch_time(vcpu.kvm).wall_clock if index in WALL_CLOCK_MSRS else t.time
     return 1, 0
 
 
@@ -216,8 +223,7 @@ def _has_kvm_feature(vcpu, bit: int) -> bool:
     return entry is not None and bool(entry.eax >> bit & 1)
 
 
-TIME_MSRS = (MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE, MSR_KVM_WALL_CLOCK_NEW,
-             MSR_KVM_SYSTEM_TIME_NEW)
+TIME_MSRS = (MSR_IA32_TSC, MSR_IA32_TSC_ADJUST, MSR_IA32_TSC_DEADLINE) + tuple(KVMCLOCK_MSR_FEATURE)
 
 
 # ------------------------------------------------------------------ the ioctls

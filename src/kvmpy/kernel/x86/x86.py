@@ -61,6 +61,7 @@ MSR_IA32_MISC_ENABLE_FAST_STRING = 1
 MSR_PLATFORM_INFO_CPUID_FAULT = 1 << 31
 PAT_DEFAULT = 0x0007040600070406
 MAX_IO_MSRS = 256
+KVM_MIN_ALLOC_MMU_PAGES = 64
 
 # Plain MSRs kept in cpu.msrs with no side effects beyond a validity check.
 _CANONICAL_MSRS = (MSR_LSTAR, MSR_CSTAR, MSR_KERNEL_GS_BASE)
@@ -164,7 +165,9 @@ class KvmArch:
         self.ept_identity_map_addr = 0      # KVM_SET_IDENTITY_MAP_ADDR
         self.bsp_vcpu_id = 0                # KVM_SET_BOOT_CPU_ID
         self.irqchip_mode = KVM_IRQCHIP_NONE    # KVM_CREATE_IRQCHIP (kernel) / KVM_CAP_SPLIT_IRQCHIP
-        self.guest_can_read_msr_platform_info = True
+        self.guest_can_read_msr_platform_info = True    # KVM_ENABLE_CAP(KVM_CAP_MSR_PLATFORM_INFO)
+        self.max_vcpu_ids = 0               # KVM_ENABLE_CAP(KVM_CAP_MAX_VCPU_ID), or fixed by the first vCPU
+        self.n_requested_mmu_pages = 0      # KVM_SET_NR_MMU_PAGES
         self.tdp = mmu.TdpTable()           # the VM's EPT/NPT table, shared by its vCPUs (kvm_mmu_init_vm)
         self.vpit = None                    # KVM_CREATE_PIT2 (i8254.KvmPit)
         self.vpic = None                    # KVM_CREATE_IRQCHIP (i8259.KvmPic)
@@ -258,9 +261,39 @@ def kvm_vm_ioctl_set_boot_cpu_id(kvm, arg: int) -> int:
     return 0
 
 
+def kvm_vm_ioctl_set_nr_mmu_pages(kvm, arg: int) -> int:
+    """KVM_SET_NR_MMU_PAGES: at least KVM_MIN_ALLOC_MMU_PAGES.  KVM zaps shadow pages above
+    the limit; kvmpy keeps the number, but its MMU holds its shadow pages without one."""
+    if arg < KVM_MIN_ALLOC_MMU_PAGES:
+        raise kernel_error(errno.EINVAL)
+    kvm.arch.n_requested_mmu_pages = arg
+    return 0
+
+
+def kvm_vm_enable_max_vcpu_id(kvm, cap) -> int:
+    """KVM_CAP_MAX_VCPU_ID: the highest vCPU id + 1, at most KVM_MAX_VCPU_IDS; once set (or
+    fixed at KVM_MAX_VCPU_IDS by the first vCPU), only the same value again is accepted."""
+    limit = cap.args[0]
+    if limit > uapi.KVM_MAX_VCPU_IDS:
+        raise kernel_error(errno.EINVAL)
+    with kvm.lock:
+        if kvm.arch.max_vcpu_ids not in (0, limit):
+            raise kernel_error(errno.EINVAL)
+        kvm.arch.max_vcpu_ids = limit
+    return 0
+
+
+def kvm_vm_enable_msr_platform_info(kvm, cap) -> int:
+    """KVM_CAP_MSR_PLATFORM_INFO: whether the guest may read MSR_PLATFORM_INFO."""
+    kvm.arch.guest_can_read_msr_platform_info = bool(cap.args[0])
+    return 0
+
+
 @traced
 def kvm_arch_vm_ioctl(file, cmd: int, arg):
     kvm = file.private_data
+    if cmd == uapi.KVM_SET_NR_MMU_PAGES:
+        return kvm_vm_ioctl_set_nr_mmu_pages(kvm, arg)
     if cmd == uapi.KVM_SET_TSS_ADDR:
         return kvm_vm_ioctl_set_tss_addr(kvm, arg)
     if cmd == uapi.KVM_SET_IDENTITY_MAP_ADDR:
@@ -276,7 +309,8 @@ def kvm_arch_vm_ioctl(file, cmd: int, arg):
 # In-kernel devices register their VM ioctls here (KVM_CREATE_IRQCHIP, KVM_IRQ_LINE, ...).
 vm_ioctl_handlers: dict = {}
 # ... and the capabilities KVM_ENABLE_CAP turns on: cap -> handler(kvm, cap), e.g. KVM_CAP_SPLIT_IRQCHIP.
-vm_enable_cap_handlers: dict = {}
+vm_enable_cap_handlers: dict = {uapi.KVM_CAP_MAX_VCPU_ID: kvm_vm_enable_max_vcpu_id,
+                                uapi.KVM_CAP_MSR_PLATFORM_INFO: kvm_vm_enable_msr_platform_info}
 
 
 def kvm_vm_ioctl_enable_cap(kvm, cap) -> int:
@@ -307,8 +341,14 @@ def kvm_get_msr_feature(index: int):
     return {MSR_IA32_UCODE_REV: 0}.get(index)
 
 
+# /dev/kvm ioctls another module of the x86 layer owns: cmd -> handler(arg) (mce.py's)
+dev_ioctl_handlers: dict = {}
+
+
 @traced
 def kvm_arch_dev_ioctl(file, cmd: int, arg):
+    if cmd in dev_ioctl_handlers:
+        return dev_ioctl_handlers[cmd](arg)
     if cmd == uapi.KVM_GET_MSR_INDEX_LIST:
         return _msr_list_ioctl(arg, msrs_to_save + emulated_msrs)
     if cmd == uapi.KVM_GET_MSR_FEATURE_INDEX_LIST:
@@ -361,6 +401,7 @@ class KvmVcpuArch:
         self.cpuid_entries: list = []
         self.maxphyaddr = 36
         self.gbpages = False                # the guest's CPUID shows 1-GByte pages
+        self.cr4_guest_rsvd_bits = 0        # CR4 bits the guest's CPUID denies (none before KVM_SET_CPUID2)
         self.exception = None               # (vector, error_code, cr2) waiting for injection
         self.interrupt = None               # external interrupt vector waiting for injection
         self.interrupt_nr = 0               # kvm_queued_interrupt.nr: stays after delivery
@@ -456,6 +497,11 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
 
 @traced
 def kvm_arch_vcpu_precreate(kvm, vcpu_id: int) -> None:
+    with kvm.lock:
+        if not kvm.arch.max_vcpu_ids:
+            kvm.arch.max_vcpu_ids = uapi.KVM_MAX_VCPU_IDS
+    if vcpu_id >= kvm.arch.max_vcpu_ids:
+        raise kernel_error(errno.EINVAL)
     _vendor_ops.vcpu_precreate(kvm)
 
 
@@ -578,8 +624,15 @@ CR4_RESERVED = ~(hd.CR4_VME | hd.CR4_PVI | hd.CR4_TSD | hd.CR4_DE | hd.CR4_PSE |
                  hd.CR4_SMAP) & 0xFFFFFFFFFFFFFFFF
 
 
+CR4_FEATURES_UNSUPPORTED = kcpuid.cr4_reserved_bits(features.implemented)
+
+
 def kvm_is_valid_cr4(vcpu, cr4: int) -> bool:
-    return not cr4 & CR4_RESERVED
+    """Not a bit kvmpy lacks, nor one of a feature it does not support or (after
+    KVM_SET_CPUID2) the guest's CPUID does not show."""
+    if cr4 & (CR4_RESERVED | CR4_FEATURES_UNSUPPORTED):
+        return False
+    return not cr4 & vcpu.arch.cr4_guest_rsvd_bits
 
 
 def kvm_is_valid_sregs(vcpu, s: uapi.kvm_sregs) -> bool:
