@@ -22,6 +22,7 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
+from ..run_token import kvm_run_token_should_yield
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, params, x86
@@ -109,9 +110,11 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     signal (kicks and requests from other threads reach the processor directly, through
     ``kvm_vcpu_kick``), or, on the host clock, a timer deadline gone by (the entry ends so
     that vcpu_run fires it; it goes on in the guest).  The processor asks this as its host
-    interrupt line (see ``Processor.host_interrupt``): every few thousand instructions,
+    interrupt line (see ``Processor.host_interrupt``), as it asks whether another vCPU waits
+    for the run token past this one's slice: every few thousand instructions,
     before each translation and between REP chunks."""
-    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed())
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed()
+                or kvm_run_token_should_yield(vcpu))
 
 
 def kvm_entry_budget(vcpu) -> int:
