@@ -22,7 +22,7 @@ from .. import uapi
 from ..uapi import PAGE_SIZE
 from ..hw import memory as hm
 from .iodev import KVM_NR_BUSES, KvmIoBus
-from .run_token import RunToken, kvm_run_token_acquire, kvm_run_token_release
+from .run_token import RunToken
 from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock
 from .stats import KvmStats
 
@@ -265,9 +265,7 @@ def kvm_guest_mode_run(vcpu: KvmVcpu, vcpu_run):
     """The part of vcpu_enter_guest in guest mode: ``vcpu_run(vcpu)`` (the vendor's VM
     entry) with the vCPU marked IN_GUEST_MODE and out of its SRCU read section, as the
     kernel drops kvm->srcu while the guest runs.  Requests posted before the mode was set
-    are served first; later ones kick the processor out.  The guest runs holding the VM's
-    run token (run_token.py), so one vCPU at a time executes guest code."""
-    kvm_run_token_acquire(vcpu)
+    are served first; later ones kick the processor out."""
     vcpu.arch.cpu.exit_request = False
     vcpu.guest_entries += 1
     vcpu.mode = IN_GUEST_MODE
@@ -278,7 +276,6 @@ def kvm_guest_mode_run(vcpu: KvmVcpu, vcpu_run):
         return vcpu_run(vcpu)
     finally:
         vcpu.mode = OUTSIDE_GUEST_MODE
-        kvm_run_token_release(vcpu)
         kvm_vcpu_srcu_read_lock(vcpu)
 
 

@@ -22,7 +22,7 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..run_token import kvm_run_token_should_yield
+from ..run_token import kvm_run_token_acquire, kvm_run_token_release, kvm_run_token_should_yield
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, params, x86
@@ -99,7 +99,7 @@ def vcpu_run(vcpu) -> int:
             vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
             vcpu.stat["request_irq_exits"] += 1
             return 0
-        if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
+        if kvm_vcpu_interrupted(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
             vcpu.stat["signal_exits"] += 1
             return -errno.EINTR
@@ -113,8 +113,7 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     interrupt line (see ``Processor.host_interrupt``), as it asks whether another vCPU waits
     for the run token past this one's slice: every few thousand instructions,
     before each translation and between REP chunks."""
-    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed()
-                or kvm_run_token_should_yield(vcpu))
+    return bool(kvm_vcpu_interrupted(vcpu) or vcpu.kvm.clock.deadline_passed() or kvm_run_token_should_yield(vcpu))
 
 
 def kvm_entry_budget(vcpu) -> int:
@@ -182,8 +181,25 @@ def kvm_vcpu_block(vcpu) -> int:
             wait.clear()
 
 
+def kvm_vcpu_interrupted(vcpu) -> bool:
+    """Must KVM_RUN end with EINTR?  ``immediate_exit`` or a signal that is not blocked."""
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
+
+
 @traced
 def vcpu_enter_guest(vcpu) -> int:
+    """One entry and the handling of its exit, holding the VM's run token (run_token.py):
+    one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
+    the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
+    if not kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu)):
+        return 1
+    try:
+        return _enter_guest(vcpu)
+    finally:
+        kvm_run_token_release(vcpu)
+
+
+def _enter_guest(vcpu) -> int:
     arch = vcpu.arch
     cpu = arch.cpu
     run = vcpu.run
