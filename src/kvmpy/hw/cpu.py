@@ -98,6 +98,7 @@ class Processor(CPUState, SegmentUnit):
         self.intercept_cr3 = False
         self.intercept_invlpg = False
         self.intercept_cr0_cr4 = False
+        self.intercept_cr8 = False      # CR8 writes exit (an interrupt waits behind the TPR)
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode

@@ -87,6 +87,8 @@ def write_cr(cpu, cr, value, insn_len=0, reg=0):
     elif cr == 8:
         if value & ~0xF:
             raise Fault(13, 0)
+        if cpu.intercept_cr8:
+            raise Intercept("cr", cr=8, write=True, reg=reg, insn_len=insn_len)
         cpu.cr8 = value
     cpu.refresh()
 

@@ -200,11 +200,18 @@ class EmulateCtxt:
 
 
 def vcpu_mmio_read(vcpu, gpa: int, size: int, data: bytearray) -> bool:
-    """An in-kernel device on the MMIO bus serves the read (fills ``data``), or user space must."""
+    """The vCPU's own LAPIC (its xAPIC window) or an in-kernel device on the MMIO bus serves
+    the read (fills ``data``), or user space must."""
+    apic = vcpu.arch.apic
+    if apic is not None and apic.read(vcpu, gpa, size, data):
+        return True
     return kvm_io_bus_read(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 
 def vcpu_mmio_write(vcpu, gpa: int, size: int, data: bytes) -> bool:
+    apic = vcpu.arch.apic
+    if apic is not None and apic.write(vcpu, gpa, size, data):
+        return True
     return kvm_io_bus_write(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 from ...hw.cpu import Processor
 from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault
 from ...uapi import kvm as uapi
-from ..trace import traced
 from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
 from kvmpy.kernel.x86.mmu import mmu
 

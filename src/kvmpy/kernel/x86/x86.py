@@ -368,8 +368,7 @@ class KvmVcpuArch:
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
-        self.sipi_pending = False           # KVM_MP_STATE_SIPI_RECEIVED (in-kernel LAPIC only)
-        self.apic = None                    # in-kernel LAPIC, when there is one
+        self.apic = None                    # in-kernel LAPIC (lapic.KvmLapic), when there is one
         self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
         self.pending_ioapic_eoi = 0         # the vector of the KVM_EXIT_IOAPIC_EOI to make
         self.pending_external_vector = None # split irqchip: user space's PIC's ExtINT (KVM_INTERRUPT)
@@ -427,11 +426,11 @@ def kvm_vcpu_is_bsp(vcpu) -> bool:
 def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     """Power-on (or INIT) state: the processor's reset values plus KVM's own registers."""
     cpu = vcpu.arch.cpu
-    kept = (dict(cpu.msrs), cpu.tsc) if init_event else None     # INIT keeps MSRs and the TSC
+    kept = (dict(cpu.msrs), cpu.tsc, cpu.apic_base) if init_event else None  # INIT keeps MSRs and the TSC
     cpu.reset()
     if init_event:
         cpu.msrs.update(kept[0])
-        cpu.tsc = kept[1]
+        cpu.tsc, cpu.apic_base = kept[1], kept[2]
     else:
         cpu.apic_base = 0xFEE00000 | 0x800 | (0x100 if kvm_vcpu_is_bsp(vcpu) else 0)
         cpu.msrs[MSR_IA32_CR_PAT] = PAT_DEFAULT
@@ -448,6 +447,9 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     vcpu.arch.interrupt = None
     vcpu.arch.nmi_queued = vcpu.arch.nmi_pending = 0
     vcpu.arch.nmi_injected = False
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.reset(init_event)
+        cpu.cr8 = vcpu.arch.apic.get_cr8()
     _vendor_ops.vcpu_reset(vcpu, init_event)
     _state_changed(vcpu)
 
@@ -467,9 +469,13 @@ def kvm_arch_vcpu_create(vcpu) -> None:
     kvm_hv_vcpu_init(vcpu)
     _vendor_ops.vcpu_create(vcpu)
     vcpu.arch.cpu.fpu = vcpu.arch.guest_fpu.fpstate
+    if irqchip_in_kernel(vcpu.kvm):
+        lapic_factory(vcpu)
     kvm_vcpu_mtrr_init(vcpu)
     vcpu_load(vcpu)
     kvm_vcpu_reset(vcpu, False)
+    if irqchip_in_kernel(vcpu.kvm) and not kvm_vcpu_is_bsp(vcpu):
+        vcpu.arch.cpu.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED     # an AP waits for INIT and SIPI
     mmu.kvm_init_mmu(vcpu)
     vcpu_put(vcpu)
 
@@ -488,6 +494,10 @@ def kvm_arch_vcpu_destroy(vcpu) -> None:
 def _state_changed(vcpu) -> None:
     """User space or KVM rewrote guest state: the processor recomputes its derived state."""
     vcpu.arch.cpu.refresh()
+
+
+# builds vcpu.arch.apic (lapic.kvm_create_lapic, which installs itself: it sits above here)
+lapic_factory = None
 
 
 def lapic_in_kernel(vcpu) -> bool:
@@ -546,7 +556,7 @@ def kvm_arch_vcpu_ioctl_get_sregs(vcpu) -> uapi.kvm_sregs:
     s.tr, s.ldt = _seg_to_kvm(cpu.tr), _seg_to_kvm(cpu.ldtr)
     s.gdt = uapi.kvm_dtable(cpu.gdt_base, cpu.gdt_limit)
     s.idt = uapi.kvm_dtable(cpu.idt_base, cpu.idt_limit)
-    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 = cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8
+    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 = cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, kvm_get_cr8(vcpu)
     s.efer, s.apic_base = cpu.efer, cpu.apic_base
     irq = vcpu.arch.interrupt
     if irq is not None:
@@ -594,8 +604,11 @@ def kvm_arch_vcpu_ioctl_set_sregs(vcpu, s: uapi.kvm_sregs) -> None:
     cpu.tr, cpu.ldtr = _seg_from_kvm(s.tr), _seg_from_kvm(s.ldt)
     cpu.gdt_base, cpu.gdt_limit = s.gdt.base, s.gdt.limit
     cpu.idt_base, cpu.idt_limit = s.idt.base, s.idt.limit
-    cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = s.cr0, s.cr2, s.cr3, s.cr4, s.cr8
-    cpu.efer, cpu.apic_base = s.efer, s.apic_base
+    cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 & 0xF
+    cpu.efer = s.efer
+    kvm_set_apic_base(vcpu, s.apic_base)
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.set_cr8(s.cr8)
     for word, bits in enumerate(s.interrupt_bitmap):
         if bits and not lapic_in_kernel(vcpu):
             kvm_queue_interrupt(vcpu, word * 64 + (bits & -bits).bit_length() - 1)
@@ -648,6 +661,30 @@ def is_noncanonical_msr_address(la: int, vcpu) -> bool:
     bits = max_host_virt_addr_bits()
     top = (la & ((1 << 64) - 1)) >> (bits - 1)
     return top not in (0, (1 << (65 - bits)) - 1)
+
+
+def kvm_get_cr8(vcpu) -> int:
+    """CR8 is the LAPIC's TPR where the LAPIC is in the kernel."""
+    apic = vcpu.arch.apic
+    return apic.get_cr8() if apic is not None else vcpu.arch.cpu.cr8
+
+
+def kvm_set_apic_base(vcpu, data: int) -> None:
+    """A validated IA32_APIC_BASE: the in-kernel LAPIC follows it (IDs, the MMIO window)."""
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.set_base(data)
+    else:
+        vcpu.arch.cpu.apic_base = data
+
+
+def _apic_mode_change_allowed(old: int, new: int) -> bool:
+    """A guest may not go from x2APIC to xAPIC mode, nor from disabled to x2APIC, without
+    passing through the other state (SDM 11.12.5; kvm_apic_set_base)."""
+    ext_en = 1 << 10 | 1 << 11
+    old_mode, new_mode = old & ext_en, new & ext_en
+    if old_mode == new_mode:
+        return True
+    return not (old_mode == ext_en and new_mode == 1 << 11) and not (old_mode == 0 and new_mode == ext_en)
 
 
 def valid_apic_base(vcpu, data: int) -> bool:
@@ -721,9 +758,9 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         vcpu.arch.tsc_aux = data
     elif index == MSR_IA32_APICBASE:
-        if not valid_apic_base(vcpu, data):
+        if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
-        cpu.apic_base = data
+        kvm_set_apic_base(vcpu, data)
     elif index == MSR_IA32_CR_PAT:
         if not _valid_pat(data):
             return 1
@@ -843,7 +880,7 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
     cpu.halted = mp_state == uapi.KVM_MP_STATE_HALTED       # a halted vCPU is runnable once woken
     if mp_state == uapi.KVM_MP_STATE_SIPI_RECEIVED:
         cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
-        vcpu.arch.sipi_pending = True
+        vcpu.arch.apic.set_sipi_pending()
     elif cpu.halted:
         cpu.mp_state = uapi.KVM_MP_STATE_RUNNABLE
     else:
@@ -876,9 +913,15 @@ def kvm_queue_interrupt(vcpu, vector: int) -> None:
 # NMIs
 # ----------------------------------------------------------------------------------------
 def kvm_vcpu_ioctl_nmi(vcpu) -> int:
-    """KVM_NMI (kvm_inject_nmi): queue an NMI; works with or without an in-kernel irqchip."""
-    vcpu.arch.nmi_queued += 1
+    """KVM_NMI: queue an NMI; works with or without an in-kernel irqchip."""
+    kvm_inject_nmi(vcpu)
     return 0
+
+
+def kvm_inject_nmi(vcpu) -> None:
+    """Queue an NMI (KVM_NMI, or an NMI message to the LAPIC) and wake the vCPU for it."""
+    vcpu.arch.nmi_queued += 1
+    kvm_vcpu_kick(vcpu)
 
 
 def _nmi_in_injection(vcpu) -> bool:

@@ -127,7 +127,7 @@ def invalid_state_interception(vcpu, x) -> int:
 
 
 svm_exit_handlers = {
-    **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
+    **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4, 8)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
