@@ -9,6 +9,7 @@ that another vCPU sets does not starve it, code one vCPU writes is what another 
 and a vCPU thread waiting for the token still leaves KVM_RUN for a signal or immediate_exit.
 """
 
+import contextlib
 import errno
 import json
 import os
@@ -25,7 +26,7 @@ from kvmpy.api import Kvm
 from kvmpy.kernel import fs, run_token
 from kvmpy.kernel.x86 import params
 from kvmpy.uapi import kvm as uapi
-from tests.support.guestvm import assemble
+from tests.support.guestvm import BACKENDS, Machine, assemble, create_irqchip, real16
 from tests.support.smpguest import SmpVm
 
 COUNTER = 0x9000        # the shared counter
@@ -200,3 +201,57 @@ def test_waiting_vcpu_leaves_kvm_run_for_a_signal_and_immediate_exit(token_kept)
         signal.signal(signal.SIGUSR1, old)
         vm.close()
     assert out_a[0][:2] == (errno.EINTR, uapi.KVM_EXIT_INTR)
+
+
+# ---------------------------------------------------------------- a signal sent to the process
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_process_signal_ends_main_thread_kvm_run_while_another_thread_lives(sc):
+    """SIGALRM from an interval timer goes to the process: Linux hands it to the main thread,
+    which does not block it, so a HLT with IF=0 there ends with EINTR -- though another
+    thread (any Python thread: a vCPU's, a device's) could take it.  kvmpy's KVM_RUN blocks
+    the signal, so the kernel gives it to the other thread; kvmpy must see it all the same,
+    and the handler must run (once)."""
+    stop = threading.Event()
+    helper = threading.Thread(target=stop.wait)
+    helper.start()
+    m = Machine(sc, assemble(real16(" cli\n hlt\n")), mode="real", vm_setup=create_irqchip)
+    handled = []
+    old = signal.signal(signal.SIGALRM, lambda *a: handled.append(time.monotonic()))
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        t0 = time.monotonic()
+        with watchdog_thread(5.0, m):
+            rec = m.kvm_run()
+        t1 = time.monotonic()
+        assert (rec["errno"], rec["reason"]) == ("EINTR", "INTR")
+        assert 0.15 <= t1 - t0 < 2.0
+        assert len(handled) == 1 and handled[0] >= t0 + 0.15    # the handler ran, once
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        stop.set()
+        helper.join()
+        m.close()
+
+
+@contextlib.contextmanager
+def watchdog_thread(seconds, m):
+    """Fail rather than hang: after ``seconds`` set immediate_exit and kick the main thread
+    with a thread-directed signal (kvmpy looks at both while a vCPU blocks)."""
+    done = threading.Event()
+    main = threading.get_ident()
+
+    def fire():
+        if not done.wait(seconds):
+            m.run.immediate_exit = 1
+            signal.pthread_kill(main, signal.SIGUSR2)
+    t = threading.Thread(target=fire)
+    old = signal.signal(signal.SIGUSR2, lambda *a: None)
+    t.start()
+    try:
+        yield
+    finally:
+        done.set()
+        t.join()
+        signal.signal(signal.SIGUSR2, old)
+        m.run.immediate_exit = 0

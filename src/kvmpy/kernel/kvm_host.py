@@ -156,6 +156,8 @@ class KvmVcpu:
         self.sigset = None              # KVM_SET_SIGNAL_MASK's mask, a bit set, or None
         self.sigmask_saved = None       # the thread's signal mask while it is in KVM_RUN (signals.py)
         self.sigmask_interrupting = 0     # signals that end KVM_RUN, a bit set (signals.py)
+        self.handlers_diverted: dict = {}   # signal -> Python handler, set aside during KVM_RUN
+        self.signals_arrived: list = []     # signals the diverted handlers recorded (signals.py)
         self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0
