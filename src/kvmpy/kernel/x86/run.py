@@ -439,6 +439,7 @@ def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
+        vcpu.arch.ap_reset_hold = False
         return 1
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
@@ -660,3 +661,6 @@ def handle_interrupt_window(vcpu) -> int:
 
 
 __all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]
+
+
+x86.apic_accept_events = lapic.kvm_apic_accept_events
