@@ -22,6 +22,7 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
+from ..run_token import kvm_run_token_acquire, kvm_run_token_release, kvm_run_token_should_yield
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
@@ -114,7 +115,7 @@ def vcpu_run(vcpu) -> int:
             vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
             vcpu.stat["request_irq_exits"] += 1
             return 0
-        if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
+        if kvm_vcpu_interrupted(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
             vcpu.stat["signal_exits"] += 1
             return -errno.EINTR
@@ -125,9 +126,10 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     signal (kicks and requests from other threads reach the processor directly, through
     ``kvm_vcpu_kick``), or, on the host clock, a timer deadline gone by (the entry ends so
     that vcpu_run fires it; it goes on in the guest).  The processor asks this as its host
-    interrupt line (see ``Processor.host_interrupt``): every few thousand instructions,
+    interrupt line (see ``Processor.host_interrupt``), as it asks whether another vCPU waits
+    for the run token past this one's slice: every few thousand instructions,
     before each translation and between REP chunks."""
-    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed())
+    return bool(kvm_vcpu_interrupted(vcpu) or vcpu.kvm.clock.deadline_passed() or kvm_run_token_should_yield(vcpu))
 
 
 def kvm_entry_budget(vcpu) -> int:
@@ -200,8 +202,25 @@ def kvm_vcpu_block(vcpu) -> int:
             wait.clear()
 
 
+def kvm_vcpu_interrupted(vcpu) -> bool:
+    """Must KVM_RUN end with EINTR?  ``immediate_exit`` or a signal that is not blocked."""
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
+
+
 @traced
 def vcpu_enter_guest(vcpu) -> int:
+    """One entry and the handling of its exit, holding the VM's run token (run_token.py):
+    one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
+    the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
+    if not kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu)):
+        return 1
+    try:
+        return _enter_guest(vcpu)
+    finally:
+        kvm_run_token_release(vcpu)
+
+
+def _enter_guest(vcpu) -> int:
     arch = vcpu.arch
     cpu = arch.cpu
     run = vcpu.run
@@ -420,6 +439,7 @@ def kvm_emulate_halt(vcpu, insn_len: int) -> int:
     vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
+        vcpu.arch.ap_reset_hold = False
         return 1
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
@@ -641,3 +661,6 @@ def handle_interrupt_window(vcpu) -> int:
 
 
 __all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]
+
+
+x86.apic_accept_events = lapic.kvm_apic_accept_events

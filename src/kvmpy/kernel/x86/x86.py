@@ -409,6 +409,7 @@ class KvmVcpuArch:
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
+        self.ap_reset_hold = False          # halted by KVM_SET_MP_STATE(AP_RESET_HOLD), not by HLT
         self.apic = None                    # in-kernel LAPIC (lapic.KvmLapic), when there is one
         self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
         self.pending_ioapic_eoi = 0         # the vector of the KVM_EXIT_IOAPIC_EOI to make
@@ -921,16 +922,22 @@ def _set_msr_entry(vcpu, e) -> bool:
 # MP state, events, debug registers, XCRs, interrupts
 # ----------------------------------------------------------------------------------------
 _MP_STATES = (uapi.KVM_MP_STATE_RUNNABLE, uapi.KVM_MP_STATE_UNINITIALIZED, uapi.KVM_MP_STATE_INIT_RECEIVED,
-              uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_SIPI_RECEIVED)
+              uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_SIPI_RECEIVED, uapi.KVM_MP_STATE_AP_RESET_HOLD)
+_HALTS = (uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_AP_RESET_HOLD)
 
 
 def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
+    """KVM_SET_MP_STATE: without an in-kernel LAPIC only RUNNABLE; with one, the x86 states.
+    HALTED and AP_RESET_HOLD are a halted, runnable processor (``cpu.halted``: KVM_RUN
+    blocks until an event or a kick, as after a HLT), the latter remembered for
+    KVM_GET_MP_STATE; SIPI_RECEIVED is INIT_RECEIVED with the SIPI latched in the LAPIC."""
     if mp_state not in _MP_STATES:
         raise kernel_error(errno.EINVAL)
     if not lapic_in_kernel(vcpu) and mp_state != uapi.KVM_MP_STATE_RUNNABLE:
         raise kernel_error(errno.EINVAL)
     cpu = vcpu.arch.cpu
-    cpu.halted = mp_state == uapi.KVM_MP_STATE_HALTED       # a halted vCPU is runnable once woken
+    cpu.halted = mp_state in _HALTS
+    vcpu.arch.ap_reset_hold = mp_state == uapi.KVM_MP_STATE_AP_RESET_HOLD
     if mp_state == uapi.KVM_MP_STATE_SIPI_RECEIVED:
         cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
         vcpu.arch.apic.set_sipi_pending()
@@ -938,6 +945,22 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
         cpu.mp_state = uapi.KVM_MP_STATE_RUNNABLE
     else:
         cpu.mp_state = mp_state
+
+
+# lapic.kvm_apic_accept_events, registered by run.py (which imports both): KVM_GET_MP_STATE
+# first takes the INIT or SIPI the LAPIC latched, as kvm_arch_vcpu_ioctl_get_mpstate does
+apic_accept_events = None
+
+
+def kvm_arch_vcpu_ioctl_get_mpstate(vcpu) -> int:
+    """KVM_GET_MP_STATE: latched INIT/SIPI taken first; HALTED (or AP_RESET_HOLD, if user
+    space set that) while the processor is halted."""
+    if lapic_in_kernel(vcpu):
+        apic_accept_events(vcpu)
+    cpu = vcpu.arch.cpu
+    if cpu.halted and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+        return uapi.KVM_MP_STATE_AP_RESET_HOLD if vcpu.arch.ap_reset_hold else uapi.KVM_MP_STATE_HALTED
+    return cpu.mp_state
 
 
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
@@ -1256,14 +1279,6 @@ def _translate(vcpu, arg) -> int:
     return 0
 
 
-def _get_mp_state(vcpu):
-    """KVM_GET_MP_STATE: HALTED while a HLT waits in kvm_vcpu_block (cpu.halted)."""
-    cpu = vcpu.arch.cpu
-    if cpu.halted and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
-        return uapi.kvm_mp_state(uapi.KVM_MP_STATE_HALTED)
-    return uapi.kvm_mp_state(cpu.mp_state)
-
-
 def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
     """KVM_MEMORY_ENCRYPT_OP on a vCPU: ENOTTY, the answer of a vendor module without
     vcpu_mem_enc_ioctl (kvmpy has neither SEV nor TDX), not the EINVAL of an unknown ioctl."""
@@ -1277,7 +1292,7 @@ vcpu_ioctl_handlers = {
     uapi.KVM_SET_SREGS: _setter(kvm_arch_vcpu_ioctl_set_sregs, uapi.kvm_sregs),
     uapi.KVM_GET_FPU: _getter(kvm_arch_vcpu_ioctl_get_fpu),
     uapi.KVM_SET_FPU: _setter(kvm_arch_vcpu_ioctl_set_fpu, uapi.kvm_fpu),
-    uapi.KVM_GET_MP_STATE: _getter(_get_mp_state),
+    uapi.KVM_GET_MP_STATE: _getter(lambda v: uapi.kvm_mp_state(kvm_arch_vcpu_ioctl_get_mpstate(v))),
     uapi.KVM_SET_MP_STATE: _setter(lambda v, m: kvm_arch_vcpu_ioctl_set_mpstate(v, m.mp_state), uapi.kvm_mp_state),
     uapi.KVM_GET_VCPU_EVENTS: _getter(kvm_vcpu_ioctl_x86_get_vcpu_events),
     uapi.KVM_SET_VCPU_EVENTS: _setter(kvm_vcpu_ioctl_x86_set_vcpu_events, uapi.kvm_vcpu_events),
