@@ -29,7 +29,6 @@ EXIT_REASON_XSETBV = 55
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_CODE = 1 << 11
 VECTORING_INFO_TYPE_SHIFT = 8
-INTR_TYPE_HARD_EXCEPTION = HW_EXC << VECTORING_INFO_TYPE_SHIFT
 
 # TASK_SWITCH exit qualification (SDM table 28-2): bits 15:0 the TSS selector, bits 31:30 the source
 TASK_SWITCH_SOURCE_SHIFT = 30
@@ -94,12 +93,17 @@ class VmxExitFormat:
                 x.guest_linear = i["gla"]
                 x.qualification |= 0x180
         elif k == "exception":
-            x.intr_info = INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | i["vector"]
+            kind = i.get("event_kind", HW_EXC)
+            x.intr_info = INTR_INFO_VALID | kind << VECTORING_INFO_TYPE_SHIFT | i["vector"]
             if i["error_code"] is not None:
                 x.intr_info |= INTR_INFO_DELIVER_CODE
                 x.intr_error_code = i["error_code"]
             if i["vector"] == 14:
                 x.qualification = i["cr2"] or 0
+            elif i["vector"] == 1:
+                x.qualification = i.get("dr6", 0)    # #DB: DR6's bits, DR6 itself left as it was
+            if kind != HW_EXC:                      # INT3, INTO, INT1: the instruction's length
+                x.instruction_len = (i["next_ip"] - cpu.rip) & 0xF
         elif k == "task_switch":
             x.instruction_len = tasks.exit_insn_len(cpu, i)
             x.qualification = i["selector"] | TASK_SWITCH_SOURCES.index(i["source"]) << TASK_SWITCH_SOURCE_SHIFT

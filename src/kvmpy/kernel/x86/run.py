@@ -16,7 +16,7 @@ import signal
 
 from kvmpy.hw.system import sysops as system, tasks
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault, Intercept
-from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX, TF
 from ...uapi import kvm as uapi
 from .. import signals
 from ..fs import kernel_error
@@ -269,11 +269,15 @@ def inject_pending_event(vcpu) -> bool:
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
     """Retire the intercepted instruction KVM carried out in the guest's place; it counts
-    among the guest's retired instructions (kvm_pmu_instruction_retired)."""
+    among the guest's retired instructions (kvm_pmu_instruction_retired).  If it started
+    with TF set, its single-step trap follows (0: a KVM_EXIT_DEBUG for user space)."""
     cpu = vcpu.arch.cpu
+    tf = cpu.flags & TF
     cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
     cpu.icount += 1
     cpu.interrupt_shadow = 0
+    if tf:
+        return x86.kvm_vcpu_do_singlestep(vcpu)
     return 1
 
 
@@ -393,11 +397,13 @@ def _complete_in(cpu, size, val):
 # ------------------------------------------------------------------ simple exits
 @traced
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
-    kvm_skip_emulated_instruction(vcpu, insn_len)
+    """HLT: the vCPU blocks in the kernel (in-kernel irqchip), else KVM_EXIT_HLT -- which
+    replaces the KVM_EXIT_DEBUG of a single-step trap on the HLT, as in Linux."""
+    r = kvm_skip_emulated_instruction(vcpu, insn_len)
     vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
-        return 1
+        return r
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
     return 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kvmpy.hw.virt import svm as hwsvm
 from kvmpy.hw.events import EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, SW_EXC, SW_INT
+from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
 from kvmpy.uapi import kvm as uapi
 from kvmpy.kernel import kvm_main
 from kvmpy.kernel.trace import event, traced
@@ -49,6 +50,20 @@ def exception_interception(vcpu, x) -> int:
     vector = x.exit_code - hwsvm.SVM_EXIT_EXCP_BASE
     x86.kvm_queue_exception(vcpu, vector, x.exit_info_1 if vector in HAS_ERROR_CODE else None)
     return 1
+
+
+def db_interception(vcpu, x) -> int:
+    """#DB, intercepted while user space single-steps or has hardware breakpoints: a
+    KVM_EXIT_DEBUG with the save area's DR6 and DR7 (else the guest's own #DB)."""
+    if not vcpu.guest_debug & (uapi.KVM_GUESTDBG_SINGLESTEP | uapi.KVM_GUESTDBG_USE_HW_BP):
+        x86.kvm_queue_exception_p(vcpu, uapi.DB_VECTOR, x.dr6 ^ DR6_ACTIVE_LOW)
+        return 1
+    return x86.kvm_prepare_debug_exit(vcpu, uapi.DB_VECTOR, dr6=x.dr6, dr7=vcpu.arch.cpu.dr[7])
+
+
+def bp_interception(vcpu, x) -> int:
+    """#BP (INT3), intercepted with KVM_GUESTDBG_USE_SW_BP: KVM_EXIT_DEBUG at the INT3."""
+    return x86.kvm_prepare_debug_exit(vcpu, uapi.BP_VECTOR)
 
 
 def cr_interception(vcpu, x) -> int:
@@ -130,6 +145,8 @@ svm_exit_handlers = {
     **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.DB_VECTOR: db_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.BP_VECTOR: bp_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
     hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
     hwsvm.SVM_EXIT_CPUID: cpuid_interception,
