@@ -171,9 +171,10 @@ def svm_vcpu_create(vcpu) -> None:
 def svm_vcpu_run(vcpu):
     """VMRUN: run the processor until it reports a #VMEXIT, then take back the event whose
     delivery the exit interrupted (svm_complete_interrupts)."""
+    injected = vcpu.arch.cpu.pending_event          # the entry's EVENTINJ
     x = vendor.kvm_run_processor(vcpu)
     event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
-    svm_complete_interrupts(vcpu, x)
+    svm_complete_interrupts(vcpu, x, injected)
     return x
 
 
@@ -187,13 +188,18 @@ def svm_event_kind(int_info: int) -> int:
             hwsvm.SVM_EXITINTINFO_TYPE_SOFT: SW_INT}.get(int_type, SW_INT)
 
 
-def svm_complete_interrupts(vcpu, x) -> None:
-    """EXITINTINFO of #VMEXIT ``x``: the event being delivered, requeued."""
+def svm_complete_interrupts(vcpu, x, injected) -> None:
+    """EXITINTINFO of #VMEXIT ``x``: the event being delivered, requeued.  A #BP or #OF that
+    KVM itself injected at the entry (``injected``: KVM_SET_GUEST_DEBUG's INJECT_BP, a
+    queued exception) has no instruction to raise it again: it is requeued as an exception,
+    as Linux's soft_int_injected bookkeeping does."""
     info = x.exit_int_info
     if info & hwsvm.SVM_EXITINTINFO_VALID:
         error_code = x.exit_int_info_err if info & hwsvm.SVM_EXITINTINFO_VALID_ERR else None
-        vendor.kvm_complete_interrupts(vcpu, svm_event_kind(info), info & hwsvm.SVM_EXITINTINFO_VEC_MASK,
-                                       error_code)
+        kind, vector = svm_event_kind(info), info & hwsvm.SVM_EXITINTINFO_VEC_MASK
+        if kind == SW_EXC and injected is not None and injected[:2] == (HW_EXC, vector):
+            kind = HW_EXC
+        vendor.kvm_complete_interrupts(vcpu, kind, vector, error_code)
 
 
 def svm_check_emulate_instruction(vcpu) -> int:
