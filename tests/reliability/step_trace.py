@@ -9,10 +9,17 @@ each instruction the general registers, RIP, RFLAGS (as KVM_GET_REGS shows them:
 TF single-stepping set) and the segment selectors are recorded; the first step whose state
 differs is printed with the instructions before it.
 
-The host's kvm_pvm runs every instruction in KVM's emulator, which loses the single-step
-trap of an instruction whose port or MMIO write went to user space (x86_emulate_instruction's
-"FIXME: return into emulator if single-stepping"): kvmpy, as VMX and SVM, traps after it.
-The comparison skips such a step of kvmpy's when the next one matches the host's.
+The host's kvm_pvm runs every instruction in KVM's emulator, which differs from VMX and
+SVM hardware (and kvmpy) in two ways that matter here:
+
+* it traps after every instruction while single-stepping, an INT n or an exception included
+  (at the handler's first instruction), where the processor delivers the event with TF
+  cleared and traps again only once TF is back (after the handler's IRET).  The host is
+  traced first, and kvmpy is then stepped with a hardware breakpoint at the host's next
+  linear RIP as well, which stops it at the handler too;
+* it loses the trap of an instruction whose port or MMIO write went to user space
+  (x86_emulate_instruction's "FIXME: return into emulator if single-stepping"), where kvmpy
+  traps after it: the comparison skips such a step of kvmpy's when the next one matches.
 """
 
 import argparse
@@ -31,7 +38,18 @@ def _state(vm):
     vm.ioctl(uapi.KVM_GET_SREGS, sregs)
     state = {n: getattr(regs, n) for n in _REGS}
     state.update({n: getattr(sregs, n).selector for n in _SEGS})
+    state["pc"] = (sregs.cs.base + regs.rip) & (0xFFFFFFFFFFFFFFFF if sregs.cs.l else 0xFFFFFFFF)
     return state
+
+
+def _step_control(state, follow):
+    """KVM_SET_GUEST_DEBUG for the next step from ``state``: single-stepping, and with
+    ``follow`` (the state the host reached next) a breakpoint at its linear RIP too."""
+    dbg = uapi.kvm_guest_debug(control=uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP)
+    if follow is not None and follow["pc"] != state["pc"]:
+        dbg.control |= uapi.KVM_GUESTDBG_USE_HW_BP
+        dbg.arch.debugreg[0], dbg.arch.debugreg[7] = follow["pc"], 0x401
+    return dbg
 
 
 def _run_to_debug(vm, limit):
@@ -52,12 +70,13 @@ def _run_to_debug(vm, limit):
     return "running", via
 
 
-def trace(sc, seed, index, steps, skip_to=None, hits=1):
+def trace(sc, seed, index, steps, skip_to=None, hits=1, follow=()):
     """The states after each single-stepped instruction of guest ``index``, each with the
     exit that ended it (``debug``, or the user-space exit it went through first); then the
     guest's outcome class (None if it was still stepping after ``steps``).  ``skip_to``: run
     freely until the ``hits``-th time the guest is about to execute the instruction at that
-    linear address (a KVM_GUESTDBG_USE_HW_BP breakpoint), and step from there."""
+    linear address (a KVM_GUESTDBG_USE_HW_BP breakpoint), and step from there.  ``follow``:
+    the host's trace, whose next RIP each step also has a breakpoint on."""
     vm = guests.GuestVm(sc)
     try:
         mode = guests.MODES[index % len(guests.MODES)]
@@ -73,11 +92,11 @@ def trace(sc, seed, index, steps, skip_to=None, hits=1):
             vm.ioctl(uapi.KVM_GET_REGS, regs)
             regs.rflags |= 1 << 16
             vm.ioctl(uapi.KVM_SET_REGS, regs)
-        step = uapi.kvm_guest_debug(control=uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP)
         out = [dict(_state(vm), via="start")]
-        for _ in range(steps):
+        for k in range(steps):
             # before each step, as a debugger does: a guest's POPF may have cleared the TF
-            vm.ioctl(uapi.KVM_SET_GUEST_DEBUG, step)
+            nxt = follow[k + 1] if k + 1 < len(follow) else None
+            vm.ioctl(uapi.KVM_SET_GUEST_DEBUG, _step_control(out[-1], nxt))
             outcome, via = _run_to_debug(vm, 1000)
             if outcome is not None:
                 return out, outcome
@@ -123,7 +142,7 @@ def main(argv=None):
     from tests.support import rawvmm
     host, host_end = trace(rawvmm.HOST, args.seed, args.index, args.steps, args.skip_to, args.hits)
     soft_sc, _ = guest_fuzz.soft_syscalls(args.combo)
-    soft, soft_end = trace(soft_sc, args.seed, args.index, args.steps, args.skip_to, args.hits)
+    soft, soft_end = trace(soft_sc, args.seed, args.index, args.steps, args.skip_to, args.hits, host)
     print("host: %d steps, then %s; kvmpy (%s): %d steps, then %s"
           % (len(host), host_end, args.combo, len(soft), soft_end))
     diff = first_difference(host, soft)
