@@ -268,6 +268,49 @@ GUEST_BREAKPOINT = dict(breakpoint=dict(stop=dict(reason="HLT", rip=hex(HANDLER 
                         cpuid_dr6="0xffff4ff0", cpuid_ip="0x7c14")
 
 
+@machine
+def guest_dr_view(make):
+    """While user space's breakpoint (DR1) is in the processor, the guest's MOV to and from
+    DR0 and DR7 work on its own registers (MOV-DR exits), which KVM_GET_DEBUGREGS shows and
+    which come back into the processor once guest debugging ends."""
+    image = assemble(real16(" mov $0x1234, %eax\n mov %eax, %dr0\n mov %dr0, %ebx\n mov %dr7, %ecx\n"
+                            " mov $0x1, %eax\n mov %eax, %dr7\n mov %dr7, %edx\n nop\n hlt\n"))
+    m = make(image, mode="real")
+    nop = address_of(image, b"\x90\xf4")
+    set_guest_debug(m, ENABLE | HW_BP, _hw_bp(nop))
+    stop, dr7 = debug_exit(m)
+    regs = m.regs("rbx", "rcx", "rdx")
+    d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)
+    during = [hex(d.db[0]), hex(d.dr7)]
+    set_guest_debug(m, 0)
+    d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)
+    return dict(stop=stop, regs=regs, during=during, after=[hex(d.db[0]), hex(d.dr7)], last=debug_exit(m)[0],
+                dr7=[hex(dr7)])
+
+
+GUEST_DR_VIEW = dict(stop=_break("0x7c24", "0x46"), regs=dict(rbx="0x1234", rcx="0x400", rdx="0x401"),
+                     during=["0x1234", "0x401"], after=["0x1234", "0x401"],
+                     last=dict(reason="HLT", rip="0x7c26", rflags="0x46"), dr7=["0x404"])
+
+
+# ------------------------------------------------------------------ BLOCKIRQ
+@machine
+def block_irq(make):
+    """KVM_GUESTDBG_BLOCKIRQ while stepping: a KVM_NMI waits (the steps stay in the loop);
+    guest debugging off, it is delivered (IVT entry 2: HANDLER)."""
+    m = real_mode(make, "1: inc %ax\n jmp 1b\n")
+    m.ram[8:12] = HANDLER.to_bytes(2, "little") + bytes(2)
+    set_guest_debug(m, ENABLE | SINGLESTEP | K.KVM_GUESTDBG_BLOCKIRQ)
+    m.sc.ioctl(m.vcpu_fd, K.KVM_NMI, 0)
+    steps = [debug_exit(m)[0]["rip"] for _ in range(6)]
+    set_guest_debug(m, 0)
+    return dict(steps=steps, last=debug_exit(m)[0])
+
+
+BLOCK_IRQ = dict(steps=["0x7c02", "0x7c04", "0x7c06", "0x7c09", "0x7c0a", "0x7c09"],
+                 last=dict(reason="HLT", rip=hex(HANDLER + 1), rflags="0x2"))
+
+
 # ------------------------------------------------------------------ injection and errnos
 @machine
 def inject(make):
@@ -300,11 +343,11 @@ def control_flags(make):
 CONTROL_FLAGS = dict(unknown=[0] * 5, fault="EFAULT", caps=[1, 1])
 
 SCENARIOS = {"single_step": single_step, "single_step_off": single_step_off, "hw_breakpoint": hw_breakpoint,
-             "rf_resume": rf_resume,
+             "rf_resume": rf_resume, "block_irq": block_irq, "guest_dr_view": guest_dr_view,
              "data_breakpoint": data_breakpoint, "sw_breakpoint": sw_breakpoint,
              "guest_breakpoint": guest_breakpoint, "inject": inject, "control_flags": control_flags}
 EXPECTED = {"single_step": SINGLE_STEP, "single_step_off": SINGLE_STEP_OFF, "hw_breakpoint": HW_BREAKPOINT,
-            "rf_resume": RF_RESUME,
+            "rf_resume": RF_RESUME, "block_irq": BLOCK_IRQ, "guest_dr_view": GUEST_DR_VIEW,
             "data_breakpoint": DATA_BREAKPOINT, "sw_breakpoint": SW_BREAKPOINT,
             "guest_breakpoint": GUEST_BREAKPOINT, "inject": INJECT, "control_flags": CONTROL_FLAGS}
 # what the host's emulator does not do as VMX and SVM do (the docstring says why)

@@ -2,10 +2,10 @@
 delivered through IVT entry 13 with the faulting instruction's IP (SDM, real-address-mode
 exceptions of MOV and STOS).  Found with the guest fuzzer (issue 7: ``--seed 8 --start 0
 --count 1 --combos vmx/tdp``, where the host shut the guest down and kvmpy ran on) by
-single-stepping both (tests/reliability/step_trace.py): the first difference is a REP STOSW
-with DI = 0xFFFF, which the host faults on and kvmpy executes, wrapping over its own IVT and
-code.  kvmpy's processor checks no data-segment limit yet, so the kvmpy half is an expected
-failure until it does; the word at 0xFFFE, inside the limit, is the control.
+single-stepping both (tests/reliability/step_trace.py): the first difference was a REP STOSW
+with DI = 0xFFFF, which the host faults on and kvmpy executed, wrapping over its own IVT and
+code, as its processor checked no data-segment limit.  The word at 0xFFFE, inside the
+limit, is the control.
 """
 
 import struct
@@ -20,6 +20,8 @@ from tests.support import rawvmm
 CASES = {
     "stosw at di=0xffff": (bytes.fromhex("bfffff" "ab" "f4"), ("hlt", guests.HANDLER + 1, (guests.CODE + 3, 0, 2))),
     "mov to [0xffff]": (bytes.fromhex("a3ffff" "f4"), ("hlt", guests.HANDLER + 1, (guests.CODE, 0, 2))),
+    "jmp far [0xffff]": (bytes.fromhex("ff2effff" "f4"), ("hlt", guests.HANDLER + 1, (guests.CODE, 0, 2))),
+    "les di, [0xfffe]": (bytes.fromhex("c43efeff" "f4"), ("hlt", guests.HANDLER + 1, (guests.CODE, 0, 2))),
 }
 CONTROL = bytes.fromhex("bffeff" "ab" "f4")        # stosw at di=0xfffe: no fault, HLT after it
 
@@ -36,7 +38,6 @@ def test_real_mode_limit_on_the_host(name):
     assert run_case(rawvmm.HOST, code) == expected
 
 
-@pytest.mark.xfail(strict=True, reason="kvmpy's processor does not check data-segment limits")
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_real_mode_limit_on_kvmpy(soft_kvm, soft_mmu, name):
     code, expected = CASES[name]

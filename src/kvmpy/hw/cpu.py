@@ -100,6 +100,7 @@ class Processor(CPUState, SegmentUnit):
         self.intercept_cr3 = False
         self.intercept_invlpg = False
         self.intercept_cr0_cr4 = False
+        self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode
@@ -277,6 +278,15 @@ class Processor(CPUState, SegmentUnit):
 
     def raise_fault(self, vector, error_code=None):
         raise Fault(vector, error_code)
+
+    def limit_fault(self, seg, off, size):
+        """An access of ``size`` bytes at ``off`` went past segment ``seg``'s limit (the
+        translated code's check): #SS(0) through SS, #GP(0) otherwise -- unless the segment
+        is an expand-down data segment, whose valid offsets lie above the limit."""
+        s = self.seg[seg]
+        if s.s and s.type & 0xC == 0x4 and s.limit < off and off + size - 1 <= (0xFFFFFFFF if s.db else 0xFFFF):
+            return
+        raise Fault(12 if seg == SS else 13, 0)
 
     def intercept(self, kind, **info):
         raise Intercept(kind, **info)

@@ -105,11 +105,17 @@ def _dr_index(cpu, dr):
     return dr
 
 
-def read_dr(cpu, dr):
+def read_dr(cpu, dr, reg, insn_len):
+    """MOV from DRn (into general register ``reg``); an exit if the hypervisor intercepts
+    debug-register accesses (MOV-DR exiting: its debugger's breakpoints are in DR0-3/DR7)."""
+    if cpu.intercept_dr:
+        raise Intercept("dr", dr=dr, write=False, reg=reg, insn_len=insn_len)
     return cpu.dr[_dr_index(cpu, dr)]
 
 
-def write_dr(cpu, dr, value):
+def write_dr(cpu, dr, value, reg, insn_len):
+    if cpu.intercept_dr:
+        raise Intercept("dr", dr=dr, write=True, reg=reg, insn_len=insn_len)
     dr = _dr_index(cpu, dr)
     cpu.dr[dr] = value
     cpu.debug_refresh()         # a breakpoint may have been enabled or moved

@@ -12,6 +12,8 @@ from kvmpy.hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
 from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
 
 SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
+SVM_EXIT_READ_DR0 = 0x020           # + n for DRn
+SVM_EXIT_WRITE_DR0 = 0x030          # + n for DRn
 SVM_EXIT_EXCP_BASE = 0x040          # + vector
 SVM_EXIT_INTR = 0x060
 SVM_EXIT_VINTR = 0x064
@@ -141,6 +143,11 @@ class SvmExitFormat:
         x.exit_info_1 = SVM_EXITINFO_CR_VALID | i["reg"]
 
     @staticmethod
+    def _dr(cpu, x, i):
+        x.exit_code = (SVM_EXIT_WRITE_DR0 if i["write"] else SVM_EXIT_READ_DR0) + i["dr"]
+        x.exit_info_1 = i["reg"]             # decode assists: the GPR
+
+    @staticmethod
     def _invlpg(cpu, x, i):
         x.exit_info_1 = i["addr"]
 
@@ -185,6 +192,7 @@ _EXIT_CODES = {
     "wrmsr": SVM_EXIT_MSR,
     "task_switch": SVM_EXIT_TASK_SWITCH,
     "invlpg": SVM_EXIT_INVLPG,
+    "dr": SVM_EXIT_READ_DR0,                # the DR and direction are added by _dr
     "ept_violation": SVM_EXIT_NPF,
     "triple_fault": SVM_EXIT_SHUTDOWN,
     "preemption": SVM_EXIT_INTR,            # the entry's instruction budget: a host interrupt

@@ -17,6 +17,7 @@ EXIT_REASON_HLT = 12
 EXIT_REASON_INVLPG = 14
 EXIT_REASON_VMCALL = 18
 EXIT_REASON_CR_ACCESS = 28
+EXIT_REASON_DR_ACCESS = 29
 EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
@@ -26,6 +27,7 @@ EXIT_REASON_EPT_VIOLATION = 48
 EXIT_REASON_PREEMPTION_TIMER = 52
 EXIT_REASON_XSETBV = 55
 
+DR_ACCESS_FROM = 1 << 4                     # DR_ACCESS qualification: MOV from DR
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_CODE = 1 << 11
 VECTORING_INFO_TYPE_SHIFT = 8
@@ -36,7 +38,8 @@ TASK_SWITCH_SOURCES = ("call", "iret", "jmp", "gate")       # 0 CALL, 1 IRET, 2 
 
 _REASONS = {
     "hlt": EXIT_REASON_HLT, "cpuid": EXIT_REASON_CPUID, "rdmsr": EXIT_REASON_MSR_READ,
-    "wrmsr": EXIT_REASON_MSR_WRITE, "cr": EXIT_REASON_CR_ACCESS, "invlpg": EXIT_REASON_INVLPG,
+    "wrmsr": EXIT_REASON_MSR_WRITE, "cr": EXIT_REASON_CR_ACCESS, "dr": EXIT_REASON_DR_ACCESS,
+    "invlpg": EXIT_REASON_INVLPG,
     "exception": EXIT_REASON_EXCEPTION_NMI, "ept_violation": EXIT_REASON_EPT_VIOLATION,
     "triple_fault": EXIT_REASON_TRIPLE_FAULT, "preemption": EXIT_REASON_PREEMPTION_TIMER,
     "interrupt_window": EXIT_REASON_INTERRUPT_WINDOW, "vmcall": EXIT_REASON_VMCALL,
@@ -84,6 +87,8 @@ class VmxExitFormat:
                                (32 if i["rep"] else 0) | (i["port"] << 16))
         elif k == "cr":
             x.qualification = i["cr"] | ((0 if i["write"] else 1) << 4) | (i["reg"] << 8)
+        elif k == "dr":     # SDM table 28-4: the DR, the direction (1: MOV from DR), the GPR
+            x.qualification = i["dr"] | (0 if i["write"] else DR_ACCESS_FROM) | i["reg"] << 8
         elif k == "invlpg":
             x.qualification = i["addr"]
         elif k == "ept_violation":

@@ -246,7 +246,9 @@ def inject_pending_event(vcpu) -> bool:
         return False
     x86.process_nmi(vcpu)
     reinject_nmi = arch.nmi_injected
-    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
+    # KVM_GUESTDBG_BLOCKIRQ: no new NMI or interrupt goes in (what was injected goes on)
+    blocked = vcpu.guest_debug & uapi.KVM_GUESTDBG_BLOCKIRQ
+    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and not blocked and x86.kvm_nmi_allowed(vcpu)):
         if not reinject_nmi:
             arch.nmi_pending -= 1
             vcpu.stat["nmi_injections"] += 1
@@ -254,7 +256,7 @@ def inject_pending_event(vcpu) -> bool:
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return False
-    if arch.interrupt is None and irq.kvm_cpu_has_interrupt(vcpu):
+    if arch.interrupt is None and not blocked and irq.kvm_cpu_has_interrupt(vcpu):
         if not cpu.flags & IF or cpu.interrupt_shadow:
             return True                 # the window exit comes back here when IF=1
         arch.interrupt = irq.kvm_cpu_get_interrupt(vcpu)      # kvm_queue_interrupt

@@ -1068,6 +1068,37 @@ def _guest_breakpoints(vcpu):
     return dr[:4], dr[7]
 
 
+DR6_VOLATILE, DR7_VOLATILE = 0x0001E80F, 0xFFFF2BFF      # the bits a MOV to DR6 / DR7 can change
+
+
+def kvm_get_dr(vcpu, dr: int) -> int:
+    """The guest's own DRn (DR4/DR5: DR6/DR7), for its MOV from DR while the processor's
+    are user space's breakpoints."""
+    db, dr7 = _guest_breakpoints(vcpu)
+    if dr < 4:
+        return db[dr]
+    return vcpu.arch.cpu.dr[6] if dr in (4, 6) else dr7
+
+
+def kvm_set_dr(vcpu, dr: int, value: int) -> int:
+    """The guest's MOV to DRn: 0, or 1 for a #GP (bits 63:32 of DR6 or DR7 set).  DR0-3 and
+    DR7 reach the processor unless user space's breakpoints are there (KVM_GUESTDBG_USE_HW_BP)."""
+    a, dr_regs = vcpu.arch, vcpu.arch.cpu.dr
+    hw_bp = vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP
+    if dr < 4:
+        (a.db if hw_bp else dr_regs)[dr] = value
+    elif value >> 32:
+        return 1
+    elif dr in (4, 6):
+        dr_regs[4] = dr_regs[6] = value & DR6_VOLATILE | hd.DR6_ACTIVE_LOW
+    elif hw_bp:
+        a.dr7 = value & DR7_VOLATILE | hd.DR7_FIXED_1
+    else:
+        dr_regs[5] = dr_regs[7] = value & DR7_VOLATILE | hd.DR7_FIXED_1
+    vcpu.arch.cpu.debug_refresh()
+    return 0
+
+
 def kvm_get_linear_rip(vcpu) -> int:
     """CS.base + RIP, as the processor fetches it (32 bits outside 64-bit mode)."""
     cpu = vcpu.arch.cpu
@@ -1140,6 +1171,7 @@ def kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg: uapi.kvm_guest_debug) -> None
         a.singlestep_rip = kvm_get_linear_rip(vcpu)
     kvm_set_rflags(vcpu, rflags)            # adds TF, or takes away the TF it had added
     kvm_update_exception_bitmap(vcpu)
+    cpu.intercept_dr = bool(now_hw)         # the guest's MOV DR goes to its own registers
 
 
 def kvm_prepare_debug_exit(vcpu, vector: int, dr6=None, dr7=None) -> int:

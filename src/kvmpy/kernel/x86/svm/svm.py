@@ -72,6 +72,13 @@ def cr_interception(vcpu, x) -> int:
     return run.kvm_set_cr(vcpu, cr, vcpu.arch.cpu.regs[reg], svm_insn_len(vcpu, x))
 
 
+def dr_interception(vcpu, x) -> int:
+    """MOV DR, intercepted while user space's breakpoints are in the debug registers."""
+    dr = x.exit_code - hwsvm.SVM_EXIT_READ_DR0
+    return vendor.kvm_handle_dr_access(vcpu, dr & 15, dr >= 16, x.exit_info_1 & hwsvm.SVM_EXITINFO_REG_MASK,
+                                       svm_insn_len(vcpu, x))
+
+
 def invlpg_interception(vcpu, x) -> int:
     mmu.kvm_mmu_invlpg(vcpu, x.exit_info_1)
     return run.kvm_skip_emulated_instruction(vcpu, svm_insn_len(vcpu, x))
@@ -144,6 +151,7 @@ def invalid_state_interception(vcpu, x) -> int:
 svm_exit_handlers = {
     **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
+    **{hwsvm.SVM_EXIT_READ_DR0 + n: dr_interception for n in range(32)},      # reads, then writes
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.DB_VECTOR: db_interception,
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.BP_VECTOR: bp_interception,

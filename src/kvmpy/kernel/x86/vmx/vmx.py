@@ -60,6 +60,12 @@ def handle_cr(vcpu, x) -> int:
     return run.kvm_set_cr(vcpu, cr, vcpu.arch.cpu.regs[reg], x.instruction_len)
 
 
+def handle_dr(vcpu, x) -> int:
+    """MOV DR, intercepted while user space's breakpoints are in the debug registers."""
+    q = x.qualification
+    return vendor.kvm_handle_dr_access(vcpu, q & 7, not q & hwvmx.DR_ACCESS_FROM, q >> 8 & 15, x.instruction_len)
+
+
 def handle_invlpg(vcpu, x) -> int:
     mmu.kvm_mmu_invlpg(vcpu, x.qualification)
     return run.kvm_skip_emulated_instruction(vcpu, x.instruction_len)
@@ -89,6 +95,7 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_INVLPG: handle_invlpg,
     hwvmx.EXIT_REASON_VMCALL: lambda v, x: run.kvm_emulate_hypercall(v, x.instruction_len),
     hwvmx.EXIT_REASON_CR_ACCESS: handle_cr,
+    hwvmx.EXIT_REASON_DR_ACCESS: handle_dr,
     hwvmx.EXIT_REASON_IO_INSTRUCTION: handle_io,
     hwvmx.EXIT_REASON_MSR_READ: lambda v, x: run.kvm_emulate_rdmsr(v, x.instruction_len),
     hwvmx.EXIT_REASON_MSR_WRITE: lambda v, x: run.kvm_emulate_wrmsr(v, x.instruction_len),
