@@ -70,8 +70,12 @@ GBPAGES = features.implemented("pdpe1gb")     # 1-GByte pages in the processor's
 
 
 class _SingleStep(Exception):
-    """RFLAGS.TF or RF became set, or a breakpoint enabled, during a chain of blocks: go on
-    one instruction at a time."""
+    """RFLAGS.TF or RF became set during a chain of blocks: go on one instruction at a time."""
+
+
+class _Rewind(Exception):
+    """An instruction run in a block touched a data breakpoint: roll back to it and run it
+    on its own (``_step``), which traps after it."""
 
 
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
@@ -135,7 +139,8 @@ class Processor(CPUState, SegmentUnit):
         # ones as (first byte, end, DR6 bit, writes only); the pages of the data ones, kept out
         # of the read/write TLBs so that every access to them is seen; hits of this instruction
         self.code_bps, self.data_bps, self.watch_pages, self.data_hits = (), (), frozenset(), 0
-        self.debug_bps = False
+        self.stepping = False           # in _step: data breakpoint hits are recorded, not rewound
+        self.step_next = False          # the next instruction must run on its own (_step)
         self.ns = self._namespace()
         self.refresh()
 
@@ -189,8 +194,9 @@ class Processor(CPUState, SegmentUnit):
         breakpoints (R/W 00) before an instruction at the address runs, data breakpoints
         (01 writes, 11 reads and writes; LEN 1, 2, 8 or 4 bytes, aligned) after an
         instruction that touched one of the bytes.  I/O breakpoints (R/W 10) are not
-        implemented.  Any enabled breakpoint makes the processor run one instruction at a
-        time (``_step``)."""
+        implemented.  Blocks run as usual: one holding an instruction breakpoint's address,
+        and an instruction that touches a data breakpoint (rolled back), run one instruction
+        at a time (``_step``)."""
         dr7 = self.dr[7]
         code, data = [], []
         for n in range(4):
@@ -207,10 +213,14 @@ class Processor(CPUState, SegmentUnit):
         if pages != self.watch_pages:
             self.watch_pages = pages
             self.flush_tlb()
+        if tuple(code) != self.code_bps:
+            self.chain_gen += 1             # a chained block may hold a new breakpoint
         self.code_bps, self.data_bps = tuple(code), tuple(data)
-        if bool(code or data) != self.debug_bps:
-            self.debug_bps = not self.debug_bps
-            self.chain_gen += 1             # a chain must reach lookup_block, which steps
+
+    def _breakpoint_in(self, b) -> bool:
+        """Does block ``b`` hold an instruction an instruction breakpoint is on?"""
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        return any(addr & mask in b.starts for addr, _ in self.code_bps)
 
     def set_rflags(self, value: int) -> None:
         super().set_rflags(value)
@@ -381,9 +391,12 @@ class Processor(CPUState, SegmentUnit):
 
     def _watch(self, a, size, write):
         """An access to [a, a+size): the data breakpoints it hits, for the trap after the
-        instruction."""
+        instruction; in a block, the instruction is rolled back and run on its own (an event
+        delivery is not: its hits are not reported)."""
         for lo, hi, bit, writes_only in self.data_bps:
             if a < hi and lo < a + size and (write or not writes_only):
+                if not self.stepping and not self.delivering:
+                    raise _Rewind()
                 self.data_hits |= bit
 
     def probe_write(self, a, size):
@@ -433,7 +446,7 @@ class Processor(CPUState, SegmentUnit):
     def lookup_block(self):
         if self.exit_request:
             raise Intercept("preemption")       # an external interrupt, as the IPI would be
-        if self.flags & (TF | RF) or self.debug_bps:
+        if self.flags & (TF | RF):
             raise _SingleStep()                 # set by the block just run: step from here on
         rip = self.rip
         csb = self.sbase[CS]
@@ -484,6 +497,7 @@ class Processor(CPUState, SegmentUnit):
                 ranges.append((self.tlb_x.get(a >> 12, phys) >> 12, a & 0xFFF, (stop - 1 & 0xFFF) + 1))
                 a = stop
         b.code_ranges = tuple(ranges)
+        b.starts = frozenset((csb + i.start) & mask for i in b.insns)
         for gfn, lo, hi in ranges:
             self.code_bytes.setdefault(gfn, bytearray(0x1000))[lo:hi] = b"\1" * (hi - lo)
         for lpn in lpns:
@@ -532,16 +546,23 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                if self.flags & (TF | RF) or self.debug_bps:
+                if self.flags & (TF | RF) or self.step_next:
                     self._step()
                 else:
-                    self._run_chain(self.lookup_block(), limit)
+                    b = self.lookup_block()
+                    if self.code_bps and self._breakpoint_in(b):
+                        self._step()
+                    else:
+                        self._run_chain(b, limit)
             except Fault as f:
                 deliveries += 1
                 self._at_fault_insn()
                 self.raise_event(f)
             except _SingleStep:
                 pass
+            except _Rewind:
+                self._at_fault_insn()
+                self.step_next = True
             except DecodeError as d:
                 deliveries += 1
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
@@ -588,6 +609,8 @@ class Processor(CPUState, SegmentUnit):
                     b.succ.clear()
                     b.link_gen = self.chain_gen
                     nb = b.succ[rip] = self.lookup_block()
+                if self.code_bps and self._breakpoint_in(nb):
+                    return                      # _run_blocks steps through it
                 b = nb
         finally:
             self.icount = ic
@@ -634,7 +657,12 @@ class Processor(CPUState, SegmentUnit):
                 raise Fault(1, dr6=hit)
         events = self.events_delivered
         self.data_hits = 0
-        self._run_one()
+        self.step_next = False
+        self.stepping = True
+        try:
+            self._run_one()
+        finally:
+            self.stepping = False
         if self.interrupt_shadow:
             self.interrupt_shadow = 0
         if self.events_delivered == events:

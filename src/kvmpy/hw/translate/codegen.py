@@ -530,7 +530,7 @@ class Block:
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
                  "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
-                 "reg_locals", "barriers", "last_ip", "code_ranges")
+                 "reg_locals", "barriers", "last_ip", "code_ranges", "starts")
 
     def __init__(self):
         self.epoch = -1
