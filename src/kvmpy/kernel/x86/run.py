@@ -16,7 +16,7 @@ import signal
 
 from kvmpy.hw.system import sysops as system, tasks
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault, Intercept
-from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX, RSI
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX, RSI, TF
 from ...uapi import kvm as uapi, kvm_para
 from .. import signals
 from ..fs import kernel_error
@@ -288,7 +288,9 @@ def inject_pending_event(vcpu) -> bool:
         return False
     x86.process_nmi(vcpu)
     reinject_nmi = arch.nmi_injected
-    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
+    # KVM_GUESTDBG_BLOCKIRQ: no new NMI or interrupt goes in (what was injected goes on)
+    blocked = vcpu.guest_debug & uapi.KVM_GUESTDBG_BLOCKIRQ
+    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and not blocked and x86.kvm_nmi_allowed(vcpu)):
         if not reinject_nmi:
             arch.nmi_pending -= 1
             vcpu.stat["nmi_injections"] += 1
@@ -296,7 +298,7 @@ def inject_pending_event(vcpu) -> bool:
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return False
-    if arch.interrupt is None and irq.kvm_cpu_has_interrupt(vcpu):
+    if arch.interrupt is None and not blocked and irq.kvm_cpu_has_interrupt(vcpu):
         if not cpu.flags & IF or cpu.interrupt_shadow:
             return True                 # the window exit comes back here when IF=1
         arch.interrupt = irq.kvm_cpu_get_interrupt(vcpu)      # kvm_queue_interrupt
@@ -311,11 +313,15 @@ def inject_pending_event(vcpu) -> bool:
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
     """Retire the intercepted instruction KVM carried out in the guest's place; it counts
-    among the guest's retired instructions (kvm_pmu_instruction_retired)."""
+    among the guest's retired instructions (kvm_pmu_instruction_retired).  If it started
+    with TF set, its single-step trap follows (0: a KVM_EXIT_DEBUG for user space)."""
     cpu = vcpu.arch.cpu
+    tf = cpu.flags & TF
     cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
     cpu.icount += 1
     cpu.interrupt_shadow = 0
+    if tf:
+        return x86.kvm_vcpu_do_singlestep(vcpu)
     return 1
 
 
@@ -435,12 +441,14 @@ def _complete_in(cpu, size, val):
 # ------------------------------------------------------------------ simple exits
 @traced
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
-    kvm_skip_emulated_instruction(vcpu, insn_len)
+    """HLT: the vCPU blocks in the kernel (in-kernel irqchip), else KVM_EXIT_HLT -- which
+    replaces the KVM_EXIT_DEBUG of a single-step trap on the HLT, as in Linux."""
+    r = kvm_skip_emulated_instruction(vcpu, insn_len)
     vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
         vcpu.arch.ap_reset_hold = False
-        return 1
+        return r
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
     return 0
