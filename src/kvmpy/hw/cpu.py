@@ -105,6 +105,9 @@ class Processor(CPUState, SegmentUnit):
         self.intercept_invlpg = False
         self.intercept_cr0_cr4 = False
         self.intercept_cr8 = False      # CR8 writes exit (an interrupt waits behind the TPR)
+        # PAUSE-loop exiting: asked at each PAUSE (a callable, or None); True makes the PAUSE
+        # a VM exit, so that a vCPU spinning on a lock gives way to the one holding it
+        self.pause_exiting = None
         self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
@@ -156,7 +159,7 @@ class Processor(CPUState, SegmentUnit):
             "pushf_value": self.pushf_value, "popf_value": self.popf_value, "load_seg": self.load_seg,
             "far_jump": self.far_jump, "far_call": self.far_call, "far_ret": self.far_ret, "iret": self.iret,
             "enter": self.enter, "software_interrupt": self.software_interrupt, "intercept": self.intercept,
-            "io_in": self.io_in, "io_out": self.io_out, "sys": self.system,
+            "io_in": self.io_in, "io_out": self.io_out, "sys": self.system, "pause": self.pause,
         }
 
     # ------------------------------------------------------------------ state sync
@@ -301,6 +304,11 @@ class Processor(CPUState, SegmentUnit):
 
     def intercept(self, kind, **info):
         raise Intercept(kind, **info)
+
+    def pause(self, insn_len):
+        """PAUSE: a spin-wait hint, or the PAUSE-loop exit the hypervisor asks for."""
+        if self.pause_exiting is not None and self.pause_exiting():
+            raise Intercept("pause", insn_len=insn_len)
 
     # ------------------------------------------------------------------ translation
     def _gpa_host(self, gpa, write, gla):

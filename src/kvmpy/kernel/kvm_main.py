@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import uapi
 from ..hw import memory as hm
 from ..uapi import PAGE_SHIFT, PAGE_SIZE
-from . import fs, signals
+from . import fs, run_token, signals
 from .fs import kernel_error
 from .kvm_host import (RUN_PAGES, Kvm, KvmMemorySlot, KvmVcpu, RunArea, kvm_flush_remote_tlbs,
                        kvm_get_vcpu_by_id, kvm_vcpu_srcu_read_lock, kvm_vcpu_srcu_read_unlock)
@@ -56,6 +56,15 @@ KVM_ADDRESS_SPACE_NUM = 1          # no SMM: one address space (KVM_CAP_MULTI_AD
 KVM_MEM_MAX_NR_PAGES = (1 << 31) - 1
 TASK_SIZE_MAX = (1 << 47) - PAGE_SIZE
 KVM_VALID_MEM_FLAGS = uapi.KVM_MEM_LOG_DIRTY_PAGES | uapi.KVM_MEM_READONLY
+
+
+def kvm_vcpu_on_spin(vcpu) -> None:
+    """A PAUSE-loop exit: the vCPU spins on a lock another vCPU holds.  Linux yields the
+    physical CPU to a preempted vCPU of the VM; kvmpy's vCPUs share one run token, which the
+    exit gives up when its handling ends, and the first vCPU waiting for it takes it next."""
+    vcpu.stat["directed_yield_attempted"] += 1
+    if run_token.kvm_run_token_contended(vcpu):
+        vcpu.stat["directed_yield_successful"] += 1
 
 
 def kvm_vcpu_mmap_size() -> int:

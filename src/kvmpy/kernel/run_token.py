@@ -78,6 +78,11 @@ def kvm_run_token_release(vcpu) -> None:
                 token.cond.notify_all()
 
 
+def kvm_run_token_contended(vcpu) -> bool:
+    """Does another vCPU wait for the token (read without the lock, as a hint)?"""
+    return bool(vcpu.kvm.run_token.waiting)
+
+
 def kvm_run_token_should_yield(vcpu) -> bool:
     """Has the holder used its slice while another vCPU waits?  Read without the lock (a
     stale answer only moves the yield by one host tick)."""

@@ -39,7 +39,7 @@ VCPU_STATS = (
     "pf_taken", "pf_fixed", "pf_emulate", "pf_guest", "tlb_flush", "invlpg", "exits", "io_exits",
     "mmio_exits", "signal_exits", "irq_window_exits", "halt_exits", "request_irq_exits",
     "irq_exits", "insn_emulation", "insn_emulation_fail", "hypercalls", "irq_injections",
-    "nmi_injections",
+    "nmi_injections", "directed_yield_attempted", "directed_yield_successful",
 )
 
 _FLAGS = uapi.KVM_STATS_TYPE_CUMULATIVE | uapi.KVM_STATS_UNIT_NONE | uapi.KVM_STATS_BASE_POW10

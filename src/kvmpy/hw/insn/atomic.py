@@ -29,9 +29,13 @@ def _xchg_rm(g, ins):
 
 @emitter(*range(0x90, 0x98))
 def _xchg_acc(g, ins):
-    """XCHG rAX, reg; 90 without REX.B is NOP (no zero-extension), F3 90 is PAUSE."""
+    """XCHG rAX, reg; 90 without REX.B is NOP (no zero-extension), F3 90 is PAUSE, which
+    ends its block (a spin loop's) and may be a VM exit (``Processor.pause``)."""
     r = (ins.opc & 7) | (8 if ins.rex & 1 else 0)
     if r == 0:
+        if ins.rep == 0xF3:
+            g.emit("pause(%d)" % ins.length)
+            g.end()
         return
     size = ins.opsize
     a, b = g.tmp(), g.tmp()

@@ -18,6 +18,7 @@ SVM_EXIT_EXCP_BASE = 0x040          # + vector
 SVM_EXIT_INTR = 0x060
 SVM_EXIT_VINTR = 0x064
 SVM_EXIT_CPUID = 0x072
+SVM_EXIT_PAUSE = 0x077
 SVM_EXIT_HLT = 0x078
 SVM_EXIT_INVLPG = 0x079
 SVM_EXIT_IOIO = 0x07B
@@ -199,6 +200,7 @@ _EXIT_CODES = {
     "interrupt_window": SVM_EXIT_VINTR,
     "vmcall": SVM_EXIT_VMMCALL,
     "xsetbv": SVM_EXIT_XSETBV,
+    "pause": SVM_EXIT_PAUSE,
     "internal": SVM_EXIT_ERR,
     "invalid_state": SVM_EXIT_ERR,          # VMRUN's consistency checks (APM 15.5.1) failed
 }

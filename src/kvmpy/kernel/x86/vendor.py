@@ -17,6 +17,7 @@ from ...hw.cpu import Processor
 from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault
 from ...hw.x86defs import CR4_DE
 from ...uapi import kvm as uapi
+from ..run_token import kvm_run_token_contended
 from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
 from kvmpy.kernel.x86.mmu import mmu
 
@@ -73,6 +74,7 @@ def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
     cpu = vcpu.arch.cpu = Processor(exit_format, cpuid.kvm_cpu_model(vendor))
     cpu.intercept_task_switch = True
     cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
+    cpu.pause_exiting = lambda: kvm_run_token_contended(vcpu)     # PLE: only worth it then
     vcpu.arch.insn_limit = params.insn_limit
 
 

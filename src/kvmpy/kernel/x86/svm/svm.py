@@ -148,6 +148,12 @@ def invalid_state_interception(vcpu, x) -> int:
     return vendor.handle_processor_error(vcpu)
 
 
+def pause_interception(vcpu, x) -> int:
+    """PAUSE filtering: give way to the vCPU that holds what this one spins on."""
+    kvm_main.kvm_vcpu_on_spin(vcpu)
+    return run.kvm_skip_emulated_instruction(vcpu, svm_insn_len(vcpu, x))
+
+
 svm_exit_handlers = {
     **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4, 8)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
@@ -156,6 +162,7 @@ svm_exit_handlers = {
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.DB_VECTOR: db_interception,
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.BP_VECTOR: bp_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
+    hwsvm.SVM_EXIT_PAUSE: pause_interception,
     hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
     hwsvm.SVM_EXIT_CPUID: cpuid_interception,
     hwsvm.SVM_EXIT_HLT: halt_interception,

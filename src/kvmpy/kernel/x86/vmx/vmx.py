@@ -85,6 +85,12 @@ def handle_task_switch(vcpu, x) -> int:
     return run.kvm_task_switch(vcpu, q & 0xFFFF, source, error_code, insn_len, kind)
 
 
+def handle_pause(vcpu, x) -> int:
+    """PAUSE-loop exiting: give way to the vCPU that holds what this one spins on."""
+    kvm_main.kvm_vcpu_on_spin(vcpu)
+    return run.kvm_skip_emulated_instruction(vcpu, x.instruction_len)
+
+
 kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_EXCEPTION_NMI: handle_exception_nmi,
     hwvmx.EXIT_REASON_TRIPLE_FAULT: lambda v, x: run.kvm_handle_triple_fault(v),
@@ -103,6 +109,7 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_EPT_VIOLATION: handle_ept_violation,
     hwvmx.EXIT_REASON_PREEMPTION_TIMER: lambda v, x: run.handle_preemption(v),
     hwvmx.EXIT_REASON_XSETBV: lambda v, x: run.kvm_emulate_xsetbv(v, x.instruction_len),
+    hwvmx.EXIT_REASON_PAUSE_INSTRUCTION: handle_pause,
 }
 
 def vmx_vcpu_create(vcpu) -> None:
