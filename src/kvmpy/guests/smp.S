@@ -166,10 +166,26 @@ bad_irq:
         cli
         hlt
 
+/* Return from an interrupt taken with IF=1 without IRET (which KVM's instruction emulator,
+   running guests under the host's kvm_pvm, has in real mode only): the frame's EIP, CS and
+   EFLAGS popped by hand, IF set again by STI, whose shadow covers the jump. */
+.macro  IRQ_RETURN
+        push    %eax                    /* EAX, EIP, CS, EFLAGS */
+        mov     4(%esp), %eax
+        mov     %eax, 8(%esp)           /* EIP over CS */
+        mov     12(%esp), %eax
+        and     $~0x200, %eax
+        mov     %eax, 4(%esp)           /* EFLAGS with IF clear over EIP */
+        pop     %eax                    /* EFLAGS', EIP, (EFLAGS) */
+        popf
+        sti
+        ret     $4
+.endm
+
 to_bsp_irq:                             /* on the BSP: an AP answered */
         lock incl V_IPIS
         movl    $0, L_EOI
-        iret
+        IRQ_RETURN
 
 to_ap_irq:                              /* on an AP: the BSP's IPI */
         push    %eax
@@ -178,7 +194,7 @@ to_ap_irq:                              /* on an AP: the BSP's IPI */
         movb    $1, V_GOT(%eax)
         movl    $0, L_EOI
         pop     %eax
-        iret
+        IRQ_RETURN
 
 /* Print EAX in decimal. */
 putdec:
