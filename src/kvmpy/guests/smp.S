@@ -16,16 +16,8 @@
  * isa-debug-exit with 0 when the counter is cpus * ADDS and every IPI arrived, else 1.
  */
         .include "boot.inc"
+        .include "apic.inc"
 
-        .set LAPIC,       0xfee00000
-        .set L_ID,        LAPIC + 0x20
-        .set L_EOI,       LAPIC + 0xb0
-        .set L_SVR,       LAPIC + 0xf0
-        .set L_ICR,       LAPIC + 0x300
-        .set L_ICR2,      LAPIC + 0x310
-        .set FW_CFG_SEL,  0x510
-        .set FW_CFG_DATA, 0x511
-        .set FW_CFG_NB_CPUS, 0x05
         .set ADDS,        1000
         .set TO_AP_VEC,   0x50
         .set TO_BSP_VEC,  0x60          /* + the AP's APIC ID (one IRR bit per AP) */
@@ -42,35 +34,12 @@
 stage16:
         ret
 
-/* The start-up trampoline at 0x8000 (offset 0x400 of the image, loaded at 0x7c00): the
-   only page boundary a 4-KiB image at 0x7c00 holds. */
-        .code16
-        .org    0x400
-trampoline:
-        cli
-        xor     %ax, %ax
-        mov     %ax, %ds
-        lgdtl   gdt_desc
-        mov     %cr0, %eax
-        or      $1, %eax
-        mov     %eax, %cr0
-        ljmpl   $SEL_CODE32, $ap32
-
-
+        AP_TRAMPOLINE ap32
 
         .code32
 stage32:
-        mov     $FW_CFG_NB_CPUS, %ax
-        mov     $FW_CFG_SEL, %dx
-        out     %ax, %dx
-        mov     $FW_CFG_DATA, %dx
-        in      %dx, %al
-        movzbl  %al, %ebx
-        in      %dx, %al
-        movzbl  %al, %eax
-        shl     $8, %eax
-        or      %eax, %ebx
-        mov     %ebx, V_CPUS
+        FW_CFG_CPUS
+        mov     %eax, V_CPUS
         movl    $0, V_COUNTER
         movl    $0, V_ALIVE
         movl    $0, V_IPIS
@@ -80,9 +49,9 @@ stage32:
         out     %al, $0x21
         out     %al, $0xa1
 
-        movl    $0x000c4500, L_ICR      /* INIT, all but self */
-        movl    $0x000c4608, L_ICR      /* start-up at 0x8000, twice as the MP spec says */
-        movl    $0x000c4608, L_ICR
+        movl    $ICR_INIT_OTHERS, L_ICR
+        movl    $ICR_SIPI_OTHERS | SIPI_VECTOR, L_ICR  /* start-up, twice as the MP spec says */
+        movl    $ICR_SIPI_OTHERS | SIPI_VECTOR, L_ICR
 
         mov     V_CPUS, %ecx            /* wait for every AP to check in */
         dec     %ecx
@@ -166,21 +135,6 @@ bad_irq:
         cli
         hlt
 
-/* Return from an interrupt taken with IF=1 without IRET (which KVM's instruction emulator,
-   running guests under the host's kvm_pvm, has in real mode only): the frame's EIP, CS and
-   EFLAGS popped by hand, IF set again by STI, whose shadow covers the jump. */
-.macro  IRQ_RETURN
-        push    %eax                    /* EAX, EIP, CS, EFLAGS */
-        mov     4(%esp), %eax
-        mov     %eax, 8(%esp)           /* EIP over CS */
-        mov     12(%esp), %eax
-        and     $~0x200, %eax
-        mov     %eax, 4(%esp)           /* EFLAGS with IF clear over EIP */
-        pop     %eax                    /* EFLAGS', EIP, (EFLAGS) */
-        popf
-        sti
-        ret     $4
-.endm
 
 to_bsp_irq:                             /* on the BSP: an AP answered */
         lock incl V_IPIS
