@@ -78,6 +78,7 @@ class _Rewind(Exception):
     on its own (``_step``), which traps after it."""
 
 
+SINGLE_BLOCKS_MAX = 4096   # _run_one translations kept (a bound, not a working-set size)
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
 DELIVERY_TICK = 16         # exception deliveries between two looks (each retires nothing; one
                            # that faults on a slot or an MMIO page costs a millisecond or more)
@@ -145,6 +146,7 @@ class Processor(CPUState, SegmentUnit):
         self.code_bps, self.data_bps, self.watch_pages, self.data_hits = (), (), frozenset(), 0
         self.stepping = False           # in _step: data breakpoint hits are recorded, not rewound
         self.step_next = False          # the next instruction must run on its own (_step)
+        self.single_blocks = {}         # _run_one's translations: (bytes, rip, CS base, mode)
         self.ns = self._namespace()
         self.refresh()
 
@@ -246,6 +248,7 @@ class Processor(CPUState, SegmentUnit):
 
     def flush_code(self):
         self.chain_gen += 1
+        self.single_blocks.clear()
         self.code.clear()
         self.code_pages.clear()
         self.code_bytes.clear()
@@ -638,12 +641,22 @@ class Processor(CPUState, SegmentUnit):
             raise Intercept("interrupt_window")
 
     def _run_one(self):
-        """Translate and run the instruction at RIP on its own."""
+        """Translate and run the instruction at RIP on its own.  The translation is kept,
+        keyed by the instruction's bytes, address and mode, as the emulator keeps its own:
+        an interrupt window after STI or a single step comes back to the same few
+        instructions, whose compilation would otherwise be most of its cost."""
         csb = self.sbase[CS]
         mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
         mode = self.mode
-        b = codegen.translate(lambda r: decode(lambda i: self.fetch_code(csb + r, r, i, mask), mode.code, r),
-                              self.rip, csb, mode, self.ns, max_insns=1, single=True)
+        rip = self.rip
+        ins = decode(lambda i: self.fetch_code(csb + rip, rip, i, mask), mode.code, rip)
+        key = (ins.raw, rip, csb, mode.key)
+        b = self.single_blocks.get(key)
+        if b is None:
+            if len(self.single_blocks) >= SINGLE_BLOCKS_MAX:
+                self.single_blocks.clear()
+            b = self.single_blocks[key] = codegen.translate(lambda r: ins, rip, csb, mode, self.ns, max_insns=1,
+                                                            single=True)
         self.icount += b.fn()
 
     def _step(self):

@@ -63,6 +63,7 @@ class EmulateCtxt:
 
     def __init__(self, vcpu):
         self.vcpu = vcpu
+        self.fetch_page = None
         cpu = vcpu.arch.cpu
         self.ns = dict(cpu.ns)
         self.ns.update(rd=self.read, wr=self.write, probe_w=_probe_nothing, io_in=self.io_in,
@@ -94,11 +95,15 @@ class EmulateCtxt:
         (kvm_fetch_guest_virt), never through KVM's shadow table: under shadow paging a
         missing shadow entry is KVM's own, not a #PF for the guest.  Code outside guest RAM
         cannot be fetched: an emulation failure, as on the host."""
-        gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, paging.PFERR_FETCH)
-        host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
-        if host is None:
-            raise DecodeError(6)
-        return hm.read(host, 1)
+        page = lin >> 12
+        cached = self.fetch_page
+        if cached is None or cached[0] != page:
+            gpa, _ = mmu.kvm_mmu_gva_to_gpa(self.vcpu, lin, paging.PFERR_FETCH)
+            host = mmu.gpa_to_host(self.vcpu.kvm, gpa, False)
+            if host is None:
+                raise DecodeError(6)
+            cached = self.fetch_page = (page, host - (lin & 0xFFF))
+        return hm.read(cached[1] + (lin & 0xFFF), 1)
 
     def read(self, lin, size):
         if (lin & 0xFFF) + size > 0x1000:
@@ -181,6 +186,7 @@ class EmulateCtxt:
 
     # ------------------------------------------------------------------ one instruction
     def block(self):
+        self.fetch_page = None          # (linear page, its host address) of this decode
         cpu = self.vcpu.arch.cpu
         csb = cpu.sbase[1]
         mode = cpu.mode
