@@ -375,6 +375,30 @@ def test_guest_debug_on_kvmpy(name, vendor, mmu):
     assert soft_results("tests.kernel.test_guest_debug", vendor, mmu)[name] == jsonable(EXPECTED[name])
 
 
+def test_init_keeps_user_breakpoints(soft_kvm):
+    """An INIT (kvm_vcpu_reset, which the LAPIC's INIT calls) clears the guest's own debug
+    registers but leaves user space's breakpoints in the processor, as Linux's reset
+    (kvm_update_dr7 with guest_debug_dr7) does: the next run still stops at them.  (The
+    INIT is made here by calling the kernel: through ioctls it takes a second vCPU's IPI.)"""
+    from kvmpy import syscalls
+    from kvmpy.kernel import fs
+    from kvmpy.kernel.x86 import x86
+    from tests.support.guestvm import Machine
+    m = Machine(syscalls, assemble(real16(" nop\n nop\n hlt\n")), mode="real")
+    try:
+        bp = LOAD + 10                                  # the second NOP, after real16's prologue
+        set_guest_debug(m, ENABLE | HW_BP, _hw_bp(bp))
+        m.sc.ioctl(m.vcpu_fd, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(db=(0x1234, 0, 0, 0), dr6=0xFFFF0FF0, dr7=0x401))
+        x86.kvm_vcpu_reset(fs.fdget(m.vcpu_fd).private_data, True)
+        d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)
+        m._enter("real")
+        out, dr7 = debug_exit(m)
+        assert ([hex(v) for v in d.db], hex(d.dr7)) == (["0x0"] * 4, "0x400")
+        assert (out["reason"], out["pc"], out["dr6"], hex(dr7)) == ("DEBUG", hex(bp), "0xffff0ff2", "0x404")
+    finally:
+        m.close()
+
+
 def test_set_guest_debug2_flags(soft_kvm):
     """KVM_CAP_SET_GUEST_DEBUG2: the flags kvmpy implements, those of x86 KVM since 5.16."""
     from kvmpy import syscalls

@@ -20,6 +20,9 @@ SVM hardware (and kvmpy) in two ways that matter here:
 * it loses the trap of an instruction whose port or MMIO write went to user space
   (x86_emulate_instruction's "FIXME: return into emulator if single-stepping"), where kvmpy
   traps after it: the comparison skips such a step of kvmpy's when the next one matches.
+
+A third difference shows as a first difference that is not kvmpy's: delivering an exception
+in real mode, the host clears ESP[31:16] (for INT n it keeps them, as the SDM and kvmpy do).
 """
 
 import argparse

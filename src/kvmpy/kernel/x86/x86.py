@@ -432,6 +432,8 @@ class KvmVcpuArch:
         self.db = [0, 0, 0, 0]
         self.dr7 = hd.DR7_FIXED_1
         self.singlestep_rip = 0
+        self.eff_db = [0, 0, 0, 0]          # ... user space's breakpoints (debugreg[0..3], [7])
+        self.guest_debug_dr7 = hd.DR7_FIXED_1
 
 
 @traced
@@ -478,6 +480,7 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     cpu = vcpu.arch.cpu
     kept = (dict(cpu.msrs), cpu.tsc, cpu.apic_base) if init_event else None  # INIT keeps MSRs and the TSC
     cpu.reset()
+    kvm_guest_debug_reset(vcpu)
     if init_event:
         cpu.msrs.update(kept[0])
         cpu.tsc, cpu.apic_base = kept[1], kept[2]
@@ -1283,7 +1286,8 @@ def kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg: uapi.kvm_guest_debug) -> None
         a.db, a.dr7 = cpu.dr[:4], cpu.dr[7]
     vcpu.guest_debug = dbg.control if dbg.control & uapi.KVM_GUESTDBG_ENABLE else 0
     if now_hw:
-        kvm_update_dr7(vcpu, dbg.arch.debugreg[:4], dbg.arch.debugreg[7])
+        a.eff_db, a.guest_debug_dr7 = list(dbg.arch.debugreg[:4]), dbg.arch.debugreg[7]
+        kvm_update_dr7(vcpu, a.eff_db, a.guest_debug_dr7)
     elif was_hw:                            # ... and come back
         kvm_update_dr7(vcpu, a.db, a.dr7)
     if vcpu.guest_debug & uapi.KVM_GUESTDBG_SINGLESTEP:
@@ -1291,6 +1295,16 @@ def kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg: uapi.kvm_guest_debug) -> None
     kvm_set_rflags(vcpu, rflags)            # adds TF, or takes away the TF it had added
     kvm_update_exception_bitmap(vcpu)
     cpu.intercept_dr = bool(now_hw)         # the guest's MOV DR goes to its own registers
+
+
+def kvm_guest_debug_reset(vcpu) -> None:
+    """Reset and INIT clear the guest's debug registers (the processor's reset did) but not
+    user space's breakpoints: with KVM_GUESTDBG_USE_HW_BP they go back into the processor
+    and the guest's cleared ones wait aside, as kvm_vcpu_reset's kvm_update_dr7 keeps them."""
+    a = vcpu.arch
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP:
+        a.db, a.dr7 = [0, 0, 0, 0], hd.DR7_FIXED_1
+        kvm_update_dr7(vcpu, a.eff_db, a.guest_debug_dr7)
 
 
 def kvm_prepare_debug_exit(vcpu, vector: int, dr6=None, dr7=None) -> int:
