@@ -17,7 +17,7 @@ import pytest
 
 from kvmpy.uapi import kvm as uapi
 from tests.support.apicguest import COUNT, DONE, LAPIC_BASE, guest, handler, port_exit, watchdog
-from tests.support.guestvm import assemble, create_irqchip, machine
+from tests.support.guestvm import BACKENDS, Machine, assemble, create_irqchip, machine
 from tests.support.vendors import scenario_tests
 
 pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
@@ -131,3 +131,34 @@ EXPECTED = {"two": _expected(1), "four": _expected(3)}
 
 
 test_startup_on_the_host, test_startup_on_kvmpy = scenario_tests("tests.kernel.test_lapic_smp", SCENARIOS, EXPECTED)
+
+
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_a_sipi_restored_by_user_space_starts_at_its_vector(sc):
+    """KVM_SET_VCPU_EVENTS' sipi_vector (KVM_VCPUEVENT_VALID_SIPI_VECTOR) is the LAPIC's, and
+    KVM_SET_MP_STATE(SIPI_RECEIVED) starts the AP there: CS = vector << 8 (base << 12),
+    IP 0, as a migration restores an AP caught between SIPI and its start."""
+    m = Machine(sc, b"\xf4", mode="real", vm_setup=create_irqchip)
+    try:
+        code = assemble(".code16\n mov $0x5a, %al\n out %al, $0x80\n hlt\n")
+        m.ram[0x9000:0x9000 + len(code)] = code
+        fd = m.vm.adopt(sc.ioctl(m.vm_fd, uapi.KVM_CREATE_VCPU, 1))
+        run = uapi.kvm_run.from_buffer(m.vm.map(fd, sc.ioctl(m.kvm_fd, uapi.KVM_GET_VCPU_MMAP_SIZE, 0)))
+        ev = uapi.kvm_vcpu_events()
+        sc.ioctl(fd, uapi.KVM_GET_VCPU_EVENTS, ev)
+        reported = ev.sipi_vector
+        ev.flags = uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR
+        ev.sipi_vector = 0x09
+        sc.ioctl(fd, uapi.KVM_SET_VCPU_EVENTS, ev)
+        sc.ioctl(fd, uapi.KVM_SET_MP_STATE, uapi.kvm_mp_state(uapi.KVM_MP_STATE_SIPI_RECEIVED))
+        with watchdog(30):
+            sc.ioctl(fd, uapi.KVM_RUN, 0)
+        got = (run.exit_reason, run.io.port)
+        sregs = uapi.kvm_sregs()
+        sc.ioctl(fd, uapi.KVM_GET_SREGS, sregs)
+        del run
+    finally:
+        m.close()
+    assert reported == 0                            # never reported to user space
+    assert got == (uapi.KVM_EXIT_IO, 0x80)
+    assert (sregs.cs.selector, sregs.cs.base) == (0x900, 0x9000)

@@ -410,7 +410,6 @@ class KvmVcpuArch:
         self.nmi_queued = 0                 # KVM_NMI calls not yet seen by process_nmi
         self.nmi_pending = 0
         self.nmi_injected = False
-        self.sipi_vector = 0
         self.ap_reset_hold = False          # halted by KVM_SET_MP_STATE(AP_RESET_HOLD), not by HLT
         self.apic = None                    # in-kernel LAPIC (lapic.KvmLapic), when there is one
         self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
@@ -1106,7 +1105,7 @@ def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
     ev.nmi.injected = _nmi_in_injection(vcpu)
     ev.nmi.pending = a.nmi_pending          # a count (at most 2), as the host reports it
     ev.nmi.masked = bool(cpu.nmi_masked)
-    ev.sipi_vector = a.sipi_vector
+    ev.sipi_vector = 0                      # never valid when reported to user space (KVM)
     ev.flags = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
                 | uapi.KVM_VCPUEVENT_VALID_SMM)
     return ev
@@ -1142,8 +1141,8 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
         a.nmi_pending = 0
         a.nmi_queued = ev.nmi.pending
     cpu.nmi_masked = bool(ev.nmi.masked)
-    if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and lapic_in_kernel(vcpu):
-        a.sipi_vector = ev.sipi_vector
+    if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and a.apic is not None:
+        a.apic.sipi_vector = ev.sipi_vector  # where the LAPIC's start-up takes it from
 
 
 def kvm_vcpu_ioctl_x86_get_debugregs(vcpu) -> uapi.kvm_debugregs:
