@@ -27,6 +27,7 @@ import collections
 import threading
 
 SLICE = 20_000          # instructions a vCPU runs before yielding to a waiting one
+CONTENDED_SLICE = 4_000 # the entry budget of a vCPU that enters while another waits
 TOKEN_POLL_S = 0.001    # longest wait for the token before the waiter looks for signals again
 
 

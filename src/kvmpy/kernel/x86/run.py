@@ -22,7 +22,8 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..run_token import kvm_run_token_acquire, kvm_run_token_release, kvm_run_token_should_yield
+from ..run_token import (CONTENDED_SLICE, kvm_run_token_acquire, kvm_run_token_contended, kvm_run_token_release,
+                         kvm_run_token_should_yield)
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
@@ -135,8 +136,12 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
 def kvm_entry_budget(vcpu) -> int:
     """Instructions the next VM entry may retire: the preemption timer's ``max_insns``, cut
     to what is left of the vCPU's instruction limit and, on the virtual clock, to the next
-    timer deadline (so the timer fires at its instruction)."""
+    timer deadline (so the timer fires at its instruction) and, while another vCPU waits
+    for the run token, to a contended slice: a guest spinning on memory another vCPU will
+    write gives way within that many instructions, PAUSE or not."""
     budget = vcpu.kvm.clock.entry_insn_budget(params.max_insns)
+    if kvm_run_token_contended(vcpu):
+        budget = min(budget, CONTENDED_SLICE)
     limit = vcpu.arch.insn_limit
     if limit is None:
         return budget
