@@ -919,6 +919,7 @@ def kvm_lapic_after_set_cpuid(vcpu) -> None:
 
 
 x86.lapic_factory = kvm_create_lapic
+x86.apic_accept_events = kvm_apic_accept_events
 kcpuid.after_set_cpuid_hooks.append(kvm_lapic_after_set_cpuid)
 x86.msr_handlers.update({A.APIC_BASE_MSR + i: (kvm_x2apic_msr_read, kvm_x2apic_msr_write)
                          for i in range(A.X2APIC_MSR_COUNT)})

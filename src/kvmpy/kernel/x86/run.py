@@ -674,6 +674,3 @@ def handle_interrupt_window(vcpu) -> int:
 
 
 __all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]
-
-
-x86.apic_accept_events = lapic.kvm_apic_accept_events

@@ -957,7 +957,7 @@ def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
         cpu.mp_state = mp_state
 
 
-# lapic.kvm_apic_accept_events, registered by run.py (which imports both): KVM_GET_MP_STATE
+# lapic.kvm_apic_accept_events, which lapic.py installs (it sits above this module): KVM_GET_MP_STATE
 # first takes the INIT or SIPI the LAPIC latched, as kvm_arch_vcpu_ioctl_get_mpstate does
 apic_accept_events = None
 
