@@ -21,7 +21,8 @@ from ...hw.apicdef import APIC_DEST_NOSHORT
 from ..irqchip import kvm_set_irq_routing
 from ..kvm_host import KvmLapicIrq
 from . import i8259, x86
-from .lapic import kvm_apic_match_dest, kvm_irq_delivery_to_apic, kvm_lapic_irq_dest_mode  # noqa: F401 (ioapic.py)
+from .lapic import (kvm_apic_match_dest, kvm_apic_pending_eoi, kvm_irq_delivery_to_apic,  # noqa: F401 (ioapic.py)
+                    kvm_lapic_irq_dest_mode)
 
 PIC_PINS_PER_CHIP = i8259.PIC_NUM_PINS // 2
 IOAPIC_NUM_PINS = uapi.KVM_IOAPIC_NUM_PINS
@@ -67,8 +68,10 @@ def kvm_set_msi(e, kvm, irq_source_id: int, level: int, line_status: bool) -> in
 
 def kvm_scan_ioapic_irq(vcpu, irq: KvmLapicIrq, handled_vectors: set) -> None:
     """An EOI of ``irq``'s vector on ``vcpu`` must reach the IOAPIC when the vCPU is among
-    the message's destinations."""
-    if kvm_apic_match_dest(vcpu, None, APIC_DEST_NOSHORT, irq.dest_id, irq.dest_mode):
+    the message's destinations -- or still owes that vector an EOI (requested or in
+    service), after its entry was sent elsewhere while it was being handled."""
+    if (kvm_apic_match_dest(vcpu, None, APIC_DEST_NOSHORT, irq.dest_id, irq.dest_mode)
+            or kvm_apic_pending_eoi(vcpu, irq.vector)):
         handled_vectors.add(irq.vector)
 
 

@@ -538,6 +538,15 @@ def kvm_get_apic_interrupt(vcpu) -> int:
     return vector
 
 
+def kvm_apic_pending_eoi(vcpu, vector: int) -> bool:
+    """Is ``vector`` requested or in service here (so its EOI is still to come)?"""
+    apic = vcpu.arch.apic
+    if apic is None:
+        return False
+    with apic.lock:
+        return apic._test_vector(A.APIC_ISR, vector) or apic._test_vector(A.APIC_IRR, vector)
+
+
 def kvm_apic_accept_pic_intr(vcpu) -> bool:
     """Does this vCPU take the PIC's ExtINT?  Without an in-kernel LAPIC (a VM without
     KVM_CREATE_IRQCHIP has no PIC either) the boot processor; with one, when the LAPIC is
