@@ -115,6 +115,16 @@ def test_without_kvm_the_program_is_untouched(library):
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "%s\n0\n" % library, "")
 
 
+def test_without_kvmpy_in_the_interpreter_open_fails_clearly(library, rawkvm, tmp_path):
+    """KVMPY_PYTHON names the interpreter the library starts: one that cannot import kvmpy
+    makes the open of /dev/kvm fail with ENODEV, and the library says why."""
+    proc = kvmpy_exec([rawkvm], env={"KVMPY_PYTHON": str(tmp_path / "bin" / "python"), "PYTHONPATH": ""})
+    assert proc.returncode == 1
+    assert proc.stdout == "error: open /dev/kvm: No such device\n"
+    assert "kvmpy: cannot import kvmpy.preload.shim" in proc.stderr
+    assert "No module named 'kvmpy'" in proc.stderr
+
+
 def test_exec_of_a_missing_program(library):
     proc = kvmpy_exec(["/nonexistent/program"])
     assert proc.returncode == 127
