@@ -3,7 +3,6 @@ MSR index list, KVM_GET/SET_CLOCK, KVM_GET/SET_TSC_KHZ and the host-initiated ti
 then on kvmpy the TSC a guest reads (its frequency, TSC_ADJUST, a guest TSC write) and the
 pvclock structure kvmclock writes into guest memory."""
 
-import ctypes
 
 import pytest
 
@@ -157,13 +156,23 @@ def test_kvmclock_writes_a_pvclock_that_tells_the_kvmclock(soft_kvm):
     assert (wall.version, wall.sec, wall.nsec) == (2, 0, 0)     # the virtual clock's epoch
 
 
-def test_tsc_deadline_is_kept_for_the_in_kernel_lapic(soft_kvm):
-    m = guestvm.Machine(syscalls, mode=None, vm_setup=guestvm.create_irqchip)
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_tsc_deadline_msr_follows_the_lapic_timer_mode(sc):
+    """IA32_TSC_DEADLINE belongs to the LAPIC timer: with the timer in one-shot mode (as at
+    reset) a write is taken and dropped (it reads 0); in TSC-deadline mode it is kept."""
+    m = guestvm.Machine(sc, mode=None, vm_setup=guestvm.create_irqchip)
     try:
-        m.msrs(12345, TSC_DEADLINE)
-        assert m.msrs(None, TSC_DEADLINE) == (1, [12345])
+        oneshot = (m.msrs(12345, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE))
+        state = uapi.kvm_lapic_state()
+        sc.ioctl(m.vcpu_fd, uapi.KVM_GET_LAPIC, state)
+        raw = bytearray(bytes(state))
+        raw[0x320:0x324] = (0x50000 | 0x40).to_bytes(4, "little")      # masked, TSC-deadline mode
+        sc.ioctl(m.vcpu_fd, uapi.KVM_SET_LAPIC, uapi.kvm_lapic_state.from_buffer_copy(bytes(raw)))
+        deadline = (m.msrs(1 << 62, TSC_DEADLINE), m.msrs(None, TSC_DEADLINE))
     finally:
         m.close()
+    assert oneshot == ((1, [12345]), (1, [0]))
+    assert deadline == ((1, [1 << 62]), (1, [1 << 62]))
 
 
 def test_time_scale_is_exact_at_one_ghz():

@@ -19,7 +19,7 @@ import contextlib
 import signal
 
 from kvmpy.uapi import kvm as uapi
-from tests.support.guestvm import RETURN32, TOUCH_STACK, prot32, putc
+from tests.support.guestvm import TOUCH_STACK, prot32, putc
 
 IOAPIC_BASE = 0xFEC00000
 LAPIC_BASE = 0xFEE00000
@@ -50,11 +50,17 @@ def out(port):
     return f" mov ${port:#x}, %dx\n out %eax, %dx\n"
 
 
+# Return from an interrupt taken with IF=1 (RETURN32 without its window: the EOI may have
+# made the next interrupt pending, and one taken between POPF and the JMP would find ECX,
+# the return address, overwritten by its own return).  STI's shadow covers the JMP.
+IRQ_RETURN = " pop %ecx\n add $4, %esp\n andl $~0x200, (%esp)\n popf\n sti\n jmp *%ecx\n"
+
+
 def handler(mark, before_eoi=""):
     """An interrupt handler: print ``mark``, count, OUT the count to HANDLER, run
     ``before_eoi``, EOI, return with IF=1."""
     return (f" push %eax\n push %edx\n{putc(mark)} incl {COUNT:#x}\n mov {COUNT:#x}, %eax\n{out(HANDLER)}"
-            f"{before_eoi} movl $0, {LAPIC_EOI:#x}\n pop %edx\n pop %eax\n{RETURN32}")
+            f"{before_eoi} movl $0, {LAPIC_EOI:#x}\n pop %edx\n pop %eax\n{IRQ_RETURN}")
 
 
 def guest(setup, handlers, expect):

@@ -40,3 +40,31 @@ def soft_results(module: str, vendor: str, mmu: str, timeout: int = 600) -> dict
 def jsonable(result):
     """A result as it comes back from a child (tuples become lists)."""
     return json.loads(json.dumps(result))
+
+
+def scenario_tests(module: str, scenarios: dict, expected: dict, host_skip=None):
+    """The two tests of a scenario module: each scenario on the host's /dev/kvm and on kvmpy
+    under every vendor module and MMU mode, against ``expected`` (the host's answers).  The
+    module binds them to its own ``test_*`` names for pytest to collect.  ``host_skip`` names
+    the scenarios the host cannot run ({name: why}), which are skipped there."""
+    import pytest
+
+    from tests.support import rawvmm
+
+    host_skip = host_skip or {}
+    host_params = [pytest.param(n, marks=[pytest.mark.skip(reason=host_skip[n])] if n in host_skip else [])
+                   for n in sorted(scenarios)]
+
+    @pytest.mark.host
+    @pytest.mark.parametrize("name", host_params)
+    def on_the_host(name):
+        got, want = jsonable(scenarios[name](rawvmm.HOST)), jsonable(expected[name])
+        assert got == want, (got, want)
+
+    @pytest.mark.parametrize("name", sorted(scenarios))
+    @pytest.mark.parametrize("vendor,mmu", VENDORS_MMUS)
+    def on_kvmpy(name, vendor, mmu):
+        got, want = soft_results(module, vendor, mmu)[name], jsonable(expected[name])
+        assert got == want, (got, want)
+
+    return on_the_host, on_kvmpy

@@ -8,8 +8,6 @@ and the errors that name the file.
 """
 
 import struct
-import subprocess
-import sys
 
 import pytest
 
@@ -18,6 +16,7 @@ from kvmpy.guests import image_path
 from kvmpy.vmm import bzimage, layout
 from kvmpy.vmm.cpu_setup import setup_linux_boot
 from kvmpy.vmm.loader import LoadError
+from tests.support.cli import kvmpy_run, run_main
 
 GUEST = str(image_path("bzimage"))
 CMDLINE = "console=ttyS0 kvmpy=42"
@@ -33,23 +32,17 @@ def initrd(tmp_path):
     return str(path)
 
 
-def _kvmpy_run(*argv):
-    proc = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", *argv], capture_output=True,
-                          text=True, timeout=120)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
 @pytest.mark.parametrize("vendor", ["vmx", "svm"])
 @pytest.mark.parametrize("mmu", ["tdp", "shadow"])
 def test_bzimage_boots_on_kvmpy(initrd, vendor, mmu):
-    status, out, err = _kvmpy_run("--vendor", vendor, "--mmu", mmu, "-kernel", GUEST, "-append", CMDLINE,
-                                  "-initrd", initrd)
+    status, out, err = kvmpy_run("--vendor", vendor, "--mmu", mmu, "-kernel", GUEST, "-append", CMDLINE,
+                                 "-initrd", initrd)
     assert (status, out) == (1, EXPECTED), err        # isa-debug-exit 0: status (0 << 1) | 1
 
 
 @pytest.mark.host
 def test_bzimage_boots_on_the_host(initrd):
-    status, out, err = _kvmpy_run("--accel", "host", "-kernel", GUEST, "-append", CMDLINE, "-initrd", initrd)
+    status, out, err = kvmpy_run("--accel", "host", "-kernel", GUEST, "-append", CMDLINE, "-initrd", initrd)
     assert (status, out) == (1, EXPECTED), err
 
 
@@ -123,6 +116,5 @@ def test_initrd_too_large(tmp_path):
 
 
 def test_append_refused_for_other_images(capsys):
-    from tests.support.cli import run_main
     status, _, err = run_main(capsys, "run", str(image_path("demo")), "-append", "x")
-    assert status == 2 and "-append" in err and "not a Linux bzImage" in err
+    assert status == 2 and "-append" in err and "neither a Linux bzImage" in err

@@ -127,6 +127,26 @@ class Vm(_Fd):
     def set_irq_line(self, irq, level):
         self._ioctl(uapi.KVM_IRQ_LINE, uapi.kvm_irq_level(irq=irq, level=int(level)))
 
+    def ioeventfd(self, addr, length, fd, datamatch=None, pio=False, deassign=False):
+        """KVM_IOEVENTFD: a guest write of ``length`` bytes (0: any) at ``addr`` (a port
+        if ``pio``), of ``datamatch``'s value unless None, signals eventfd ``fd`` inside
+        KVM_RUN; ``deassign`` removes the same binding."""
+        flags = ((uapi.KVM_IOEVENTFD_FLAG_DATAMATCH if datamatch is not None else 0)
+                 | (uapi.KVM_IOEVENTFD_FLAG_PIO if pio else 0)
+                 | (uapi.KVM_IOEVENTFD_FLAG_DEASSIGN if deassign else 0))
+        self._ioctl(uapi.KVM_IOEVENTFD, uapi.kvm_ioeventfd(
+            datamatch=datamatch or 0, addr=addr, len=length, fd=fd, flags=flags))
+
+    def get_clock(self):
+        """KVM_GET_CLOCK: the VM's clock (kvmclock's time base) in nanoseconds."""
+        data = uapi.kvm_clock_data()
+        self._ioctl(uapi.KVM_GET_CLOCK, data)
+        return data.clock
+
+    def set_clock(self, ns):
+        """KVM_SET_CLOCK: the VM's clock reads ``ns`` now."""
+        self._ioctl(uapi.KVM_SET_CLOCK, uapi.kvm_clock_data(clock=ns))
+
     def create_vcpu(self, vcpu_id):
         fd = self._ioctl(uapi.KVM_CREATE_VCPU, vcpu_id)
         try:
@@ -159,6 +179,10 @@ class Vcpu(_Fd):
         value = struct_type()
         self._ioctl(request, value)
         return value
+
+    def get_tsc_khz(self):
+        """KVM_GET_TSC_KHZ: the guest's TSC frequency."""
+        return self._ioctl(uapi.KVM_GET_TSC_KHZ)
 
     def get_regs(self):
         return self._get(uapi.KVM_GET_REGS, uapi.kvm_regs)

@@ -12,6 +12,10 @@ import sys
 from kvmpy.uapi import PAGE_SIZE
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+PROT_NONE = 0                   # <sys/mman.h>; the mmap module has no name for it
+
+
 class GuestMemoryError(ValueError):
     """An access outside the region."""
 
@@ -43,6 +47,24 @@ class GuestMemory:
         if kernel is not None and not self._map.closed:
             kernel.mmu_notifier_invalidate_range_start(self.host_addr, self.host_addr + self.size)
         self._map.close()
+
+    def invalidate(self, gpa, length):
+        """Take the pages holding [gpa, gpa+length) away and give them back (mprotect to
+        no access, then read/write), as QEMU's pc-testdev "flush page" does: the kernel's
+        mmu notifier makes KVM drop what it mapped there, so the guest's next access faults
+        into KVM again. kvmpy's kernel, in this process, is told directly, as on unmap.
+        The contents stay."""
+        off = self._offset(gpa, length)
+        start = off & ~(PAGE_SIZE - 1)
+        end = (off + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        kernel = sys.modules.get("kvmpy.kernel.kvm_main")
+        if kernel is not None:
+            kernel.mmu_notifier_invalidate_range_start(self.host_addr + start,
+                                                       self.host_addr + end)
+        for prot in (PROT_NONE, mmap.PROT_READ | mmap.PROT_WRITE):
+            if _libc.mprotect(ctypes.c_void_p(self.host_addr + start),
+                              ctypes.c_size_t(end - start), prot):
+                raise OSError(ctypes.get_errno(), "mprotect of guest memory failed")
 
     def contains(self, gpa, length=1):
         return self.base <= gpa and gpa + length <= self.base + self.size

@@ -27,7 +27,8 @@ from kvmpy.hw.translate.decoder import DecodeError, decode
 from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
 from kvmpy.hw.system.segments import SegmentUnit
 from .state import CPUState
-from kvmpy.hw.x86defs import AC, CF, CR0_PE, CR0_PG, CR4_PAE, EFER_LMA, EFER_LME, IF, NT, RF, TF, VM, RFLAGS_WRITABLE, SS, CS
+from kvmpy.hw.x86defs import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, DR6_BS, DR7_LEN_SHIFT, DR7_RW_SHIFT, EFER_LMA,
+                              EFER_LME, IF, NT, RF, TF, VM, RFLAGS_WRITABLE, SS, CS)
 
 class FetchTLB(dict):
     """The instruction-fetch TLB (linear page -> guest-physical page).
@@ -69,7 +70,12 @@ GBPAGES = features.implemented("pdpe1gb")     # 1-GByte pages in the processor's
 
 
 class _SingleStep(Exception):
-    """RFLAGS.TF became set during a chain of blocks: go on one instruction at a time."""
+    """RFLAGS.TF or RF became set during a chain of blocks: go on one instruction at a time."""
+
+
+class _Rewind(Exception):
+    """An instruction run in a block touched a data breakpoint: roll back to it and run it
+    on its own (``_step``), which traps after it."""
 
 
 HOST_TICK = 8192           # instructions between two looks at the host's interrupt line
@@ -98,6 +104,8 @@ class Processor(CPUState, SegmentUnit):
         self.intercept_cr3 = False
         self.intercept_invlpg = False
         self.intercept_cr0_cr4 = False
+        self.intercept_cr8 = False      # CR8 writes exit (an interrupt waits behind the TPR)
+        self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode
@@ -128,6 +136,12 @@ class Processor(CPUState, SegmentUnit):
         self.events_delivered = 0       # deliveries begun (a single-step trap follows none)
         self.delivering = []            # (kind, vector, error code, next ip) of the events being
                                         # delivered, innermost last (double faults, vectoring info)
+        # DR7's enabled breakpoints (debug_refresh): instruction ones as (address, DR6 bit), data
+        # ones as (first byte, end, DR6 bit, writes only); the pages of the data ones, kept out
+        # of the read/write TLBs so that every access to them is seen; hits of this instruction
+        self.code_bps, self.data_bps, self.watch_pages, self.data_hits = (), (), frozenset(), 0
+        self.stepping = False           # in _step: data breakpoint hits are recorded, not rewound
+        self.step_next = False          # the next instruction must run on its own (_step)
         self.ns = self._namespace()
         self.refresh()
 
@@ -174,10 +188,44 @@ class Processor(CPUState, SegmentUnit):
         if pk != self.paging_key:
             self.paging_key = pk
             self.flush_tlb()
+        self.debug_refresh()
+
+    def debug_refresh(self):
+        """DR7's enabled breakpoints (SDM 18.2.4), as the processor matches them: instruction
+        breakpoints (R/W 00) before an instruction at the address runs, data breakpoints
+        (01 writes, 11 reads and writes; LEN 1, 2, 8 or 4 bytes, aligned) after an
+        instruction that touched one of the bytes.  I/O breakpoints (R/W 10) are not
+        implemented.  Blocks run as usual: one holding an instruction breakpoint's address,
+        and an instruction that touches a data breakpoint (rolled back), run one instruction
+        at a time (``_step``)."""
+        dr7 = self.dr[7]
+        code, data = [], []
+        for n in range(4):
+            if not dr7 >> 2 * n & 3:
+                continue
+            rw = dr7 >> (DR7_RW_SHIFT + 4 * n) & 3
+            if rw == 0:
+                code.append((self.dr[n], 1 << n))
+            elif rw != 2:
+                size = (1, 2, 8, 4)[dr7 >> (DR7_LEN_SHIFT + 4 * n) & 3]
+                lo = self.dr[n] & ~(size - 1)
+                data.append((lo, lo + size, 1 << n, rw == 1))
+        pages = frozenset(a >> 12 for lo, hi, _, _ in data for a in (lo, hi - 1))
+        if pages != self.watch_pages:
+            self.watch_pages = pages
+            self.flush_tlb()
+        if tuple(code) != self.code_bps:
+            self.chain_gen += 1             # a chained block may hold a new breakpoint
+        self.code_bps, self.data_bps = tuple(code), tuple(data)
+
+    def _breakpoint_in(self, b) -> bool:
+        """Does block ``b`` hold an instruction an instruction breakpoint is on?"""
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        return any(addr & mask in b.starts for addr, _ in self.code_bps)
 
     def set_rflags(self, value: int) -> None:
         super().set_rflags(value)
-        if value & TF:
+        if value & (TF | RF):
             self.chain_gen += 1     # single-stepping: the block chain ends, see lookup_block
 
     def request_exit(self):
@@ -242,6 +290,15 @@ class Processor(CPUState, SegmentUnit):
     def raise_fault(self, vector, error_code=None):
         raise Fault(vector, error_code)
 
+    def limit_fault(self, seg, off, size):
+        """An access of ``size`` bytes at ``off`` went past segment ``seg``'s limit (the
+        translated code's check): #SS(0) through SS, #GP(0) otherwise -- unless the segment
+        is an expand-down data segment, whose valid offsets lie above the limit."""
+        s = self.seg[seg]
+        if s.s and s.type & 0xC == 0x4 and s.limit < off and off + size - 1 <= (0xFFFFFFFF if s.db else 0xFFFF):
+            return
+        raise Fault(12 if seg == SS else 13, 0)
+
     def intercept(self, kind, **info):
         raise Intercept(kind, **info)
 
@@ -267,7 +324,8 @@ class Processor(CPUState, SegmentUnit):
 
         Fills the software TLB; raises Fault(14)/Intercept on failure.
         """
-        if self.mode.code == 8 and (lin + (1 << 47)) >> 48:
+        # canonical: bits 63..47 equal, i.e. lin + 2**47 (cut to 64 bits) is below 2**48
+        if self.mode.code == 8 and (lin + (1 << 47)) >> 48 & 0xFFFF:
             raise Fault(13, 0)          # non-canonical address (#SS for stack accesses is not told apart)
         user = self.mode.cpl == 3
         if user:
@@ -302,12 +360,16 @@ class Processor(CPUState, SegmentUnit):
             self.tlb_supervisor = True
         if access & paging.PFERR_FETCH:
             self.tlb_x[lpn] = gpa
+        if lpn in self.watch_pages:
+            return host, gpa            # a data breakpoint's page: every access goes the slow way
         self.tlb_r[lpn] = view
         if writable and (access & paging.PFERR_WRITE) and gfn not in self.code_pages:
             self.tlb_w[lpn] = view
         return host, gpa
 
     def read_slow(self, a, size):
+        if self.data_bps:
+            self._watch(a, size, False)
         if (a & 0xFFF) + size > 0x1000:
             lo = 0x1000 - (a & 0xFFF)
             return self.read_slow(a, lo) | (self.read_slow(a + lo, size - lo) << (8 * lo))
@@ -318,6 +380,8 @@ class Processor(CPUState, SegmentUnit):
 
     def write_slow(self, a, size, v):
         """Write through the page walk; True if the write invalidated translated code."""
+        if self.data_bps:
+            self._watch(a, size, True)
         if (a & 0xFFF) + size > 0x1000:
             lo = 0x1000 - (a & 0xFFF)
             self.probe_write(a, size)
@@ -326,6 +390,16 @@ class Processor(CPUState, SegmentUnit):
         host, gpa = self.translate(a, paging.PFERR_WRITE)
         hm.write(host + (a & 0xFFF), size, v)
         return self._note_write(gpa >> 12, a & 0xFFF, size)
+
+    def _watch(self, a, size, write):
+        """An access to [a, a+size): the data breakpoints it hits, for the trap after the
+        instruction; in a block, the instruction is rolled back and run on its own (an event
+        delivery is not: its hits are not reported)."""
+        for lo, hi, bit, writes_only in self.data_bps:
+            if a < hi and lo < a + size and (write or not writes_only):
+                if not self.stepping and not self.delivering:
+                    raise _Rewind()
+                self.data_hits |= bit
 
     def probe_write(self, a, size):
         """Fault now if any byte of [a, a+size) is not writable (multi-store instructions)."""
@@ -374,7 +448,7 @@ class Processor(CPUState, SegmentUnit):
     def lookup_block(self):
         if self.exit_request:
             raise Intercept("preemption")       # an external interrupt, as the IPI would be
-        if self.flags & TF:
+        if self.flags & (TF | RF):
             raise _SingleStep()                 # set by the block just run: step from here on
         rip = self.rip
         csb = self.sbase[CS]
@@ -425,6 +499,7 @@ class Processor(CPUState, SegmentUnit):
                 ranges.append((self.tlb_x.get(a >> 12, phys) >> 12, a & 0xFFF, (stop - 1 & 0xFFF) + 1))
                 a = stop
         b.code_ranges = tuple(ranges)
+        b.starts = frozenset((csb + i.start) & mask for i in b.insns)
         for gfn, lo, hi in ranges:
             self.code_bytes.setdefault(gfn, bytearray(0x1000))[lo:hi] = b"\1" * (hi - lo)
         for lpn in lpns:
@@ -473,16 +548,23 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                if self.flags & TF:
-                    self._single_step()
+                if self.flags & (TF | RF) or self.step_next:
+                    self._step()
                 else:
-                    self._run_chain(self.lookup_block(), limit)
+                    b = self.lookup_block()
+                    if self.code_bps and self._breakpoint_in(b):
+                        self._step()
+                    else:
+                        self._run_chain(b, limit)
             except Fault as f:
                 deliveries += 1
                 self._at_fault_insn()
                 self.raise_event(f)
             except _SingleStep:
                 pass
+            except _Rewind:
+                self._at_fault_insn()
+                self.step_next = True
             except DecodeError as d:
                 deliveries += 1
                 self.raise_event(Fault(d.vector, 0 if d.vector == 13 else None))
@@ -529,6 +611,8 @@ class Processor(CPUState, SegmentUnit):
                     b.succ.clear()
                     b.link_gen = self.chain_gen
                     nb = b.succ[rip] = self.lookup_block()
+                if self.code_bps and self._breakpoint_in(nb):
+                    return                      # _run_blocks steps through it
                 b = nb
         finally:
             self.icount = ic
@@ -554,19 +638,40 @@ class Processor(CPUState, SegmentUnit):
                               self.rip, csb, mode, self.ns, max_insns=1, single=True)
         self.icount += b.fn()
 
-    def _single_step(self):
-        """RFLAGS.TF: one instruction, then a single-step #DB trap (DR6.BS) -- unless the
-        instruction delivered an event (which clears TF) or faulted (SDM 17.3.1.4).  TF is
-        looked at before the instruction: POPF setting it traps after the next one."""
+    def _step(self):
+        """One instruction on its own, with the debug exceptions it may raise (SDM 18.3.1): an
+        instruction breakpoint at its address is a fault before it runs (suppressed by
+        RFLAGS.RF); after it, a #DB trap for the data breakpoints it hit and, if TF was set
+        before it, the single-step trap (DR6.BS) -- unless the instruction delivered an event
+        (which clears TF) or faulted.  TF is looked at before the instruction: POPF setting
+        it traps after the next one.  RF is cleared once an instruction completes."""
         if self.exit_request:
             raise Intercept("preemption")
+        flags = self.flags
+        if self.code_bps and not flags & RF:
+            mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+            lin = (self.sbase[CS] + self.rip) & mask
+            hit = 0
+            for addr, bit in self.code_bps:
+                if addr & mask == lin:
+                    hit |= bit
+            if hit:
+                raise Fault(1, dr6=hit)
         events = self.events_delivered
-        self._run_one()
+        self.data_hits = 0
+        self.step_next = False
+        self.stepping = True
+        try:
+            self._run_one()
+        finally:
+            self.stepping = False
         if self.interrupt_shadow:
             self.interrupt_shadow = 0
         if self.events_delivered == events:
-            self.dr[6] |= DR6_BS
-            raise Fault(1)
+            self.flags &= ~RF
+            dr6 = self.data_hits | (DR6_BS if flags & TF else 0)
+            if dr6:
+                raise Fault(1, dr6=dr6)
 
     def _at_fault_insn(self):
         """If the exception being handled was raised in a block, roll RIP/icount back to the
@@ -605,16 +710,21 @@ class Processor(CPUState, SegmentUnit):
     # ------------------------------------------------------------------ events
     def raise_event(self, f: Fault):
         """Deliver a fault raised by an instruction (or exit if the vendor intercepts it)."""
-        self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2)
+        self.deliver(f.vector, HW_EXC, f.error_code, cr2=f.cr2, dr6=f.dr6)
 
-    def deliver(self, vector, kind, error_code=None, cr2=None, next_ip=None, injected=False):
+    def deliver(self, vector, kind, error_code=None, cr2=None, next_ip=None, injected=False, dr6=0):
         """Deliver an event through the IDT/IVT, with double- and triple-fault rules.
 
         An event injected at VM entry is not checked against the exception bitmap
-        (VMX/SVM deliver it straight to the guest); exceptions it causes are.
+        (VMX/SVM deliver it straight to the guest); exceptions it causes are, and so are
+        INT3, INTO and INT1 (software exceptions; INT n is not).  A #DB's cause (``dr6``)
+        goes into DR6 when it is delivered, into the exit when it is intercepted.
         """
-        if kind == HW_EXC and not injected and self.exception_bitmap >> vector & 1:
-            raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2)
+        if kind in _EXCEPTION_KINDS and not injected and self.exception_bitmap >> vector & 1:
+            raise Intercept("exception", vector=vector, error_code=error_code, cr2=cr2, event_kind=kind,
+                            next_ip=next_ip, dr6=dr6)
+        if dr6:
+            self.dr[6] |= dr6
         if kind == HW_EXC and self.delivering:
             prev_kind, prev = self.delivering[-1][:2]
             if prev_kind == HW_EXC and prev == 8:
@@ -692,7 +802,8 @@ def _num(v):
     return int(v, 0) if isinstance(v, str) else v
 
 
-DR6_BS = 1 << 14            # DR6: the #DB is a single-step trap
+# the kinds of event the exception bitmap applies to (SDM 25.2: all exceptions but INT n)
+_EXCEPTION_KINDS = (HW_EXC, SW_EXC, PRIV_SW_EXC)
 
 # Flags cleared on interrupt/exception delivery
 DELIVERY_CLEARS = TF | NT | RF | VM | AC

@@ -17,13 +17,17 @@ EXT_INTR, NMI, HW_EXC, SW_INT, PRIV_SW_EXC, SW_EXC = 0, 2, 3, 4, 5, 6
 
 
 class Fault(Exception):
-    """A guest exception (#DE, #UD, #GP, #PF...) with its error code."""
+    """A guest exception (#DE, #UD, #GP, #PF...) with its error code.  A #DB carries its
+    cause in ``dr6`` (DR6's status bits: B0-B3, BS), which the processor writes into DR6 when
+    it delivers the exception to the guest, and reports instead of writing when the
+    exception causes a VM exit (VMX's exit qualification; KVM owns DR6 then)."""
 
-    def __init__(self, vector: int, error_code: int | None = None, cr2: int | None = None):
+    def __init__(self, vector: int, error_code: int | None = None, cr2: int | None = None, dr6: int = 0):
         super().__init__(vector, error_code)
         self.vector = vector
         self.error_code = error_code
         self.cr2 = cr2
+        self.dr6 = dr6
 
 
 class Intercept(Exception):

@@ -51,6 +51,9 @@ IMPLEMENTED: frozenset[str] = frozenset({
     "movbe",
     # integer instructions of those generations (kvmpy.hw.insn.bits / atomic)
     "popcnt", "abm", "cx16",
+    # the in-kernel LAPIC's x2APIC mode and TSC-deadline timer (kernel/x86/lapic.py), which KVM
+    # advertises whatever the host has
+    "x2apic", "tsc_deadline_timer",
 })
 
 

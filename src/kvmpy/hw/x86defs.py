@@ -24,6 +24,14 @@ CR4_PCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_UMIP, CR4_LA57 = 0x100, 0x200, 0x400, 0
 CR4_FSGSBASE, CR4_PCIDE, CR4_OSXSAVE, CR4_SMEP, CR4_SMAP = 1 << 16, 1 << 17, 1 << 18, 1 << 20, 1 << 21
 EFER_SCE, EFER_LME, EFER_LMA, EFER_NXE = 1, 1 << 8, 1 << 10, 1 << 11
 
+# Debug registers (SDM 18.2): DR6's status bits, the value it reads with none of them set
+# (its reserved bits read 1: "active low"), DR7's enable bits and their fields
+DR6_B0_B3, DR6_BD, DR6_BS = 0xF, 1 << 13, 1 << 14
+DR6_ACTIVE_LOW = 0xFFFF0FF0
+DR7_BP_EN_MASK = 0xFF               # L0 G0 ... L3 G3
+DR7_FIXED_1 = 0x400
+DR7_RW_SHIFT, DR7_LEN_SHIFT = 16, 18  # + 4 * n: breakpoint n's R/W (00 execute, 01 write, 11 read/write) and LEN
+
 
 def canonical(addr) -> bool:
     """A 64-bit linear address is canonical when bits 63..47 are all equal (48-bit VAs)."""

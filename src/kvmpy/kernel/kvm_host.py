@@ -22,6 +22,7 @@ from .. import uapi
 from ..uapi import PAGE_SIZE
 from ..hw import memory as hm
 from .iodev import KVM_NR_BUSES, KvmIoBus
+from .run_token import RunToken
 from .srcu import SrcuStruct, srcu_read_lock, srcu_read_unlock
 from .stats import KvmStats
 
@@ -76,6 +77,7 @@ class Kvm:
         self.memslots: dict[int, KvmMemorySlot] = {}
         self.memslots_generation = 0
         self.srcu = SrcuStruct()               # readers: vCPUs using the memslots
+        self.run_token = RunToken()            # the vCPU executing guest code (run_token.py)
         self.mmu_mapped_slots: set = set()     # ids of slots the MMU mapped pages of
         self._slots_by_gfn: list = []          # sorted (base_gfn, slot) for gfn_to_memslot
         self.nr_memslot_pages = 0
@@ -154,6 +156,8 @@ class KvmVcpu:
         self.sigset = None              # KVM_SET_SIGNAL_MASK's mask, a bit set, or None
         self.sigmask_saved = None       # the thread's signal mask while it is in KVM_RUN (signals.py)
         self.sigmask_interrupting = 0     # signals that end KVM_RUN, a bit set (signals.py)
+        self.handlers_diverted: dict = {}   # signal -> Python handler, set aside during KVM_RUN
+        self.signals_arrived: list = []     # signals the diverted handlers recorded (signals.py)
         self.stat: KvmStats | None = None      # set by kvm_vcpu_init (stats.VCPU_STATS)
         self.arch = None
         self.guest_debug = 0

@@ -10,6 +10,18 @@ pending; ``signal_pending`` asks the kernel for the pending set (``sigpending``,
 call); ``kvm_sigset_deactivate`` restores the mask and the signal is delivered, its handler
 run, as KVM_RUN returns.
 
+A signal sent to the process (``kill``, an interval timer's SIGALRM) is another matter.  Linux
+gives it to the main thread when that thread does not block it, so it interrupts a KVM_RUN
+there; kvmpy's KVM_RUN blocks it, so the kernel hands it to any other thread that does not --
+and every Python thread but the vCPU's does not.  There CPython's C handler only notes it, and
+the main thread runs the Python handler at its next bytecode check: inside KVM_RUN, which
+would never learn of it (a HLT with IF=0 would wait for ever).  So while the main thread is
+in KVM_RUN the Python handlers of the interrupting signals are diverted
+(``_divert_handlers``): the stand-in records the signal, which is then pending as far as
+``signal_pending`` is concerned; ``kvm_sigset_deactivate`` puts the handlers back and sends
+the recorded signals to the thread again, so that they are delivered, and their handlers
+run, as KVM_RUN returns.
+
 Signals that would not interrupt KVM_RUN on Linux are left out: those the thread had
 blocked (or KVM_SET_SIGNAL_MASK's mask, which replaces the thread's mask during KVM_RUN),
 ignored ones, and the synchronous ones a fault raises (SIGSEGV, SIGBUS...), which must
@@ -22,6 +34,7 @@ functions signals are not seen, only ``immediate_exit`` and kicks.
 
 from __future__ import annotations
 
+import _signal       # the C module: signal.getsignal/signal convert every answer to an enum
 import ctypes
 import signal
 import threading
@@ -43,7 +56,8 @@ _SYNCHRONOUS = {getattr(signal, n) for n in ("SIGKILL", "SIGSTOP", "SIGSEGV", "S
                                              "SIGTRAP", "SIGSYS", "SIGABRT") if hasattr(signal, n)}
 _DEFAULT_IGNORED = {getattr(signal, n) for n in ("SIGCHLD", "SIGURG", "SIGWINCH", "SIGCONT")
                     if hasattr(signal, n)}
-WATCHED = _bits(s for s in signal.valid_signals() if s not in _SYNCHRONOUS and s <= 64) if _HAVE_MASKS else 0
+_CATCHABLE = sorted(s for s in signal.valid_signals() if s not in _SYNCHRONOUS and s <= 64)
+WATCHED = _bits(_CATCHABLE) if _HAVE_MASKS else 0
 _WATCHED_SET = SigSet()
 _WATCHED_SET.val[0] = WATCHED
 
@@ -59,20 +73,45 @@ def kvm_sigset_activate(vcpu) -> None:
     vcpu.sigmask_saved = saved
     blocked = vcpu.sigset if vcpu.sigset is not None else saved.val[0]
     vcpu.sigmask_interrupting = WATCHED & ~blocked
+    if threading.current_thread() is threading.main_thread():
+        _divert_handlers(vcpu)
+
+
+def _divert_handlers(vcpu) -> None:
+    """Replace the Python handlers of the interrupting signals by one that records the
+    signal (in ``vcpu.signals_arrived``), for the time of KVM_RUN on the main thread."""
+    arrived = vcpu.signals_arrived = []
+    diverted = vcpu.handlers_diverted = {}
+    record = lambda signum, frame: arrived.append(signum)       # noqa: E731
+    for signum in _CATCHABLE:
+        if vcpu.sigmask_interrupting >> (signum - 1) & 1:
+            handler = _signal.getsignal(signum)
+            if callable(handler):
+                diverted[signum] = _signal.signal(signum, record)
 
 
 def kvm_sigset_deactivate(vcpu) -> None:
-    """Leaving KVM_RUN: the thread's own mask again; a pending signal is delivered now."""
+    """Leaving KVM_RUN: the handlers and the thread's own mask again; a pending signal (or
+    one that arrived at a diverted handler, sent again) is delivered now."""
     saved = vcpu.sigmask_saved
     if saved is not None:
         vcpu.sigmask_saved = None
+        diverted, vcpu.handlers_diverted = vcpu.handlers_diverted, {}
+        for signum, handler in diverted.items():
+            _signal.signal(signum, handler)
+        for signum in set(vcpu.signals_arrived):
+            send_to_current_thread(signum)
+        vcpu.signals_arrived = []
         _libc.pthread_sigmask(signal.SIG_SETMASK, ctypes.byref(saved), None)
 
 
 def signal_pending(vcpu) -> bool:
-    """A signal that interrupts KVM_RUN is pending for this thread (or the process)."""
+    """A signal that interrupts KVM_RUN is pending for this thread (or the process), or
+    reached a diverted handler."""
     if vcpu.sigmask_saved is None:
         return False
+    if vcpu.signals_arrived:
+        return True
     pending = SigSet()
     _libc.sigpending(ctypes.byref(pending))
     bits = pending.val[0] & vcpu.sigmask_interrupting

@@ -1,7 +1,8 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
-              [-m MIB] [--format auto|flat|elf|bzimage] [--trace] [--max-insns N] [--timeout S]
+              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
+              [--timeout S]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
               -global -serial -display -nodefaults --no-reboot -enable-kvm]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
@@ -49,6 +50,9 @@ DEVICE_HELP = ("help", "?")
 SERIAL_BACKENDS = ("stdio", "none", "null")
 #: --mmu values and the kernel module parameter ``ept`` (``npt`` on SVM) they set
 MMU_MODES = {"tdp": True, "shadow": False}
+#: guest RAM (MiB) without -m: kvmpy's for an IMAGE, QEMU's for -kernel (kvm-unit-tests'
+#: kernels load at 4 MiB and need more than 16)
+DEFAULT_MIB, QEMU_DEFAULT_MIB = 16, 128
 #: exit statuses of the runs that a bound (--max-insns, --timeout) ended
 BOUND_STATUS = {"insn-limit": 4, "timeout": 124}
 
@@ -148,14 +152,16 @@ def _add_qemu_options(run):
     qemu.add_argument("--kernel", "-kernel", metavar="FILE",
                       help="the guest image (instead of IMAGE); a missing file is reported "
                            "as QEMU does: could not load kernel 'FILE'")
-    qemu.add_argument("--initrd", "-initrd", metavar="FILE", help="initial ramdisk (a bzImage's initrd)")
+    qemu.add_argument("--initrd", "-initrd", metavar="FILE",
+                      help="a bzImage's initial ramdisk, or a multiboot kernel's modules "
+                           "(FILE[ ARGS][,FILE...])")
     qemu.add_argument("--append", "-append", metavar="CMDLINE", help="kernel command line")
     qemu.add_argument("--smp", "-smp", type=_qemu_type(qemu_options.smp),
                       metavar="N[,cpus=N][,sockets=N]",
                       help="vCPUs (one socket each; cores and threads of 1)")
     qemu.add_argument("--machine", "-machine", "-M", action="append", default=[],
                       type=_qemu_type(qemu_options.machine), metavar="PROPS",
-                      help="accel=kvm (the KVM --accel picks), pit=off")
+                      help="accel=kvm (the KVM --accel picks), pit=off, kernel-irqchip=off")
     qemu.add_argument("--device", "-device", action="append", default=[],
                       type=_qemu_type(qemu_options.device), metavar="DRIVER[,PROPS]",
                       help="isa-debug-exit[,iobase=PORT][,iosize=1|2|4]; "
@@ -199,10 +205,13 @@ def build_parser():
     run.add_argument("--clock", choices=CLOCK_MODES,
                      help="soft KVM's time base: virtual (from retired instructions, reproducible; "
                           "the default) or host (the host's monotonic clock)")
-    run.add_argument("-m", "--memory", type=memory_mib, default=16, metavar="MIB",
-                     help="guest RAM in MiB, or with a suffix K, M, G (default 16)")
-    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage"), default="auto",
-                     help="image format (default: a bzImage by its boot protocol header, ELF by its magic, else flat)")
+    run.add_argument("-m", "--memory", type=memory_mib, metavar="MIB",
+                     help=f"guest RAM in MiB, or with a suffix K, M, G (default {DEFAULT_MIB}; "
+                          f"{QEMU_DEFAULT_MIB}, QEMU's default, with -kernel)")
+    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "multiboot"),
+                     default="auto",
+                     help="image format (default: a bzImage by its boot protocol header, a "
+                          "multiboot kernel by its multiboot header, ELF by its magic, else flat)")
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
     run.add_argument("--max-insns", type=positive_int, metavar="N",
@@ -291,10 +300,14 @@ def _cpu_model(name):
     return name
 
 
+MACHINE_PROPS = "accel=kvm, pit=on|off and kernel-irqchip=on|off"
+
+
 def _machine_options(args):
     """The Machine's keyword arguments for the QEMU options given (UsageError for what no
     kvmpy machine has: those a later machine may have are the machine's to refuse)."""
     pit = None
+    irqchip = None                      # the machine's default
     for props in args.machine:
         for name, value in props.items():
             if name == "accel":
@@ -305,12 +318,15 @@ def _machine_options(args):
                                      f"no {first} (--accel soft|host picks which KVM)")
             elif name == "type":
                 raise UsageError(f"-machine {value}: kvmpy has one machine type; "
-                                 f"give no type (accel=kvm and pit=on|off are supported)")
+                                 f"give no type ({MACHINE_PROPS} are supported)")
             elif name == "pit":
                 pit = _qemu_value_or_usage(qemu_options.on_off, value, "-machine pit")
+            elif name == "kernel-irqchip":
+                if value == "split":
+                    raise UsageError("-machine kernel-irqchip=split: not supported (on|off are)")
+                irqchip = _qemu_value_or_usage(qemu_options.on_off, value, "-machine kernel-irqchip")
             else:
-                raise UsageError(f"-machine {name}={value}: not supported "
-                                 f"(accel=kvm and pit=on|off are)")
+                raise UsageError(f"-machine {name}={value}: not supported ({MACHINE_PROPS} are)")
     pit_policy = None
     for driver, prop, value in args.globals:
         if (driver, prop) != ("kvm-pit", "lost_tick_policy"):
@@ -319,7 +335,7 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
-                pit=pit, pit_policy=pit_policy, serial_sink=_serial_sink(args))
+                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args))
 
 
 def _qemu_value_or_usage(parse, text, what):
@@ -363,7 +379,7 @@ def _exit_status(result, demo):
         return result.status
     if result.reason == "hlt":
         return 0
-    if result.reason == "reset":
+    if result.reason in ("reset", "poweroff"):
         print(f"kvmpy: {result.message}", file=sys.stderr)
         return 0
     if result.reason in BOUND_STATUS:
@@ -398,7 +414,10 @@ def cmd_run(args):
         image = args.image or args.kernel
     with _tracing(args.trace):
         try:
-            machine = Machine(image, accel=args.accel, memory_mib=args.memory,
+            memory = args.memory
+            if memory is None:
+                memory = QEMU_DEFAULT_MIB if args.kernel is not None else DEFAULT_MIB
+            machine = Machine(image, accel=args.accel, memory_mib=memory,
                               fmt=args.format, params=params, max_insns=args.max_insns,
                               **options)
         except LoadError as e:

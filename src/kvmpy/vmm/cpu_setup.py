@@ -4,6 +4,9 @@
 * ELF executables start in 32-bit protected mode with flat 4 GiB code and data segments
   from a three-entry GDT the VMM writes into guest memory (paging off), at the ELF entry
   point — the state a multiboot loader hands to a kernel;
+* a multiboot kernel starts in the same flat protected mode at its entry, with EAX = the
+  multiboot boot magic and EBX = the information structure (the multiboot spec; the
+  selectors are QEMU's option ROM's too, code 0x08 and data 0x10);
 * a bzImage starts as the Linux boot protocol says (boot.rst): at its 64-bit entry in long
   mode with the low 1 GiB identity-mapped, or at its 32-bit entry in flat protected mode,
   the code segment at __BOOT_CS (0x10) and data at __BOOT_DS (0x18), RSI/ESI pointing at
@@ -16,6 +19,7 @@ cleared (:func:`edit_cpu_features`).
 from kvmpy.hw.features import FEATURES
 from kvmpy.uapi.kvm import KVM_CPUID_FLAG_SIGNIFCANT_INDEX
 from kvmpy.vmm.loader import LoadError
+from kvmpy.vmm.multiboot import BOOT_MAGIC
 
 GDT_ADDR = 0x500
 GDT_ENTRIES = (
@@ -86,6 +90,14 @@ def setup_protected_mode(vcpu, memory, image):
     vcpu.set_regs(regs)
 
 
+def setup_multiboot(vcpu, memory, image):
+    """A multiboot kernel's entry: flat protected mode, EAX = magic, EBX = the info."""
+    setup_protected_mode(vcpu, memory, image)
+    regs = vcpu.get_regs()
+    regs.rax, regs.rbx = BOOT_MAGIC, image.boot_params
+    vcpu.set_regs(regs)
+
+
 def setup_linux_boot(vcpu, memory, image):
     """The boot protocol's entry state for a loaded bzImage (see the module docstring)."""
     long_mode = image.bits == 64
@@ -122,6 +134,8 @@ def setup_boot_state(vcpu, memory, image):
         setup_real_mode(vcpu, image.entry)
     elif image.kind == "bzimage":
         setup_linux_boot(vcpu, memory, image)
+    elif image.kind == "multiboot":
+        setup_multiboot(vcpu, memory, image)
     else:
         setup_protected_mode(vcpu, memory, image)
 

@@ -6,8 +6,16 @@ Linux zero page, a multiboot memory map, fw_cfg's ``etc/e820``) says the same th
 =====================  ========================================================
 0 .. 0x9fc00           RAM (conventional memory)
 0x9fc00 .. 0xa0000     reserved (the extended BIOS data area, as on a PC)
-0xe0000 .. 0x100000    reserved (the BIOS area, where ACPI's RSDP is looked for)
+0xe0000 .. 0x100000    reserved (the BIOS area, where ACPI's RSDP is looked for): the
+                       ACPI tables from 0xe0000, the RSDP at 0xf0000 (:mod:`kvmpy.vmm.acpi`)
 0x100000 .. RAM end    RAM
+=====================  ========================================================
+
+Beyond RAM, the firmware's resources (not in the e820 map, as on a PC):
+
+=====================  ========================================================
+0xe0000000 ..          the PCI memory window, where BARs are assigned
+ports 0xc000 ..        the PCI I/O window
 =====================  ========================================================
 """
 
@@ -16,6 +24,10 @@ EBDA_START = 0x9FC00
 LOW_RAM_END = 0xA0000
 BIOS_AREA = 0xE0000
 HIGH_RAM_START = 0x100000
+ACPI_TABLES = 0xE0000
+ACPI_RSDP = 0xF0000
+PCI_MMIO_WINDOW = 0xE0000000
+PCI_IO_WINDOW = 0xC000
 
 
 def e820_map(ram_end: int):

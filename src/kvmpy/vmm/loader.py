@@ -23,8 +23,9 @@ class LoadError(Exception):
 
 @dataclass
 class LoadedImage:
-    """Where the image went: ``kind`` is "flat", "elf" or "bzimage"; ``bits`` is 16, 32 or
-    64; ``boot_params`` is the Linux zero page of a bzImage (RSI at entry)."""
+    """Where the image went: ``kind`` is "flat", "elf", "bzimage" or "multiboot"; ``bits``
+    is 16, 32 or 64; ``boot_params`` is the boot information the loader built: a bzImage's
+    Linux zero page (RSI at entry), a multiboot kernel's information structure (EBX)."""
 
     kind: str
     entry: int

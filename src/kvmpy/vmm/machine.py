@@ -1,39 +1,70 @@
-"""The machine: guest RAM, one vCPU, the PC devices, and the run loop.
+"""The machine: guest RAM, its vCPUs, the in-kernel irqchip and PIT, the PC devices, and
+the run loop.
 
-``Machine`` builds a VM on either backend, loads an image, sets the vCPU's entry state and
-CPUID, maps the devices, then :meth:`Machine.run` loops on ``KVM_RUN``, handing port and
-MMIO exits to the buses until something ends the run. The layout:
+``Machine`` builds a VM on either backend as QEMU does with accel=kvm: the in-kernel irqchip
+(8259 pair, IOAPIC, a LAPIC per vCPU) and PIT before the vCPUs (``-machine
+kernel-irqchip=off`` and ``pit=off`` leave them out), ``-smp`` vCPUs, loads an image, sets the
+boot processor's entry state and every vCPU's CPUID (the others wait for INIT and SIPI), maps
+the devices, then :meth:`Machine.run` runs each vCPU on a thread of its own
+(``vmm/vcpu.py``), handing port and MMIO exits to the buses until something ends the run.
+The layout:
 
 =====================  ============================================================
 RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
 COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
 i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
 CMOS/RTC               ports 0x70-0x71
+fw_cfg                 ports 0x510 (selector), 0x511 (data): QEMU's firmware configuration
+                       (signature, RAM size, CPUs, the file directory with etc/e820)
 isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosize=`` puts
                        it); a write of v ends the run with status (v << 1) | 1
 kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes are
                        recorded (the demo guest checks an MMIO round trip with it)
+ACPI tables            in the BIOS area (:mod:`kvmpy.vmm.acpi`): RSDP, RSDT/XSDT, FADT,
+                       FACS, DSDT, MADT (one LAPIC per vCPU, the IOAPIC)
+ACPI PM registers      PIIX4's PM base 0xb000, as the FADT says: PM1a event block
+                       0xb000-0xb003, PM1a control 0xb004-0xb005 (S5 powers off: ends the
+                       run), the PM timer 0xb008-0xb00b
+reset control          port 0xcf9: a write with bit 2 (6, the FADT's reset value) resets
+                       the machine (ends the run)
+PCI                    configuration mechanism #1 at 0xcf8/0xcfc; 00:00.0 the i440FX host
+                       bridge; ``-device pci-testdev`` from 00:02.0 on; BARs assigned from
+                       0xe0000000 (memory) and port 0xc000 (I/O)
+pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x2017, MMIO
+                       0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
 =====================  ============================================================
 
-What the machine cannot do yet (several vCPUs, an initrd or a command line, devices it
-lacks) it refuses with :class:`Unsupported`, naming the option, rather than ignoring it.
+What the machine cannot do (several vCPUs without the in-kernel irqchip, an initrd or a
+command line for an image that has no boot protocol, devices it lacks) it refuses with
+:class:`Unsupported`, naming the option, rather than ignoring it.
 """
 
 from __future__ import annotations
 
+import collections
+import errno
 import signal
+import time
 import threading
 from dataclasses import dataclass
 
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import bzimage, loader
+from kvmpy.vmm import bzimage, loader, multiboot
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
-from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus, Serial
-from kvmpy.vmm.devices import cmos, debug_exit, i8042, serial, testdev
+from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
+from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
+from kvmpy.vmm import acpi, layout
+from kvmpy.vmm.devices import pc_testdev, pci, pm1
+from kvmpy.vmm.devices.pci_testdev import PciTestdev
+from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
+from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
+from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
+from kvmpy.vmm import vcpu as vcpu_mod
+from kvmpy.vmm.vcpu import VcpuThread, install_kick_handler
 
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
@@ -42,8 +73,13 @@ TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
 RFLAGS_IF = 1 << 9
 #: the PIT's lost-tick policies (QEMU's kvm-pit.lost_tick_policy)
 PIT_POLICIES = ("delay", "discard")
-#: the QEMU -device drivers this machine has
-DEVICE_DRIVERS = ("isa-debug-exit",)
+MAX_CPUS = 64
+#: the QEMU -device drivers this machine has, and the properties each takes
+DEVICE_PROPERTIES = {"isa-debug-exit": ("iobase", "iosize"), "pc-testdev": (),
+                     "pci-testdev": ()}
+DEVICE_DRIVERS = tuple(DEVICE_PROPERTIES)
+#: the first PCI slot of -device pci-testdev (00:01.x is the PIIX south bridge on QEMU's pc)
+FIRST_PCI_DEVICE_SLOT = 2
 
 
 class Unsupported(ValueError):
@@ -55,9 +91,9 @@ class Unsupported(ValueError):
 class RunResult:
     """Why the run ended.
 
-    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "shutdown",
-    "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
-    "unhandled-exit".
+    ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "poweroff",
+    "shutdown", "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
+    "unhandled-exit", "stopped" (the run was left by an exception).
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
 
@@ -77,16 +113,23 @@ class Machine:
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
                  serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
-                 cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None):
+                 cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
+                 irqchip=None):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
-        properties), ``pit`` (None: the machine's default) and ``pit_policy`` (QEMU's
-        ``kvm-pit.lost_tick_policy``) are what QEMU's command line asks for; those the
-        machine lacks raise :class:`Unsupported` before anything is built.
+        properties), ``pit`` (None: the machine's default, on with the irqchip),
+        ``pit_policy`` (QEMU's ``kvm-pit.lost_tick_policy``) and ``irqchip``
+        (``-machine kernel-irqchip``) are what QEMU's command line asks for; those the
+        machine lacks raise :class:`Unsupported` before anything is built.  ``irqchip``
+        None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
+        multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
+        whose HLT with interrupts off then ends the run instead of waiting for ever.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
-        self._check_supported(smp, initrd, cmdline, pit, pit_policy)
+        self.device_counts = collections.Counter(driver for driver, _ in devices)
+        self._check_supported(smp, pit, pit_policy, irqchip is not False)
         self.debug_exit_range = self._debug_exit_range(devices)
+        self.smp = smp
         if max_insns is not None:
             if accel != "soft":
                 raise ValueError("an instruction limit needs the soft accelerator")
@@ -94,17 +137,30 @@ class Machine:
         self.max_insns = max_insns
         self.memory = GuestMemory(memory_mib * MIB)
         self.kvm = self.vm = self.vcpu = None
+        self.vcpus = []
         self._stop = None
+        self._device_lock = threading.Lock()
+        self._aps = []
+        self._run_thread = None
+        self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
+            acpi.install(self.memory, smp)
             self.kvm = Kvm(accel, params)
             self.vm = self.kvm.create_vm()
             if self.vm.check_extension(uapi.KVM_CAP_SET_TSS_ADDR):
                 self.vm.set_tss_address(TSS_ADDR)
             self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
-            self.vcpu = self.vm.create_vcpu(0)
-            self.vcpu.set_cpuid2(edit_cpu_features(self.kvm.get_supported_cpuid(),
-                                                   cpu_features or {}))
+            if irqchip is None:
+                irqchip = self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+            self.irqchip = irqchip
+            if irqchip:
+                self._create_irqchip(pit is not False, pit_policy)
+            cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
+            for i in range(smp):
+                self.vcpus.append(self.vm.create_vcpu(i))
+                self.vcpus[-1].set_cpuid2(cpuid)
+            self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, clock)
         except BaseException:
@@ -112,40 +168,63 @@ class Machine:
             raise
 
     @staticmethod
-    def _check_supported(smp, initrd, cmdline, pit, pit_policy):
-        if smp != 1:
-            raise Unsupported(f"-smp {smp}: this machine runs one vCPU")
-        if pit:
-            raise Unsupported("-machine pit=on: this machine has no PIT")
-        # The machine creates no PIT, so a lost-tick policy has nothing to apply to; QEMU
-        # likewise leaves -global of an absent device unused.
+    def _check_supported(smp, pit, pit_policy, irqchip):
+        if smp < 1 or smp > MAX_CPUS:
+            raise Unsupported(f"-smp {smp}: 1 to {MAX_CPUS} CPUs")
+        if not irqchip and smp != 1:
+            raise Unsupported(f"-smp {smp}: several CPUs need the in-kernel irqchip "
+                              f"(kernel-irqchip=off leaves their LAPICs out)")
+        if pit and not irqchip:
+            raise Unsupported("-machine pit=on: the in-kernel PIT needs the in-kernel irqchip")
+        # Without a PIT a lost-tick policy has nothing to apply to; QEMU likewise leaves
+        # -global of an absent device unused.
         if pit_policy is not None and pit_policy not in PIT_POLICIES:
             raise Unsupported(f"kvm-pit.lost_tick_policy={pit_policy}: "
                               f"one of {', '.join(PIT_POLICIES)}")
 
+    def _create_irqchip(self, pit, pit_policy):
+        """KVM_CREATE_IRQCHIP, then the PIT with its speaker port in the kernel, as QEMU
+        creates them; the "discard" lost-tick policy turns the PIT's reinjection off."""
+        self.vm.create_irqchip()
+        if pit:
+            self.vm.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
+            if pit_policy == "discard":
+                self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
+
     def _load(self, image, fmt, cmdline, initrd):
-        """A bzImage goes through the Linux boot protocol, with the command line and initrd;
-        other images through :func:`loader.load`, which has nowhere to put either."""
+        """A bzImage goes through the Linux boot protocol and a multiboot kernel through
+        the multiboot loader, each with the command line and initrd; other images through
+        :func:`loader.load`, which has nowhere to put either."""
         if fmt == "bzimage" or fmt == "auto" and bzimage.is_bzimage_file(image):
             return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
+        if fmt == "multiboot" or fmt == "auto" and multiboot.is_multiboot_file(image):
+            return multiboot.load_multiboot(self.memory, image, cmdline or "", initrd)
+        loaded = loader.load(self.memory, image, fmt)     # a file it cannot load: LoadError first
         for option, given in (("-initrd", initrd), ("-append", cmdline)):
             if given is not None:
-                raise Unsupported(f"{option}: {image} is not a Linux bzImage, and only the "
-                                  f"Linux boot protocol takes it here")
-        return loader.load(self.memory, image, fmt)
+                raise Unsupported(f"{option}: {image} is neither a Linux bzImage nor a "
+                                  f"multiboot kernel, the images that take it")
+        return loaded
 
     @staticmethod
     def _debug_exit_range(devices):
-        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says."""
+        """(port, size) of isa-debug-exit: 0xf4 and one port unless a -device says; every
+        -device is checked here: a driver the machine has, with properties it takes."""
         port, size = debug_exit.DEBUG_EXIT_PORT, 1
         for driver, props in devices:
             if driver not in DEVICE_DRIVERS:
                 raise Unsupported(f"-device {driver}: not a device this machine has "
                                   f"(it has: {', '.join(DEVICE_DRIVERS)})")
-            unknown = set(props) - {"iobase", "iosize"}
+            known = DEVICE_PROPERTIES[driver]
+            unknown = set(props) - set(known)
             if unknown:
+                takes = f"{', '.join(known)} are" if known else "it takes none"
                 raise Unsupported(f"-device {driver}: property {sorted(unknown)[0]!r} "
-                                  f"is not supported (iobase, iosize are)")
+                                  f"is not supported ({takes})")
+            if driver == "pc-testdev" and sum(d == driver for d, _ in devices) > 1:
+                raise Unsupported("-device pc-testdev: given twice (its ports are fixed)")
+            if driver != "isa-debug-exit":
+                continue
             port = port_number(props.get("iobase", str(port)), "iobase")
             size = port_number(props.get("iosize", str(size)), "iosize")
             if size not in (1, 2, 4) or not 0 <= port <= 0x10000 - size:
@@ -168,11 +247,64 @@ class Machine:
         self.pio.register(i8042.COMMAND_PORT, 1, self.i8042, offset=i8042.COMMAND)
         self.cmos = Cmos(clock) if clock else Cmos()
         self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
+        self.fw_cfg = FwCfg(self.memory.size, self.smp)
+        self.pio.register(fw_cfg.FW_CFG_PORT, fw_cfg.FW_CFG_PORTS, self.fw_cfg)
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
+        self._create_pc_platform()
+
+    def _create_pc_platform(self):
+        """What the ACPI tables describe (the PM timer, the reset register) and PCI."""
+        self.reset_control = ResetControl(on_reset=lambda: self._end(
+            RunResult("reset", "guest reset the machine through port 0xcf9")))
+        self.pio.register(RESET_CONTROL_PORT, 1, self.reset_control)
+        self.pm_timer = PmTimer(self._clock_ns())
+        self.pio.register(acpi.PM_TMR_BLK, PM_TIMER_LEN, self.pm_timer)
+        self.pm1 = pm1.Pm1(self.pm_timer, on_poweroff=lambda: self._end(
+            RunResult("poweroff", "guest powered the machine off (ACPI S5)")))
+        pm1.register(self.pio, self.pm1, acpi.PM1A_EVT_BLK, acpi.PM1A_CNT_BLK)
+        self.pci = pci.PciBus(self.pio, self.mmio)
+        self.pci_host = pci.PciHost(self.pci)
+        self.pio.register(pci.CONFIG_ADDRESS_PORT, 1, self.pci_host, offset=pci.ADDRESS)
+        self.pio.register(pci.CONFIG_ADDRESS_PORT + 2, 2, self.pci_host, offset=pci.ADDRESS + 2)
+        self.pio.register(pci.CONFIG_DATA_PORT, 4, self.pci_host, offset=pci.DATA)
+        self.pci.add(pci.devfn(0), pci.i440fx_host_bridge())
+        self.pci_testdevs = []
+        self.ioeventfds = Ioeventfds(self.vm)
+        for i in range(self.device_counts["pci-testdev"]):
+            self.pci_testdevs.append(PciTestdev(self.ioeventfds))
+            self.pci.add(pci.devfn(FIRST_PCI_DEVICE_SLOT + i), self.pci_testdevs[-1].function)
+        self.pci.assign_resources(layout.PCI_MMIO_WINDOW, layout.PCI_IO_WINDOW)
+        self.pc_testdev = None
+        if self.device_counts["pc-testdev"]:
+            self.pc_testdev = pc_testdev.PcTestdev(set_irq=self._set_isa_irq,
+                                                   flush_page=self._flush_page)
+            pc_testdev.register(self.pio, self.mmio, self.pc_testdev,
+                                pc_testdev.PcTestdevMemory())
+
+    def _clock_ns(self):
+        """The VM's clock (KVM_GET_CLOCK), or the host's monotonic one on a KVM without it."""
+        if self.vm.check_extension(uapi.KVM_CAP_ADJUST_CLOCK):
+            return self.vm.get_clock
+        return time.monotonic_ns
+
+    def _set_isa_irq(self, line, level):
+        """An ISA interrupt line to the in-kernel irqchip. KVM answers ENXIO while the VM
+        has none: the line then goes nowhere, as on a board with no PIC wired."""
+        try:
+            self.vm.set_irq_line(line, level)
+        except OSError as e:
+            if e.errno != errno.ENXIO:
+                raise
+
+    def _flush_page(self, gpa):
+        if self.memory.contains(gpa, 1):
+            self.memory.invalidate(gpa, 1)
 
     def close(self):
-        for obj in (self.vcpu, self.vm, self.kvm):
+        if getattr(self, "ioeventfds", None) is not None:
+            self.ioeventfds.close()
+        for obj in (*self.vcpus, self.vm, self.kvm):
             if obj is not None:
                 obj.close()
         self.memory.close()
@@ -186,8 +318,16 @@ class Machine:
     # -- the run loop ---------------------------------------------------------
 
     def _end(self, result):
+        """The run ends with ``result`` (the first to come wins); every vCPU is kicked out
+        of KVM_RUN."""
         if self._stop is None:
             self._stop = result
+        for ap in self._aps:
+            ap.kick(self._kick_signals)
+        if self._aps and threading.current_thread() is not self._run_thread:
+            self.vcpu.immediate_exit = True             # the BSP, on the thread of run()
+            if self._kick_signals:
+                signal.pthread_kill(self._run_thread.ident, vcpu_mod.KICK_SIGNAL)
 
     def run(self, timeout=None):
         """Run until the guest ends, ``timeout`` seconds pass, or the vCPU has retired the
@@ -200,17 +340,47 @@ class Machine:
         handlers only record why the run ends; nothing is raised through the vCPU.
         """
         self._stop = None
+        self._run_thread = threading.current_thread()
         exits = 0
         with _RunBounds(self, timeout):
-            while self._stop is None:
-                try:
-                    exit_ = self.vcpu.run()
-                except InterruptedError:
-                    exit_ = VcpuExit.Intr()
-                exits += 1
-                self._dispatch(exit_)
+            self._start_aps()
+            try:
+                while self._stop is None:
+                    try:
+                        exit_ = self.vcpu.run()
+                    except InterruptedError:
+                        exit_ = VcpuExit.Intr()
+                    exits += 1
+                    self._locked_dispatch(exit_)
+            finally:
+                self._stop_aps()
         self._stop.exits = exits
         return self._stop
+
+    def _start_aps(self):
+        for vcpu in self.vcpus[1:]:
+            vcpu.immediate_exit = False
+            self._aps.append(VcpuThread(vcpu, self._locked_dispatch, lambda: self._stop is not None,
+                                        self._ap_failed))
+        for ap in self._aps:
+            ap.start()
+
+    def _stop_aps(self):
+        if self._stop is None:
+            self._stop = RunResult("stopped", "the run was interrupted")
+        for ap in self._aps:
+            ap.kick(self._kick_signals)
+        for ap in self._aps:
+            ap.join()
+        self._aps = []
+
+    def _ap_failed(self, vcpu, exc):
+        with self._device_lock:
+            self._end(RunResult("internal-error", f"vCPU {vcpu.id}: {exc!r}"))
+
+    def _locked_dispatch(self, exit_):
+        with self._device_lock:
+            self._dispatch(exit_)
 
     def _dispatch(self, exit_):
         if isinstance(exit_, VcpuExit.Io):
@@ -277,6 +447,9 @@ class _RunBounds:
         self.machine.vcpu.immediate_exit = True
 
     def __enter__(self):
+        if len(self.machine.vcpus) > 1 and threading.current_thread() is threading.main_thread():
+            self.previous[vcpu_mod.KICK_SIGNAL] = install_kick_handler()
+            self.machine._kick_signals = True
         if not self.handlers:
             return
         if threading.current_thread() is not threading.main_thread():
@@ -287,7 +460,10 @@ class _RunBounds:
             signal.setitimer(signal.ITIMER_REAL, self.timeout)
 
     def __exit__(self, *exc):
+        self.machine._kick_signals = False
         if not self.handlers:
+            for signum, handler in self.previous.items():
+                signal.signal(signum, handler)
             return
         if signal.SIGALRM in self.handlers:
             signal.setitimer(signal.ITIMER_REAL, 0)

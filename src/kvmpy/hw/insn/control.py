@@ -76,6 +76,7 @@ def _group5(g, ins):
             g.ud()
             return
         s = 4 if ins.opsize == 8 and g.mode.code == 8 and not ins.rex_w else ins.opsize
+        g.modrm_limit_check(ins, s + 2)
         g.ea_var = g.tmp("ea")
         g.emit("%s = %s" % (g.ea_var, g.ea(ins)))
         off = g.load(g.ea_var, s)

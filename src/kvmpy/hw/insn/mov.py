@@ -38,6 +38,7 @@ def _mov_r_imm(g, ins):
 @emitter(0xA0, 0xA1, 0xA2, 0xA3)
 def _mov_moffs(g, ins):
     size = 1 if ins.opc in (0xA0, 0xA2) else ins.opsize
+    g.limit_check(ins.seg, "%#x" % ins.imm, size, ins.adsize)
     a = g.seg_addr(ins.seg if ins.seg >= 0 else 3, "%#x" % ins.imm)
     if ins.opc <= 0xA1:
         g.set_reg(0, size, g.load(a, size))
@@ -235,6 +236,7 @@ def _load_far(g, ins):
         g.ud()
         return
     s = ins.opsize
+    g.modrm_limit_check(ins, s + 2)
     g.ea_var = g.tmp("ea")
     g.emit("%s = %s" % (g.ea_var, g.ea(ins)))
     off = g.load(g.ea_var, s)

@@ -51,11 +51,18 @@ class _Regs:
                 self.g.emit("R[%d] = %s" % (r, v))
 
 
-def _src(g, ins, regs):
-    return g.seg_addr(ins.seg if ins.seg >= 0 else 3, regs[RSI])
+def _src(g, ins, regs, size=None):
+    """DS:SI (or the override), limit-checked when ``size`` is given."""
+    seg = ins.seg if ins.seg >= 0 else 3
+    if size is not None:
+        g.limit_check(seg, regs[RSI], size, ins.adsize)
+    return g.seg_addr(seg, regs[RSI])
 
 
-def _dst(g, regs):
+def _dst(g, regs, ins=None, size=None):
+    """ES:DI, limit-checked when ``size`` is given."""
+    if size is not None:
+        g.limit_check(0, regs[RDI], size, ins.adsize)
     return g.seg_addr(0, regs[RDI])
 
 
@@ -63,19 +70,19 @@ def _element(g, ins, kind, size, regs, step):
     """One iteration: reads, store, register and flag updates.  Returns (a, b) compared."""
     a = b = None
     if kind == "movs":
-        v = g.load(_src(g, ins, regs), size)
-        g.store(_dst(g, regs), size, v)
+        v = g.load(_src(g, ins, regs, size), size)
+        g.store(_dst(g, regs, ins, size), size, v)
     elif kind == "stos":
-        g.store(_dst(g, regs), size, g.reg(0, size))
+        g.store(_dst(g, regs, ins, size), size, g.reg(0, size))
     elif kind == "lods":
-        v = g.load(_src(g, ins, regs), size)
+        v = g.load(_src(g, ins, regs, size), size)
     elif kind == "cmps":
-        a = g.load(_src(g, ins, regs), size)
-        b = g.load(_dst(g, regs), size)
+        a = g.load(_src(g, ins, regs, size), size)
+        b = g.load(_dst(g, regs, ins, size), size)
     else:   # scas
         a = g.tmp()
         g.emit("%s = %s" % (a, g.reg(0, size)))
-        b = g.load(_dst(g, regs), size)
+        b = g.load(_dst(g, regs, ins, size), size)
     regs.advance(step)
     regs.commit()
     if kind == "lods":
@@ -109,6 +116,9 @@ def _fast_run(g, ins, kind, size, regs, step):
         ok = "%s is not None" % hd
     if regs.am != M[8]:     # the offsets wrap at the address size
         limits += ["(%#x - %s) // %d" % (regs.am + 1, regs[r], size) for r in (RSI, RDI) if r in regs.used]
+    if regs.am == 0xFFFF:   # and stay within their segments' limits (the element path checks the rest)
+        segs = ((RSI, ins.seg if ins.seg >= 0 else 3), (RDI, 0))
+        limits += ["(cpu.seg[%d].limit + 1 - %s) // %d" % (seg, regs[r], size) for r, seg in segs if r in regs.used]
     k, nb = g.tmp("k"), g.tmp("nb")
     od, os_ = g.tmp("od"), g.tmp("os")
     offsets = "%s = %s & 4095; %s = %s & 4095; " % (os_, src, od, dst) if kind == "movs" else "%s = %s & 4095; " % (od, dst)

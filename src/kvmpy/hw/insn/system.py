@@ -102,10 +102,10 @@ def _mov_dr(g, ins):
     dr = ins.reg & 7
     if ins.opc == MAP0F | 0x21:
         v = g.tmp()
-        g.emit("%s = sys('read_dr', %d)" % (v, dr))
+        g.emit("%s = sys('read_dr', %d, %d, %d)" % (v, dr, ins.rm, ins.length))
         g.set_reg(ins.rm, size, v)
     else:
-        g.emit("sys('write_dr', %d, %s)" % (dr, g.reg(ins.rm, size)))
+        g.emit("sys('write_dr', %d, %s, %d, %d)" % (dr, g.reg(ins.rm, size), ins.rm, ins.length))
 
 
 @emitter(MAP0F | 0x01, ends_block=True)

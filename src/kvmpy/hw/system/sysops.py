@@ -9,7 +9,7 @@ from kvmpy.hw.fpu import fxsave
 from kvmpy.hw.fpu import xsave
 from kvmpy.hw.events import Fault, Intercept
 from kvmpy.hw.msr_index import MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX
-from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
+from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_DE, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
 from kvmpy.hw.x86defs import canonical
 from kvmpy.hw.system.descriptors import parse_descriptor
 from kvmpy.hw.state import Segment
@@ -87,6 +87,8 @@ def write_cr(cpu, cr, value, insn_len=0, reg=0):
     elif cr == 8:
         if value & ~0xF:
             raise Fault(13, 0)
+        if cpu.intercept_cr8:
+            raise Intercept("cr", cr=8, write=True, reg=reg, insn_len=insn_len)
         cpu.cr8 = value
     cpu.refresh()
 
@@ -96,12 +98,29 @@ def lmsw(cpu, value, insn_len):
     write_cr(cpu, 0, new, insn_len)
 
 
-def read_dr(cpu, dr):
-    return cpu.dr[dr]
+def _dr_index(cpu, dr):
+    """DR4 and DR5 are DR6 and DR7 unless CR4.DE, which makes them #UD (SDM 18.2.2)."""
+    if dr in (4, 5):
+        if cpu.cr4 & CR4_DE:
+            raise Fault(6)
+        return dr + 2
+    return dr
 
 
-def write_dr(cpu, dr, value):
+def read_dr(cpu, dr, reg, insn_len):
+    """MOV from DRn (into general register ``reg``); an exit if the hypervisor intercepts
+    debug-register accesses (MOV-DR exiting: its debugger's breakpoints are in DR0-3/DR7)."""
+    if cpu.intercept_dr:
+        raise Intercept("dr", dr=dr, write=False, reg=reg, insn_len=insn_len)
+    return cpu.dr[_dr_index(cpu, dr)]
+
+
+def write_dr(cpu, dr, value, reg, insn_len):
+    if cpu.intercept_dr:
+        raise Intercept("dr", dr=dr, write=True, reg=reg, insn_len=insn_len)
+    dr = _dr_index(cpu, dr)
     cpu.dr[dr] = value
+    cpu.debug_refresh()         # a breakpoint may have been enabled or moved
 
 
 def load_dtable(cpu, idt, base, limit, long64=False):

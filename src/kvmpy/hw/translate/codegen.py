@@ -318,13 +318,27 @@ class Gen:
     def ea(self, ins: Insn | None = None) -> str:
         """Expression for the linear address of the ModRM memory operand."""
         ins = ins or self.ins
-        seg = ins.seg
-        if seg < 0:
-            seg = 2 if ins.base in (4, 5) else 3
+        seg = self.modrm_segment(ins)
         if ins.adsize == 4 and ins.base != -2 and not (self.mode.long and self.mode.code == 8):
             # the linear address is masked to 32 bits anyway: the offset needs no mask of its own
             return "((%s) & 0xffffffff)" % " + ".join(["SB[%d]" % seg] + self._ea_parts(ins))
         return self.seg_addr(seg, self.ea_offset(ins))
+
+    def limit_check(self, seg: int, off: str, size: int, adsize: int) -> None:
+        """Emit the segment-limit check of a ``size``-byte access at offset ``off`` (SDM 5.3;
+        #SS(0) through SS, else #GP(0)), for 16-bit addressing outside 64-bit mode: a word at
+        offset 0xFFFF runs past a real-mode segment.  The limits of 32-bit addressing are
+        not checked yet (flat segments, the common case, would never fault); expand-down
+        segments are told apart by the processor's ``limit_fault``."""
+        if adsize != 2 or (self.mode.long and self.mode.code == 8):
+            return
+        if seg < 0:
+            seg = 3
+        self.emit("if %s > cpu.seg[%d].limit - %d: cpu.limit_fault(%d, %s, %d)" % (off, seg, size - 1, seg, off, size))
+
+    def modrm_segment(self, ins: Insn) -> int:
+        """The segment of a ModRM memory operand: the override, else SS for BP/SP-based."""
+        return ins.seg if ins.seg >= 0 else (2 if ins.base in (4, 5) else 3)
 
     def seg_addr(self, seg: int, off: str) -> str:
         if self.mode.long and self.mode.code == 8:
@@ -374,9 +388,17 @@ class Gen:
             v = self.tmp()
             self.emit("%s = %s" % (v, self.reg(ins.rm, size)))
             return v
+        self.modrm_limit_check(ins, size)
         self.ea_var = self.tmp("ea")
         self.emit("%s = %s" % (self.ea_var, self.ea(ins)))
         return self.load(self.ea_var, size)
+
+    def modrm_limit_check(self, ins: Insn, size: int) -> None:
+        """``limit_check`` for a ModRM memory operand of ``size`` bytes."""
+        if ins.adsize == 2 and ins.base != -2:
+            off = self.tmp("off")
+            self.emit("%s = %s" % (off, self.ea_offset(ins)))
+            self.limit_check(self.modrm_segment(ins), off, size, ins.adsize)
 
     def rm_write(self, size: int, val: str, ins: Insn | None = None, reuse_ea: bool = False) -> None:
         ins = ins or self.ins
@@ -384,6 +406,7 @@ class Gen:
             self.set_reg(ins.rm, size, val)
             return
         if not reuse_ea:
+            self.modrm_limit_check(ins, size)
             self.ea_var = self.tmp("ea")
             self.emit("%s = %s" % (self.ea_var, self.ea(ins)))
         self.store(self.ea_var, size, val)
@@ -507,7 +530,7 @@ class Block:
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
                  "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
-                 "reg_locals", "barriers", "last_ip", "code_ranges")
+                 "reg_locals", "barriers", "last_ip", "code_ranges", "starts")
 
     def __init__(self):
         self.epoch = -1

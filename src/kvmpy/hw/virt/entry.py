@@ -175,10 +175,15 @@ def _system_segment_errors(cpu, lma):
 
 
 def _rip_rflags_errors(cpu, lma):
-    """SDM 27.3.1.4: RIP fits the mode; RFLAGS reserved bits, VM, and IF for an injected interrupt."""
+    """SDM 27.3.1.4: RIP fits the mode; RFLAGS reserved bits, VM, and IF for an injected interrupt.
+
+    In 64-bit mode RIP's bits 63..N must be identical (N linear-address bits): one bit
+    fewer than canonical, so that RIP = 2**47, after an instruction that ends the lower
+    half, enters and faults on the fetch."""
     if lma and cpu.seg[CS].l:
-        if not canonical(cpu.rip):
-            return "RIP not canonical"
+        top = cpu.rip >> cpu.model.virt_bits
+        if top not in (0, (1 << (64 - cpu.model.virt_bits)) - 1):
+            return "RIP[63:%d] not identical" % cpu.model.virt_bits
     elif cpu.rip >> 32:
         return "RIP[63:32] not zero outside 64-bit mode"
     rflags = cpu.get_rflags()

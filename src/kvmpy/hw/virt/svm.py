@@ -9,8 +9,11 @@ instruction intercepts and MOV-to-CR / INVLPG exits carry their operand.
 
 from kvmpy.hw.system import tasks
 from kvmpy.hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
 
 SVM_EXIT_WRITE_CR0 = 0x010          # + n for CRn
+SVM_EXIT_READ_DR0 = 0x020           # + n for DRn
+SVM_EXIT_WRITE_DR0 = 0x030          # + n for DRn
 SVM_EXIT_EXCP_BASE = 0x040          # + vector
 SVM_EXIT_INTR = 0x060
 SVM_EXIT_VINTR = 0x064
@@ -71,7 +74,7 @@ class SvmExit:
     """The exit fields of the VMCB control area."""
 
     __slots__ = ("exit_code", "exit_info_1", "exit_info_2", "exit_int_info", "exit_int_info_err", "next_rip",
-                 "detail")
+                 "dr6", "detail")
 
     def __init__(self, exit_code, exit_info_1=0, exit_info_2=0, next_rip=0, detail=None):
         self.exit_code = exit_code
@@ -80,6 +83,9 @@ class SvmExit:
         self.exit_int_info = 0
         self.exit_int_info_err = 0
         self.next_rip = next_rip
+        # the save area's DR6 after a #DB intercept: the processor writes the exception's bits
+        # into it; KVM runs a guest it debugs with DR6 at its reset value, so it reads them here
+        self.dr6 = DR6_ACTIVE_LOW
         self.detail = detail            # the intercept's details (not a VMCB field), as VmxExit's
 
     def failed_vmrun(self) -> bool:
@@ -137,6 +143,11 @@ class SvmExitFormat:
         x.exit_info_1 = SVM_EXITINFO_CR_VALID | i["reg"]
 
     @staticmethod
+    def _dr(cpu, x, i):
+        x.exit_code = (SVM_EXIT_WRITE_DR0 if i["write"] else SVM_EXIT_READ_DR0) + i["dr"]
+        x.exit_info_1 = i["reg"]             # decode assists: the GPR
+
+    @staticmethod
     def _invlpg(cpu, x, i):
         x.exit_info_1 = i["addr"]
 
@@ -150,6 +161,10 @@ class SvmExitFormat:
         x.exit_info_1 = i["error_code"] or 0
         if i["vector"] == 14:
             x.exit_info_2 = i["cr2"] or 0
+        elif i["vector"] == 1:
+            x.dr6 = DR6_ACTIVE_LOW | i.get("dr6", 0)
+        if i.get("event_kind", HW_EXC) != HW_EXC:       # INT3, INTO, INT1 (NRIPS)
+            x.next_rip = i["next_ip"]
 
     @staticmethod
     def _task_switch(cpu, x, i):
@@ -177,6 +192,7 @@ _EXIT_CODES = {
     "wrmsr": SVM_EXIT_MSR,
     "task_switch": SVM_EXIT_TASK_SWITCH,
     "invlpg": SVM_EXIT_INVLPG,
+    "dr": SVM_EXIT_READ_DR0,                # the DR and direction are added by _dr
     "ept_violation": SVM_EXIT_NPF,
     "triple_fault": SVM_EXIT_SHUTDOWN,
     "preemption": SVM_EXIT_INTR,            # the entry's instruction budget: a host interrupt

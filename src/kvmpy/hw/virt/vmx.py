@@ -17,6 +17,7 @@ EXIT_REASON_HLT = 12
 EXIT_REASON_INVLPG = 14
 EXIT_REASON_VMCALL = 18
 EXIT_REASON_CR_ACCESS = 28
+EXIT_REASON_DR_ACCESS = 29
 EXIT_REASON_IO_INSTRUCTION = 30
 EXIT_REASON_MSR_READ = 31
 EXIT_REASON_MSR_WRITE = 32
@@ -26,10 +27,10 @@ EXIT_REASON_EPT_VIOLATION = 48
 EXIT_REASON_PREEMPTION_TIMER = 52
 EXIT_REASON_XSETBV = 55
 
+DR_ACCESS_FROM = 1 << 4                     # DR_ACCESS qualification: MOV from DR
 INTR_INFO_VALID = 1 << 31
 INTR_INFO_DELIVER_CODE = 1 << 11
 VECTORING_INFO_TYPE_SHIFT = 8
-INTR_TYPE_HARD_EXCEPTION = HW_EXC << VECTORING_INFO_TYPE_SHIFT
 
 # TASK_SWITCH exit qualification (SDM table 28-2): bits 15:0 the TSS selector, bits 31:30 the source
 TASK_SWITCH_SOURCE_SHIFT = 30
@@ -37,7 +38,8 @@ TASK_SWITCH_SOURCES = ("call", "iret", "jmp", "gate")       # 0 CALL, 1 IRET, 2 
 
 _REASONS = {
     "hlt": EXIT_REASON_HLT, "cpuid": EXIT_REASON_CPUID, "rdmsr": EXIT_REASON_MSR_READ,
-    "wrmsr": EXIT_REASON_MSR_WRITE, "cr": EXIT_REASON_CR_ACCESS, "invlpg": EXIT_REASON_INVLPG,
+    "wrmsr": EXIT_REASON_MSR_WRITE, "cr": EXIT_REASON_CR_ACCESS, "dr": EXIT_REASON_DR_ACCESS,
+    "invlpg": EXIT_REASON_INVLPG,
     "exception": EXIT_REASON_EXCEPTION_NMI, "ept_violation": EXIT_REASON_EPT_VIOLATION,
     "triple_fault": EXIT_REASON_TRIPLE_FAULT, "preemption": EXIT_REASON_PREEMPTION_TIMER,
     "interrupt_window": EXIT_REASON_INTERRUPT_WINDOW, "vmcall": EXIT_REASON_VMCALL,
@@ -85,6 +87,8 @@ class VmxExitFormat:
                                (32 if i["rep"] else 0) | (i["port"] << 16))
         elif k == "cr":
             x.qualification = i["cr"] | ((0 if i["write"] else 1) << 4) | (i["reg"] << 8)
+        elif k == "dr":     # SDM table 28-4: the DR, the direction (1: MOV from DR), the GPR
+            x.qualification = i["dr"] | (0 if i["write"] else DR_ACCESS_FROM) | i["reg"] << 8
         elif k == "invlpg":
             x.qualification = i["addr"]
         elif k == "ept_violation":
@@ -94,12 +98,17 @@ class VmxExitFormat:
                 x.guest_linear = i["gla"]
                 x.qualification |= 0x180
         elif k == "exception":
-            x.intr_info = INTR_INFO_VALID | INTR_TYPE_HARD_EXCEPTION | i["vector"]
+            kind = i.get("event_kind", HW_EXC)
+            x.intr_info = INTR_INFO_VALID | kind << VECTORING_INFO_TYPE_SHIFT | i["vector"]
             if i["error_code"] is not None:
                 x.intr_info |= INTR_INFO_DELIVER_CODE
                 x.intr_error_code = i["error_code"]
             if i["vector"] == 14:
                 x.qualification = i["cr2"] or 0
+            elif i["vector"] == 1:
+                x.qualification = i.get("dr6", 0)    # #DB: DR6's bits, DR6 itself left as it was
+            if kind != HW_EXC:                      # INT3, INTO, INT1: the instruction's length
+                x.instruction_len = (i["next_ip"] - cpu.rip) & 0xF
         elif k == "task_switch":
             x.instruction_len = tasks.exit_insn_len(cpu, i)
             x.qualification = i["selector"] | TASK_SWITCH_SOURCES.index(i["source"]) << TASK_SWITCH_SOURCE_SHIFT

@@ -14,6 +14,9 @@ import ctypes
 import errno
 
 from ... import uapi
+from ...uapi.kvm_para import (KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_CLOCKSOURCE2,  # noqa: F401
+                              KVM_FEATURE_CLOCKSOURCE_STABLE_BIT, KVM_FEATURE_NOP_IO_DELAY,
+                              KVM_FEATURE_PV_SEND_IPI)
 from kvmpy.hw import features, models, x86defs as hd
 from kvmpy.hw.fpu import xsave
 from ..fs import copy_from_user, copy_to_user, kernel_error
@@ -128,16 +131,16 @@ def supported_cpuid(model: models.CpuModel) -> list[CpuidEntry]:
 
 
 KVM_CPUID_SIGNATURE, KVM_CPUID_FEATURES = 0x40000000, 0x40000001
-(KVM_FEATURE_CLOCKSOURCE, KVM_FEATURE_NOP_IO_DELAY, KVM_FEATURE_CLOCKSOURCE2,
- KVM_FEATURE_CLOCKSOURCE_STABLE_BIT) = 0, 1, 3, 24
 
 
 def kvm_cpuid_leaves():
     """KVM_CPUID_SIGNATURE ("KVMKVMKVM") and KVM_CPUID_FEATURES: the paravirtual features kvmpy
-    has (kvmclock through the *_NEW MSRs, kernel/x86/kvmclock.py; port 0x80 needs no delay)."""
+    has (kvmclock through the *_NEW MSRs, kernel/x86/kvmclock.py; port 0x80 needs no delay; the
+    PV send-IPI hypercall, lapic.kvm_pv_send_ipi)."""
     sig = b"KVMKVMKVM\0\0\0"
     ebx, ecx, edx = (int.from_bytes(sig[i:i + 4], "little") for i in (0, 4, 8))
-    features = 1 << KVM_FEATURE_NOP_IO_DELAY | 1 << KVM_FEATURE_CLOCKSOURCE2 | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+    features = (1 << KVM_FEATURE_NOP_IO_DELAY | 1 << KVM_FEATURE_CLOCKSOURCE2 | 1 << KVM_FEATURE_CLOCKSOURCE_STABLE_BIT
+                | 1 << KVM_FEATURE_PV_SEND_IPI)
     return [CpuidEntry(KVM_CPUID_SIGNATURE, 0, 0, KVM_CPUID_FEATURES, ebx, ecx, edx),
             CpuidEntry(KVM_CPUID_FEATURES, 0, 0, features)]
 
@@ -188,6 +191,12 @@ def kvm_vcpu_after_set_cpuid(vcpu) -> None:
     vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
     vcpu.arch.gbpages = guest_cpuid_has(vcpu, "pdpe1gb")
     vcpu.arch.cr4_guest_rsvd_bits = cr4_reserved_bits(lambda name: guest_cpuid_has(vcpu, name))
+    for hook in after_set_cpuid_hooks:
+        hook(vcpu)
+
+
+# what layers above follow the guest's CPUID with (the LAPIC's version and timer modes)
+after_set_cpuid_hooks: list = []
 
 
 # CR4 bits reserved unless the CPUID has their feature (KVM's __cr4_reserved_bits; the other

@@ -21,13 +21,13 @@ from ...hw import memory as hm
 from ...hw import paging
 from kvmpy.hw.translate.decoder import DecodeError, decode
 from ...hw.events import Fault, Intercept
-from kvmpy.hw.x86defs import CR0_PE, RCX, RDI
+from kvmpy.hw.x86defs import CR0_PE, RCX, RDI, TF
 from ...uapi import kvm as uapi
 from ..iodev import KVM_MMIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..trace import event, traced
 from kvmpy.kernel.x86.mmu import mmu
 from .run import kernel_pio, kvm_prepare_emulation_failure_exit, kvm_prepare_pio_exit
-from .x86 import kvm_queue_exception
+from .x86 import kvm_queue_exception, kvm_vcpu_do_singlestep
 
 EMULATION_FAILED = 1
 # emulation_type: a failed emulation of a write to a shadowed page table may be retried by
@@ -200,11 +200,18 @@ class EmulateCtxt:
 
 
 def vcpu_mmio_read(vcpu, gpa: int, size: int, data: bytearray) -> bool:
-    """An in-kernel device on the MMIO bus serves the read (fills ``data``), or user space must."""
+    """The vCPU's own LAPIC (its xAPIC window) or an in-kernel device on the MMIO bus serves
+    the read (fills ``data``), or user space must."""
+    apic = vcpu.arch.apic
+    if apic is not None and apic.read(vcpu, gpa, size, data):
+        return True
     return kvm_io_bus_read(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 
 def vcpu_mmio_write(vcpu, gpa: int, size: int, data: bytes) -> bool:
+    apic = vcpu.arch.apic
+    if apic is not None and apic.write(vcpu, gpa, size, data):
+        return True
     return kvm_io_bus_write(vcpu, KVM_MMIO_BUS, gpa, size, data)
 
 
@@ -252,6 +259,7 @@ def kvm_emulate_instruction(vcpu, emulation_type: int = 0, cr2_or_gpa=None) -> i
     vcpu.stat["insn_emulation"] += 1
     ctxt.read_idx = 0
     start = cpu.rip
+    tf = cpu.flags & TF
     try:
         b = ctxt.block()
         event("kvm_emulate_insn", rip=cpu.rip, insn=b.insns[0].raw.hex())
@@ -276,11 +284,17 @@ def kvm_emulate_instruction(vcpu, emulation_type: int = 0, cr2_or_gpa=None) -> i
             return 1
         vcpu.stat["insn_emulation_fail"] += 1
         return kvm_prepare_emulation_failure_exit(vcpu)
-    if ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]:
+    rep_left = ctxt.rep_string is not None and ctxt.mmio_touched and not cpu.regs[RCX] & ctxt.rep_string[1]
+    if rep_left:
         cpu.rip = start                     # see _Restart: REP retires on a later entry
     ctxt.read_cache.clear()
     cpu.refresh()
-    return _after_retire(vcpu, ctxt)
+    r = _after_retire(vcpu, ctxt)
+    if r == 1 and tf and not rep_left:
+        # its single-step trap; after an MMIO write or OUT to user space it is lost, as in
+        # Linux's x86_emulate_instruction
+        r = kvm_vcpu_do_singlestep(vcpu)
+    return r
 
 
 def _after_retire(vcpu, ctxt) -> int:

@@ -17,8 +17,11 @@ import errno
 
 from ...uapi import kvm as uapi
 from ..fs import kernel_error
+from ...hw.apicdef import APIC_DEST_NOSHORT
 from ..irqchip import kvm_set_irq_routing
+from ..kvm_host import KvmLapicIrq
 from . import i8259, x86
+from .lapic import kvm_apic_match_dest, kvm_irq_delivery_to_apic, kvm_lapic_irq_dest_mode  # noqa: F401 (ioapic.py)
 
 PIC_PINS_PER_CHIP = i8259.PIC_NUM_PINS // 2
 IOAPIC_NUM_PINS = uapi.KVM_IOAPIC_NUM_PINS
@@ -31,27 +34,6 @@ MSI_DATA_VECTOR = 0xFF
 MSI_DATA_DELIVERY_MODE_SHIFT = 8        # 3 bits, APIC_DM_* >> 8
 MSI_DATA_TRIGGER_LEVEL = 1 << 15
 
-# --- PRE-MERGE PLACEHOLDERS: branch lapic provides these (KvmLapicIrq here, the rest in lapic.py)
-APIC_DEST_NOSHORT = 0
-APIC_DEST_PHYSICAL, APIC_DEST_LOGICAL = 0, 0x800
-
-
-class KvmLapicIrq:
-    __slots__ = ("vector", "delivery_mode", "dest_mode", "level", "trig_mode", "shorthand", "dest_id",
-                 "msi_redir_hint")
-
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
-
-
-def kvm_lapic_irq_dest_mode(logical: bool) -> int:
-    return APIC_DEST_LOGICAL if logical else APIC_DEST_PHYSICAL
-
-
-def kvm_apic_match_dest(vcpu, source, shorthand, dest, dest_mode) -> bool:
-    return True
-# --- END PLACEHOLDERS
 
 
 def kvm_set_pic_irq(e, kvm, irq_source_id: int, level: int, line_status: bool) -> int:
@@ -60,13 +42,6 @@ def kvm_set_pic_irq(e, kvm, irq_source_id: int, level: int, line_status: bool) -
 
 def kvm_set_ioapic_irq(e, kvm, irq_source_id: int, level: int, line_status: bool) -> int:
     return kvm.arch.vioapic.set_irq(e.pin, irq_source_id, level, line_status)
-
-
-def kvm_irq_delivery_to_apic(kvm, src, irq, dest_map=None) -> int:
-    """Deliver the message ``irq`` (a KvmLapicIrq) from LAPIC ``src`` (None: the IOAPIC or
-    an MSI) to every LAPIC it names; the number of LAPICs that took it, -1 for none.
-    Interface for lapic.c's delivery, which is not emulated yet: no LAPIC takes it."""
-    return -1
 
 
 def kvm_set_msi_irq(kvm, address_lo: int, address_hi: int, data: int) -> KvmLapicIrq:

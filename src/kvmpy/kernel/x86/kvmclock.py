@@ -62,7 +62,6 @@ class KvmVcpuTime:
         self.virtual_tsc_khz = tsc_khz
         self.tsc_offset = 0                 # the guest TSC minus the scaled clock
         self.ia32_tsc_adjust_msr = 0
-        self.tscdeadline = 0                # MSR_IA32_TSC_DEADLINE, for the in-kernel LAPIC timer
         self.time = 0                       # MSR_KVM_SYSTEM_TIME_NEW as written
         self.pvclock_version = 0
 
@@ -193,9 +192,6 @@ def kvm_set_time_msr(vcpu, index: int, data: int, host_initiated: bool) -> int:
             t.tsc_offset += data - t.ia32_tsc_adjust_msr
             kvm_guest_time_update(vcpu)
         t.ia32_tsc_adjust_msr = data
-    elif index == MSR_IA32_TSC_DEADLINE:
-        if x86.irqchip_in_kernel(vcpu.kvm):     # without the in-kernel LAPIC it is ignored
-            t.tscdeadline = data
     elif index in KVMCLOCK_MSR_FEATURE:
         if not host_initiated and not _has_kvm_feature(vcpu, KVMCLOCK_MSR_FEATURE[index]):
             return 1
@@ -215,8 +211,6 @@ def kvm_get_time_msr(vcpu, index: int, host_initiated: bool):
         if not host_initiated and not kcpuid.guest_cpuid_has(vcpu, "tsc_adjust"):
             return 1, 0
         return 0, t.ia32_tsc_adjust_msr
-    if index == MSR_IA32_TSC_DEADLINE:
-        return 0, t.tscdeadline if x86.irqchip_in_kernel(vcpu.kvm) else 0
     if index in KVMCLOCK_MSR_FEATURE:
         if not host_initiated and not _has_kvm_feature(vcpu, KVMCLOCK_MSR_FEATURE[index]):
             return 1, 0
@@ -293,7 +287,9 @@ x86.vcpu_ioctl_handlers.update({
     uapi.KVM_SET_TSC_KHZ: kvm_vcpu_ioctl_set_tsc_khz, uapi.KVM_GET_TSC_KHZ: kvm_vcpu_ioctl_get_tsc_khz,
 })
 x86.kvm_synchronize_tsc = kvm_synchronize_tsc
-x86.msr_handlers.update({index: (kvm_get_time_msr, kvm_set_time_msr) for index in TIME_MSRS})
+# (IA32_TSC_DEADLINE is listed here and served by the LAPIC's timer, lapic.py)
+x86.msr_handlers.update({index: (kvm_get_time_msr, kvm_set_time_msr) for index in TIME_MSRS
+                         if index != MSR_IA32_TSC_DEADLINE})
 x86.emulated_msrs += tuple(i for i in TIME_MSRS if i not in x86.msrs_to_save)
 x86.supported_caps.update({
     uapi.KVM_CAP_ADJUST_CLOCK: KVM_CLOCK_VALID_FLAGS, uapi.KVM_CAP_CLOCKSOURCE: 1,

@@ -16,15 +16,16 @@ import signal
 
 from kvmpy.hw.system import sysops as system, tasks
 from ...hw.events import EXT_INTR, HW_EXC, NMI, Fault, Intercept
-from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX
-from ...uapi import kvm as uapi
+from kvmpy.hw.x86defs import IF, RAX, RBX, RCX, RDX, RSI, TF
+from ...uapi import kvm as uapi, kvm_para
 from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
+from ..run_token import kvm_run_token_acquire, kvm_run_token_release, kvm_run_token_should_yield
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
 from ..trace import event, traced
-from kvmpy.kernel.x86 import cpuid, irq, irq_comm, params, x86
+from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
 from kvmpy.kernel.x86.mmu import mmu
 
 KVM_SYNC_X86_VALID_FIELDS = uapi.KVM_SYNC_X86_REGS | uapi.KVM_SYNC_X86_SREGS | uapi.KVM_SYNC_X86_EVENTS
@@ -47,6 +48,8 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     if r > 0:
         if run.immediate_exit:
             r = -errno.EINTR        # exit_reason is left as it was (the host does the same)
+        elif arch.cpu.mp_state == uapi.KVM_MP_STATE_UNINITIALIZED:
+            r = kvm_vcpu_wait_uninitialized(vcpu)
         else:
             r = vcpu_run(vcpu)
     if run.kvm_valid_regs:
@@ -57,10 +60,22 @@ def kvm_arch_vcpu_ioctl_run(vcpu) -> int:
     return 0
 
 
+def kvm_vcpu_wait_uninitialized(vcpu) -> int:
+    """An AP that was never started: KVM_RUN waits for an INIT (or a signal), takes it and
+    returns EAGAIN for user space to call again (EINTR after a signal), as KVM does."""
+    kvm_vcpu_block(vcpu)
+    lapic.kvm_apic_accept_events(vcpu)
+    if signals.signal_pending(vcpu) or vcpu.run.immediate_exit:
+        vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
+        vcpu.stat["signal_exits"] += 1
+        return -errno.EINTR
+    return -errno.EAGAIN
+
+
 def post_kvm_run_save(vcpu) -> None:
     run, cpu = vcpu.run, vcpu.arch.cpu
     run.if_flag = 1 if cpu.flags & IF else 0
-    run.cr8 = cpu.cr8
+    run.cr8 = x86.kvm_get_cr8(vcpu)
     run.apic_base = cpu.apic_base
     run.ready_for_interrupt_injection = int(x86.pic_in_kernel(vcpu.kvm)
                                             or kvm_vcpu_ready_for_interrupt_injection(vcpu))
@@ -87,6 +102,8 @@ def vcpu_run(vcpu) -> int:
     arch = vcpu.arch
     while True:
         kvm_clock_run_expired(vcpu.kvm)
+        lapic.kvm_inject_apic_timer_irqs(vcpu)
+        lapic.kvm_apic_accept_events(vcpu)
         cpu = arch.cpu
         if cpu.mp_state == 0 and not cpu.halted:          # KVM_MP_STATE_RUNNABLE
             r = vcpu_enter_guest(vcpu)
@@ -98,7 +115,7 @@ def vcpu_run(vcpu) -> int:
             vcpu.run.exit_reason = uapi.KVM_EXIT_IRQ_WINDOW_OPEN
             vcpu.stat["request_irq_exits"] += 1
             return 0
-        if vcpu.run.immediate_exit or signals.signal_pending(vcpu):
+        if kvm_vcpu_interrupted(vcpu):
             vcpu.run.exit_reason = uapi.KVM_EXIT_INTR
             vcpu.stat["signal_exits"] += 1
             return -errno.EINTR
@@ -109,9 +126,10 @@ def kvm_vcpu_exit_request(vcpu) -> bool:
     signal (kicks and requests from other threads reach the processor directly, through
     ``kvm_vcpu_kick``), or, on the host clock, a timer deadline gone by (the entry ends so
     that vcpu_run fires it; it goes on in the guest).  The processor asks this as its host
-    interrupt line (see ``Processor.host_interrupt``): every few thousand instructions,
+    interrupt line (see ``Processor.host_interrupt``), as it asks whether another vCPU waits
+    for the run token past this one's slice: every few thousand instructions,
     before each translation and between REP chunks."""
-    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu) or vcpu.kvm.clock.deadline_passed())
+    return bool(kvm_vcpu_interrupted(vcpu) or vcpu.kvm.clock.deadline_passed() or kvm_run_token_should_yield(vcpu))
 
 
 def kvm_entry_budget(vcpu) -> int:
@@ -157,6 +175,10 @@ def kvm_vcpu_has_events(vcpu) -> bool:
     """What ends a halt: a queued exception or NMI, an injected interrupt, or one the
     irqchip has for the vCPU while it accepts interrupts (IF=1)."""
     a = vcpu.arch
+    if lapic.kvm_apic_has_events(vcpu):
+        return True                     # INIT, SIPI, or an expired LAPIC timer to deliver
+    if a.cpu.mp_state != uapi.KVM_MP_STATE_RUNNABLE:
+        return False                    # waiting for INIT/SIPI: interrupts do not wake it
     if a.exception is not None or a.nmi_queued or a.nmi_pending or a.nmi_injected or a.interrupt is not None:
         return True
     return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
@@ -170,7 +192,8 @@ def kvm_vcpu_block(vcpu) -> int:
     wait = vcpu.wait
     while True:
         if kvm_vcpu_has_events(vcpu):
-            vcpu.arch.cpu.halted = False
+            if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+                vcpu.arch.cpu.halted = False
             return 1
         if kvm_vcpu_exit_request(vcpu):
             return 1
@@ -179,8 +202,25 @@ def kvm_vcpu_block(vcpu) -> int:
             wait.clear()
 
 
+def kvm_vcpu_interrupted(vcpu) -> bool:
+    """Must KVM_RUN end with EINTR?  ``immediate_exit`` or a signal that is not blocked."""
+    return bool(vcpu.run.immediate_exit or signals.signal_pending(vcpu))
+
+
 @traced
 def vcpu_enter_guest(vcpu) -> int:
+    """One entry and the handling of its exit, holding the VM's run token (run_token.py):
+    one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
+    the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
+    if not kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu)):
+        return 1
+    try:
+        return _enter_guest(vcpu)
+    finally:
+        kvm_run_token_release(vcpu)
+
+
+def _enter_guest(vcpu) -> int:
     arch = vcpu.arch
     cpu = arch.cpu
     run = vcpu.run
@@ -197,10 +237,12 @@ def vcpu_enter_guest(vcpu) -> int:
     mmu.kvm_mmu_check_generation(vcpu)
     req_int_win = dm_request_for_irq_injection(vcpu) and arch.interrupt is None  # kvm_cpu_accept_dm_intr
     cpu.intr_window_exiting = inject_pending_event(vcpu) or req_int_win
+    lapic.sync_lapic_to_cr8(vcpu)
     event("kvm_entry", vcpu=vcpu.vcpu_id, rip=cpu.rip)
     arch.has_run = True
     ops = x86.kvm_x86_ops()
     exit_info = kvm_guest_mode_run(vcpu, ops.vcpu_run)
+    lapic.sync_cr8_to_lapic(vcpu)
     vcpu.stat["exits"] += 1
     return ops.handle_exit(vcpu, exit_info)
 
@@ -246,7 +288,9 @@ def inject_pending_event(vcpu) -> bool:
         return False
     x86.process_nmi(vcpu)
     reinject_nmi = arch.nmi_injected
-    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and x86.kvm_nmi_allowed(vcpu)):
+    # KVM_GUESTDBG_BLOCKIRQ: no new NMI or interrupt goes in (what was injected goes on)
+    blocked = vcpu.guest_debug & uapi.KVM_GUESTDBG_BLOCKIRQ
+    if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and not blocked and x86.kvm_nmi_allowed(vcpu)):
         if not reinject_nmi:
             arch.nmi_pending -= 1
             vcpu.stat["nmi_injections"] += 1
@@ -254,7 +298,7 @@ def inject_pending_event(vcpu) -> bool:
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
         return False
-    if arch.interrupt is None and irq.kvm_cpu_has_interrupt(vcpu):
+    if arch.interrupt is None and not blocked and irq.kvm_cpu_has_interrupt(vcpu):
         if not cpu.flags & IF or cpu.interrupt_shadow:
             return True                 # the window exit comes back here when IF=1
         arch.interrupt = irq.kvm_cpu_get_interrupt(vcpu)      # kvm_queue_interrupt
@@ -269,11 +313,15 @@ def inject_pending_event(vcpu) -> bool:
 
 def kvm_skip_emulated_instruction(vcpu, length: int) -> int:
     """Retire the intercepted instruction KVM carried out in the guest's place; it counts
-    among the guest's retired instructions (kvm_pmu_instruction_retired)."""
+    among the guest's retired instructions (kvm_pmu_instruction_retired).  If it started
+    with TF set, its single-step trap follows (0: a KVM_EXIT_DEBUG for user space)."""
     cpu = vcpu.arch.cpu
+    tf = cpu.flags & TF
     cpu.rip = (cpu.rip + length) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
     cpu.icount += 1
     cpu.interrupt_shadow = 0
+    if tf:
+        return x86.kvm_vcpu_do_singlestep(vcpu)
     return 1
 
 
@@ -393,11 +441,14 @@ def _complete_in(cpu, size, val):
 # ------------------------------------------------------------------ simple exits
 @traced
 def kvm_emulate_halt(vcpu, insn_len: int) -> int:
-    kvm_skip_emulated_instruction(vcpu, insn_len)
+    """HLT: the vCPU blocks in the kernel (in-kernel irqchip), else KVM_EXIT_HLT -- which
+    replaces the KVM_EXIT_DEBUG of a single-step trap on the HLT, as in Linux."""
+    r = kvm_skip_emulated_instruction(vcpu, insn_len)
     vcpu.stat["halt_exits"] += 1
     if x86.irqchip_in_kernel(vcpu.kvm):
         vcpu.arch.cpu.halted = True
-        return 1
+        vcpu.arch.ap_reset_hold = False
+        return r
     vcpu.run.exit_reason = uapi.KVM_EXIT_HLT
     event("kvm_userspace_exit", reason="KVM_EXIT_HLT")
     return 0
@@ -445,30 +496,42 @@ def kvm_emulate_wrmsr(vcpu, insn_len: int) -> int:
 def kvm_set_cr(vcpu, cr: int, value: int, insn_len: int) -> int:
     """MOV to CR that the vendor intercepted (shadow paging): apply it, then fix the MMU."""
     cpu = vcpu.arch.cpu
-    saved = cpu.intercept_cr3, cpu.intercept_cr0_cr4
-    cpu.intercept_cr3 = cpu.intercept_cr0_cr4 = False
+    saved = cpu.intercept_cr3, cpu.intercept_cr0_cr4, cpu.intercept_cr8
+    cpu.intercept_cr3 = cpu.intercept_cr0_cr4 = cpu.intercept_cr8 = False
     try:
         system.write_cr(cpu, cr, value)
     except Fault as f:
         x86.kvm_queue_exception(vcpu, f.vector, f.error_code)
         return 1
     finally:
-        cpu.intercept_cr3, cpu.intercept_cr0_cr4 = saved
+        cpu.intercept_cr3, cpu.intercept_cr0_cr4, cpu.intercept_cr8 = saved
     event("kvm_cr", rw="write", cr=cr, val=value)
-    if cr == 3:
+    if cr == 8:
+        if vcpu.arch.apic is not None:
+            lapic.kvm_lapic_set_tpr(vcpu, cpu.cr8)      # the next entry delivers what it unmasked
+    elif cr == 3:
         mmu.kvm_mmu_new_pgd(vcpu)
     else:
         mmu.kvm_mmu_reset_context(vcpu)
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
-KVM_ENOSYS = 1000          # include/uapi/linux/kvm_para.h: the answer to an unknown hypercall
-
-
 def kvm_emulate_hypercall(vcpu, insn_len: int) -> int:
-    """VMCALL/VMMCALL: kvmpy implements no KVM hypercall, so each gets -KVM_ENOSYS in RAX."""
+    """VMCALL/VMMCALL: the hypercall number in RAX, arguments in RBX, RCX, RDX, RSI (cut to
+    32 bits outside 64-bit mode), the answer in RAX.  kvmpy has KVM_HC_SEND_IPI; any other
+    number gets -KVM_ENOSYS, and a call from CPL > 0 -KVM_EPERM."""
     vcpu.stat["hypercalls"] += 1
-    vcpu.arch.cpu.regs[RAX] = -KVM_ENOSYS & 0xFFFFFFFFFFFFFFFF
+    cpu = vcpu.arch.cpu
+    op_64_bit = cpu.mode.code == 8
+    mask = 0xFFFFFFFFFFFFFFFF if op_64_bit else 0xFFFFFFFF
+    nr, a0, a1, a2, a3 = (cpu.regs[r] & mask for r in (RAX, RBX, RCX, RDX, RSI))
+    if cpu.mode.cpl:
+        ret = -kvm_para.KVM_EPERM
+    elif nr == kvm_para.KVM_HC_SEND_IPI:
+        ret = lapic.kvm_pv_send_ipi(vcpu.kvm, a0, a1, a2 & 0xFFFFFFFF, a3, op_64_bit)
+    else:
+        ret = -kvm_para.KVM_ENOSYS
+    cpu.regs[RAX] = ret & mask
     return kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
@@ -606,3 +669,6 @@ def handle_interrupt_window(vcpu) -> int:
 
 
 __all__ = ["kvm_arch_vcpu_ioctl_run", "vcpu_run", "vcpu_enter_guest", "kvm_fast_pio", "params"]
+
+
+x86.apic_accept_events = lapic.kvm_apic_accept_events

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from ...hw.cpu import Processor
 from ...hw.events import EXT_INTR, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault
+from ...hw.x86defs import CR4_DE
 from ...uapi import kvm as uapi
-from ..trace import traced
 from kvmpy.kernel.x86 import cpuid, emulate, params, run, x86
 from kvmpy.kernel.x86.mmu import mmu
 
@@ -171,6 +171,24 @@ def kvm_handle_page_fault(vcpu, error_code: int | None, fault_address: int) -> i
         x86.kvm_inject_page_fault(vcpu, error_code, fault_address)
         return 1
     return kvm_mmu_page_fault(vcpu, fault_address, error_code)
+
+
+def kvm_handle_dr_access(vcpu, dr: int, write: bool, reg: int, insn_len: int) -> int:
+    """What handle_dr and dr_interception share, once each has decoded its exit: the guest's
+    MOV to or from DRn carried out on its own registers (kvm_get_dr / kvm_set_dr); DR4 and
+    DR5 with CR4.DE are #UD (kvm_require_dr), a bad DR6/DR7 value #GP (kvm_complete_insn_gp)."""
+    cpu = vcpu.arch.cpu
+    if dr in (4, 5) and cpu.cr4 & CR4_DE:
+        x86.kvm_queue_exception(vcpu, uapi.UD_VECTOR)
+        return 1
+    if write:
+        value = cpu.regs[reg] & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+        if x86.kvm_set_dr(vcpu, dr, value):
+            x86.kvm_inject_gp(vcpu, 0)
+            return 1
+    else:
+        cpu.regs[reg] = x86.kvm_get_dr(vcpu, dr) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+    return run.kvm_skip_emulated_instruction(vcpu, insn_len)
 
 
 def handle_processor_error(vcpu) -> int:

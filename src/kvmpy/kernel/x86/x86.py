@@ -115,6 +115,8 @@ supported_caps = {
     # XSAVE state and XCR0 (kvmpy.hw.fpu.xsave): KVM_GET/SET_XSAVE, KVM_GET/SET_XCRS
     uapi.KVM_CAP_XSAVE: int(features.implemented("xsave")),
     uapi.KVM_CAP_XCRS: int(features.implemented("xsave")),
+    # KVM_SET_GUEST_DEBUG (KVM_CAP_SET_GUEST_DEBUG2, its flags, is set with them below)
+    uapi.KVM_CAP_SET_GUEST_DEBUG: 1,
 }
 
 
@@ -409,8 +411,8 @@ class KvmVcpuArch:
         self.nmi_pending = 0
         self.nmi_injected = False
         self.sipi_vector = 0
-        self.sipi_pending = False           # KVM_MP_STATE_SIPI_RECEIVED (in-kernel LAPIC only)
-        self.apic = None                    # in-kernel LAPIC, when there is one
+        self.ap_reset_hold = False          # halted by KVM_SET_MP_STATE(AP_RESET_HOLD), not by HLT
+        self.apic = None                    # in-kernel LAPIC (lapic.KvmLapic), when there is one
         self.ioapic_handled_vectors = set() # split irqchip: vectors whose EOI goes to user space
         self.pending_ioapic_eoi = 0         # the vector of the KVM_EXIT_IOAPIC_EOI to make
         self.pending_external_vector = None # split irqchip: user space's PIC's ExtINT (KVM_INTERRUPT)
@@ -424,6 +426,12 @@ class KvmVcpuArch:
         self.last_exit = None               # the vendor's exit record of the last VM exit
         self.complete_userspace_io = None   # finishes an exit user space served, at the next KVM_RUN
         self.emulate_ctxt = None            # the emulator's state across exits (emulate.py)
+        # KVM_SET_GUEST_DEBUG: the guest's own DR0-3 and DR7 while user space's breakpoints
+        # (KVM_GUESTDBG_USE_HW_BP) are in the processor, and the linear RIP single-stepping
+        # began at (kvm_set_rflags sets TF only there)
+        self.db = [0, 0, 0, 0]
+        self.dr7 = hd.DR7_FIXED_1
+        self.singlestep_rip = 0
 
 
 @traced
@@ -468,11 +476,11 @@ def kvm_vcpu_is_bsp(vcpu) -> bool:
 def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     """Power-on (or INIT) state: the processor's reset values plus KVM's own registers."""
     cpu = vcpu.arch.cpu
-    kept = (dict(cpu.msrs), cpu.tsc) if init_event else None     # INIT keeps MSRs and the TSC
+    kept = (dict(cpu.msrs), cpu.tsc, cpu.apic_base) if init_event else None  # INIT keeps MSRs and the TSC
     cpu.reset()
     if init_event:
         cpu.msrs.update(kept[0])
-        cpu.tsc = kept[1]
+        cpu.tsc, cpu.apic_base = kept[1], kept[2]
     else:
         cpu.apic_base = 0xFEE00000 | 0x800 | (0x100 if kvm_vcpu_is_bsp(vcpu) else 0)
         cpu.msrs[MSR_IA32_CR_PAT] = PAT_DEFAULT
@@ -489,6 +497,9 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     vcpu.arch.interrupt = None
     vcpu.arch.nmi_queued = vcpu.arch.nmi_pending = 0
     vcpu.arch.nmi_injected = False
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.reset(init_event)
+        cpu.cr8 = vcpu.arch.apic.get_cr8()
     _vendor_ops.vcpu_reset(vcpu, init_event)
     _state_changed(vcpu)
 
@@ -513,9 +524,13 @@ def kvm_arch_vcpu_create(vcpu) -> None:
     kvm_hv_vcpu_init(vcpu)
     _vendor_ops.vcpu_create(vcpu)
     vcpu.arch.cpu.fpu = vcpu.arch.guest_fpu.fpstate
+    if irqchip_in_kernel(vcpu.kvm):
+        lapic_factory(vcpu)
     kvm_vcpu_mtrr_init(vcpu)
     vcpu_load(vcpu)
     kvm_vcpu_reset(vcpu, False)
+    if irqchip_in_kernel(vcpu.kvm) and not kvm_vcpu_is_bsp(vcpu):
+        vcpu.arch.cpu.mp_state = uapi.KVM_MP_STATE_UNINITIALIZED     # an AP waits for INIT and SIPI
     mmu.kvm_init_mmu(vcpu)
     vcpu_put(vcpu)
 
@@ -534,6 +549,10 @@ def kvm_arch_vcpu_destroy(vcpu) -> None:
 def _state_changed(vcpu) -> None:
     """User space or KVM rewrote guest state: the processor recomputes its derived state."""
     vcpu.arch.cpu.refresh()
+
+
+# builds vcpu.arch.apic (lapic.kvm_create_lapic, which installs itself: it sits above here)
+lapic_factory = None
 
 
 def lapic_in_kernel(vcpu) -> bool:
@@ -557,7 +576,7 @@ def kvm_arch_vcpu_ioctl_get_regs(vcpu) -> uapi.kvm_regs:
     cpu = vcpu.arch.cpu
     r = uapi.kvm_regs(*[cpu.regs[i] for i in _REGS_MAP])
     r.rip = cpu.rip
-    r.rflags = cpu.get_rflags()
+    r.rflags = kvm_get_rflags(vcpu)
     return r
 
 
@@ -567,7 +586,7 @@ def kvm_arch_vcpu_ioctl_set_regs(vcpu, r: uapi.kvm_regs) -> None:
     for i, reg in enumerate(_REGS_MAP):
         cpu.regs[reg] = values[i]
     cpu.rip = r.rip
-    cpu.set_rflags(r.rflags)
+    kvm_set_rflags(vcpu, r.rflags)
     _state_changed(vcpu)
 
 
@@ -592,7 +611,7 @@ def kvm_arch_vcpu_ioctl_get_sregs(vcpu) -> uapi.kvm_sregs:
     s.tr, s.ldt = _seg_to_kvm(cpu.tr), _seg_to_kvm(cpu.ldtr)
     s.gdt = uapi.kvm_dtable(cpu.gdt_base, cpu.gdt_limit)
     s.idt = uapi.kvm_dtable(cpu.idt_base, cpu.idt_limit)
-    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 = cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8
+    s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 = cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, kvm_get_cr8(vcpu)
     s.efer, s.apic_base = cpu.efer, cpu.apic_base
     irq = vcpu.arch.interrupt
     if irq is not None:
@@ -647,8 +666,11 @@ def kvm_arch_vcpu_ioctl_set_sregs(vcpu, s: uapi.kvm_sregs) -> None:
     cpu.tr, cpu.ldtr = _seg_from_kvm(s.tr), _seg_from_kvm(s.ldt)
     cpu.gdt_base, cpu.gdt_limit = s.gdt.base, s.gdt.limit
     cpu.idt_base, cpu.idt_limit = s.idt.base, s.idt.limit
-    cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = s.cr0, s.cr2, s.cr3, s.cr4, s.cr8
-    cpu.efer, cpu.apic_base = s.efer, s.apic_base
+    cpu.cr0, cpu.cr2, cpu.cr3, cpu.cr4, cpu.cr8 = s.cr0, s.cr2, s.cr3, s.cr4, s.cr8 & 0xF
+    cpu.efer = s.efer
+    kvm_set_apic_base(vcpu, s.apic_base)
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.set_cr8(s.cr8)
     for word, bits in enumerate(s.interrupt_bitmap):
         if bits and not lapic_in_kernel(vcpu):
             kvm_queue_interrupt(vcpu, word * 64 + (bits & -bits).bit_length() - 1)
@@ -701,6 +723,30 @@ def is_noncanonical_msr_address(la: int, vcpu) -> bool:
     bits = max_host_virt_addr_bits()
     top = (la & ((1 << 64) - 1)) >> (bits - 1)
     return top not in (0, (1 << (65 - bits)) - 1)
+
+
+def kvm_get_cr8(vcpu) -> int:
+    """CR8 is the LAPIC's TPR where the LAPIC is in the kernel."""
+    apic = vcpu.arch.apic
+    return apic.get_cr8() if apic is not None else vcpu.arch.cpu.cr8
+
+
+def kvm_set_apic_base(vcpu, data: int) -> None:
+    """A validated IA32_APIC_BASE: the in-kernel LAPIC follows it (IDs, the MMIO window)."""
+    if vcpu.arch.apic is not None:
+        vcpu.arch.apic.set_base(data)
+    else:
+        vcpu.arch.cpu.apic_base = data
+
+
+def _apic_mode_change_allowed(old: int, new: int) -> bool:
+    """A guest may not go from x2APIC to xAPIC mode, nor from disabled to x2APIC, without
+    passing through the other state (SDM 11.12.5; kvm_apic_set_base)."""
+    ext_en = 1 << 10 | 1 << 11
+    old_mode, new_mode = old & ext_en, new & ext_en
+    if old_mode == new_mode:
+        return True
+    return not (old_mode == ext_en and new_mode == 1 << 11) and not (old_mode == 0 and new_mode == ext_en)
 
 
 def valid_apic_base(vcpu, data: int) -> bool:
@@ -774,9 +820,9 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         vcpu.arch.tsc_aux = data
     elif index == MSR_IA32_APICBASE:
-        if not valid_apic_base(vcpu, data):
+        if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
-        cpu.apic_base = data
+        kvm_set_apic_base(vcpu, data)
     elif index == MSR_IA32_CR_PAT:
         if not _valid_pat(data):
             return 1
@@ -884,23 +930,45 @@ def _set_msr_entry(vcpu, e) -> bool:
 # MP state, events, debug registers, XCRs, interrupts
 # ----------------------------------------------------------------------------------------
 _MP_STATES = (uapi.KVM_MP_STATE_RUNNABLE, uapi.KVM_MP_STATE_UNINITIALIZED, uapi.KVM_MP_STATE_INIT_RECEIVED,
-              uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_SIPI_RECEIVED)
+              uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_SIPI_RECEIVED, uapi.KVM_MP_STATE_AP_RESET_HOLD)
+_HALTS = (uapi.KVM_MP_STATE_HALTED, uapi.KVM_MP_STATE_AP_RESET_HOLD)
 
 
 def kvm_arch_vcpu_ioctl_set_mpstate(vcpu, mp_state: int) -> None:
+    """KVM_SET_MP_STATE: without an in-kernel LAPIC only RUNNABLE; with one, the x86 states.
+    HALTED and AP_RESET_HOLD are a halted, runnable processor (``cpu.halted``: KVM_RUN
+    blocks until an event or a kick, as after a HLT), the latter remembered for
+    KVM_GET_MP_STATE; SIPI_RECEIVED is INIT_RECEIVED with the SIPI latched in the LAPIC."""
     if mp_state not in _MP_STATES:
         raise kernel_error(errno.EINVAL)
     if not lapic_in_kernel(vcpu) and mp_state != uapi.KVM_MP_STATE_RUNNABLE:
         raise kernel_error(errno.EINVAL)
     cpu = vcpu.arch.cpu
-    cpu.halted = mp_state == uapi.KVM_MP_STATE_HALTED       # a halted vCPU is runnable once woken
+    cpu.halted = mp_state in _HALTS
+    vcpu.arch.ap_reset_hold = mp_state == uapi.KVM_MP_STATE_AP_RESET_HOLD
     if mp_state == uapi.KVM_MP_STATE_SIPI_RECEIVED:
         cpu.mp_state = uapi.KVM_MP_STATE_INIT_RECEIVED
-        vcpu.arch.sipi_pending = True
+        vcpu.arch.apic.set_sipi_pending()
     elif cpu.halted:
         cpu.mp_state = uapi.KVM_MP_STATE_RUNNABLE
     else:
         cpu.mp_state = mp_state
+
+
+# lapic.kvm_apic_accept_events, registered by run.py (which imports both): KVM_GET_MP_STATE
+# first takes the INIT or SIPI the LAPIC latched, as kvm_arch_vcpu_ioctl_get_mpstate does
+apic_accept_events = None
+
+
+def kvm_arch_vcpu_ioctl_get_mpstate(vcpu) -> int:
+    """KVM_GET_MP_STATE: latched INIT/SIPI taken first; HALTED (or AP_RESET_HOLD, if user
+    space set that) while the processor is halted."""
+    if lapic_in_kernel(vcpu):
+        apic_accept_events(vcpu)
+    cpu = vcpu.arch.cpu
+    if cpu.halted and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+        return uapi.KVM_MP_STATE_AP_RESET_HOLD if vcpu.arch.ap_reset_hold else uapi.KVM_MP_STATE_HALTED
+    return cpu.mp_state
 
 
 def kvm_vcpu_ioctl_interrupt(vcpu, irq: int) -> int:
@@ -929,9 +997,15 @@ def kvm_queue_interrupt(vcpu, vector: int) -> None:
 # NMIs
 # ----------------------------------------------------------------------------------------
 def kvm_vcpu_ioctl_nmi(vcpu) -> int:
-    """KVM_NMI (kvm_inject_nmi): queue an NMI; works with or without an in-kernel irqchip."""
-    vcpu.arch.nmi_queued += 1
+    """KVM_NMI: queue an NMI; works with or without an in-kernel irqchip."""
+    kvm_inject_nmi(vcpu)
     return 0
+
+
+def kvm_inject_nmi(vcpu) -> None:
+    """Queue an NMI (KVM_NMI, or an NMI message to the LAPIC) and wake the vCPU for it."""
+    vcpu.arch.nmi_queued += 1
+    kvm_vcpu_kick(vcpu)
 
 
 def _nmi_in_injection(vcpu) -> bool:
@@ -1070,20 +1144,184 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
 
 
 def kvm_vcpu_ioctl_x86_get_debugregs(vcpu) -> uapi.kvm_debugregs:
-    dr = vcpu.arch.cpu.dr
+    cpu = vcpu.arch.cpu
+    db, dr7 = _guest_breakpoints(vcpu)
     d = uapi.kvm_debugregs()
-    d.db[:] = dr[:4]
-    d.dr6, d.dr7 = dr[6], dr[7]
+    d.db[:] = db
+    d.dr6, d.dr7 = cpu.dr[6], dr7
     return d
 
 
 def kvm_vcpu_ioctl_x86_set_debugregs(vcpu, d: uapi.kvm_debugregs) -> None:
     if d.flags or d.dr6 >> 32 or d.dr7 >> 32:
         raise kernel_error(errno.EINVAL)
-    dr = vcpu.arch.cpu.dr
-    dr[:4] = list(d.db)
+    a, dr = vcpu.arch, vcpu.arch.cpu.dr
     dr[4] = dr[6] = d.dr6
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP:
+        a.db[:], a.dr7 = list(d.db), d.dr7          # the processor keeps user space's
+        return
+    dr[:4] = list(d.db)
     dr[5] = dr[7] = d.dr7
+    _state_changed(vcpu)
+
+
+# ----------------------------------------------------------------------------------------
+# KVM_SET_GUEST_DEBUG
+# ----------------------------------------------------------------------------------------
+# the control flags x86 KVM implements (asm/kvm_host.h), KVM_CAP_SET_GUEST_DEBUG2's answer
+KVM_GUESTDBG_VALID_MASK = (uapi.KVM_GUESTDBG_ENABLE | uapi.KVM_GUESTDBG_SINGLESTEP | uapi.KVM_GUESTDBG_USE_HW_BP
+                           | uapi.KVM_GUESTDBG_USE_SW_BP | uapi.KVM_GUESTDBG_INJECT_BP
+                           | uapi.KVM_GUESTDBG_INJECT_DB | uapi.KVM_GUESTDBG_BLOCKIRQ)
+supported_caps[uapi.KVM_CAP_SET_GUEST_DEBUG2] = KVM_GUESTDBG_VALID_MASK
+# guest debugging that takes #DB from the guest (its single-step and breakpoint traps)
+_GUESTDBG_DB = uapi.KVM_GUESTDBG_SINGLESTEP | uapi.KVM_GUESTDBG_USE_HW_BP
+
+
+def _guest_breakpoints(vcpu):
+    """The guest's own DR0-3 and DR7: in the processor, unless user space's breakpoints
+    are there (KVM_GUESTDBG_USE_HW_BP; Linux's vcpu->arch.db and dr7 against eff_db and
+    guest_debug_dr7)."""
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP:
+        return list(vcpu.arch.db), vcpu.arch.dr7
+    dr = vcpu.arch.cpu.dr
+    return dr[:4], dr[7]
+
+
+DR6_VOLATILE, DR7_VOLATILE = 0x0001E80F, 0xFFFF2BFF      # the bits a MOV to DR6 / DR7 can change
+
+
+def kvm_get_dr(vcpu, dr: int) -> int:
+    """The guest's own DRn (DR4/DR5: DR6/DR7), for its MOV from DR while the processor's
+    are user space's breakpoints."""
+    db, dr7 = _guest_breakpoints(vcpu)
+    if dr < 4:
+        return db[dr]
+    return vcpu.arch.cpu.dr[6] if dr in (4, 6) else dr7
+
+
+def kvm_set_dr(vcpu, dr: int, value: int) -> int:
+    """The guest's MOV to DRn: 0, or 1 for a #GP (bits 63:32 of DR6 or DR7 set).  DR0-3 and
+    DR7 reach the processor unless user space's breakpoints are there (KVM_GUESTDBG_USE_HW_BP)."""
+    a, dr_regs = vcpu.arch, vcpu.arch.cpu.dr
+    hw_bp = vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP
+    if dr < 4:
+        (a.db if hw_bp else dr_regs)[dr] = value
+    elif value >> 32:
+        return 1
+    elif dr in (4, 6):
+        dr_regs[4] = dr_regs[6] = value & DR6_VOLATILE | hd.DR6_ACTIVE_LOW
+    elif hw_bp:
+        a.dr7 = value & DR7_VOLATILE | hd.DR7_FIXED_1
+    else:
+        dr_regs[5] = dr_regs[7] = value & DR7_VOLATILE | hd.DR7_FIXED_1
+    vcpu.arch.cpu.debug_refresh()
+    return 0
+
+
+def kvm_get_linear_rip(vcpu) -> int:
+    """CS.base + RIP, as the processor fetches it (32 bits outside 64-bit mode)."""
+    cpu = vcpu.arch.cpu
+    return (cpu.sbase[hd.CS] + cpu.rip) & (0xFFFFFFFFFFFFFFFF if cpu.mode.code == 8 else 0xFFFFFFFF)
+
+
+def kvm_get_rflags(vcpu) -> int:
+    """RFLAGS as user space sees them: without the TF that single-stepping put there."""
+    rflags = vcpu.arch.cpu.get_rflags()
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_SINGLESTEP:
+        rflags &= ~hd.TF
+    return rflags
+
+
+def kvm_set_rflags(vcpu, rflags: int) -> None:
+    """Write RFLAGS; while single-stepping, with TF added as long as the vCPU is still at
+    the instruction stepping began at (after user space moved RIP, its own TF stands)."""
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_SINGLESTEP and kvm_get_linear_rip(vcpu) == vcpu.arch.singlestep_rip:
+        rflags |= hd.TF
+    vcpu.arch.cpu.set_rflags(rflags)
+
+
+def kvm_update_exception_bitmap(vcpu) -> None:
+    """The exceptions guest debugging intercepts (vmx/svm update_exception_bitmap): #DB
+    while single-stepping or with hardware breakpoints, #BP with KVM_GUESTDBG_USE_SW_BP.
+    Both vendors leave the guest its own #DB and #BP otherwise (the #PF bit is the MMU's)."""
+    cpu, dbg = vcpu.arch.cpu, vcpu.guest_debug
+    bits = 1 << uapi.DB_VECTOR | 1 << uapi.BP_VECTOR
+    eb = cpu.exception_bitmap & ~bits
+    if dbg & _GUESTDBG_DB:
+        eb |= 1 << uapi.DB_VECTOR
+    if dbg & uapi.KVM_GUESTDBG_USE_SW_BP:
+        eb |= 1 << uapi.BP_VECTOR
+    cpu.exception_bitmap = eb
+
+
+def kvm_update_dr7(vcpu, db, dr7) -> None:
+    """Load the breakpoints in force into the processor's DR0-3 and DR7 (Linux loads
+    eff_db into the hardware before each entry and writes DR7 into the VMCS/VMCB)."""
+    dr = vcpu.arch.cpu.dr
+    dr[:4] = list(db)
+    dr[5] = dr[7] = dr7
+    _state_changed(vcpu)
+
+
+def kvm_arch_vcpu_ioctl_set_guest_debug(vcpu, dbg: uapi.kvm_guest_debug) -> None:
+    """KVM_SET_GUEST_DEBUG.  INJECT_DB / INJECT_BP queue #DB / #BP for the guest (EBUSY if
+    an exception is already queued), whether or not ENABLE is set.  Without ENABLE, guest
+    debugging is off; with it, SINGLESTEP traps after each instruction (TF in the guest's
+    RFLAGS, hidden from KVM_GET_REGS), USE_SW_BP makes INT3 exit, USE_HW_BP loads
+    ``arch.debugreg[0..3]`` and ``[7]`` into the processor in place of the guest's own,
+    and each such #DB or #BP is a KVM_EXIT_DEBUG.  Control bits x86 KVM does not know are
+    kept, not refused: the host takes them (arm64 and s390 return EINVAL)."""
+    a, cpu = vcpu.arch, vcpu.arch.cpu
+    if dbg.control & (uapi.KVM_GUESTDBG_INJECT_DB | uapi.KVM_GUESTDBG_INJECT_BP):
+        if a.exception is not None:
+            raise kernel_error(errno.EBUSY)
+        kvm_queue_exception(vcpu, uapi.DB_VECTOR if dbg.control & uapi.KVM_GUESTDBG_INJECT_DB else uapi.BP_VECTOR)
+    rflags = kvm_get_rflags(vcpu)           # with the old control: the TF it set is filtered out
+    was_hw = vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_HW_BP
+    now_hw = dbg.control & uapi.KVM_GUESTDBG_ENABLE and dbg.control & uapi.KVM_GUESTDBG_USE_HW_BP
+    if now_hw and not was_hw:               # the guest's breakpoints leave the processor
+        a.db, a.dr7 = cpu.dr[:4], cpu.dr[7]
+    vcpu.guest_debug = dbg.control if dbg.control & uapi.KVM_GUESTDBG_ENABLE else 0
+    if now_hw:
+        kvm_update_dr7(vcpu, dbg.arch.debugreg[:4], dbg.arch.debugreg[7])
+    elif was_hw:                            # ... and come back
+        kvm_update_dr7(vcpu, a.db, a.dr7)
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_SINGLESTEP:
+        a.singlestep_rip = kvm_get_linear_rip(vcpu)
+    kvm_set_rflags(vcpu, rflags)            # adds TF, or takes away the TF it had added
+    kvm_update_exception_bitmap(vcpu)
+    cpu.intercept_dr = bool(now_hw)         # the guest's MOV DR goes to its own registers
+
+
+def kvm_prepare_debug_exit(vcpu, vector: int, dr6=None, dr7=None) -> int:
+    """KVM_EXIT_DEBUG for ``vector`` at the current linear RIP; ``dr6``/``dr7`` only where
+    the vendor's handler writes them (a #BP exit leaves them as they were)."""
+    arch = vcpu.run.debug.arch
+    if dr6 is not None:
+        arch.dr6 = dr6
+    if dr7 is not None:
+        arch.dr7 = dr7
+    arch.pc = kvm_get_linear_rip(vcpu)
+    arch.exception = vector
+    vcpu.run.exit_reason = uapi.KVM_EXIT_DEBUG
+    return 0
+
+
+def kvm_queue_exception_p(vcpu, vector: int, payload: int) -> None:
+    """Queue #DB with its DR6 bits for the guest (kvm_queue_exception_p; the bits go into
+    the guest's DR6 now rather than at delivery, which nothing between can tell apart)."""
+    vcpu.arch.cpu.dr[6] |= payload
+    kvm_queue_exception(vcpu, vector)
+
+
+def kvm_vcpu_do_singlestep(vcpu) -> int:
+    """An instruction KVM carried out for the guest started with TF set: the single-step
+    trap it would have taken.  Guest debugging single-steps: KVM_EXIT_DEBUG (its DR7 field
+    is left as it was); else the guest's own TF: #DB with DR6.BS."""
+    if vcpu.guest_debug & uapi.KVM_GUESTDBG_SINGLESTEP:
+        return kvm_prepare_debug_exit(vcpu, uapi.DB_VECTOR, dr6=hd.DR6_BS | hd.DR6_ACTIVE_LOW)
+    kvm_queue_exception_p(vcpu, uapi.DB_VECTOR, hd.DR6_BS)
+    return 1
 
 
 XCR_XFEATURE_ENABLED_MASK = 0
@@ -1213,14 +1451,6 @@ def _translate(vcpu, arg) -> int:
     return 0
 
 
-def _get_mp_state(vcpu):
-    """KVM_GET_MP_STATE: HALTED while a HLT waits in kvm_vcpu_block (cpu.halted)."""
-    cpu = vcpu.arch.cpu
-    if cpu.halted and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
-        return uapi.kvm_mp_state(uapi.KVM_MP_STATE_HALTED)
-    return uapi.kvm_mp_state(cpu.mp_state)
-
-
 def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
     """KVM_MEMORY_ENCRYPT_OP on a vCPU: ENOTTY, the answer of a vendor module without
     vcpu_mem_enc_ioctl (kvmpy has neither SEV nor TDX), not the EINVAL of an unknown ioctl."""
@@ -1234,12 +1464,13 @@ vcpu_ioctl_handlers = {
     uapi.KVM_SET_SREGS: _setter(kvm_arch_vcpu_ioctl_set_sregs, uapi.kvm_sregs),
     uapi.KVM_GET_FPU: _getter(kvm_arch_vcpu_ioctl_get_fpu),
     uapi.KVM_SET_FPU: _setter(kvm_arch_vcpu_ioctl_set_fpu, uapi.kvm_fpu),
-    uapi.KVM_GET_MP_STATE: _getter(_get_mp_state),
+    uapi.KVM_GET_MP_STATE: _getter(lambda v: uapi.kvm_mp_state(kvm_arch_vcpu_ioctl_get_mpstate(v))),
     uapi.KVM_SET_MP_STATE: _setter(lambda v, m: kvm_arch_vcpu_ioctl_set_mpstate(v, m.mp_state), uapi.kvm_mp_state),
     uapi.KVM_GET_VCPU_EVENTS: _getter(kvm_vcpu_ioctl_x86_get_vcpu_events),
     uapi.KVM_SET_VCPU_EVENTS: _setter(kvm_vcpu_ioctl_x86_set_vcpu_events, uapi.kvm_vcpu_events),
     uapi.KVM_GET_DEBUGREGS: _getter(kvm_vcpu_ioctl_x86_get_debugregs),
     uapi.KVM_SET_DEBUGREGS: _setter(kvm_vcpu_ioctl_x86_set_debugregs, uapi.kvm_debugregs),
+    uapi.KVM_SET_GUEST_DEBUG: _setter(kvm_arch_vcpu_ioctl_set_guest_debug, uapi.kvm_guest_debug),
     uapi.KVM_GET_XCRS: _getter(kvm_vcpu_ioctl_x86_get_xcrs),
     uapi.KVM_SET_XCRS: _setter(kvm_vcpu_ioctl_x86_set_xcrs, uapi.kvm_xcrs),
     uapi.KVM_GET_XSAVE: _getter(kvm_vcpu_ioctl_x86_get_xsave),

@@ -9,11 +9,12 @@ callables it was given.
 from kvmpy.vmm.devices.bus import Bus, BusError, MmioBus, PioBus
 from kvmpy.vmm.devices.cmos import Cmos
 from kvmpy.vmm.devices.debug_exit import DebugExit
+from kvmpy.vmm.devices.fw_cfg import FwCfg
 from kvmpy.vmm.devices.i8042 import I8042
 from kvmpy.vmm.devices.serial import Serial
 from kvmpy.vmm.devices.testdev import ConstantDevice
 
 __all__ = [
     "Bus", "BusError", "MmioBus", "PioBus",
-    "Cmos", "ConstantDevice", "DebugExit", "I8042", "Serial",
+    "Cmos", "ConstantDevice", "DebugExit", "FwCfg", "I8042", "Serial",
 ]

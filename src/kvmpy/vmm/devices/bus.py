@@ -63,6 +63,13 @@ class Bus:
             raise BusError(f"range {base:#x}+{length:#x} overlaps a mapped range")
         self._ranges.insert(i, new)
 
+    def unregister(self, base, device):
+        """Remove the range at ``base`` mapped to ``device`` (a PCI BAR moving away)."""
+        r = self.find(base)
+        if r is None or r.base != base or r.device is not device:
+            raise BusError(f"no range of that device at {base:#x}")
+        self._ranges.remove(r)
+
     def find(self, addr):
         """The range holding ``addr``, or None."""
         i = bisect.bisect_right(self._ranges, _Range(addr, 1 << 65, None)) - 1

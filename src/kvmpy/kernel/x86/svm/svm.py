@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from kvmpy.hw.virt import svm as hwsvm
 from kvmpy.hw.events import EXT_INTR, HAS_ERROR_CODE, HW_EXC, NMI, SW_EXC, SW_INT
+from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
 from kvmpy.uapi import kvm as uapi
 from kvmpy.kernel import kvm_main
 from kvmpy.kernel.trace import event, traced
@@ -51,10 +52,31 @@ def exception_interception(vcpu, x) -> int:
     return 1
 
 
+def db_interception(vcpu, x) -> int:
+    """#DB, intercepted while user space single-steps or has hardware breakpoints: a
+    KVM_EXIT_DEBUG with the save area's DR6 and DR7 (else the guest's own #DB)."""
+    if not vcpu.guest_debug & (uapi.KVM_GUESTDBG_SINGLESTEP | uapi.KVM_GUESTDBG_USE_HW_BP):
+        x86.kvm_queue_exception_p(vcpu, uapi.DB_VECTOR, x.dr6 ^ DR6_ACTIVE_LOW)
+        return 1
+    return x86.kvm_prepare_debug_exit(vcpu, uapi.DB_VECTOR, dr6=x.dr6, dr7=vcpu.arch.cpu.dr[7])
+
+
+def bp_interception(vcpu, x) -> int:
+    """#BP (INT3), intercepted with KVM_GUESTDBG_USE_SW_BP: KVM_EXIT_DEBUG at the INT3."""
+    return x86.kvm_prepare_debug_exit(vcpu, uapi.BP_VECTOR)
+
+
 def cr_interception(vcpu, x) -> int:
     cr = x.exit_code - hwsvm.SVM_EXIT_WRITE_CR0
     reg = x.exit_info_1 & hwsvm.SVM_EXITINFO_REG_MASK
     return run.kvm_set_cr(vcpu, cr, vcpu.arch.cpu.regs[reg], svm_insn_len(vcpu, x))
+
+
+def dr_interception(vcpu, x) -> int:
+    """MOV DR, intercepted while user space's breakpoints are in the debug registers."""
+    dr = x.exit_code - hwsvm.SVM_EXIT_READ_DR0
+    return vendor.kvm_handle_dr_access(vcpu, dr & 15, dr >= 16, x.exit_info_1 & hwsvm.SVM_EXITINFO_REG_MASK,
+                                       svm_insn_len(vcpu, x))
 
 
 def invlpg_interception(vcpu, x) -> int:
@@ -127,9 +149,12 @@ def invalid_state_interception(vcpu, x) -> int:
 
 
 svm_exit_handlers = {
-    **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4)},
+    **{hwsvm.SVM_EXIT_WRITE_CR0 + cr: cr_interception for cr in (0, 3, 4, 8)},
     **{hwsvm.SVM_EXIT_EXCP_BASE + vector: exception_interception for vector in range(32)},
+    **{hwsvm.SVM_EXIT_READ_DR0 + n: dr_interception for n in range(32)},      # reads, then writes
     hwsvm.SVM_EXIT_EXCP_BASE + uapi.PF_VECTOR: pf_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.DB_VECTOR: db_interception,
+    hwsvm.SVM_EXIT_EXCP_BASE + uapi.BP_VECTOR: bp_interception,
     hwsvm.SVM_EXIT_INTR: intr_interception,
     hwsvm.SVM_EXIT_VINTR: interrupt_window_interception,
     hwsvm.SVM_EXIT_CPUID: cpuid_interception,
@@ -154,9 +179,10 @@ def svm_vcpu_create(vcpu) -> None:
 def svm_vcpu_run(vcpu):
     """VMRUN: run the processor until it reports a #VMEXIT, then take back the event whose
     delivery the exit interrupted (svm_complete_interrupts)."""
+    injected = vcpu.arch.cpu.pending_event          # the entry's EVENTINJ
     x = vendor.kvm_run_processor(vcpu)
     event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
-    svm_complete_interrupts(vcpu, x)
+    svm_complete_interrupts(vcpu, x, injected)
     return x
 
 
@@ -170,13 +196,18 @@ def svm_event_kind(int_info: int) -> int:
             hwsvm.SVM_EXITINTINFO_TYPE_SOFT: SW_INT}.get(int_type, SW_INT)
 
 
-def svm_complete_interrupts(vcpu, x) -> None:
-    """EXITINTINFO of #VMEXIT ``x``: the event being delivered, requeued."""
+def svm_complete_interrupts(vcpu, x, injected) -> None:
+    """EXITINTINFO of #VMEXIT ``x``: the event being delivered, requeued.  A #BP or #OF that
+    KVM itself injected at the entry (``injected``: KVM_SET_GUEST_DEBUG's INJECT_BP, a
+    queued exception) has no instruction to raise it again: it is requeued as an exception,
+    as Linux's soft_int_injected bookkeeping does."""
     info = x.exit_int_info
     if info & hwsvm.SVM_EXITINTINFO_VALID:
         error_code = x.exit_int_info_err if info & hwsvm.SVM_EXITINTINFO_VALID_ERR else None
-        vendor.kvm_complete_interrupts(vcpu, svm_event_kind(info), info & hwsvm.SVM_EXITINTINFO_VEC_MASK,
-                                       error_code)
+        kind, vector = svm_event_kind(info), info & hwsvm.SVM_EXITINTINFO_VEC_MASK
+        if kind == SW_EXC and injected is not None and injected[:2] == (HW_EXC, vector):
+            kind = HW_EXC
+        vendor.kvm_complete_interrupts(vcpu, kind, vector, error_code)
 
 
 def svm_check_emulate_instruction(vcpu) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from kvmpy.hw.virt import vmx as hwvmx
 from kvmpy.hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
+from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
 from kvmpy.uapi import kvm as uapi
 from kvmpy.kernel import kvm_main
 from kvmpy.kernel.trace import event, traced
@@ -34,10 +35,21 @@ def handle_ept_violation(vcpu, x) -> int:
 
 
 def handle_exception_nmi(vcpu, x) -> int:
+    """An intercepted exception: #PF for the MMU; #DB and #BP of guest debugging become
+    KVM_EXIT_DEBUG (#DB with the exit qualification's DR6 bits and the guest's DR7 field,
+    #BP at the INT3, which user space may re-inject); anything else is the guest's own."""
     vector = x.intr_info & 0xFF
     ec = x.intr_error_code if x.intr_info & hwvmx.INTR_INFO_DELIVER_CODE else None
     if vector == uapi.PF_VECTOR:
         return vendor.kvm_handle_page_fault(vcpu, ec, x.qualification)
+    if vector == uapi.DB_VECTOR:
+        if not vcpu.guest_debug & (uapi.KVM_GUESTDBG_SINGLESTEP | uapi.KVM_GUESTDBG_USE_HW_BP):
+            x86.kvm_queue_exception_p(vcpu, vector, x.qualification)
+            return 1
+        return x86.kvm_prepare_debug_exit(vcpu, vector, dr6=x.qualification | DR6_ACTIVE_LOW,
+                                          dr7=vcpu.arch.cpu.dr[7])
+    if vector == uapi.BP_VECTOR and vcpu.guest_debug & uapi.KVM_GUESTDBG_USE_SW_BP:
+        return x86.kvm_prepare_debug_exit(vcpu, vector)
     x86.kvm_queue_exception(vcpu, vector, ec)
     return 1
 
@@ -46,6 +58,12 @@ def handle_cr(vcpu, x) -> int:
     q = x.qualification
     cr, reg = q & 15, (q >> 8) & 15
     return run.kvm_set_cr(vcpu, cr, vcpu.arch.cpu.regs[reg], x.instruction_len)
+
+
+def handle_dr(vcpu, x) -> int:
+    """MOV DR, intercepted while user space's breakpoints are in the debug registers."""
+    q = x.qualification
+    return vendor.kvm_handle_dr_access(vcpu, q & 7, not q & hwvmx.DR_ACCESS_FROM, q >> 8 & 15, x.instruction_len)
 
 
 def handle_invlpg(vcpu, x) -> int:
@@ -77,6 +95,7 @@ kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_INVLPG: handle_invlpg,
     hwvmx.EXIT_REASON_VMCALL: lambda v, x: run.kvm_emulate_hypercall(v, x.instruction_len),
     hwvmx.EXIT_REASON_CR_ACCESS: handle_cr,
+    hwvmx.EXIT_REASON_DR_ACCESS: handle_dr,
     hwvmx.EXIT_REASON_IO_INSTRUCTION: handle_io,
     hwvmx.EXIT_REASON_MSR_READ: lambda v, x: run.kvm_emulate_rdmsr(v, x.instruction_len),
     hwvmx.EXIT_REASON_MSR_WRITE: lambda v, x: run.kvm_emulate_wrmsr(v, x.instruction_len),

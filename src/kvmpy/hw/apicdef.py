@@ -1,0 +1,93 @@
+"""The local APIC's architectural numbers (Linux: arch/x86/include/asm/apicdef.h): register
+offsets in the 4-KiB xAPIC page (the x2APIC MSR of a register is 0x800 + offset / 16), and the
+fields of the LVT, ICR and spurious-vector registers.  Facts of the SDM vol. 3A chapter 11
+(APIC), shared by the in-kernel LAPIC and its users (the IOAPIC, MSIs)."""
+
+APIC_DEFAULT_PHYS_BASE = 0xFEE00000
+LAPIC_MMIO_LENGTH = 1 << 12
+
+# IA32_APIC_BASE
+MSR_IA32_APICBASE_BSP = 1 << 8
+MSR_IA32_APICBASE_EXTD = 1 << 10        # x2APIC mode
+MSR_IA32_APICBASE_ENABLE = 1 << 11
+MSR_IA32_APICBASE_BASE = 0xFFFFF000
+
+# register offsets
+APIC_ID = 0x20
+APIC_LVR = 0x30
+APIC_TASKPRI = 0x80
+APIC_ARBPRI = 0x90
+APIC_PROCPRI = 0xA0
+APIC_EOI = 0xB0
+APIC_RRR = 0xC0
+APIC_LDR = 0xD0
+APIC_DFR = 0xE0
+APIC_SPIV = 0xF0
+APIC_ISR = 0x100
+APIC_TMR = 0x180
+APIC_IRR = 0x200
+APIC_ESR = 0x280
+APIC_LVTCMCI = 0x2F0
+APIC_ICR = 0x300
+APIC_ICR2 = 0x310
+APIC_LVTT = 0x320
+APIC_LVTTHMR = 0x330
+APIC_LVTPC = 0x340
+APIC_LVT0 = 0x350
+APIC_LVT1 = 0x360
+APIC_LVTERR = 0x370
+APIC_TMICT = 0x380
+APIC_TMCCT = 0x390
+APIC_TDCR = 0x3E0
+APIC_SELF_IPI = 0x3F0                   # x2APIC only
+
+APIC_BASE_MSR = 0x800                   # x2APIC MSR of register offset r: 0x800 + (r >> 4)
+X2APIC_MSR_COUNT = 0x100
+
+# the version register: KVM's integrated APIC version 0x14, LVT count - 1 in bits 16-23
+APIC_VERSION = 0x14
+APIC_LVR_DIRECTED_EOI = 1 << 24
+
+# spurious-interrupt vector register
+APIC_SPIV_APIC_ENABLED = 1 << 8
+APIC_SPIV_DIRECTED_EOI = 1 << 12
+
+# destination format
+APIC_DFR_CLUSTER = 0x0FFFFFFF
+APIC_DFR_FLAT = 0xFFFFFFFF
+
+# LVT and ICR fields
+APIC_VECTOR_MASK = 0xFF
+APIC_MODE_MASK = 0x700                  # delivery mode, as in the ICR
+APIC_DM_FIXED = 0x000
+APIC_DM_LOWEST = 0x100
+APIC_DM_SMI = 0x200
+APIC_DM_REMRD = 0x300
+APIC_DM_NMI = 0x400
+APIC_DM_INIT = 0x500
+APIC_DM_STARTUP = 0x600
+APIC_DM_EXTINT = 0x700
+APIC_DEST_PHYSICAL = 0x000
+APIC_DEST_LOGICAL = 0x800
+APIC_ICR_BUSY = 0x1000                  # delivery status / LVT send pending
+APIC_SEND_PENDING = APIC_ICR_BUSY
+APIC_INPUT_POLARITY = 0x2000
+APIC_INT_ASSERT = 0x4000                # ICR level
+APIC_LVT_REMOTE_IRR = 0x4000
+APIC_INT_LEVELTRIG = 0x8000             # ICR / LVT trigger mode
+APIC_LVT_LEVEL_TRIGGER = APIC_INT_LEVELTRIG
+APIC_LVT_MASKED = 0x10000
+APIC_SHORT_MASK = 0xC0000
+APIC_DEST_NOSHORT = 0x00000
+APIC_DEST_SELF = 0x40000
+APIC_DEST_ALLINC = 0x80000
+APIC_DEST_ALLBUT = 0xC0000
+APIC_DEST_MASK = 0x800
+
+# LVT timer modes (bits 17-18)
+APIC_LVT_TIMER_ONESHOT = 0 << 17
+APIC_LVT_TIMER_PERIODIC = 1 << 17
+APIC_LVT_TIMER_TSCDEADLINE = 2 << 17
+
+APIC_BROADCAST = 0xFF
+X2APIC_BROADCAST = 0xFFFFFFFF
