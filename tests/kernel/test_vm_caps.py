@@ -124,3 +124,31 @@ def test_cr4_feature_bits_follow_the_cpuid(soft_kvm):
     finally:
         vm.close()
     assert got == expected
+
+
+def _set_vapic_addr(m, addr):
+    return _errno(lambda: m.sc.ioctl(m.vcpu_fd, uapi.KVM_SET_VAPIC_ADDR, uapi.kvm_vapic_addr(vapic_addr=addr)))
+
+
+@pytest.mark.parametrize("sc", BACKENDS)
+def test_set_vapic_addr_0_is_the_hosts(sc):
+    """QEMU sets the vapic address to 0 at each reset of an in-kernel LAPIC and aborts if
+    that fails; without an in-kernel LAPIC the ioctl is EINVAL."""
+    plain = guestvm.Machine(sc, mode=None, ram=0)
+    irqchip = guestvm.Machine(sc, mode=None, ram=0, vm_setup=guestvm.create_irqchip)
+    try:
+        got = (_set_vapic_addr(plain, 0), _set_vapic_addr(irqchip, 0))
+    finally:
+        plain.close()
+        irqchip.close()
+    assert got == ("EINVAL", 0)
+
+
+def test_kvmpy_has_no_vapic_page(soft_kvm):
+    from kvmpy import syscalls as sc
+    m = guestvm.Machine(sc, mode=None, ram=0, vm_setup=guestvm.create_irqchip)
+    try:
+        got = (sc.ioctl(m.vm_fd, uapi.KVM_CHECK_EXTENSION, uapi.KVM_CAP_VAPIC), _set_vapic_addr(m, 0x1000))
+    finally:
+        m.close()
+    assert got == (0, "EINVAL")

@@ -4,8 +4,8 @@ The C client tests/support/rawkvm.c (raw ioctls: memslot, vCPU, a real-mode gues
 and MMIO, a signal kick from another thread, dup, unknown ioctls) runs under ``kvmpy exec``
 and, where the host has /dev/kvm, on the host: the outputs must be the same, apart from the
 binary statistics, whose descriptors are kvmpy's own (the proof that kvmpy answered).  QEMU
-(Debian's qemu-system-x86_64) boots the demo guest under ``kvmpy exec`` with the irqchip in
-user space and prints what it prints under QEMU's TCG.  The tests skip without gcc, without a
+(Debian's qemu-system-x86_64) boots the demo guest under ``kvmpy exec`` with its irqchip in
+user space, in KVM, or split, and prints what it prints under QEMU's TCG.  The tests skip without gcc, without a
 library build (no CPython to embed) or without QEMU.
 """
 
@@ -115,51 +115,68 @@ def test_without_kvm_the_program_is_untouched(library):
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "%s\n0\n" % library, "")
 
 
+def test_without_kvmpy_in_the_interpreter_open_fails_clearly(library, rawkvm, tmp_path):
+    """KVMPY_PYTHON names the interpreter the library starts: one that cannot import kvmpy
+    makes the open of /dev/kvm fail with ENODEV, and the library says why."""
+    proc = kvmpy_exec([rawkvm], env={"KVMPY_PYTHON": str(tmp_path / "bin" / "python"), "PYTHONPATH": ""})
+    assert proc.returncode == 1
+    assert proc.stdout == "error: open /dev/kvm: No such device\n"
+    assert "kvmpy: cannot import kvmpy.preload.shim" in proc.stderr
+    assert "No module named 'kvmpy'" in proc.stderr
+
+
 def test_exec_of_a_missing_program(library):
     proc = kvmpy_exec(["/nonexistent/program"])
     assert proc.returncode == 127
     assert "kvmpy exec: /nonexistent/program: No such file or directory" in proc.stderr
 
 
-def qemu_argv(accel, *machine):
-    """QEMU with the irqchip in user space (kvmpy has no in-kernel LAPIC yet)."""
-    return [QEMU, "-machine", "pc,kernel-irqchip=off", "-accel", accel, "-m", "16",
+def qemu_argv(accel, *machine, irqchip="off"):
+    """QEMU with its interrupt controllers in user space (``irqchip`` off), in KVM (on), or
+    the LAPIC in KVM and the rest in QEMU (split); kvmpy keeps no vapic page for QEMU's TPR
+    patching (kvm-apic.vapic)."""
+    return [QEMU, "-machine", "pc,kernel-irqchip=" + irqchip, "-accel", accel,
+            "-global", "kvm-apic.vapic=off", "-m", "16",
             "-display", "none", "-nographic", "-serial", "stdio", "-monitor", "none", "-net", "none",
             "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"] + list(machine)
 
 
-def demo_argv(tmp_path, accel):
+def demo_argv(tmp_path, accel, irqchip="off"):
     """The demo loaded at 0x7c00 and entered there by a one-instruction BIOS."""
     bios, image = tmp_path / "bios.bin", tmp_path / "demo.bin"
     bios.write_bytes(bytes(0xFFF0) + RESET_JUMP + bytes(11))
     image.write_bytes(guests.load_image("demo"))
-    return qemu_argv(accel, "-bios", str(bios), "-device", f"loader,file={image},addr=0x7c00,force-raw=on")
+    return qemu_argv(accel, "-bios", str(bios), "-device", f"loader,file={image},addr=0x7c00,force-raw=on",
+                     irqchip=irqchip)
 
 
+@pytest.mark.parametrize("irqchip", ["off", "on", "split"])
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason="needs " + QEMU)
-def test_qemu_boots_the_demo_on_kvmpy(library, tmp_path):
+def test_qemu_boots_the_demo_on_kvmpy(library, tmp_path, irqchip):
     """QEMU with -accel kvm on kvmpy prints what QEMU's TCG prints.  The demo's own verdict
     is FAILED on both (exit value 1, QEMU status 3): QEMU has no device at the MMIO address
     the demo reads.  KVMPY_TRACE logs the failing ioctls, among them the E2BIG answers of
     QEMU's probing for the sizes of the MSR index list and the CPUID table."""
     tcg = subprocess.run(demo_argv(tmp_path, "tcg"), capture_output=True, text=True, timeout=120)
-    soft = kvmpy_exec(demo_argv(tmp_path, "kvm"), env={"KVMPY_TRACE": "1"}, timeout=300)
+    soft = kvmpy_exec(demo_argv(tmp_path, "kvm", irqchip), env={"KVMPY_TRACE": "1"}, timeout=300)
     assert "sum = 639" in tcg.stdout
     assert (soft.returncode, soft.stdout) == (tcg.returncode, tcg.stdout), soft.stderr
     assert "KVM_GET_SUPPORTED_CPUID" in soft.stderr and "-E2BIG" in soft.stderr
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("irqchip", ["off", "on", "split"])
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason="needs " + QEMU)
-def test_qemu_seabios_boots_the_demo_from_disk_on_kvmpy(library, tmp_path):
+def test_qemu_seabios_boots_the_demo_from_disk_on_kvmpy(library, tmp_path, irqchip):
     """QEMU's own BIOS (SeaBIOS) on kvmpy: it starts, finds the IDE disk and boots it (the
     bootsect guest reads the demo with int 0x13 and runs it); the demo prints what it prints
-    under TCG.  About 40 s on kvmpy (6 s on this machine's host KVM, itself emulated)."""
+    under TCG.  About 35 s on kvmpy in each irqchip mode (6 s on this machine's host KVM,
+    itself emulated)."""
     disk = tmp_path / "disk.img"
     disk.write_bytes((guests.load_image("bootsect") + guests.load_image("demo")).ljust(64 << 10, b"\0"))
     argv = ["-drive", f"file={disk},format=raw,if=ide", "-boot", "c"]
     tcg = subprocess.run(qemu_argv("tcg", *argv), capture_output=True, text=True, timeout=120)
-    soft = kvmpy_exec(qemu_argv("kvm", *argv), timeout=600)
+    soft = kvmpy_exec(qemu_argv("kvm", *argv, irqchip=irqchip), timeout=600)
     assert "SeaBIOS" in soft.stdout and "Booting from Hard Disk..." in soft.stdout, soft.stderr
     # after the BIOS's banner (whose serial console flushes on timer ticks), the demo's lines
     demo = tcg.stdout[tcg.stdout.index("kvmpy demo:"):]

@@ -1470,7 +1470,20 @@ def kvm_vcpu_mem_enc_ioctl(vcpu, arg) -> int:
     raise kernel_error(errno.ENOTTY)
 
 
+def kvm_vcpu_ioctl_set_vapic_addr(vcpu, arg) -> int:
+    """KVM_SET_VAPIC_ADDR: where the guest's TPR-shadow ("vapic") page is, 0 for none.  kvmpy
+    keeps no such page (KVM_CAP_VAPIC is 0), so only 0 -- what QEMU sets at every reset of
+    an in-kernel LAPIC -- is accepted; an address is EINVAL, as is a vCPU without an
+    in-kernel LAPIC (KVM's answer)."""
+    if not lapic_in_kernel(vcpu):
+        raise kernel_error(errno.EINVAL)
+    if _get_user(arg, uapi.kvm_vapic_addr).vapic_addr:
+        raise kernel_error(errno.EINVAL)
+    return 0
+
+
 vcpu_ioctl_handlers = {
+    uapi.KVM_SET_VAPIC_ADDR: kvm_vcpu_ioctl_set_vapic_addr,
     uapi.KVM_GET_REGS: _getter(kvm_arch_vcpu_ioctl_get_regs),
     uapi.KVM_SET_REGS: _setter(kvm_arch_vcpu_ioctl_set_regs, uapi.kvm_regs),
     uapi.KVM_GET_SREGS: _getter(kvm_arch_vcpu_ioctl_get_sregs),
