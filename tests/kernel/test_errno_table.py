@@ -264,6 +264,10 @@ CASES = [
     ("SET_VCPU_EVENTS bad flag", lambda e: e.ioctl(e.vcpu, K.KVM_SET_VCPU_EVENTS, _events(flags=0x40)), "EINVAL"),
     ("SET_VCPU_EVENTS NMI as exception",
      lambda e: e.ioctl(e.vcpu, K.KVM_SET_VCPU_EVENTS, _events(exception__injected=1, exception__nr=2)), "EINVAL"),
+    # without KVM_VCPUEVENT_VALID_PAYLOAD, exception.pending is ignored, its vector unchecked
+    # (found by ioctl_fuzz --seed 18, op 63255)
+    ("SET_VCPU_EVENTS pending bad vector, no payload",
+     lambda e: e.ioctl(e.vcpu, K.KVM_SET_VCPU_EVENTS, _events(exception__pending=1, exception__nr=40)), 0),
     ("SET_DEBUGREGS flags", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(flags=1)), "EINVAL"),
     ("SET_DEBUGREGS dr7 high", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(dr7=1 << 40)), "EINVAL"),
     ("SET_DEBUGREGS dr6 high", lambda e: e.ioctl(e.vcpu, K.KVM_SET_DEBUGREGS, K.kvm_debugregs(dr6=1 << 32)), "EINVAL"),

@@ -1118,8 +1118,9 @@ _VALID_EVENT_FLAGS = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_
 def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     if ev.flags & ~_VALID_EVENT_FLAGS:
         raise kernel_error(errno.EINVAL)
+    ev.exception.pending = 0            # meaningful only with KVM_VCPUEVENT_VALID_PAYLOAD (not offered)
     exc_nr = ev.exception.nr
-    if (ev.exception.injected or ev.exception.pending) and (exc_nr > 31 or exc_nr == uapi.NMI_VECTOR):
+    if ev.exception.injected and (exc_nr > 31 or exc_nr == uapi.NMI_VECTOR):
         raise kernel_error(errno.EINVAL)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SMM and (ev.smi.smm or ev.smi.pending or ev.smi.smm_inside_nmi):
         raise kernel_error(errno.EINVAL)                  # no SMM in kvmpy
