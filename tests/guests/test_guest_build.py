@@ -24,7 +24,8 @@ def test_check_detects_a_stale_image(tmp_path, monkeypatch):
     for source in build.sources():
         (tmp_path / source.name).write_bytes(source.read_bytes())
         (tmp_path / f"{source.stem}.bin").write_bytes(image_path(source.stem).read_bytes())
-    (tmp_path / "boot.inc").write_bytes((build.GUEST_DIR / "boot.inc").read_bytes())
+    for include in build.GUEST_DIR.glob("*.inc"):
+        (tmp_path / include.name).write_bytes(include.read_bytes())
     stale = tmp_path / "demo.bin"
     stale.write_bytes(b"\xf4" + stale.read_bytes()[1:])     # hlt instead of cli
     monkeypatch.setattr(build, "GUEST_DIR", tmp_path)
