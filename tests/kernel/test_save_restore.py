@@ -18,9 +18,9 @@ import pytest
 
 from kvmpy.uapi import kvm as uapi
 from tests.support import rawvmm
-from tests.support.apicguest import (COUNT, DONE, LAPIC_BASE, LAPIC_EOI, LAPIC_SVR, LEVEL, READY, line, out, pin_bits,
+from tests.support.apicguest import (COUNT, DONE, LAPIC_BASE, LAPIC_EOI, LEVEL, PRELUDE, READY, line, out, pin_bits,
                                      port_exit, redirect, watchdog)
-from tests.support.guestvm import TOUCH_STACK, Machine, assemble, create_irqchip_and_pit, prot32
+from tests.support.guestvm import Machine, assemble, create_irqchip_and_pit, prot32
 from tests.support.vendors import VENDORS_MMUS, soft_results
 
 pytestmark = pytest.mark.skipif(shutil.which("as") is None or shutil.which("ld") is None,
@@ -38,13 +38,7 @@ HANDLERS = {
     LEVEL_VEC: f" push %eax\n push %edx\n mov {COUNT:#x}, %eax\n{out(SAVE_PORT)}{_EOI_RETURN}",
 }
 GUEST = f"""
-{TOUCH_STACK}
- movl $0x1ff, {LAPIC_SVR:#x}
- mov $0xff, %al
- out %al, $0x21
- out %al, $0xa1
- movl $0, {COUNT:#x}
-{redirect(LEVEL_PIN, LEVEL_VEC, LEVEL)}
+{PRELUDE}{redirect(LEVEL_PIN, LEVEL_VEC, LEVEL)}
  movl $0xb, {LAPIC_BASE + 0x3E0:#x}
  movl ${0x20000 | TIMER_VEC:#x}, {LAPIC_BASE + 0x320:#x}
  movl $400000, {LAPIC_BASE + 0x380:#x}

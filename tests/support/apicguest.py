@@ -63,17 +63,22 @@ def handler(mark, before_eoi=""):
             f"{before_eoi} movl $0, {LAPIC_EOI:#x}\n pop %edx\n pop %eax\n{IRQ_RETURN}")
 
 
-def guest(setup, handlers, expect):
-    """The guest: LAPIC on, PIC masked, ``setup``, then loop until ``expect`` interrupts were
-    counted, reporting each new count on READY (the first report is 0: "set up")."""
-    body = f"""
-{TOUCH_STACK}
+# The start of every such guest: stack touched, LAPIC software-enabled, the 8259s masked,
+# the interrupt count zeroed.
+PRELUDE = f"""{TOUCH_STACK}
  movl $0x1ff, {LAPIC_SVR:#x}
  mov $0xff, %al
  out %al, $0x21
  out %al, $0xa1
  movl $0, {COUNT:#x}
-{setup}
+"""
+
+
+def guest(setup, handlers, expect):
+    """The guest: LAPIC on, PIC masked, ``setup``, then loop until ``expect`` interrupts were
+    counted, reporting each new count on READY (the first report is 0: "set up")."""
+    body = f"""
+{PRELUDE}{setup}
  mov $-1, %ebx
 1: cli
  mov {COUNT:#x}, %eax
