@@ -16,9 +16,10 @@ itself; on the host clock (``--clock host``) and on the host the timer's nanosec
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
+
+import runners
 
 TIMER_N, IPI_N = 2000, 500          # irqbench.S's counts
 PHASE_PORT = 0x80
@@ -58,21 +59,13 @@ def best(accel, clock, repeats):
     return max(r[0] for r in runs), min(r[1] for r in runs)
 
 
-def host_usable() -> bool:
-    try:
-        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
-        return True
-    except OSError:
-        return False
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args(argv)
     rows = [("kvmpy, virtual clock", best("soft", "virtual", args.repeats)),
             ("kvmpy, host clock", best("soft", "host", args.repeats))]
-    if host_usable():
+    if runners.host_kvm_usable():
         rows.append(("host /dev/kvm", best("host", None, args.repeats)))
     print("%-22s %18s %18s" % ("", "timer irqs / s", "IPI round trip us"))
     for name, (rate, rtt) in rows:
