@@ -132,6 +132,87 @@ def test_serial_loopback_echoes_and_mirrors_modem_lines():
     assert uart.read(MSR, 1) == 0xB0
 
 
+def test_serial_probe_finds_a_16550a():
+    """The checks of Linux's 8250 autoconfig, in its order: IER keeps four bits, loopback
+    mirrors the modem lines, IIR shows 0xC0 with the FIFOs on, no EFR under LCR 0x80 or
+    0xbf, no 64-byte FIFO bit (a TI16750), no UUE bit in IER (an XScale)."""
+    uart, _, _ = make_uart()
+    uart.write(IER, 1, 0)
+    assert uart.read(IER, 1) & 0x0F == 0
+    uart.write(IER, 1, 0x0F)
+    assert uart.read(IER, 1) & 0x0F == 0x0F
+    uart.write(IER, 1, 0)
+    uart.write(MCR, 1, 0x1A)             # loop | OUT2 | RTS
+    assert uart.read(MSR, 1) & 0xF0 == 0x90
+    uart.write(MCR, 1, 0x03)
+    uart.write(LCR, 1, 0xBF)
+    uart.write(IIR, 1, 0)                # the EFR, on a UART that has one
+    uart.write(LCR, 1, 0)
+    uart.write(IIR, 1, 0x01)             # FCR: FIFOs on
+    assert uart.read(IIR, 1) >> 6 == 3   # a 16550A, so far
+    for lcr in (0x80, 0xBF):
+        uart.write(LCR, 1, lcr)
+        assert uart.read(IIR, 1) != 0    # no EFR
+    uart.write(LCR, 1, 0)
+    uart.write(IIR, 1, 0x21)             # FIFOs and the 16750's 64-byte mode
+    assert uart.read(IIR, 1) >> 5 == 6
+    uart.write(IER, 1, 0x40)             # UUE
+    assert uart.read(IER, 1) & 0x40 == 0
+
+
+def test_serial_thre_reasserted_as_linux_tests_it():
+    """serial8250_do_startup's UART_BUG_THRE test: THRI on, IIR; off and on again, IIR."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x01)
+    uart.write(IER, 1, 0x02)
+    iir1 = uart.read(IIR, 1)
+    uart.write(IER, 1, 0)
+    uart.write(IER, 1, 0x02)
+    iir = uart.read(IIR, 1)
+    assert (iir1, iir) == (0xC2, 0xC2)
+
+
+def test_serial_thr_write_drops_and_raises_the_line():
+    """A THR write while the THR-empty interrupt is pending ends it and the byte's leaving
+    raises it again: a new edge for an edge-triggered PIC input."""
+    uart, _, irqs = make_uart()
+    uart.write(IER, 1, 0x02)
+    uart.write(THR, 1, 0x41)
+    assert irqs == [True, False, True]
+
+
+def test_serial_out2_gates_the_interrupt():
+    uart, _, irqs = make_uart()
+    uart.write(MCR, 1, 0x03)             # OUT2 off
+    uart.write(IER, 1, 0x03)
+    uart.enqueue_input(b"a")
+    assert irqs == [] and uart.read(IIR, 1) == 0x04
+    uart.write(MCR, 1, 0x0B)
+    assert irqs == [True]
+    uart.write(MCR, 1, 0x1B)             # loopback: the line is the UART's own again
+    assert irqs == [True, False]
+
+
+def test_serial_receive_trigger_level_and_timeout():
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x81)             # FIFOs on, trigger level 8
+    uart.write(IER, 1, 0x01)
+    uart.enqueue_input(b"1234567")
+    assert uart.read(IIR, 1) == 0xCC     # fewer than 8: the character timeout
+    uart.enqueue_input(b"8")
+    assert uart.read(IIR, 1) == 0xC4
+
+
+def test_serial_fifo_reset_keeps_the_backlog():
+    """FCR's receive reset empties the 16-byte FIFO, not what waits behind it."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x01)
+    uart.enqueue_input(bytes(range(20)))
+    uart.write(IIR, 1, 0x03)
+    assert [uart.read(THR, 1) for _ in range(4)] == [16, 17, 18, 19]
+    assert not uart.read(LSR, 1) & 0x01
+
+
 # -- isa-debug-exit ---------------------------------------------------------------
 
 

@@ -352,6 +352,18 @@ def _serial_sink(args):
     return stdout_sink if backend == "stdio" else _discard
 
 
+def _console(args, machine):
+    """COM1's input from stdin while the guest runs, when COM1 is on stdio."""
+    if (args.serial or ("none" if args.nodefaults else "stdio")) != "stdio":
+        return contextlib.nullcontext()
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):     # no stdin, or one with no descriptor
+        return contextlib.nullcontext()
+    from kvmpy.vmm.console import Console
+    return Console(fd, machine.serial_input)
+
+
 def _discard(data):
     """A serial sink for -serial none: the bytes go nowhere."""
 
@@ -434,7 +446,7 @@ def cmd_run(args):
         except OSError as e:
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1
-        with machine:
+        with machine, _console(args, machine):
             result = machine.run(timeout=args.timeout)
     return _exit_status(result, demo)
 

@@ -235,7 +235,9 @@ class Machine:
     def _create_devices(self, serial_sink, clock):
         self.pio = PioBus()
         self.mmio = MmioBus()
-        self.serial = Serial(sink=serial_sink)
+        # COM1's interrupt goes to ISA IRQ 4 of the in-kernel irqchip (PIC and IOAPIC pin 4,
+        # KVM's default routing); with none, the UART is polled, as on a board without a PIC
+        self.serial = Serial(sink=serial_sink, irq=self._isa_irq(serial.COM1_IRQ))
         self.pio.register(serial.COM1_PORT, 8, self.serial)
         self.debug_exit = DebugExit(on_exit=lambda status: self._end(
             RunResult("debug-exit", f"guest wrote to isa-debug-exit: status {status}",
@@ -287,6 +289,19 @@ class Machine:
         if self.vm.check_extension(uapi.KVM_CAP_ADJUST_CLOCK):
             return self.vm.get_clock
         return time.monotonic_ns
+
+    def _isa_irq(self, line):
+        """A device's ``irq(level)`` callable for ISA line ``line``, or None without an
+        in-kernel irqchip."""
+        if not self.irqchip:
+            return None
+        return lambda level: self._set_isa_irq(line, level)
+
+    def serial_input(self, data):
+        """Bytes from the console for COM1, as if they had arrived on its line (from any
+        thread: the device lock keeps them apart from the vCPUs' accesses)."""
+        with self._device_lock:
+            self.serial.enqueue_input(data)
 
     def _set_isa_irq(self, line, level):
         """An ISA interrupt line to the in-kernel irqchip. KVM answers ENXIO while the VM
