@@ -353,7 +353,8 @@ def _serial_sink(args):
 
 
 def _console(args, machine):
-    """COM1's input from stdin while the guest runs, when COM1 is on stdio."""
+    """COM1's input from stdin while the guest runs, when COM1 is on stdio: a terminal in
+    raw mode, with the C-a keys and the monitor; anything else (a pipe, a file) unchanged."""
     if (args.serial or ("none" if args.nodefaults else "stdio")) != "stdio":
         return contextlib.nullcontext()
     try:
@@ -361,7 +362,29 @@ def _console(args, machine):
     except (AttributeError, ValueError, OSError):     # no stdin, or one with no descriptor
         return contextlib.nullcontext()
     from kvmpy.vmm.console import Console
-    return Console(fd, machine.serial_input)
+    if not os.isatty(fd):
+        return Console(fd, machine.serial_input)
+    return _terminal_console(fd, machine)
+
+
+@contextlib.contextmanager
+def _terminal_console(fd, machine):
+    from kvmpy.vmm.console import Console, Escapes
+    from kvmpy.vmm.devices.serial import stdout_sink
+    from kvmpy.vmm.machine import RunResult
+    from kvmpy.vmm.monitor import Monitor
+    from kvmpy.vmm.terminal import raw_mode, stop_on_signals
+
+    def quit_():
+        machine.request_stop(RunResult("quit", "terminated (C-a x or the monitor's quit)"))
+
+    def on_signal(signum):
+        machine.request_stop(RunResult("signal", f"terminating on signal {signum}"))
+
+    monitor = Monitor(machine, stdout_sink, quit_)
+    escapes = Escapes(machine.serial_input, monitor, quit_, stdout_sink)
+    with stop_on_signals(on_signal), raw_mode(fd), Console(fd, escapes.feed):
+        yield
 
 
 def _discard(data):
@@ -391,7 +414,7 @@ def _exit_status(result, demo):
         return result.status
     if result.reason == "hlt":
         return 0
-    if result.reason in ("reset", "poweroff"):
+    if result.reason in ("reset", "poweroff", "quit", "signal"):
         print(f"kvmpy: {result.message}", file=sys.stderr)
         return 0
     if result.reason in BOUND_STATUS:

@@ -19,10 +19,10 @@ import threading
 CTRL_A = 0x01
 READ_SIZE = 4096
 
-HELP = (b"\r\nC-a h    print this help\r\n"
-        b"C-a x    exit kvmpy\r\n"
-        b"C-a c    switch between console and monitor\r\n"
-        b"C-a C-a  sends C-a\r\n")
+HELP = (b"\nC-a h    print this help\n"
+        b"C-a x    exit kvmpy\n"
+        b"C-a c    switch between console and monitor\n"
+        b"C-a C-a  sends C-a\n")
 
 
 class Escapes:
@@ -64,14 +64,13 @@ class Escapes:
 
     def _command(self, key):
         if key == ord("x"):
-            self.write(b"\r\nkvmpy: terminated (C-a x)\r\n")
             self.on_quit()
         elif key == ord("c"):
             self.in_monitor = not self.in_monitor
             if self.in_monitor:
                 self.monitor.enter()
             else:
-                self.write(b"\r\n")
+                self.write(b"\n")
         elif key in (ord("h"), ord("?")):
             self.write(HELP)
 

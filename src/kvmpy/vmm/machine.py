@@ -64,7 +64,7 @@ from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
 from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
 from kvmpy.vmm import vcpu as vcpu_mod
-from kvmpy.vmm.vcpu import VcpuThread, install_kick_handler
+from kvmpy.vmm.vcpu import PauseGate, VcpuThread, install_kick_handler
 
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
@@ -93,7 +93,8 @@ class RunResult:
 
     ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "poweroff",
     "shutdown", "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
-    "unhandled-exit", "stopped" (the run was left by an exception).
+    "unhandled-exit", "stopped" (the run was left by an exception), "quit" (the console's
+    C-a x, the monitor's quit), "signal" (SIGTERM or SIGHUP while the terminal was raw).
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
 
@@ -143,6 +144,7 @@ class Machine:
         self._aps = []
         self._run_thread = None
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
+        self.pause_gate = PauseGate()
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
@@ -337,12 +339,35 @@ class Machine:
         of KVM_RUN."""
         if self._stop is None:
             self._stop = result
+        self._kick_all()
+
+    def _kick_all(self):
+        """Every vCPU out of KVM_RUN: the APs' threads, and the BSP's when this is not its
+        thread (on its own thread the BSP is not in KVM_RUN)."""
         for ap in self._aps:
             ap.kick(self._kick_signals)
-        if self._aps and threading.current_thread() is not self._run_thread:
+        if self._run_thread is not None and threading.current_thread() is not self._run_thread:
             self.vcpu.immediate_exit = True             # the BSP, on the thread of run()
             if self._kick_signals:
                 signal.pthread_kill(self._run_thread.ident, vcpu_mod.KICK_SIGNAL)
+
+    def request_stop(self, result):
+        """End the run with ``result`` from any thread or a signal handler (the console's
+        C-a x, the monitor's quit, SIGTERM)."""
+        self._end(result)
+        self.vcpu.immediate_exit = True
+
+    def paused(self):
+        """Context manager: every vCPU waits outside KVM_RUN meanwhile, so its registers can
+        be read (from another thread than the vCPUs')."""
+        return self.pause_gate.paused(self._kick_all)
+
+    def pause(self):
+        """The monitor's ``stop``: the vCPUs wait outside KVM_RUN until :meth:`resume`."""
+        self.pause_gate.pause(self._kick_all)
+
+    def resume(self):
+        self.pause_gate.resume()
 
     def run(self, timeout=None):
         """Run until the guest ends, ``timeout`` seconds pass, or the vCPU has retired the
@@ -357,10 +382,12 @@ class Machine:
         self._stop = None
         self._run_thread = threading.current_thread()
         exits = 0
-        with _RunBounds(self, timeout):
+        with _RunBounds(self, timeout), self.pause_gate.running():
             self._start_aps()
             try:
                 while self._stop is None:
+                    if self.pause_gate.park(self.vcpu, lambda: self._stop is not None):
+                        continue
                     try:
                         exit_ = self.vcpu.run()
                     except InterruptedError:
@@ -376,7 +403,7 @@ class Machine:
         for vcpu in self.vcpus[1:]:
             vcpu.immediate_exit = False
             self._aps.append(VcpuThread(vcpu, self._locked_dispatch, lambda: self._stop is not None,
-                                        self._ap_failed))
+                                        self._ap_failed, self.pause_gate))
         for ap in self._aps:
             ap.start()
 
@@ -462,7 +489,9 @@ class _RunBounds:
         self.machine.vcpu.immediate_exit = True
 
     def __enter__(self):
-        if len(self.machine.vcpus) > 1 and threading.current_thread() is threading.main_thread():
+        # the kick gets a vCPU out of a KVM_RUN blocked in the kernel (an AP's, or the
+        # BSP's when the console, the monitor or another vCPU ends or pauses the run)
+        if threading.current_thread() is threading.main_thread():
             self.previous[vcpu_mod.KICK_SIGNAL] = install_kick_handler()
             self.machine._kick_signals = True
         if not self.handlers:
