@@ -24,12 +24,13 @@ def kvmpy_argv(*argv):
     return [sys.executable, "-m", "kvmpy.vmm.cli", "run", *argv]
 
 
-def kvmpy_run(*argv, timeout=120, input=None):
+def kvmpy_run(*argv, timeout=120, input=None, env=None):
     """(exit status, stdout, stderr) of ``kvmpy run argv`` in a new process, ``input`` (str)
     on its stdin (the guest's COM1 input), else none (/dev/null: never the terminal the
-    tests run from)."""
+    tests run from); ``env`` replaces the environment."""
     proc = subprocess.run(kvmpy_argv(*argv), capture_output=True, text=True, timeout=timeout,
-                          input=input, stdin=None if input is not None else subprocess.DEVNULL)
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                          env=env)
     return proc.returncode, proc.stdout, proc.stderr
 
 

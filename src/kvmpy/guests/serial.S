@@ -18,7 +18,6 @@
  *      and the line received; then an OUT of 0 to isa-debug-exit (0xf4).
  */
         .code16
-        .set COM1, 0x3f8
         .set VEC_IRQ4, 0x24
         .globl _start
 _start:
@@ -194,41 +193,7 @@ irq4:   push %ax
         pop %ax
         iret
 
-/* Polled output (IER is 0 here): the string at SI, NUL-terminated. */
-puts:   lodsb
-        or %al, %al
-        jz 1f
-        call putc
-        jmp puts
-1:      ret
-
-putc:   push %dx
-        push %ax
-        mov $COM1 + 5, %dx
-1:      in %dx, %al
-        test $0x20, %al
-        jz 1b
-        pop %ax
-        mov $COM1, %dx
-        out %al, %dx
-        pop %dx
-        ret
-
-/* AL as two hex digits and a space. */
-puthex: push %ax
-        shr $4, %al
-        call hexdigit
-        pop %ax
-        call hexdigit
-        mov $' ', %al
-        jmp putc
-hexdigit:
-        and $0x0f, %al
-        add $'0', %al
-        cmp $'9', %al
-        jbe putc
-        add $'a' - '9' - 1, %al
-        jmp putc
+        .include "puts16.inc"
 
 message: .asciz "serial: output by THR-empty interrupts\n"
 s_probe: .asciz "probe iir "

@@ -171,6 +171,11 @@ def _add_qemu_options(run):
                       help="kvm-pit.lost_tick_policy=discard|delay")
     qemu.add_argument("--serial", "-serial", choices=SERIAL_BACKENDS,
                       help="COM1 to stdout (stdio, the default) or nowhere (none, null)")
+    qemu.add_argument("--rtc", "-rtc", type=_qemu_type(qemu_options.rtc),
+                      metavar="[base=utc|localtime|DATE][,clock=host|rt|vm]",
+                      help="the CMOS clock's start (default: the host's UTC date; DATE as "
+                           "2006-06-17T16:01:21) and what advances it (host: the host's "
+                           "wall clock, the default; vm: the VM's clock)")
     qemu.add_argument("--display", "-display", choices=("none",),
                       help="kvmpy has no display")
     qemu.add_argument("--nodefaults", "-nodefaults", action="store_true",
@@ -335,7 +340,8 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
-                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args))
+                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args),
+                rtc=args.rtc)
 
 
 def _qemu_value_or_usage(parse, text, what):

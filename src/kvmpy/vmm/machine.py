@@ -11,9 +11,10 @@ The layout:
 
 =====================  ============================================================
 RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
-COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
+COM1 (8250 UART)       ports 0x3f8-0x3ff, IRQ 4; output to the ``serial_sink`` (stdout),
+                       input through :meth:`Machine.serial_input` (the console)
 i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
-CMOS/RTC               ports 0x70-0x71
+CMOS/RTC               ports 0x70-0x71, IRQ 8 (:mod:`kvmpy.vmm.devices.cmos`; ``-rtc``)
 fw_cfg                 ports 0x510 (selector), 0x511 (data): QEMU's firmware configuration
                        (signature, RAM size, CPUs, the file directory with etc/e820)
 isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosize=`` puts
@@ -61,8 +62,9 @@ from kvmpy.vmm.devices import pc_testdev, pci, pm1
 from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
+from kvmpy.vmm.device_timer import DeviceTimer
 from kvmpy.vmm.ioeventfds import Ioeventfds
-from kvmpy.vmm.qemu_options import port_number
+from kvmpy.vmm.qemu_options import RtcOption, port_number
 from kvmpy.vmm import vcpu as vcpu_mod
 from kvmpy.vmm.vcpu import PauseGate, VcpuThread, install_kick_handler
 
@@ -113,7 +115,7 @@ class Machine:
     """
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
-                 serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
+                 serial_sink=stdout_sink, rtc=None, max_insns=None, smp=1, initrd=None,
                  cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
                  irqchip=None):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
@@ -124,6 +126,8 @@ class Machine:
         None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
         multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
         whose HLT with interrupts off then ends the run instead of waiting for ever.
+        ``rtc`` (:class:`~kvmpy.vmm.qemu_options.RtcOption`, QEMU's ``-rtc``): where the
+        CMOS clock starts and what advances it; None: the host's UTC date and wall clock.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
@@ -145,6 +149,7 @@ class Machine:
         self._run_thread = None
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         self.pause_gate = PauseGate()
+        self.rtc_timer = None
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
@@ -164,7 +169,7 @@ class Machine:
                 self.vcpus[-1].set_cpuid2(cpuid)
             self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
-            self._create_devices(serial_sink, clock)
+            self._create_devices(serial_sink, rtc or RtcOption())
         except BaseException:
             self.close()
             raise
@@ -234,7 +239,7 @@ class Machine:
                                   f"iosize must be 1, 2 or 4 ports within 0..0xffff")
         return port, size
 
-    def _create_devices(self, serial_sink, clock):
+    def _create_devices(self, serial_sink, rtc):
         self.pio = PioBus()
         self.mmio = MmioBus()
         # COM1's interrupt goes to ISA IRQ 4 of the in-kernel irqchip (PIC and IOAPIC pin 4,
@@ -249,13 +254,27 @@ class Machine:
             RunResult("reset", "guest asked the i8042 to reset the machine")))
         self.pio.register(i8042.DATA_PORT, 1, self.i8042, offset=i8042.DATA)
         self.pio.register(i8042.COMMAND_PORT, 1, self.i8042, offset=i8042.COMMAND)
-        self.cmos = Cmos(clock) if clock else Cmos()
-        self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
+        self._create_rtc(rtc)
         self.fw_cfg = FwCfg(self.memory.size, self.smp)
         self.pio.register(fw_cfg.FW_CFG_PORT, fw_cfg.FW_CFG_PORTS, self.fw_cfg)
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
         self._create_pc_platform()
+
+    def _create_rtc(self, rtc):
+        """The CMOS RTC, its time as ``-rtc`` says, its IRQ 8 (and the timer that raises it)
+        with the in-kernel irqchip."""
+        if rtc.base in ("utc", "localtime"):
+            base = cmos.host_base(localtime=rtc.base == "localtime")
+        else:
+            base = cmos.epoch_seconds(rtc.base)
+        clock_ns = {"host": time.time_ns, "rt": time.monotonic_ns, "vm": self._clock_ns()}
+        clock = cmos.RtcClock(clock_ns[rtc.clock], base)
+        irq = self._isa_irq(cmos.RTC_IRQ)
+        if irq is not None:
+            self.rtc_timer = DeviceTimer(lambda: self.cmos.tick(), self._device_lock, "rtc")
+        self.cmos = Cmos(clock, irq=irq, timer=self.rtc_timer)
+        self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
 
     def _create_pc_platform(self):
         """What the ACPI tables describe (the PM timer, the reset register) and PCI."""
@@ -319,6 +338,8 @@ class Machine:
             self.memory.invalidate(gpa, 1)
 
     def close(self):
+        if self.rtc_timer is not None:
+            self.rtc_timer.close()
         if getattr(self, "ioeventfds", None) is not None:
             self.ioeventfds.close()
         for obj in (*self.vcpus, self.vm, self.kvm):
