@@ -222,6 +222,9 @@ def build_parser():
     run.add_argument("--max-insns", type=positive_int, metavar="N",
                      help="stop the soft processor after N guest instructions, counted "
                           "over the whole run (exit status %d)" % BOUND_STATUS["insn-limit"])
+    run.add_argument("--stats", action="store_true",
+                     help="print the boot's milestones and timing and the guest's "
+                          "instruction rate (soft KVM) to stderr at the end")
     run.add_argument("--timeout", type=positive_seconds, metavar="S",
                      help="stop the guest after S seconds of wall time (exit status %d)"
                           % BOUND_STATUS["timeout"])
@@ -445,6 +448,11 @@ def cmd_run(args):
         raise UsageError(f"both IMAGE ({args.image}) and -kernel ({args.kernel}) given")
     demo = args.image is None and args.kernel is None
     options = _machine_options(args)
+    stats = None
+    if args.stats:
+        from kvmpy.vmm.run_stats import RunStats
+        stats = RunStats()
+        options["serial_sink"] = stats.wrap_sink(options["serial_sink"])
     if demo:
         from kvmpy import guests     # local: the demo's image is read only when it runs
         try:
@@ -475,8 +483,15 @@ def cmd_run(args):
         except OSError as e:
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1
-        with machine, _console(args, machine):
-            result = machine.run(timeout=args.timeout)
+        with machine:
+            if stats:
+                stats.attach(machine)
+            with _console(args, machine):
+                if stats:
+                    stats.began()
+                result = machine.run(timeout=args.timeout)
+            if stats:
+                print(stats.report(result), file=sys.stderr)
     return _exit_status(result, demo)
 
 

@@ -21,7 +21,9 @@ What Linux's 8250 driver needs of it, and so what it models:
   IRQ; the reset value here is OUT2, as firmware and QEMU leave it).
 
 The interrupt line is a callable ``irq(level: bool)`` called whenever the output changes,
-which the machine wires to ISA IRQ 4 of the in-kernel irqchip.  The device takes no lock:
+which the machine wires to ISA IRQ 4 of the in-kernel irqchip.  ``on_input_enabled()`` is
+called when the guest first enables the receive interrupt: for Linux, the moment user space
+opens the console (``kvmpy run --stats`` reports it as a boot milestone).  The device takes no lock:
 the machine calls it under its device lock, from a vCPU thread or the console's reader.
 """
 
@@ -73,9 +75,10 @@ def stdout_sink(data):
 class Serial:
     """One 16550A UART occupying 8 ports."""
 
-    def __init__(self, sink=stdout_sink, irq=None):
+    def __init__(self, sink=stdout_sink, irq=None, on_input_enabled=None):
         self.sink = sink
         self.irq = irq
+        self.on_input_enabled = on_input_enabled
         #: bytes received and not yet read; the first FIFO_SIZE are the receive FIFO, the
         #: rest the host side's backlog (a terminal paste), which a FIFO reset keeps
         self.input = collections.deque()
@@ -148,6 +151,9 @@ class Serial:
                 self.divisor = (self.divisor & 0xFF) | (value << 8)
                 return
             enabling_thri = value & IER_THRI and not self.ier & IER_THRI
+            if value & IER_RDI and self.on_input_enabled:
+                self.on_input_enabled()
+                self.on_input_enabled = None
             self.ier = value & IER_MASK
             if enabling_thri:
                 # THR is already empty: enabling its interrupt raises it at once.
