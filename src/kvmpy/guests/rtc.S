@@ -168,7 +168,7 @@ irq8:   push %ax
         pop %ax
         iret
 
-        .include "puts16.inc"
+        .include "uart_puts.inc"
 
 s_date:   .asciz "date "
 s_wday:   .asciz "wd "

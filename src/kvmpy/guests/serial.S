@@ -193,7 +193,7 @@ irq4:   push %ax
         pop %ax
         iret
 
-        .include "puts16.inc"
+        .include "uart_puts.inc"
 
 message: .asciz "serial: output by THR-empty interrupts\n"
 s_probe: .asciz "probe iir "
