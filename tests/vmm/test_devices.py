@@ -204,6 +204,19 @@ def test_serial_receive_trigger_level_and_timeout():
     assert uart.read(IIR, 1) == 0xC4
 
 
+def test_serial_loopback_fills_the_fifo_only():
+    """Linux's size_fifo writes in loopback until the FIFO is full: 16 bytes, then overrun."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x07)
+    uart.write(MCR, 1, 0x10)
+    for i in range(64):
+        uart.write(THR, 1, i)
+    received = []
+    while uart.read(LSR, 1) & 0x01:
+        received.append(uart.read(THR, 1))
+    assert received == list(range(16))
+
+
 def test_serial_fifo_reset_keeps_the_backlog():
     """FCR's receive reset empties the 16-byte FIFO, not what waits behind it."""
     uart, _, _ = make_uart()

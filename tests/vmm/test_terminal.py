@@ -111,3 +111,24 @@ def test_monitor_quit():
         status, err = t.wait()
         assert status == 0 and "terminated" in err
         assert t.attrs() == t.saved
+
+
+@pytest.mark.parametrize("accel", ["soft", pytest.param("host", marks=pytest.mark.host)])
+def test_monitor_sees_every_vcpu(accel):
+    """-smp 2: the AP, never started, is paused in its first KVM_RUN and shown waiting."""
+    if accel == "host" and not host_kvm_usable():
+        pytest.skip("no usable /dev/kvm")
+    with _run("--accel", accel, "-smp", "2") as t:
+        t.read_until(READY)
+        t.type(b"\x01c")
+        mark = len(t.read_until(PROMPT))
+        t.type(b"info cpus\r")
+        out = t.read_until(PROMPT, since=mark + len(b"info cpus")).decode()
+        assert "* CPU #0: pc=0x" in out
+        assert "  CPU #1: pc=0x00000000fffffff0 (waiting for INIT/SIPI)" in out
+        t.type(b"info registers\r")
+        out = t.read_until(b"EFER", since=len(out)).decode()
+        assert "CPU#0" in out and "CPU#1" in out and "RIP=000000000000fff0" in out
+        t.type(b"quit\r")
+        assert t.wait()[0] == 0
+        assert t.attrs() == t.saved

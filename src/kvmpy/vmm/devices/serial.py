@@ -141,7 +141,8 @@ class Serial:
             self.thre_pending = False       # THR full: its interrupt is over...
             self._update_irq()
             if self.mcr & MCR_LOOP:
-                self.input.append(value)
+                if len(self.input) < self._fifo_depth():    # a full FIFO overruns
+                    self.input.append(value)
             else:
                 self.sink(bytes([value]))
             self.thre_pending = True        # ...and the byte left at once: empty again
