@@ -2,9 +2,9 @@
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
               [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
-              [--timeout S]
+              [--timeout S] [--stats]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
-              -global -serial -display -nodefaults --no-reboot -enable-kvm]
+              -global -serial -rtc -display -nodefaults --no-reboot -enable-kvm]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
     kvmpy version
 
@@ -17,7 +17,9 @@ Exit status of ``kvmpy run``:
 * the isa-debug-exit status ``(v << 1) | 1`` when the guest wrote ``v`` to port 0xf4,
   as QEMU reports it — except for the built-in demo guest (no IMAGE), whose convention
   (``src/kvmpy/guests/demo.S``) is "value 0 means success": its status 1 maps to 0;
-* 0 when the guest halts with interrupts disabled, or resets the machine (i8042);
+* 0 when the guest halts with interrupts disabled, or resets the machine (i8042), or the
+  user ends the run (C-a x, the monitor's quit, SIGTERM or SIGHUP while the terminal is raw:
+  QEMU exits 0 for them too);
 * 1 with a message on stderr when the run fails: triple fault, internal error, failed
   entry, HLT with interrupts enabled (nothing could wake it), a backend error;
 * 2 with a message on stderr for bad options and unusable image files;
@@ -59,7 +61,8 @@ BOUND_STATUS = {"insn-limit": 4, "timeout": 124}
 
 RUN_EPILOG = f"""exit status:
   (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4)
-  0             the guest halted with interrupts off, or reset the machine
+  0             the guest halted with interrupts off, or reset the machine; or
+                the user quit (C-a x, the monitor's quit, SIGTERM/SIGHUP on a terminal)
   1             the run failed (triple fault, internal error, failed entry...)
   2             bad options or image file
   {BOUND_STATUS['insn-limit']:<13} --max-insns ended the run
