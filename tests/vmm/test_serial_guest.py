@@ -62,3 +62,11 @@ def test_serial_through_the_ioapic_on_the_host():
     if not host_kvm_usable():
         pytest.skip("no usable /dev/kvm")
     _run_ioapic("--accel", "host")
+
+
+def test_piped_input_reaches_the_guest_unfiltered():
+    """Not a terminal: a C-a and what follows it are the guest's bytes, not kvmpy's keys."""
+    status, out, err = kvmpy_interact("-machine", "kernel-irqchip=on", "--timeout", "100",
+                                      GUEST, wait_for=READY, send=b"a\x01x\x01c\n",
+                                      timeout=150)
+    assert status == DEBUG_EXIT_OK and out.endswith("line a\x01x\x01c\n"), (out, err)
