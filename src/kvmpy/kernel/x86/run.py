@@ -24,7 +24,7 @@ from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..run_token import (CONTENDED_SLICE, kvm_run_token_acquire, kvm_run_token_contended, kvm_run_token_release,
                          kvm_run_token_should_yield)
-from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
+from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request, kvm_vcpu_srcu_dropped
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
 from kvmpy.kernel.x86.mmu import mmu
@@ -100,6 +100,14 @@ def dm_request_for_irq_injection(vcpu) -> bool:
 def vcpu_run(vcpu) -> int:
     """Enter the guest until an exit needs user space; between two entries, a signal or
     ``immediate_exit`` ends KVM_RUN with -EINTR (xfer_to_guest_mode_handle_work)."""
+    vcpu.in_vcpu_run = True
+    try:
+        return _vcpu_run(vcpu)
+    finally:
+        vcpu.in_vcpu_run = False
+
+
+def _vcpu_run(vcpu) -> int:
     arch = vcpu.arch
     while True:
         kvm_clock_run_expired(vcpu.kvm)
@@ -195,6 +203,15 @@ def kvm_vcpu_block(vcpu) -> int:
     or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
     interrupt wakes it through kvm_vcpu_kick."""
     wait = vcpu.wait
+    running, vcpu.in_vcpu_run = vcpu.in_vcpu_run, False
+    with kvm_vcpu_srcu_dropped(vcpu):
+        try:
+            return _kvm_vcpu_block(vcpu, wait)
+        finally:
+            vcpu.in_vcpu_run = running
+
+
+def _kvm_vcpu_block(vcpu, wait) -> int:
     while True:
         if kvm_vcpu_has_events(vcpu):
             if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
@@ -217,7 +234,12 @@ def vcpu_enter_guest(vcpu) -> int:
     """One entry and the handling of its exit, holding the VM's run token (run_token.py):
     one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
     the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
-    if not kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu)):
+    if kvm_run_token_contended(vcpu) or vcpu.kvm.run_token.holder is not None:
+        with kvm_vcpu_srcu_dropped(vcpu):          # a wait: memslot updates go on meanwhile
+            acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
+    else:
+        acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
+    if not acquired:
         return 1
     try:
         return _enter_guest(vcpu)
