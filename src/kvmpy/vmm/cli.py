@@ -1,7 +1,7 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
-              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
+              [-m MIB] [--format auto|flat|elf|bzimage|pvh|multiboot] [--trace] [--max-insns N]
               [--timeout S]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
               -global -serial -display -nodefaults --no-reboot -enable-kvm]
@@ -208,10 +208,11 @@ def build_parser():
     run.add_argument("-m", "--memory", type=memory_mib, metavar="MIB",
                      help=f"guest RAM in MiB, or with a suffix K, M, G (default {DEFAULT_MIB}; "
                           f"{QEMU_DEFAULT_MIB}, QEMU's default, with -kernel)")
-    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "multiboot"),
+    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "pvh", "multiboot"),
                      default="auto",
                      help="image format (default: a bzImage by its boot protocol header, a "
-                          "multiboot kernel by its multiboot header, ELF by its magic, else flat)")
+                          "PVH kernel by its Xen ELF note, a multiboot kernel by its "
+                          "multiboot header, ELF by its magic, else flat)")
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
     run.add_argument("--max-insns", type=positive_int, metavar="N",

@@ -26,6 +26,8 @@ BIOS_AREA = 0xE0000
 HIGH_RAM_START = 0x100000
 ACPI_TABLES = 0xE0000
 ACPI_RSDP = 0xF0000
+#: where a loader puts the kernel command line (a bzImage's, a PVH kernel's)
+CMDLINE_ADDR = 0x20000
 PCI_MMIO_WINDOW = 0xE0000000
 PCI_IO_WINDOW = 0xC000
 

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import bzimage, loader, multiboot
+from kvmpy.vmm import bzimage, loader, multiboot, pvh
 from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
 from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
@@ -192,18 +192,22 @@ class Machine:
                 self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
 
     def _load(self, image, fmt, cmdline, initrd):
-        """A bzImage goes through the Linux boot protocol and a multiboot kernel through
-        the multiboot loader, each with the command line and initrd; other images through
+        """A bzImage goes through the Linux boot protocol, an ELF with the Xen PVH note
+        through the PVH loader (before multiboot, as QEMU tries them) and a multiboot
+        kernel through the multiboot loader, each with the command line and initrd; other
+        images through
         :func:`loader.load`, which has nowhere to put either."""
         if fmt == "bzimage" or fmt == "auto" and bzimage.is_bzimage_file(image):
             return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
+        if fmt == "pvh" or fmt == "auto" and pvh.is_pvh_file(image):
+            return pvh.load_pvh(self.memory, image, cmdline or "", initrd)
         if fmt == "multiboot" or fmt == "auto" and multiboot.is_multiboot_file(image):
             return multiboot.load_multiboot(self.memory, image, cmdline or "", initrd)
         loaded = loader.load(self.memory, image, fmt)     # a file it cannot load: LoadError first
         for option, given in (("-initrd", initrd), ("-append", cmdline)):
             if given is not None:
                 raise Unsupported(f"{option}: {image} is neither a Linux bzImage nor a "
-                                  f"multiboot kernel, the images that take it")
+                                  f"PVH or multiboot kernel, the images that take it")
         return loaded
 
     @staticmethod
