@@ -23,13 +23,6 @@
 
         .code32
         DEFINE_PVH_IO
-native_entry:
-        mov     $STACK_TOP, %esp
-        mov     $(msg_wrong - _start + LOAD), %esi
-        call    puts
-        mov     $1, %al
-        jmp     exit
-
 pvh_entry:
         mov     $STACK_TOP, %esp
         mov     %ebx, %ebp              /* struct hvm_start_info */
@@ -78,7 +71,6 @@ pvh_entry:
         xor     %al, %al
         jmp     exit
 
-msg_wrong:   .asciz "wrong entry\n"
 msg_magic:   .asciz "pvh magic="
 msg_version: .asciz " version="
 msg_flags:   .asciz " flags="
