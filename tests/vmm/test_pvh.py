@@ -16,7 +16,7 @@ from kvmpy.guests import image_path
 from kvmpy.vmm import layout, pvh
 from kvmpy.vmm.loader import LoadError
 from kvmpy.vmm.machine import Machine
-from tests.support.cli import kvmpy_run, run_main
+from tests.support.cli import RUN_BACKENDS, kvmpy_run, run_main
 
 GUEST = str(image_path("pvh"))
 CMDLINE = "console=ttyS0 kvmpy=42"
@@ -28,19 +28,13 @@ EXPECTED = (f"pvh magic=336ec578 version=1 flags=0 cmdline={CMDLINE} modules=1 "
 ENTRY_NOTE = struct.pack("<III", 4, 8, pvh.XEN_ELFNOTE_PHYS32_ENTRY)
 
 
-#: kvmpy under each vendor module and MMU mode, and the host's /dev/kvm
-BACKENDS = [pytest.param(("--vendor", vendor, "--mmu", mmu), id=f"{vendor}-{mmu}")
-            for vendor in ("vmx", "svm") for mmu in ("tdp", "shadow")]
-BACKENDS.append(pytest.param(("--accel", "host"), id="host", marks=pytest.mark.host))
-
-
 @pytest.fixture
 def initrd(tmp_path):
     (tmp_path / "initrd.img").write_bytes(INITRD)
     return str(tmp_path / "initrd.img")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", RUN_BACKENDS)
 def test_pvh_boots(initrd, backend):
     status, out, err = kvmpy_run(*backend, "-kernel", GUEST, "-append", CMDLINE, "-initrd", initrd)
     assert (status, out) == (1, EXPECTED), err        # isa-debug-exit 0: status (0 << 1) | 1

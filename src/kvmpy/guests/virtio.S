@@ -75,8 +75,10 @@
         call    puts
 .endm
 
-/* Print the string at label msg, then EAX in hex (clobbers ESI, DX). */
-.macro  SHOW msg
+/* Print the string at label msg, then src (EAX if not given) in hex (clobbers ESI, DX;
+   EAX = src). */
+.macro  SHOW msg, src=%eax
+        mov     \src, %eax
         push    %eax
         PRINT   \msg
         pop     %eax
@@ -119,8 +121,7 @@ pvh_entry:
         pop     %ebx
         inc     %ebx
         jmp     2b
-3:      mov     INTERRUPTS, %eax
-        SHOW    msg_interrupts
+3:      SHOW    msg_interrupts, INTERRUPTS
         mov     $'\n', %al
         call    putc
         xor     %al, %al
@@ -186,17 +187,13 @@ parse_number:
 /* Device EBX of DEVICES: print what it is, route its IRQ, drive it if it is one we know. */
 probe:
         mov     DEVICES(,%ebx,8), %ebp
-        mov     %ebp, %eax
-        SHOW    msg_device
+        SHOW    msg_device, %ebp
         mov     DEVICES + 4(,%ebx,8), %eax
         SHOW    msg_irq
         call    route_irq
-        mov     R_MAGIC(%ebp), %eax
-        SHOW    msg_magic
-        mov     R_VERSION(%ebp), %eax
-        SHOW    msg_version
-        mov     R_DEVICE_ID(%ebp), %eax
-        SHOW    msg_id
+        SHOW    msg_magic, R_MAGIC(%ebp)
+        SHOW    msg_version, R_VERSION(%ebp)
+        SHOW    msg_id, R_DEVICE_ID(%ebp)
         cmpl    $VIRTIO_MAGIC, R_MAGIC(%ebp)
         jne     13f
         mov     %ebx, %edi
@@ -289,8 +286,7 @@ submit:
 blk:
         call    virtio_init
         jc      newline
-        mov     R_CONFIG(%ebp), %eax    /* capacity (low half) */
-        SHOW    msg_capacity
+        SHOW    msg_capacity, R_CONFIG(%ebp)    /* capacity (low half) */
         movl    $0, REQ_HEADER          /* VIRTIO_BLK_T_IN */
         movl    $0, REQ_HEADER + 4
         movl    $0, REQ_HEADER + 8      /* sector 0 */
@@ -326,8 +322,7 @@ rng:
         jc      newline
         DESC    0, RNG_BUF, 16, F_WRITE, 0
         call    submit
-        mov     USED_RING + 4(%edi), %eax       /* used[0].len */
-        SHOW    msg_rng
+        SHOW    msg_rng, USED_RING+4(%edi)           /* used[0].len */
         PRINT   msg_bytes
         mov     $RNG_BUF, %esi
 18:     lodsb
