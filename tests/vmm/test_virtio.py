@@ -16,7 +16,7 @@ import pytest
 
 from kvmpy.api import GuestMemory
 from kvmpy.guests import image_path
-from kvmpy.vmm.devices.virtio import blk, mmio, queue, rng
+from kvmpy.vmm.devices.virtio import blk, console, mmio, queue, rng
 from tests.support.cli import RUN_BACKENDS, kvmpy_run, run_main
 
 MIB = 1 << 20
@@ -33,17 +33,20 @@ def disk(tmp_path):
 
 
 @pytest.mark.parametrize("backend", RUN_BACKENDS)
-def test_guest_drives_blk_and_rng(disk, backend):
+def test_guest_drives_blk_rng_and_console(disk, backend):
     status, out, err = kvmpy_run(*backend, "-kernel", GUEST, "--disk", str(disk),
-                                 "-device", "virtio-rng-device", "--timeout", "100")
+                                 "-device", "virtio-rng-device", "-device", "virtio-console-device",
+                                 "--timeout", "100")
     lines = out.splitlines()
-    assert status == 1 and len(lines) == 3, (out, err)
+    assert status == 1 and len(lines) == 4, (out, err)
     assert lines[0] == (f"virtio-mmio d0001000 irq 5 magic 74726976 version 2 id 2 "
                         f"blk capacity {MIB // 512:x} read 0 sector0 {SECTOR0.decode()} write 0")
     m = re.fullmatch(r"virtio-mmio d0002000 irq a magic 74726976 version 2 id 4 "
                      r"rng used 10 bytes ([0-9a-f]{32})", lines[1])
     assert m and m.group(1) != "0" * 32, lines[1]
-    assert lines[2] == "interrupts 3"                 # one per request, through the IOAPIC
+    assert lines[2] == ("virtio-mmio d0003000 irq b magic 74726976 version 2 id 3 "
+                        "console: hello through virtio-console")
+    assert lines[3] == "interrupts 4"                 # one per request, through the IOAPIC
     data = disk.read_bytes()
     assert data[512:512 + len(WRITTEN)] == WRITTEN and data[:len(SECTOR0)] == SECTOR0
     assert len(data) == MIB
@@ -55,6 +58,13 @@ def test_drive_option_and_read_only_disk(disk):
                                  "readonly=on", "--timeout", "100")
     assert status == 1 and out.endswith(f"sector0 {SECTOR0.decode()} write 1\ninterrupts 2\n"), err
     assert disk.read_bytes()[512:1024] == bytes(512)
+
+
+def test_console_output_is_not_com1():
+    """With COM1 gone (-serial none) the guest's virtio-console line is what is left."""
+    status, out, err = kvmpy_run("-kernel", GUEST, "-device", "virtio-console-device",
+                                 "-serial", "none", "--timeout", "100")
+    assert (status, out) == (1, "hello through virtio-console\n"), err
 
 
 def test_kernel_command_line_announces_the_devices(disk):
@@ -118,9 +128,10 @@ class Driver:
         self.reg(mmio.STATUS, BASE_STATUS | mmio.FEATURES_OK)
         return bool(self.reg(mmio.STATUS) & mmio.FEATURES_OK)
 
-    def setup(self, size=8):
+    def setup(self, size=8, index=0):
+        """Features negotiated, then queue ``index`` (the only one) set up, DRIVER_OK."""
         assert self.negotiate()
-        self.reg(mmio.QUEUE_SEL, 0)
+        self.reg(mmio.QUEUE_SEL, index)
         self.reg(mmio.QUEUE_NUM, size)
         for low, addr in ((mmio.QUEUE_DESC_LOW, DESC), (mmio.QUEUE_DRIVER_LOW, AVAIL),
                           (mmio.QUEUE_DEVICE_LOW, USED)):
@@ -129,16 +140,16 @@ class Driver:
         self.reg(mmio.QUEUE_READY, 1)
         self.reg(mmio.STATUS, BASE_STATUS | mmio.FEATURES_OK | mmio.DRIVER_OK)
 
-    def submit(self, descs, head=0):
+    def submit(self, descs, head=0, queue_index=0):
         """Descriptors [(index, addr, len, flags, next)], the chain at ``head`` made
-        available and notified; the used element (id, len) or None."""
+        available and queue ``queue_index`` notified; the used element (id, len) or None."""
         for index, addr, length, flags, next_ in descs:
             self.memory.write(DESC + 16 * index, struct.pack("<QIHH", addr, length, flags, next_))
         idx = self.memory.read_int(AVAIL + 2, 2)
         self.memory.write_int(AVAIL + 4 + 2 * (idx % 8), 2, head)
         self.memory.write_int(AVAIL + 2, 2, idx + 1)
         used_before = self.memory.read_int(USED + 2, 2)
-        self.reg(mmio.QUEUE_NOTIFY, 0)
+        self.reg(mmio.QUEUE_NOTIFY, queue_index)
         if self.memory.read_int(USED + 2, 2) == used_before:
             return None
         return struct.unpack("<II", self.memory.read(USED + 4 + 8 * (used_before % 8), 8))
@@ -284,6 +295,18 @@ def test_rng_fills_buffers(memory):
     assert d.reg(mmio.DEVICE_ID) == 4 and d.dev.read(mmio.CONFIG, 4) == 0
 
 
-def test_device_help_lists_rng(capsys):
+@pytest.mark.parametrize("index,out", [(console.RECEIVEQ, []), (console.TRANSMITQ, [b"hello"])])
+def test_console_transmits_and_keeps_receive_buffers(memory, index, out):
+    """Output buffers are written to the sink and used; input buffers wait (no input)."""
+    sink = []
+    d = Driver(console.VirtioConsole(sink.append), memory)
+    d.setup(index=index)
+    memory.write(DATA, b"hello")
+    flags = queue.VIRTQ_DESC_F_WRITE if index == console.RECEIVEQ else 0
+    used = d.submit([(0, DATA, 5, flags, 0)], queue_index=index)
+    assert sink == out and used == ((0, 0) if out else None)
+
+
+def test_device_help_lists_the_virtio_devices(capsys):
     status, out, _ = run_main(capsys, "run", "-device", "help")
-    assert status == 0 and 'name "virtio-rng-device"' in out
+    assert status == 0 and 'name "virtio-rng-device"' in out and 'name "virtio-console-device"' in out

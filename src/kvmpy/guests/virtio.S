@@ -10,13 +10,15 @@
  *
  *   virtio-mmio <base> irq <irq> magic <MagicValue> version <Version> id <DeviceID>
  *
- * (numbers in hex) and, for a block device (id 2) or an entropy device (id 4), initialises
- * it as the spec's driver does (reset, ACKNOWLEDGE, DRIVER, VIRTIO_F_VERSION_1 only,
- * FEATURES_OK read back, queue 0 of 8 entries, DRIVER_OK) and then:
+ * (numbers in hex) and, for a block device (id 2), an entropy device (id 4) or a console
+ * (id 3), initialises it as the spec's driver does (reset, ACKNOWLEDGE, DRIVER, VIRTIO_F_VERSION_1 only,
+ * FEATURES_OK read back, one queue of 8 entries, DRIVER_OK) and then:
  *
  *   blk:  " blk capacity <sectors> read <status> sector0 <sector 0 as a string> write <status>"
  *         (sector 0 read, then sector 1 written with the line "written by the virtio guest")
  *   rng:  " rng used <bytes> bytes <16 bytes in hex>"
+ *   console: " console: ", then "hello through virtio-console\n" sent through transmitq0
+ *         (queue 1), to the VMM's console output rather than COM1
  *
  * Each request waits, with sti; hlt, for the interrupt, then checks the used ring.  Last,
  * "interrupts <count>\n", and isa-debug-exit 0.
@@ -203,6 +205,8 @@ probe:
         je      blk
         cmpl    $4, R_DEVICE_ID(%ebp)
         je      rng
+        cmpl    $3, R_DEVICE_ID(%ebp)
+        je      console
 13:     jmp     newline
 
 /* IRQ EAX -> vector 0x30 + EAX: the IDT gate, then the IOAPIC's redirection entry (level,
@@ -226,7 +230,8 @@ route_irq:
         movl    $0, IOAPIC_WIN
         ret
 
-/* The driver's side of initialisation (virtio 1.2, 3.1.1), queue 0 at EDI; CF on failure. */
+/* The driver's side of initialisation (virtio 1.2, 3.1.1): queue ECX at EDI, the only one
+   set up; CF on failure. */
 virtio_init:
         movl    $0, R_STATUS(%ebp)      /* reset */
         movl    $1, R_STATUS(%ebp)      /* ACKNOWLEDGE */
@@ -241,7 +246,7 @@ virtio_init:
         movl    $0xb, R_STATUS(%ebp)    /* FEATURES_OK */
         testl   $8, R_STATUS(%ebp)
         jz      14f
-        movl    $0, R_QUEUE_SEL(%ebp)
+        mov     %ecx, R_QUEUE_SEL(%ebp)
         cmpl    $QSIZE, R_QUEUE_NUM_MAX(%ebp)
         jb      14f
         movl    $QSIZE, R_QUEUE_NUM(%ebp)
@@ -261,9 +266,10 @@ virtio_init:
         stc
         ret
 
-/* Make the chain at descriptor 0 available, notify queue 0, wait for the interrupt, and
+/* Make the chain at descriptor 0 available, notify queue ECX, wait for the interrupt, and
    check that the used ring has it. */
 submit:
+        mov     %ecx, %esi
         movzwl  AVAIL_IDX(%edi), %eax
         mov     %eax, %ecx
         and     $(QSIZE - 1), %ecx
@@ -271,7 +277,7 @@ submit:
         inc     %eax
         mov     %ax, AVAIL_IDX(%edi)
         mov     INTERRUPTS, %edx
-        movl    $0, R_QUEUE_NOTIFY(%ebp)
+        mov     %esi, R_QUEUE_NOTIFY(%ebp)
 15:     cli
         cmp     INTERRUPTS, %edx
         jne     16f
@@ -284,6 +290,7 @@ submit:
 17:     ret
 
 blk:
+        xor     %ecx, %ecx
         call    virtio_init
         jc      newline
         SHOW    msg_capacity, R_CONFIG(%ebp)    /* capacity (low half) */
@@ -295,6 +302,7 @@ blk:
         DESC    1, SECTOR_BUF, 512, F_WRITE | F_NEXT, 2
         DESC    2, REQ_STATUS, 1, F_WRITE, 0
         movb    $0xff, REQ_STATUS
+        xor     %ecx, %ecx
         call    submit
         movzbl  REQ_STATUS, %eax
         SHOW    msg_read
@@ -312,15 +320,18 @@ blk:
         movl    $1, REQ_HEADER + 8      /* sector 1 */
         DESC    1, WRITE_BUF, 512, F_NEXT, 2
         movb    $0xff, REQ_STATUS
+        xor     %ecx, %ecx
         call    submit
         movzbl  REQ_STATUS, %eax
         SHOW    msg_write
         jmp     newline
 
 rng:
+        xor     %ecx, %ecx
         call    virtio_init
         jc      newline
         DESC    0, RNG_BUF, 16, F_WRITE, 0
+        xor     %ecx, %ecx
         call    submit
         SHOW    msg_rng, USED_RING+4(%edi)           /* used[0].len */
         PRINT   msg_bytes
@@ -334,6 +345,15 @@ rng:
 newline:
         mov     $'\n', %al
         jmp     putc
+
+console:
+        mov     $1, %ecx                /* transmitq0 */
+        call    virtio_init
+        jc      newline
+        PRINT   msg_console
+        DESC    0, CONSOLE_TEXT, CONSOLE_TEXT_LEN, 0, 0
+        mov     $1, %ecx
+        jmp     submit                  /* the line's end comes through the console */
 
 /* AL as two hex digits. */
 putbyte:
@@ -394,4 +414,9 @@ msg_bytes:      .asciz " bytes "
 msg_interrupts: .asciz "interrupts "
 disk_text:      .ascii "written by the virtio guest\n"
 disk_text_end:
+msg_console:    .asciz " console: "
+console_text:   .ascii "hello through virtio-console\n"
+console_text_end:
+        .set CONSOLE_TEXT, console_text - _start + LOAD
+        .set CONSOLE_TEXT_LEN, console_text_end - console_text
 image_end:

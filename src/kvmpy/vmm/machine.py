@@ -34,7 +34,8 @@ pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x
                        0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
 virtio-mmio            from 0xd0001000, 4 KiB each, on the level-triggered ISA IRQs 5, 10,
                        11 (the MADT's, but the SCI's 9): the disks (``-drive``,
-                       ``--disk``), then ``-device virtio-rng-device``
+                       ``--disk``), then ``-device virtio-rng-device``, then ``-device
+                       virtio-console-device`` (its output to ``console_sink``: stdout)
                        (:mod:`kvmpy.vmm.devices.virtio`); a bzImage's or PVH kernel's
                        command line gets ``virtio_mmio.device=4K@<base>:<irq>`` for each
 =====================  ============================================================
@@ -68,6 +69,7 @@ from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
 from kvmpy.vmm.devices.virtio import mmio as virtio_mmio
 from kvmpy.vmm.devices.virtio.blk import VirtioBlk
+from kvmpy.vmm.devices.virtio.console import VirtioConsole
 from kvmpy.vmm.devices.virtio.rng import VirtioRng
 from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import port_number
@@ -84,7 +86,7 @@ PIT_POLICIES = ("delay", "discard")
 MAX_CPUS = 64
 #: the QEMU -device drivers this machine has, and the properties each takes
 DEVICE_PROPERTIES = {"isa-debug-exit": ("iobase", "iosize"), "pc-testdev": (),
-                     "pci-testdev": (), "virtio-rng-device": ()}
+                     "pci-testdev": (), "virtio-rng-device": (), "virtio-console-device": ()}
 DEVICE_DRIVERS = tuple(DEVICE_PROPERTIES)
 #: the first PCI slot of -device pci-testdev (00:01.x is the PIIX south bridge on QEMU's pc)
 FIRST_PCI_DEVICE_SLOT = 2
@@ -124,7 +126,7 @@ class Machine:
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
                  serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
                  cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
-                 irqchip=None, disks=()):
+                 irqchip=None, disks=(), console_sink=stdout_sink):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
         properties), ``pit`` (None: the machine's default, on with the irqchip),
         ``pit_policy`` (QEMU's ``kvm-pit.lost_tick_policy``) and ``irqchip``
@@ -134,7 +136,8 @@ class Machine:
         multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
         whose HLT with interrupts off then ends the run instead of waiting for ever.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets.
-        ``disks`` [(raw image file, read-only)] become virtio-blk devices."""
+        ``disks`` [(raw image file, read-only)] become virtio-blk devices;
+        ``console_sink`` takes a virtio-console's output (COM1's goes to ``serial_sink``)."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
         self.device_counts = collections.Counter(driver for driver, _ in devices)
@@ -156,7 +159,7 @@ class Machine:
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         self.virtio_devices = []            # the devices behind the virtio-mmio transports
         try:
-            self._create_virtio_devices(disks)
+            self._create_virtio_devices(disks, console_sink)
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
             self.kvm = Kvm(accel, params)
@@ -204,10 +207,11 @@ class Machine:
             if pit_policy == "discard":
                 self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
 
-    def _create_virtio_devices(self, disks):
+    def _create_virtio_devices(self, disks, console_sink):
         """The virtio devices (a disk's file opened), before the kernel's command line
         announces them."""
-        count = len(disks) + self.device_counts["virtio-rng-device"]
+        count = (len(disks) + self.device_counts["virtio-rng-device"]
+                 + self.device_counts["virtio-console-device"])
         if count > len(VIRTIO_IRQS):
             raise Unsupported(f"{count} virtio devices: at most {len(VIRTIO_IRQS)} (one per "
                               f"level-triggered ISA line: IRQs {', '.join(map(str, VIRTIO_IRQS))})")
@@ -215,6 +219,8 @@ class Machine:
             self.virtio_devices.append(VirtioBlk(path, readonly))
         for _ in range(self.device_counts["virtio-rng-device"]):
             self.virtio_devices.append(VirtioRng())
+        for _ in range(self.device_counts["virtio-console-device"]):
+            self.virtio_devices.append(VirtioConsole(console_sink))
 
     def _virtio_windows(self):
         """[(MMIO base, IRQ)] of each virtio device, in order."""
