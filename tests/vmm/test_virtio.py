@@ -13,6 +13,8 @@ import re
 import struct
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kvmpy.api import GuestMemory
 from kvmpy.guests import image_path
@@ -310,3 +312,33 @@ def test_console_transmits_and_keeps_receive_buffers(memory, index, out):
 def test_device_help_lists_the_virtio_devices(capsys):
     status, out, _ = run_main(capsys, "run", "-device", "help")
     assert status == 0 and 'name "virtio-rng-device"' in out and 'name "virtio-console-device"' in out
+
+
+REGISTER_OFFSETS = st.sampled_from([mmio.DEVICE_FEATURES_SEL, mmio.DRIVER_FEATURES,
+                                    mmio.DRIVER_FEATURES_SEL, mmio.QUEUE_SEL, mmio.QUEUE_NUM,
+                                    mmio.QUEUE_READY, mmio.QUEUE_NOTIFY, mmio.INTERRUPT_ACK,
+                                    mmio.STATUS, *mmio.QUEUE_ADDRESSES, mmio.CONFIG, 0x0FF])
+WRITES = st.lists(st.tuples(REGISTER_OFFSETS, st.sampled_from([1, 2, 4]),
+                            st.one_of(st.integers(0, 0xFFFFFFFF),
+                                      st.sampled_from([0, 1, 0xF, DESC, AVAIL, USED]))),
+                  max_size=40)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=WRITES, ring=st.binary(min_size=64, max_size=64), kind=st.sampled_from("brc"))
+def test_any_driver_behaviour_is_answered(disk, memory, writes, ring, kind):
+    """Whatever a guest writes to the registers and the rings, the transport answers: no
+    exception reaches the MMIO exit (and so KVM_RUN)."""
+    device = {"b": lambda: blk.VirtioBlk(disk), "r": rng.VirtioRng,
+              "c": lambda: console.VirtioConsole(lambda data: None)}[kind]()
+    try:
+        d = Driver(device, memory)
+        for addr in (DESC, AVAIL, USED):
+            memory.write(addr, ring)
+        d.setup()
+        for offset, size, value in writes:
+            d.dev.write(offset, size, value)
+            d.dev.read(offset, size)
+        d.reg(mmio.QUEUE_NOTIFY, 0)
+    finally:
+        device.close()
