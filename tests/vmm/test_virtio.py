@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 from kvmpy.api import GuestMemory
 from kvmpy.guests import image_path
 from kvmpy.vmm.devices.virtio import blk, console, mmio, queue, rng
+from kvmpy.vmm.machine import Machine
 from tests.support.cli import RUN_BACKENDS, kvmpy_run, run_main
+from tests.support.elfgen import make_elf
 
 MIB = 1 << 20
 GUEST = str(image_path("virtio"))
@@ -76,6 +78,16 @@ def test_kernel_command_line_announces_the_devices(disk):
     assert status == 1, err
     assert ("cmdline=console=ttyS0 virtio_mmio.device=4K@0xd0001000:5 "
             "virtio_mmio.device=4K@0xd0002000:10 modules=0") in out
+
+
+def test_virtio_devices_bring_the_irqchip(tmp_path, disk):
+    """A bare image gets no irqchip by default, unless a virtio device needs its line."""
+    image = tmp_path / "k.elf"
+    image.write_bytes(make_elf(b"\xf4", 0x100000))
+    with Machine(str(image)) as machine:
+        assert not machine.irqchip
+    with Machine(str(image), disks=[(str(disk), False)]) as machine:
+        assert machine.irqchip and machine.mmio.find(0xD0001000).device is machine.virtio[0]
 
 
 @pytest.mark.parametrize("drive,message", [

@@ -133,8 +133,9 @@ class Machine:
         (``-machine kernel-irqchip``) are what QEMU's command line asks for; those the
         machine lacks raise :class:`Unsupported` before anything is built.  ``irqchip``
         None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
-        multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
-        whose HLT with interrupts off then ends the run instead of waiting for ever.
+        PVH, multiboot --, several CPUs, an explicit PIT, virtio devices, whose interrupts
+        it carries), off for a bare flat or ELF image, whose HLT with interrupts off then
+        ends the run instead of waiting for ever.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets.
         ``disks`` [(raw image file, read-only)] become virtio-blk devices;
         ``console_sink`` takes a virtio-console's output (COM1's goes to ``serial_sink``)."""
@@ -168,7 +169,8 @@ class Machine:
                 self.vm.set_tss_address(TSS_ADDR)
             self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
             if irqchip is None:
-                irqchip = self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+                irqchip = (self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+                           or bool(self.virtio_devices))
             self.irqchip = irqchip
             if irqchip:
                 self._create_irqchip(pit is not False, pit_policy)
