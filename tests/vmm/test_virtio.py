@@ -71,6 +71,13 @@ def test_console_output_is_not_com1():
     assert (status, out) == (1, "hello through virtio-console\n"), err
 
 
+def test_microvm_spelling(disk):
+    """QEMU microvm's -drive if=none,id=ID with -device virtio-blk-device,drive=ID."""
+    status, out, err = kvmpy_run("-kernel", GUEST, "-drive", f"id=root,file={disk},if=none,format=raw",
+                                 "-device", "virtio-blk-device,drive=root", "--timeout", "100")
+    assert status == 1 and out.endswith(f"sector0 {SECTOR0.decode()} write 0\ninterrupts 2\n"), err
+
+
 def test_kernel_command_line_announces_the_devices(disk):
     """The PVH guest prints its command line: the devices are appended, Firecracker's way."""
     status, out, err = kvmpy_run("-kernel", str(image_path("pvh")), "-append", "console=ttyS0",
@@ -93,6 +100,7 @@ def test_virtio_devices_bring_the_irqchip(tmp_path, disk):
 @pytest.mark.parametrize("drive,message", [
     ("file=x.img", "give if=virtio"),
     ("file=x.img,if=ide", "if=ide: kvmpy's disks are virtio"),
+    ("file=x.img,if=none", "if=none needs an id="),
     ("file=x.img,if=virtio,format=qcow2", "format=qcow2: only raw images"),
     ("file=x.img,if=virtio,cache=none", "cache=none: not supported"),
     ("if=virtio", "no file="),
@@ -100,6 +108,12 @@ def test_virtio_devices_bring_the_irqchip(tmp_path, disk):
 def test_bad_drive_options(capsys, drive, message):
     status, _, err = run_main(capsys, "run", "-kernel", GUEST, "-drive", drive)
     assert status == 2 and message in err and err.count("\n") == 1
+
+
+def test_device_without_its_drive(capsys, disk):
+    status, _, err = run_main(capsys, "run", "-kernel", GUEST, "-drive", f"file={disk},if=none,id=a",
+                              "-device", "virtio-blk-device,drive=b")
+    assert status == 2 and "-device virtio-blk-device,drive=b: no -drive with that id" in err
 
 
 def test_disk_errors_name_the_file(capsys, tmp_path):

@@ -171,8 +171,9 @@ def _add_qemu_options(run):
                       help="kvm-pit.lost_tick_policy=discard|delay")
     qemu.add_argument("--drive", "-drive", action="append", default=[],
                       type=_qemu_type(qemu_options.drive),
-                      metavar="file=FILE,if=virtio[,format=raw][,readonly=on]",
-                      help="a virtio-blk disk on a raw image (virtio-mmio)")
+                      metavar="file=FILE,if=virtio|none[,id=ID][,format=raw][,readonly=on]",
+                      help="a virtio-blk disk on a raw image (virtio-mmio); with if=none, the "
+                           "image of -device virtio-blk-device,drive=ID")
     qemu.add_argument("--serial", "-serial", choices=SERIAL_BACKENDS,
                       help="COM1 to stdout (stdio, the default) or nowhere (none, null)")
     qemu.add_argument("--display", "-display", choices=("none",),
@@ -343,7 +344,9 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
-                disks=[(d.file, d.readonly) for d in args.drive] + [(f, False) for f in args.disk],
+                disks=[(d.file, d.readonly) for d in args.drive if d.interface == "virtio"]
+                + [(f, False) for f in args.disk],
+                drives={d.id: (d.file, d.readonly) for d in args.drive if d.id},
                 pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args))
 
 

@@ -33,11 +33,12 @@ PCI                    configuration mechanism #1 at 0xcf8/0xcfc; 00:00.0 the i4
 pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x2017, MMIO
                        0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
 virtio-mmio            from 0xd0001000, 4 KiB each, on the level-triggered ISA IRQs 5, 10,
-                       11 (the MADT's, but the SCI's 9): the disks (``-drive``,
-                       ``--disk``), then ``-device virtio-rng-device``, then ``-device
-                       virtio-console-device`` (its output to ``console_sink``: stdout)
-                       (:mod:`kvmpy.vmm.devices.virtio`); a bzImage's or PVH kernel's
-                       command line gets ``virtio_mmio.device=4K@<base>:<irq>`` for each
+                       11 (the MADT's, but the SCI's 9): the disks (``-drive``, ``--disk``,
+                       ``-device virtio-blk-device,drive=ID``), then ``-device
+                       virtio-rng-device``, then ``-device virtio-console-device`` (its
+                       output to ``console_sink``: stdout) (:mod:`kvmpy.vmm.devices.virtio`);
+                       a bzImage's or PVH kernel's command line gets
+                       ``virtio_mmio.device=4K@<base>:<irq>`` for each
 =====================  ============================================================
 
 What the machine cannot do (several vCPUs without the in-kernel irqchip, an initrd or a
@@ -86,7 +87,8 @@ PIT_POLICIES = ("delay", "discard")
 MAX_CPUS = 64
 #: the QEMU -device drivers this machine has, and the properties each takes
 DEVICE_PROPERTIES = {"isa-debug-exit": ("iobase", "iosize"), "pc-testdev": (),
-                     "pci-testdev": (), "virtio-rng-device": (), "virtio-console-device": ()}
+                     "pci-testdev": (), "virtio-blk-device": ("drive",), "virtio-rng-device": (),
+                     "virtio-console-device": ()}
 DEVICE_DRIVERS = tuple(DEVICE_PROPERTIES)
 #: the first PCI slot of -device pci-testdev (00:01.x is the PIIX south bridge on QEMU's pc)
 FIRST_PCI_DEVICE_SLOT = 2
@@ -126,7 +128,7 @@ class Machine:
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
                  serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
                  cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
-                 irqchip=None, disks=(), console_sink=stdout_sink):
+                 irqchip=None, disks=(), drives=None, console_sink=stdout_sink):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
         properties), ``pit`` (None: the machine's default, on with the irqchip),
         ``pit_policy`` (QEMU's ``kvm-pit.lost_tick_policy``) and ``irqchip``
@@ -137,7 +139,8 @@ class Machine:
         it carries), off for a bare flat or ELF image, whose HLT with interrupts off then
         ends the run instead of waiting for ever.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets.
-        ``disks`` [(raw image file, read-only)] become virtio-blk devices;
+        ``disks`` [(raw image file, read-only)] become virtio-blk devices, and so do the
+        ``drives`` ({id: (file, read-only)}) a ``-device virtio-blk-device,drive=ID`` names;
         ``console_sink`` takes a virtio-console's output (COM1's goes to ``serial_sink``)."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
@@ -160,7 +163,8 @@ class Machine:
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         self.virtio_devices = []            # the devices behind the virtio-mmio transports
         try:
-            self._create_virtio_devices(disks, console_sink)
+            self._create_virtio_devices(list(disks) + self._device_drives(devices, drives or {}),
+                                        console_sink)
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
             self.kvm = Kvm(accel, params)
@@ -208,6 +212,19 @@ class Machine:
             self.vm.create_pit2(uapi.KVM_PIT_SPEAKER_DUMMY)
             if pit_policy == "discard":
                 self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
+
+    @staticmethod
+    def _device_drives(devices, drives):
+        """[(file, read-only)] of each ``-device virtio-blk-device,drive=ID``, in order."""
+        found = []
+        for driver, props in devices:
+            if driver != "virtio-blk-device":
+                continue
+            if props.get("drive") not in drives:
+                raise Unsupported(f"-device virtio-blk-device,drive={props.get('drive', '')}: "
+                                  f"no -drive with that id")
+            found.append(drives[props["drive"]])
+        return found
 
     def _create_virtio_devices(self, disks, console_sink):
         """The virtio devices (a disk's file opened), before the kernel's command line
