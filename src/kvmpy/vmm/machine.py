@@ -481,9 +481,9 @@ class Machine:
                         continue
                     try:
                         exit_ = self.vcpu.run()
+                        exits += 1          # the guest's exits (a kick's EINTR is not one)
                     except InterruptedError:
                         exit_ = VcpuExit.Intr()
-                    exits += 1
                     self._locked_dispatch(exit_)
             finally:
                 self._stop_aps()
