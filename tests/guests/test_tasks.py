@@ -13,14 +13,10 @@ error codes on the processor alone, the TASK_SWITCH exits of both vendors and th
 by the kernel, and a switch to a task with its own CR3 through KVM (TDP and shadow paging).
 """
 
-import json
-import os
-import pathlib
-
 import pytest
 
 from tests.support import rawvmm
-from tests.support.qemuflat import qemu_missing, run_qemu
+from tests.support.qemuflat import check_qemu_run, qemu_missing, recorded_run
 from kvmpy.guests import load_image
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
@@ -29,8 +25,6 @@ from kvmpy.hw.state import Segment
 from kvmpy.hw.x86defs import CR0_PE, CS, EFER_LMA, EFER_LME, SS
 from kvmpy.hw.virt.vmx import VmxExitFormat
 
-RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "tasks.qemu.json"
-RECORD = os.environ.get("KVMPY_RECORD") == "1"
 
 STEPS = ("call gate, same privilege", "call gate ring 3 -> 0, 2 parameters, #GP(gate)",
          "task gate CALL, IRET via back link", "JMP to TSS and back",
@@ -42,18 +36,12 @@ CONSOLE = "".join(f"tasks: {s}\r\n" for s in STEPS)
 
 @pytest.mark.skipif(qemu_missing(), reason="QEMU is not installed")
 def test_qemu_run():
-    result = run_qemu(load_image("tasks"))
-
-    assert result == {"console": CONSOLE, "exit_value": 0}
-    if RECORD:
-        RECORDED.write_text(json.dumps(result, indent=1) + "\n")
-    else:
-        assert result == json.loads(RECORDED.read_text())
+    check_qemu_run("tasks", CONSOLE)
 
 
 def test_soft_matches_qemu(soft_mmu):
     from kvmpy import syscalls
-    reference = json.loads(RECORDED.read_text())
+    reference = recorded_run("tasks")
 
     result = rawvmm.run_guest(load_image("tasks"), syscalls)
 

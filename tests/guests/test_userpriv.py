@@ -10,36 +10,24 @@ committed in tests/data/userpriv.qemu.json and checked against QEMU where it is 
     KVMPY_RECORD=1 pytest tests/guests/test_userpriv.py -k qemu
 """
 
-import json
-import os
-import pathlib
-
 import pytest
 
 from tests.support import rawvmm
-from tests.support.qemuflat import qemu_missing, run_qemu
+from tests.support.qemuflat import check_qemu_run, qemu_missing, recorded_run
 from kvmpy.guests import load_image
 
-RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "userpriv.qemu.json"
-RECORD = os.environ.get("KVMPY_RECORD") == "1"
 CONSOLE = ("userpriv: tables on supervisor pages\r\nuserpriv: INT 0x80 from CPL 3\r\n"
            "userpriv: #PF from CPL 3, DS accessed\r\n")
 
 
 @pytest.mark.skipif(qemu_missing(), reason="QEMU is not installed")
 def test_qemu_run():
-    result = run_qemu(load_image("userpriv"))
-
-    assert result == {"console": CONSOLE, "exit_value": 0}
-    if RECORD:
-        RECORDED.write_text(json.dumps(result, indent=1) + "\n")
-    else:
-        assert result == json.loads(RECORDED.read_text())
+    check_qemu_run("userpriv", CONSOLE)
 
 
 def test_soft_matches_qemu(soft_mmu):
     from kvmpy import syscalls
-    reference = json.loads(RECORDED.read_text())
+    reference = recorded_run("userpriv")
 
     result = rawvmm.run_guest(load_image("userpriv"), syscalls)
 

@@ -7,6 +7,8 @@ and the image placed there by QEMU's generic loader device, so the guest starts 
 kvmpy (real mode, empty IVT).
 """
 
+import json
+import os
 import pathlib
 import shutil
 import subprocess
@@ -34,3 +36,25 @@ def run_qemu(image):
         proc = subprocess.run(argv, capture_output=True, timeout=60)
     status = proc.returncode
     return {"console": proc.stdout.decode("latin-1"), "exit_value": status >> 1 if status & 1 else None}
+
+
+def recording_path(guest):
+    """tests/data/<guest>.qemu.json: QEMU's run of the guest, committed."""
+    return pathlib.Path(__file__).resolve().parents[1] / "data" / f"{guest}.qemu.json"
+
+
+def check_qemu_run(guest, console):
+    """Run kvmpy/guests/<guest>.bin under QEMU: it must print ``console`` and exit 0, and
+    match the recording (which ``KVMPY_RECORD=1`` refreshes instead)."""
+    from kvmpy.guests import load_image
+    result = run_qemu(load_image(guest))
+    assert result == {"console": console, "exit_value": 0}
+    if os.environ.get("KVMPY_RECORD") == "1":
+        recording_path(guest).write_text(json.dumps(result, indent=1) + "\n")
+    else:
+        assert result == json.loads(recording_path(guest).read_text())
+
+
+def recorded_run(guest):
+    """The committed QEMU run of ``guest``: {"console", "exit_value"}."""
+    return json.loads(recording_path(guest).read_text())

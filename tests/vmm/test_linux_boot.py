@@ -12,8 +12,12 @@ QEMU TCG boots the same images in about 2 s, the reference for what the console 
 On kvmpy's soft processor a boot is minutes of wall time (slow tests).
 """
 
+import os
+import select
 import shutil
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -56,3 +60,42 @@ def test_linux_boots_to_the_shell_on_kvmpy(initramfs):
                                  "-append", f"console=ttyS0 {COMMAND}", timeout=1200)
     _check_boot(out)
     assert status == 0, err
+
+
+def _read_until(proc, out, marker, deadline):
+    """Read the guest's console from ``proc`` into ``out`` until ``marker`` is in it."""
+    while marker not in out[0]:
+        if time.monotonic() > deadline or proc.poll() is not None:
+            raise AssertionError(f"no {marker!r} on the console:\n{out[0][-3000:]}")
+        ready, _, _ = select.select([proc.stdout], [], [], 1.0)
+        if ready:
+            out[0] += os.read(proc.stdout.fileno(), 4096).decode("latin-1")
+
+
+@pytest.mark.slow
+def test_a_command_typed_into_the_shell_on_kvmpy(initramfs):
+    """No kvmpy_cmd: /init starts an interactive shell on ttyS0; a command typed on kvmpy
+    run's standard input reaches it through the 8250's receive interrupt, and its answer
+    comes back; ``poweroff -f`` typed next ends the run."""
+    proc = subprocess.Popen([sys.executable, "-m", "kvmpy.vmm.cli", "run", "-kernel", str(BZIMAGE),
+                             "-initrd", initramfs, "-append", "console=ttyS0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = [""]
+    try:
+        deadline = time.monotonic() + 1200
+        _read_until(proc, out, INIT_MARKER, deadline)
+        _read_until(proc, out, "# ", deadline)                  # the shell's prompt
+        proc.stdin.write(b"echo kvmpy-$((6*7))\n")
+        proc.stdin.flush()
+        _read_until(proc, out, ANSWER, deadline)
+        proc.stdin.write(b"poweroff -f\n")
+        proc.stdin.flush()
+        _read_until(proc, out, POWER_OFF, deadline)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
