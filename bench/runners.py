@@ -49,12 +49,6 @@ def qemu_available() -> bool:
     return shutil.which(QEMU) is not None
 
 
-def _guest_icount(machine) -> int:
-    """The soft vCPU's retired-instruction count, read from kvmpy's kernel objects (the vCPU
-    file's private data is the ``kvm_vcpu``; its processor counts instructions)."""
-    from kvmpy.kernel import fs
-    return fs.lookup_file(machine.vcpu.fd).private_data.arch.cpu.icount
-
 
 def run_vmm(image: bytes, accel: str) -> Run:
     """Run ``image`` with kvmpy's VMM on ``accel`` ("soft" or "host")."""
@@ -67,7 +61,7 @@ def run_vmm(image: bytes, accel: str) -> Run:
             t = time.perf_counter()
             res = m.run(timeout=RUN_TIMEOUT)
             dt = time.perf_counter() - t
-            icount = _guest_icount(m) if accel == "soft" else None
+            icount = m.vcpu.guest_instructions() if accel == "soft" else None
     if res.reason != "debug-exit" or res.status != QEMU_SUCCESS:
         raise RunFailed("%s: %s" % (accel, res.message))
     return Run(b"".join(out).decode("latin-1"), dt, icount)

@@ -180,16 +180,16 @@ def test_waiting_vcpu_leaves_kvm_run_for_a_signal_and_immediate_exit(token_kept)
                 _until(lambda: _kernel_vcpu(b) in token.waiting)
             else:
                 time.sleep(0.3)
-            t0 = time.monotonic()
             if kind == "signal":
                 signal.pthread_kill(tb.ident, signal.SIGUSR1)
             else:               # kvmpy looks at immediate_exit while it waits, not only at entry
                 b.immediate_exit = 1
-            tb.join(5)
+            # A never gives the token up, so B's return is the proof; the bound only
+            # allows for a loaded machine (a CI run once saw 4 s pass)
+            tb.join(20)
             assert not tb.is_alive(), f"vCPU B ignored the {kind} while waiting"
-            errno_, reason, t1 = out_b[0]
+            errno_, reason, _ = out_b[0]
             assert (errno_, reason) == (errno.EINTR, uapi.KVM_EXIT_INTR), kind
-            assert t1 - t0 < 1.0
             b.immediate_exit = 0
             assert ta.is_alive() and not out_a       # A still runs the guest
             if soft:

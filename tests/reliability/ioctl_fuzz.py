@@ -543,7 +543,13 @@ def explain(op, soft: str, host: str):
     * KVM_SET_TSC_KHZ: which frequencies a vCPU may have depends on the host's TSC scaling;
       kvmpy scales in software (KVM_CAP_TSC_CONTROL), a host without scaling accepts any
       frequency above its own (it catches up) and refuses those below.
+    * A run whose HLT is single-stepped (a random KVM_SET_GUEST_DEBUG before it): Linux's
+      kvm_emulate_halt, which VMX and SVM call for the HLT exit, turns the step's
+      KVM_EXIT_DEBUG into KVM_EXIT_HLT when the VM has no in-kernel irqchip (kvmpy does
+      the same); kvm_pvm runs HLT in KVM's emulator, which reports the step.
     """
+    if op[0] == "run":
+        return _stepped_hlt(soft, host)
     if op[0] != "ioctl":
         return None
     cmd = op[2]
@@ -553,6 +559,16 @@ def explain(op, soft: str, host: str):
         return "TSC scaling differs"
     if cmd in TABLES and {soft, host} <= {"ok", "E2BIG", "EFAULT"}:
         return "table lengths differ (%s)" % TABLES[cmd]
+    return None
+
+
+def _stepped_hlt(soft: str, host: str):
+    *same, last = soft.split(",")
+    *host_same, host_last = host.split(",")
+    hlt, _, rip = last.partition("@")
+    debug, _, host_rip = host_last.partition("@")
+    if (same, rip, hlt, debug) == (host_same, host_rip, "exit%d" % K.KVM_EXIT_HLT, "exit%d" % K.KVM_EXIT_DEBUG):
+        return "single-stepped HLT: KVM_EXIT_HLT as VMX/SVM, KVM_EXIT_DEBUG from kvm_pvm's emulator"
     return None
 
 

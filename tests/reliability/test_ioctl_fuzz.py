@@ -28,3 +28,16 @@ def test_each_defect_kind_is_reported():
     assert [d["kind"] for d in defects] == ["crash", "errno", "escape"]
     assert defects[0]["op_index"] == 4 and defects[1]["op_index"] == 1
     assert list(explained.values()) == [1]
+
+
+def test_a_stepped_hlt_is_explained_only_as_such():
+    """kvmpy's KVM_EXIT_HLT against kvm_pvm's KVM_EXIT_DEBUG at the same RIP, after the same
+    steps, is the single-stepped HLT; any other difference in a run is a defect."""
+    run = ["run", [], False]
+    hlt, debug = "ok,io:port0x10,exit5@0x1003", "ok,io:port0x10,exit4@0x1003"
+    ops = [run, run, run]
+    soft = {0: hlt, 1: hlt, 2: "ok,io:port0x10,exit5@0x1003"}
+    host = {0: debug, 1: "ok,io:port0x10,exit4@0x1004", 2: "EINVAL,io:port0x10,exit4@0x1003"}
+    defects, explained = ioctl_fuzz.compare(ops, {"soft": (soft, "", 0), "host": (host, "", 0)})
+    assert [d["op_index"] for d in defects] == [1, 2]
+    assert list(explained.values()) == [1]

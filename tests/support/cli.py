@@ -19,8 +19,39 @@ def run_main(capsys, *argv):
     return status, out, err
 
 
-def kvmpy_run(*argv, timeout=120):
-    """(exit status, stdout, stderr) of ``kvmpy run argv`` in a new process."""
-    proc = subprocess.run([sys.executable, "-m", "kvmpy.vmm.cli", "run", *argv],
-                          capture_output=True, text=True, timeout=timeout)
+def kvmpy_argv(*argv):
+    """The command line of ``kvmpy run argv`` in a new process of this interpreter."""
+    return [sys.executable, "-m", "kvmpy.vmm.cli", "run", *argv]
+
+
+def kvmpy_run(*argv, timeout=120, input=None, env=None):
+    """(exit status, stdout, stderr) of ``kvmpy run argv`` in a new process, ``input`` (str)
+    on its stdin (the guest's COM1 input), else none (/dev/null: never the terminal the
+    tests run from); ``env`` replaces the environment."""
+    proc = subprocess.run(kvmpy_argv(*argv), capture_output=True, text=True, timeout=timeout,
+                          input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                          env=env)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def kvmpy_interact(*argv, wait_for, send, timeout=120):
+    """(exit status, stdout, stderr) of ``kvmpy run argv`` given ``send`` (bytes) on stdin
+    once its stdout has shown ``wait_for`` (bytes): the guest is ready for input.  Stdin
+    then reaches EOF."""
+    proc = subprocess.Popen(kvmpy_argv(*argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        out = b""
+        while wait_for not in out:
+            byte = proc.stdout.read(1)
+            if not byte:
+                break
+            out += byte
+        if wait_for in out:
+            proc.stdin.write(send)
+        rest, err = proc.communicate(timeout=timeout)     # closes stdin: EOF
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, (out + rest).decode(), err.decode()

@@ -77,7 +77,7 @@ def test_help():
                             capture_output=True, text=True, timeout=20)
     assert result.returncode == 0
     for option in ("--accel", "--mmu", "--vendor", "--format", "--trace", "--max-insns",
-                   "--timeout"):
+                   "--timeout", "--stats", "-rtc"):
         assert option in result.stdout
 
 

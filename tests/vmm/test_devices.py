@@ -7,6 +7,7 @@ import pytest
 from kvmpy.vmm.devices import (Cmos, ConstantDevice, DebugExit, I8042, MmioBus, PioBus,
                                Serial)
 from kvmpy.vmm.devices.bus import BusError
+from kvmpy.vmm.devices.cmos import RtcClock, epoch_seconds
 
 # -- buses -------------------------------------------------------------------------
 
@@ -132,6 +133,100 @@ def test_serial_loopback_echoes_and_mirrors_modem_lines():
     assert uart.read(MSR, 1) == 0xB0
 
 
+def test_serial_probe_finds_a_16550a():
+    """The checks of Linux's 8250 autoconfig, in its order: IER keeps four bits, loopback
+    mirrors the modem lines, IIR shows 0xC0 with the FIFOs on, no EFR under LCR 0x80 or
+    0xbf, no 64-byte FIFO bit (a TI16750), no UUE bit in IER (an XScale)."""
+    uart, _, _ = make_uart()
+    uart.write(IER, 1, 0)
+    assert uart.read(IER, 1) & 0x0F == 0
+    uart.write(IER, 1, 0x0F)
+    assert uart.read(IER, 1) & 0x0F == 0x0F
+    uart.write(IER, 1, 0)
+    uart.write(MCR, 1, 0x1A)             # loop | OUT2 | RTS
+    assert uart.read(MSR, 1) & 0xF0 == 0x90
+    uart.write(MCR, 1, 0x03)
+    uart.write(LCR, 1, 0xBF)
+    uart.write(IIR, 1, 0)                # the EFR, on a UART that has one
+    uart.write(LCR, 1, 0)
+    uart.write(IIR, 1, 0x01)             # FCR: FIFOs on
+    assert uart.read(IIR, 1) >> 6 == 3   # a 16550A, so far
+    for lcr in (0x80, 0xBF):
+        uart.write(LCR, 1, lcr)
+        assert uart.read(IIR, 1) != 0    # no EFR
+    uart.write(LCR, 1, 0)
+    uart.write(IIR, 1, 0x21)             # FIFOs and the 16750's 64-byte mode
+    assert uart.read(IIR, 1) >> 5 == 6
+    uart.write(IER, 1, 0x40)             # UUE
+    assert uart.read(IER, 1) & 0x40 == 0
+
+
+def test_serial_thre_reasserted_as_linux_tests_it():
+    """serial8250_do_startup's UART_BUG_THRE test: THRI on, IIR; off and on again, IIR."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x01)
+    uart.write(IER, 1, 0x02)
+    iir1 = uart.read(IIR, 1)
+    uart.write(IER, 1, 0)
+    uart.write(IER, 1, 0x02)
+    iir = uart.read(IIR, 1)
+    assert (iir1, iir) == (0xC2, 0xC2)
+
+
+def test_serial_thr_write_drops_and_raises_the_line():
+    """A THR write while the THR-empty interrupt is pending ends it and the byte's leaving
+    raises it again: a new edge for an edge-triggered PIC input."""
+    uart, _, irqs = make_uart()
+    uart.write(IER, 1, 0x02)
+    uart.write(THR, 1, 0x41)
+    assert irqs == [True, False, True]
+
+
+def test_serial_out2_gates_the_interrupt():
+    uart, _, irqs = make_uart()
+    uart.write(MCR, 1, 0x03)             # OUT2 off
+    uart.write(IER, 1, 0x03)
+    uart.enqueue_input(b"a")
+    assert irqs == [] and uart.read(IIR, 1) == 0x04
+    uart.write(MCR, 1, 0x0B)
+    assert irqs == [True]
+    uart.write(MCR, 1, 0x1B)             # loopback: the line is the UART's own again
+    assert irqs == [True, False]
+
+
+def test_serial_receive_trigger_level_and_timeout():
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x81)             # FIFOs on, trigger level 8
+    uart.write(IER, 1, 0x01)
+    uart.enqueue_input(b"1234567")
+    assert uart.read(IIR, 1) == 0xCC     # fewer than 8: the character timeout
+    uart.enqueue_input(b"8")
+    assert uart.read(IIR, 1) == 0xC4
+
+
+def test_serial_loopback_fills_the_fifo_only():
+    """Linux's size_fifo writes in loopback until the FIFO is full: 16 bytes, then overrun."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x07)
+    uart.write(MCR, 1, 0x10)
+    for i in range(64):
+        uart.write(THR, 1, i)
+    received = []
+    while uart.read(LSR, 1) & 0x01:
+        received.append(uart.read(THR, 1))
+    assert received == list(range(16))
+
+
+def test_serial_fifo_reset_keeps_the_backlog():
+    """FCR's receive reset empties the 16-byte FIFO, not what waits behind it."""
+    uart, _, _ = make_uart()
+    uart.write(IIR, 1, 0x01)
+    uart.enqueue_input(bytes(range(20)))
+    uart.write(IIR, 1, 0x03)
+    assert [uart.read(THR, 1) for _ in range(4)] == [16, 17, 18, 19]
+    assert not uart.read(LSR, 1) & 0x01
+
+
 # -- isa-debug-exit ---------------------------------------------------------------
 
 
@@ -184,13 +279,44 @@ def test_i8042_command_byte_and_self_test():
 FIXED = datetime.datetime(2024, 2, 29, 13, 5, 9)  # a Thursday
 
 
+class FakeNs:
+    """A clock the test moves: nanoseconds in ``now``."""
+
+    def __init__(self):
+        self.now = 0
+
+    def __call__(self):
+        return self.now
+
+
+class FakeTimer:
+    def __init__(self):
+        self.due = None
+
+    def arm(self, delay):
+        self.due = delay
+
+    def disarm(self):
+        self.due = None
+
+
+def make_cmos(date=FIXED, **kw):
+    ns = FakeNs()
+    return Cmos(RtcClock(ns, epoch_seconds(date)), **kw), ns
+
+
 def cmos_reg(cmos, index):
     cmos.write(0, 1, index)
     return cmos.read(1, 1)
 
 
+def cmos_set(cmos, index, value):
+    cmos.write(0, 1, index)
+    cmos.write(1, 1, value)
+
+
 def test_cmos_time_in_bcd():
-    cmos = Cmos(clock=lambda: FIXED)
+    cmos, _ = make_cmos()
     assert [cmos_reg(cmos, i) for i in (0, 2, 4, 6, 7, 8, 9, 0x32)] == [
         0x09, 0x05, 0x13, 0x05, 0x29, 0x02, 0x24, 0x20]
     assert cmos_reg(cmos, 0x0D) & 0x80  # valid RAM and time
@@ -198,16 +324,15 @@ def test_cmos_time_in_bcd():
 
 
 def test_cmos_binary_and_12_hour_modes():
-    cmos = Cmos(clock=lambda: FIXED)
-    cmos.write(0, 1, 0x0B)
-    cmos.write(1, 1, 0x04)  # binary, 12-hour
+    cmos, _ = make_cmos()
+    cmos_set(cmos, 0x0B, 0x04)  # binary, 12-hour
     assert cmos_reg(cmos, 0) == 9
     assert cmos_reg(cmos, 4) == 0x80 | 1  # 1 pm
     assert cmos_reg(cmos, 9) == 24
 
 
 def test_cmos_nvram_and_nmi_bit():
-    cmos = Cmos(clock=lambda: FIXED)
+    cmos, _ = make_cmos()
     cmos.write(0, 1, 0x80 | 0x40)  # NMI off, index 0x40
     cmos.write(1, 1, 0xA5)
     assert cmos.nmi_disabled
@@ -215,11 +340,88 @@ def test_cmos_nvram_and_nmi_bit():
     assert cmos.read(0, 1) == 0xFF  # index port is write-only
 
 
-def test_cmos_live_clock_by_default():
+def test_cmos_host_clock_by_default():
     now = datetime.datetime.now(datetime.timezone.utc)
     year = cmos_reg(Cmos(), 9)
     assert year in (((now.year % 100) // 10) << 4 | now.year % 10,
                     (((now.year + 1) % 100) // 10) << 4 | (now.year + 1) % 10)
+
+
+def test_cmos_clock_advances_and_uip_precedes_each_update():
+    cmos, ns = make_cmos()
+    ns.now = 999_700_000                  # 300 us before the next second: no update yet
+    assert cmos_reg(cmos, 0x0A) & 0x80 == 0 and cmos_reg(cmos, 0) == 0x09
+    ns.now = 999_800_000                  # 200 us before it: UIP
+    assert cmos_reg(cmos, 0x0A) & 0x80
+    ns.now = 1_000_000_000
+    assert cmos_reg(cmos, 0x0A) & 0x80 == 0 and cmos_reg(cmos, 0) == 0x10
+
+
+def test_cmos_set_freezes_then_the_written_time_runs():
+    cmos, ns = make_cmos()
+    cmos_set(cmos, 0x0B, 0x82)            # SET, 24-hour, BCD
+    cmos_set(cmos, 0x04, 0x23)
+    cmos_set(cmos, 0x02, 0x59)
+    cmos_set(cmos, 0x00, 0x59)
+    ns.now = 5_000_000_000                # frozen while SET
+    assert [cmos_reg(cmos, i) for i in (4, 2, 0)] == [0x23, 0x59, 0x59]
+    cmos_set(cmos, 0x0B, 0x02)
+    ns.now = 6_000_000_000                # one second on: the next day (March 1st, 2024)
+    assert [cmos_reg(cmos, i) for i in (4, 2, 0, 7, 8)] == [0x00, 0x00, 0x00, 0x01, 0x03]
+
+
+def test_cmos_12_hour_write():
+    cmos, _ = make_cmos()
+    cmos_set(cmos, 0x0B, 0x00)            # BCD, 12-hour
+    cmos_set(cmos, 0x04, 0x80 | 0x12)     # 12 PM: noon
+    cmos_set(cmos, 0x0B, 0x02)
+    assert cmos_reg(cmos, 4) == 0x12
+    cmos_set(cmos, 0x0B, 0x00)
+    cmos_set(cmos, 0x04, 0x12)            # 12 AM: midnight
+    cmos_set(cmos, 0x0B, 0x02)
+    assert cmos_reg(cmos, 4) == 0x00
+
+
+def test_cmos_flags_and_irq_8():
+    irqs = []
+    cmos, ns = make_cmos(irq=irqs.append)
+    cmos_set(cmos, 0x0A, 0x2F)            # rate 15: a 500 ms period
+    cmos_reg(cmos, 0x0C)
+    cmos_set(cmos, 0x05, 0x13)            # alarm 13:05:10
+    cmos_set(cmos, 0x03, 0x05)
+    cmos_set(cmos, 0x01, 0x10)
+    ns.now = 400_000_000
+    assert cmos_reg(cmos, 0x0C) == 0      # nothing yet
+    ns.now = 600_000_000                  # a period ended
+    assert cmos_reg(cmos, 0x0C) == 0x40 and irqs == []    # PF, but PIE is off
+    cmos_set(cmos, 0x0B, 0x02 | 0x10)     # UIE
+    ns.now = 1_000_000_000                # 13:05:10: update, alarm, period
+    cmos.tick()
+    assert irqs == [True]
+    assert cmos_reg(cmos, 0x0C) == 0x80 | 0x40 | 0x20 | 0x10
+    assert irqs == [True, False]          # reading C ends the interrupt
+    cmos_set(cmos, 0x01, 0xC0)            # any second: the alarm each second
+    cmos_set(cmos, 0x0B, 0x02 | 0x20)     # AIE alone
+    ns.now = 1_200_000_000
+    cmos.tick()
+    assert irqs == [True, False]
+    ns.now = 2_000_000_000
+    cmos.tick()
+    assert irqs == [True, False, True] and cmos_reg(cmos, 0x0C) == 0x80 | 0x70
+
+
+def test_cmos_timer_armed_for_the_next_event():
+    timer = FakeTimer()
+    cmos, ns = make_cmos(irq=lambda level: None, timer=timer)
+    ns.now = 250_000_000
+    cmos_set(cmos, 0x0B, 0x12)            # UIE: the next update is 750 ms away
+    assert timer.due == pytest.approx(0.75)
+    cmos_set(cmos, 0x0B, 0x52)            # and PIE at 1024 Hz (rate 6): periods have passed
+    assert timer.due is None              # IRQ 8 is up: nothing to wait for until C is read
+    assert cmos_reg(cmos, 0x0C) == 0xC0
+    assert timer.due == pytest.approx(1 / 1024)     # 250 ms is a whole number of periods
+    cmos_set(cmos, 0x0B, 0x02)
+    assert timer.due is None
 
 
 # -- kvmpy test device ------------------------------------------------------------

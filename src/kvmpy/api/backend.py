@@ -8,6 +8,10 @@ The API is the same for both; only these four functions differ:
 
 The soft kernel also takes module parameters (``ept``, ``vendor``...) the way
 ``modprobe kvm_intel ept=0`` does; they are applied when the device is first opened.
+
+``guest_instructions(vcpu_fd)`` stands for the host's ``perf stat -e instructions:G``: the
+instructions a vCPU has retired in guest mode.  kvmpy's processor counts them itself; the
+host's KVM has no such count (perf needs a PMU), so there it answers None.
 """
 
 import ctypes
@@ -17,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvmpy import compat, syscalls
+from kvmpy.kernel import fs as kernel_fs
 from kvmpy.kernel.x86 import params as kernel_params
 
 KVM_DEVICE = "/dev/kvm"
@@ -32,6 +37,7 @@ class Backend:
     mmap: Callable[[int, int], object]
     close: Callable[[int], None]
     params: dict = field(default_factory=dict)
+    guest_instructions: Callable[[int], object] = lambda vcpu_fd: None
 
     def open_device(self):
         """Open /dev/kvm (applying module parameters first, for the soft kernel)."""
@@ -76,7 +82,13 @@ def soft_backend(params=None):
         return syscalls.ioctl(fd, request, arg)
 
     return Backend("soft", syscalls.open, soft_ioctl, soft_mmap, syscalls.close,
-                   dict(params or {}))
+                   dict(params or {}), _soft_guest_instructions)
+
+
+def _soft_guest_instructions(vcpu_fd):
+    """The retired-instruction count of the soft processor behind vCPU file ``vcpu_fd``
+    (the file's private data is the ``kvm_vcpu``)."""
+    return kernel_fs.lookup_file(vcpu_fd).private_data.arch.cpu.icount
 
 
 def apply_soft_params(params):

@@ -199,6 +199,16 @@ class Vcpu(_Fd):
     def get_fpu(self):
         return self._get(uapi.KVM_GET_FPU, uapi.kvm_fpu)
 
+    def guest_instructions(self):
+        """Instructions retired in guest mode so far, or None where the backend cannot count
+        them (the host's KVM)."""
+        return self.backend.guest_instructions(self.fd)
+
+    def get_mp_state(self):
+        """KVM_GET_MP_STATE: KVM_MP_STATE_RUNNABLE, _HALTED, _UNINITIALIZED (an AP before
+        INIT and SIPI)..."""
+        return self._get(uapi.KVM_GET_MP_STATE, uapi.kvm_mp_state).mp_state
+
     def set_fpu(self, fpu):
         self._ioctl(uapi.KVM_SET_FPU, fpu)
 

@@ -590,6 +590,9 @@ class Processor(CPUState, SegmentUnit):
             try:
                 if self.flags & (TF | RF) or self.step_next:
                     self._step()
+                elif self.interrupt_shadow and self.intr_window_exiting:
+                    self._step()                # the shadowed instruction, then the window
+                    self._window_check()
                 else:
                     b = self.lookup_block()
                     if self.code_bps and self._breakpoint_in(b):
@@ -634,11 +637,11 @@ class Processor(CPUState, SegmentUnit):
                     ns["_loop_limit"] = end - ic
                 self.icount = ic        # current for what a block asks (RDTSC reads the clock)
                 ic += b.fn()
+                if self.interrupt_shadow and not b.sets_shadow:
+                    self.interrupt_shadow = 0   # it covered the block's first instruction
                 if window:
                     self.icount = ic
                     self._window_check()
-                if self.interrupt_shadow:
-                    self.interrupt_shadow = 0
                 if ic >= limit:
                     return
                 if b.link_gen == self.chain_gen:
@@ -664,10 +667,20 @@ class Processor(CPUState, SegmentUnit):
         instruction runs (translated on its own) before the window can open.
         """
         if self.interrupt_shadow and self.flags & IF:
-            self._run_one()
-            self.interrupt_shadow = 0
+            self._run_shadowed()
         if self.flags & IF and not self.interrupt_shadow:
             raise Intercept("interrupt_window")
+
+    def _run_shadowed(self):
+        """Run the instruction the STI/MOV SS shadow covers: the shadow ends with it, unless
+        it sets one of its own.  If it does not complete (a fault, an exit that runs it
+        again) the shadow is still in force for it."""
+        shadow, self.interrupt_shadow = self.interrupt_shadow, 0
+        try:
+            self._run_one()
+        except BaseException:
+            self.interrupt_shadow = shadow
+            raise
 
     def _run_one(self):
         """Translate and run the instruction at RIP on its own.  The translation is kept,
@@ -712,11 +725,9 @@ class Processor(CPUState, SegmentUnit):
         self.step_next = False
         self.stepping = True
         try:
-            self._run_one()
+            self._run_shadowed()
         finally:
             self.stepping = False
-        if self.interrupt_shadow:
-            self.interrupt_shadow = 0
         if self.events_delivered == events:
             self.flags &= ~RF
             dr6 = self.data_hits | (DR6_BS if flags & TF else 0)

@@ -2,9 +2,9 @@
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
               [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
-              [--timeout S]
+              [--timeout S] [--stats]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
-              -global -serial -display -nodefaults --no-reboot -enable-kvm]
+              -global -serial -rtc -display -nodefaults --no-reboot -enable-kvm]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
     kvmpy version
 
@@ -17,7 +17,9 @@ Exit status of ``kvmpy run``:
 * the isa-debug-exit status ``(v << 1) | 1`` when the guest wrote ``v`` to port 0xf4,
   as QEMU reports it — except for the built-in demo guest (no IMAGE), whose convention
   (``src/kvmpy/guests/demo.S``) is "value 0 means success": its status 1 maps to 0;
-* 0 when the guest halts with interrupts disabled, or resets the machine (i8042);
+* 0 when the guest halts with interrupts disabled, or resets the machine (i8042), or the
+  user ends the run (C-a x, the monitor's quit, SIGTERM or SIGHUP while the terminal is raw:
+  QEMU exits 0 for them too);
 * 1 with a message on stderr when the run fails: triple fault, internal error, failed
   entry, HLT with interrupts enabled (nothing could wake it), a backend error;
 * 2 with a message on stderr for bad options and unusable image files;
@@ -59,7 +61,8 @@ BOUND_STATUS = {"insn-limit": 4, "timeout": 124}
 
 RUN_EPILOG = f"""exit status:
   (v << 1) | 1  the guest wrote v to isa-debug-exit (port 0xf4)
-  0             the guest halted with interrupts off, or reset the machine
+  0             the guest halted with interrupts off, or reset the machine; or
+                the user quit (C-a x, the monitor's quit, SIGTERM/SIGHUP on a terminal)
   1             the run failed (triple fault, internal error, failed entry...)
   2             bad options or image file
   {BOUND_STATUS['insn-limit']:<13} --max-insns ended the run
@@ -171,6 +174,11 @@ def _add_qemu_options(run):
                       help="kvm-pit.lost_tick_policy=discard|delay")
     qemu.add_argument("--serial", "-serial", choices=SERIAL_BACKENDS,
                       help="COM1 to stdout (stdio, the default) or nowhere (none, null)")
+    qemu.add_argument("--rtc", "-rtc", type=_qemu_type(qemu_options.rtc),
+                      metavar="[base=utc|localtime|DATE][,clock=host|rt|vm]",
+                      help="the CMOS clock's start (default: the host's UTC date; DATE as "
+                           "2006-06-17T16:01:21) and what advances it (host: the host's "
+                           "wall clock, the default; vm: the VM's clock)")
     qemu.add_argument("--display", "-display", choices=("none",),
                       help="kvmpy has no display")
     qemu.add_argument("--nodefaults", "-nodefaults", action="store_true",
@@ -217,6 +225,9 @@ def build_parser():
     run.add_argument("--max-insns", type=positive_int, metavar="N",
                      help="stop the soft processor after N guest instructions, counted "
                           "over the whole run (exit status %d)" % BOUND_STATUS["insn-limit"])
+    run.add_argument("--stats", action="store_true",
+                     help="print the boot's milestones and timing and the guest's "
+                          "instruction rate (soft KVM) to stderr at the end")
     run.add_argument("--timeout", type=positive_seconds, metavar="S",
                      help="stop the guest after S seconds of wall time (exit status %d)"
                           % BOUND_STATUS["timeout"])
@@ -335,7 +346,8 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
-                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args))
+                pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args),
+                rtc=args.rtc)
 
 
 def _qemu_value_or_usage(parse, text, what):
@@ -350,6 +362,41 @@ def _serial_sink(args):
     from kvmpy.vmm.devices.serial import stdout_sink
     backend = args.serial or ("none" if args.nodefaults else "stdio")
     return stdout_sink if backend == "stdio" else _discard
+
+
+def _console(args, machine):
+    """COM1's input from stdin while the guest runs, when COM1 is on stdio: a terminal in
+    raw mode, with the C-a keys and the monitor; anything else (a pipe, a file) unchanged."""
+    if (args.serial or ("none" if args.nodefaults else "stdio")) != "stdio":
+        return contextlib.nullcontext()
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):     # no stdin, or one with no descriptor
+        return contextlib.nullcontext()
+    from kvmpy.vmm.console import Console
+    if not os.isatty(fd):
+        return Console(fd, machine.serial_input)
+    return _terminal_console(fd, machine)
+
+
+@contextlib.contextmanager
+def _terminal_console(fd, machine):
+    from kvmpy.vmm.console import Console, Escapes
+    from kvmpy.vmm.devices.serial import stdout_sink
+    from kvmpy.vmm.machine import RunResult
+    from kvmpy.vmm.monitor import Monitor
+    from kvmpy.vmm.terminal import raw_mode, stop_on_signals
+
+    def quit_():
+        machine.request_stop(RunResult("quit", "terminated (C-a x or the monitor's quit)"))
+
+    def on_signal(signum):
+        machine.request_stop(RunResult("signal", f"terminating on signal {signum}"))
+
+    monitor = Monitor(machine, stdout_sink, quit_)
+    escapes = Escapes(machine.serial_input, monitor, quit_, stdout_sink)
+    with stop_on_signals(on_signal), raw_mode(fd), Console(fd, escapes.feed):
+        yield
 
 
 def _discard(data):
@@ -379,7 +426,7 @@ def _exit_status(result, demo):
         return result.status
     if result.reason == "hlt":
         return 0
-    if result.reason in ("reset", "poweroff"):
+    if result.reason in ("reset", "poweroff", "quit", "signal"):
         print(f"kvmpy: {result.message}", file=sys.stderr)
         return 0
     if result.reason in BOUND_STATUS:
@@ -404,6 +451,11 @@ def cmd_run(args):
         raise UsageError(f"both IMAGE ({args.image}) and -kernel ({args.kernel}) given")
     demo = args.image is None and args.kernel is None
     options = _machine_options(args)
+    stats = None
+    if args.stats:
+        from kvmpy.vmm.run_stats import RunStats
+        stats = RunStats()
+        options["serial_sink"] = stats.wrap_sink(options["serial_sink"])
     if demo:
         from kvmpy import guests     # local: the demo's image is read only when it runs
         try:
@@ -435,7 +487,14 @@ def cmd_run(args):
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1
         with machine:
-            result = machine.run(timeout=args.timeout)
+            if stats:
+                stats.attach(machine)
+            with _console(args, machine):
+                if stats:
+                    stats.began()
+                result = machine.run(timeout=args.timeout)
+            if stats:
+                print(stats.report(result), file=sys.stderr)
     return _exit_status(result, demo)
 
 

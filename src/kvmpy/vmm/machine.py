@@ -11,9 +11,10 @@ The layout:
 
 =====================  ============================================================
 RAM                    guest-physical 0 .. -m MiB (at most up to the MMIO hole)
-COM1 (8250 UART)       ports 0x3f8-0x3ff; output to the ``serial_sink`` (stdout)
+COM1 (8250 UART)       ports 0x3f8-0x3ff, IRQ 4; output to the ``serial_sink`` (stdout),
+                       input through :meth:`Machine.serial_input` (the console)
 i8042                  ports 0x60, 0x64; command 0xfe resets the machine (ends the run)
-CMOS/RTC               ports 0x70-0x71
+CMOS/RTC               ports 0x70-0x71, IRQ 8 (:mod:`kvmpy.vmm.devices.cmos`; ``-rtc``)
 fw_cfg                 ports 0x510 (selector), 0x511 (data): QEMU's firmware configuration
                        (signature, RAM size, CPUs, the file directory with etc/e820)
 isa-debug-exit         port 0xf4 (or where ``-device isa-debug-exit,iobase=,iosize=`` puts
@@ -61,10 +62,11 @@ from kvmpy.vmm.devices import pc_testdev, pci, pm1
 from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
+from kvmpy.vmm.device_timer import DeviceTimer
 from kvmpy.vmm.ioeventfds import Ioeventfds
-from kvmpy.vmm.qemu_options import port_number
+from kvmpy.vmm.qemu_options import RtcOption, port_number
 from kvmpy.vmm import vcpu as vcpu_mod
-from kvmpy.vmm.vcpu import VcpuThread, install_kick_handler
+from kvmpy.vmm.vcpu import PauseGate, VcpuThread, install_kick_handler
 
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
@@ -93,7 +95,8 @@ class RunResult:
 
     ``reason`` is one of "hlt", "hlt-interrupts-on", "debug-exit", "reset", "poweroff",
     "shutdown", "internal-error", "fail-entry", "system-event", "timeout", "insn-limit",
-    "unhandled-exit", "stopped" (the run was left by an exception).
+    "unhandled-exit", "stopped" (the run was left by an exception), "quit" (the console's
+    C-a x, the monitor's quit), "signal" (SIGTERM or SIGHUP while the terminal was raw).
     ``status`` is the isa-debug-exit status for "debug-exit", else None.
     """
 
@@ -112,7 +115,7 @@ class Machine:
     """
 
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
-                 serial_sink=stdout_sink, clock=None, max_insns=None, smp=1, initrd=None,
+                 serial_sink=stdout_sink, rtc=None, max_insns=None, smp=1, initrd=None,
                  cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
                  irqchip=None):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
@@ -123,6 +126,8 @@ class Machine:
         None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
         multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
         whose HLT with interrupts off then ends the run instead of waiting for ever.
+        ``rtc`` (:class:`~kvmpy.vmm.qemu_options.RtcOption`, QEMU's ``-rtc``): where the
+        CMOS clock starts and what advances it; None: the host's UTC date and wall clock.
         ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
@@ -143,6 +148,8 @@ class Machine:
         self._aps = []
         self._run_thread = None
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
+        self.pause_gate = PauseGate()
+        self.rtc_timer = None
         try:
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
@@ -162,7 +169,7 @@ class Machine:
                 self.vcpus[-1].set_cpuid2(cpuid)
             self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
-            self._create_devices(serial_sink, clock)
+            self._create_devices(serial_sink, rtc or RtcOption())
         except BaseException:
             self.close()
             raise
@@ -232,10 +239,12 @@ class Machine:
                                   f"iosize must be 1, 2 or 4 ports within 0..0xffff")
         return port, size
 
-    def _create_devices(self, serial_sink, clock):
+    def _create_devices(self, serial_sink, rtc):
         self.pio = PioBus()
         self.mmio = MmioBus()
-        self.serial = Serial(sink=serial_sink)
+        # COM1's interrupt goes to ISA IRQ 4 of the in-kernel irqchip (PIC and IOAPIC pin 4,
+        # KVM's default routing); with none, the UART is polled, as on a board without a PIC
+        self.serial = Serial(sink=serial_sink, irq=self._isa_irq(serial.COM1_IRQ))
         self.pio.register(serial.COM1_PORT, 8, self.serial)
         self.debug_exit = DebugExit(on_exit=lambda status: self._end(
             RunResult("debug-exit", f"guest wrote to isa-debug-exit: status {status}",
@@ -245,13 +254,27 @@ class Machine:
             RunResult("reset", "guest asked the i8042 to reset the machine")))
         self.pio.register(i8042.DATA_PORT, 1, self.i8042, offset=i8042.DATA)
         self.pio.register(i8042.COMMAND_PORT, 1, self.i8042, offset=i8042.COMMAND)
-        self.cmos = Cmos(clock) if clock else Cmos()
-        self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
+        self._create_rtc(rtc)
         self.fw_cfg = FwCfg(self.memory.size, self.smp)
         self.pio.register(fw_cfg.FW_CFG_PORT, fw_cfg.FW_CFG_PORTS, self.fw_cfg)
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
         self._create_pc_platform()
+
+    def _create_rtc(self, rtc):
+        """The CMOS RTC, its time as ``-rtc`` says, its IRQ 8 (and the timer that raises it)
+        with the in-kernel irqchip."""
+        if rtc.base in ("utc", "localtime"):
+            base = cmos.host_base(localtime=rtc.base == "localtime")
+        else:
+            base = cmos.epoch_seconds(rtc.base)
+        clock_ns = {"host": time.time_ns, "rt": time.monotonic_ns, "vm": self._clock_ns()}
+        clock = cmos.RtcClock(clock_ns[rtc.clock], base)
+        irq = self._isa_irq(cmos.RTC_IRQ)
+        if irq is not None:
+            self.rtc_timer = DeviceTimer(lambda: self.cmos.tick(), self._device_lock, "rtc")
+        self.cmos = Cmos(clock, irq=irq, timer=self.rtc_timer)
+        self.pio.register(cmos.CMOS_PORT, 2, self.cmos)
 
     def _create_pc_platform(self):
         """What the ACPI tables describe (the PM timer, the reset register) and PCI."""
@@ -288,6 +311,19 @@ class Machine:
             return self.vm.get_clock
         return time.monotonic_ns
 
+    def _isa_irq(self, line):
+        """A device's ``irq(level)`` callable for ISA line ``line``, or None without an
+        in-kernel irqchip."""
+        if not self.irqchip:
+            return None
+        return lambda level: self._set_isa_irq(line, level)
+
+    def serial_input(self, data):
+        """Bytes from the console for COM1, as if they had arrived on its line (from any
+        thread: the device lock keeps them apart from the vCPUs' accesses)."""
+        with self._device_lock:
+            self.serial.enqueue_input(data)
+
     def _set_isa_irq(self, line, level):
         """An ISA interrupt line to the in-kernel irqchip. KVM answers ENXIO while the VM
         has none: the line then goes nowhere, as on a board with no PIC wired."""
@@ -302,6 +338,8 @@ class Machine:
             self.memory.invalidate(gpa, 1)
 
     def close(self):
+        if self.rtc_timer is not None:
+            self.rtc_timer.close()
         if getattr(self, "ioeventfds", None) is not None:
             self.ioeventfds.close()
         for obj in (*self.vcpus, self.vm, self.kvm):
@@ -322,12 +360,35 @@ class Machine:
         of KVM_RUN."""
         if self._stop is None:
             self._stop = result
+        self._kick_all()
+
+    def _kick_all(self):
+        """Every vCPU out of KVM_RUN: the APs' threads, and the BSP's when this is not its
+        thread (on its own thread the BSP is not in KVM_RUN)."""
         for ap in self._aps:
             ap.kick(self._kick_signals)
-        if self._aps and threading.current_thread() is not self._run_thread:
+        if self._run_thread is not None and threading.current_thread() is not self._run_thread:
             self.vcpu.immediate_exit = True             # the BSP, on the thread of run()
             if self._kick_signals:
                 signal.pthread_kill(self._run_thread.ident, vcpu_mod.KICK_SIGNAL)
+
+    def request_stop(self, result):
+        """End the run with ``result`` from any thread or a signal handler (the console's
+        C-a x, the monitor's quit, SIGTERM)."""
+        self._end(result)
+        self.vcpu.immediate_exit = True
+
+    def paused(self):
+        """Context manager: every vCPU waits outside KVM_RUN meanwhile, so its registers can
+        be read (from another thread than the vCPUs')."""
+        return self.pause_gate.paused(self._kick_all)
+
+    def pause(self):
+        """The monitor's ``stop``: the vCPUs wait outside KVM_RUN until :meth:`resume`."""
+        self.pause_gate.pause(self._kick_all)
+
+    def resume(self):
+        self.pause_gate.resume()
 
     def run(self, timeout=None):
         """Run until the guest ends, ``timeout`` seconds pass, or the vCPU has retired the
@@ -342,10 +403,12 @@ class Machine:
         self._stop = None
         self._run_thread = threading.current_thread()
         exits = 0
-        with _RunBounds(self, timeout):
+        with _RunBounds(self, timeout), self.pause_gate.running():
             self._start_aps()
             try:
                 while self._stop is None:
+                    if self.pause_gate.park(self.vcpu, lambda: self._stop is not None):
+                        continue
                     try:
                         exit_ = self.vcpu.run()
                     except InterruptedError:
@@ -361,7 +424,7 @@ class Machine:
         for vcpu in self.vcpus[1:]:
             vcpu.immediate_exit = False
             self._aps.append(VcpuThread(vcpu, self._locked_dispatch, lambda: self._stop is not None,
-                                        self._ap_failed))
+                                        self._ap_failed, self.pause_gate))
         for ap in self._aps:
             ap.start()
 
@@ -447,7 +510,9 @@ class _RunBounds:
         self.machine.vcpu.immediate_exit = True
 
     def __enter__(self):
-        if len(self.machine.vcpus) > 1 and threading.current_thread() is threading.main_thread():
+        # the kick gets a vCPU out of a KVM_RUN blocked in the kernel (an AP's, or the
+        # BSP's when the console, the monitor or another vCPU ends or pauses the run)
+        if threading.current_thread() is threading.main_thread():
             self.previous[vcpu_mod.KICK_SIGNAL] = install_kick_handler()
             self.machine._kick_signals = True
         if not self.handlers:

@@ -11,6 +11,7 @@ without touching the parsing.
 
 from __future__ import annotations
 
+import datetime
 import re
 from dataclasses import dataclass, field
 
@@ -170,6 +171,51 @@ def machine(text):
             name = "type"
         values[name] = value
     return values
+
+
+#: -rtc clock= values: what advances the RTC (QEMU's host, rt, vm)
+RTC_CLOCKS = ("host", "rt", "vm")
+
+
+@dataclass
+class RtcOption:
+    """``-rtc``: the RTC's start (``base``: "utc", "localtime" or a naive datetime) and the
+    clock that advances it (host: the host's wall clock; rt: its monotonic clock; vm: the
+    VM's own, KVM_GET_CLOCK)."""
+
+    base: object = "utc"
+    clock: str = "host"
+
+
+def rtc(text):
+    """``-rtc [base=utc|localtime|DATE][,clock=host|rt|vm][,driftfix=none]``, DATE as
+    QEMU takes it: ``2006-06-17T16:01:21`` or ``2006-06-17``."""
+    option = RtcOption()
+    for name, value in split_props(text):
+        if name == "base":
+            option.base = value if value in ("utc", "localtime") else _rtc_date(value)
+        elif name == "clock":
+            if value not in RTC_CLOCKS:
+                raise OptionError(f"-rtc clock={value}: expected one of {', '.join(RTC_CLOCKS)}")
+            option.clock = value
+        elif name == "driftfix":
+            if value != "none":
+                raise OptionError(f"-rtc driftfix={value}: only none (kvmpy's RTC does not "
+                                  f"re-inject lost interrupts)")
+        else:
+            raise OptionError(f"-rtc {text}: {name or value!r}: expected base=, clock= or "
+                              f"driftfix=")
+    return option
+
+
+def _rtc_date(text):
+    for layout in ("%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.datetime.strptime(text, layout)
+        except ValueError:
+            continue
+    raise OptionError(f"-rtc base={text}: expected utc, localtime, YYYY-MM-DDTHH:MM:SS or "
+                      f"YYYY-MM-DD")
 
 
 def global_property(text):

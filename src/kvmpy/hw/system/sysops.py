@@ -47,8 +47,9 @@ def cli_sti(cpu, sti):
     if cpu.cr0 & CR0_PE and cpu.mode.cpl > (cpu.flags >> 12) & 3:
         raise Fault(13, 0)
     if sti:
-        if not cpu.flags & IF:
-            cpu.interrupt_shadow = 1
+        # the shadow covers the next instruction only when STI sets IF (an STI with IF=1
+        # in the shadow of another leaves none)
+        cpu.interrupt_shadow = 0 if cpu.flags & IF else 1
         cpu.flags |= IF
     else:
         cpu.flags &= ~IF

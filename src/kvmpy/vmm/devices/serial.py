@@ -1,10 +1,30 @@
-"""8250/16550 UART, the PC's COM ports (COM1 at 0x3f8, IRQ 4).
+"""8250/16550A UART, the PC's COM ports (COM1 at 0x3f8, ISA IRQ 4).
 
-Transmission is instantaneous: a byte written to THR goes straight to the ``sink``
-callable, so the line status always shows THRE|TEMT and guests that poll LSR before each
-byte never wait. Received bytes come from :meth:`Serial.enqueue_input`. The interrupt line
-is a callable ``irq(level: bool)`` called whenever the UART's interrupt output changes,
-to be wired to a PIC/IOAPIC input when the VMM has one.
+What Linux's 8250 driver needs of it, and so what it models:
+
+* the probe (``autoconfig``) must find a 16550A: IER keeps only its low four bits, MCR's
+  loopback wires DTR/RTS/OUT1/OUT2 to DSR/CTS/RI/DCD, and with the FIFOs enabled (FCR bit
+  0) IIR's top bits read 0xC0 (and bit 5, the 16750's 64-byte FIFO, never);
+* transmission is instantaneous: a byte written to THR goes straight to the ``sink``
+  callable, so LSR always shows THRE|TEMT and guests that poll it never wait;
+* the THR-empty interrupt behaves as the datasheet says, which the driver's start-up test
+  (UART_BUG_THRE) checks: setting IER.THRI while THR is empty raises it, and so does it
+  again after IER was cleared and set once more; reading IIR while it is the source, or
+  writing THR, clears it; the byte leaving at once raises it again, as a real UART does
+  one character time later -- the line drops and rises, so an edge-triggered PIC input
+  sees each one;
+* received bytes (:meth:`Serial.enqueue_input`) raise the data interrupt while any are
+  waiting: IIR 0x04 once the FCR trigger level is reached, else 0x0C (the character
+  timeout, which on a real UART follows four character times of silence);
+* the interrupt output reaches the board only while MCR.OUT2 is set and loopback is off,
+  as on a PC, where OUT2 enables the IRQ driver (Linux sets OUT2 when the port has an
+  IRQ; the reset value here is OUT2, as firmware and QEMU leave it).
+
+The interrupt line is a callable ``irq(level: bool)`` called whenever the output changes,
+which the machine wires to ISA IRQ 4 of the in-kernel irqchip.  ``on_input_enabled()`` is
+called when the guest first enables the receive interrupt: for Linux, the moment user space
+opens the console (``kvmpy run --stats`` reports it as a boot milestone).  The device takes no lock:
+the machine calls it under its device lock, from a vCPU thread or the console's reader.
 """
 
 import collections
@@ -24,9 +44,18 @@ IER_MASK = 0x0F
 IIR_NO_INT = 0x01
 IIR_THRI = 0x02
 IIR_RDI = 0x04
+IIR_RX_TIMEOUT = 0x0C
 IIR_FIFO_ENABLED = 0xC0
 
+FCR_ENABLE_FIFO = 0x01
+FCR_CLEAR_RCVR = 0x02
+FCR_TRIGGER_SHIFT = 6
+#: receive FIFO trigger levels, by FCR bits 7:6
+RX_TRIGGER = (1, 4, 8, 14)
+FIFO_SIZE = 16
+
 LCR_DLAB = 0x80
+MCR_OUT2 = 0x08
 MCR_LOOP = 0x10
 MCR_MASK = 0x1F
 
@@ -44,15 +73,18 @@ def stdout_sink(data):
 
 
 class Serial:
-    """One 16550 UART occupying 8 ports."""
+    """One 16550A UART occupying 8 ports."""
 
-    def __init__(self, sink=stdout_sink, irq=None):
+    def __init__(self, sink=stdout_sink, irq=None, on_input_enabled=None):
         self.sink = sink
         self.irq = irq
+        self.on_input_enabled = on_input_enabled
+        #: bytes received and not yet read; the first FIFO_SIZE are the receive FIFO, the
+        #: rest the host side's backlog (a terminal paste), which a FIFO reset keeps
         self.input = collections.deque()
         self.ier = 0
         self.lcr = 0x03  # 8N1, as firmware leaves it
-        self.mcr = 0x08  # OUT2, so the IRQ is routed
+        self.mcr = MCR_OUT2
         self.scr = 0
         self.fcr = 0
         self.divisor = 12  # 9600 baud
@@ -62,9 +94,11 @@ class Serial:
     # -- input -------------------------------------------------------------
 
     def enqueue_input(self, data):
-        """Queue bytes as if they had arrived on the line."""
-        self.input.extend(data)
-        self._update_irq()
+        """Queue bytes as if they had arrived on the line (ignored in loopback mode, where
+        the receiver hears only the transmitter)."""
+        if not self.mcr & MCR_LOOP:
+            self.input.extend(data)
+            self._update_irq()
 
     # -- registers ---------------------------------------------------------
 
@@ -84,7 +118,7 @@ class Serial:
                 # Reading IIR acknowledges the THR-empty interrupt.
                 self.thre_pending = False
                 self._update_irq()
-            return iir | (IIR_FIFO_ENABLED if self.fcr & 1 else 0)
+            return iir | (IIR_FIFO_ENABLED if self.fcr & FCR_ENABLE_FIFO else 0)
         if offset == LCR:
             return self.lcr
         if offset == MCR:
@@ -104,18 +138,23 @@ class Serial:
             if dlab:
                 self.divisor = (self.divisor & 0xFF00) | value
                 return
+            self.thre_pending = False       # THR full: its interrupt is over...
+            self._update_irq()
             if self.mcr & MCR_LOOP:
-                self.input.append(value)
+                if len(self.input) < self._fifo_depth():    # a full FIFO overruns
+                    self.input.append(value)
             else:
                 self.sink(bytes([value]))
-            # The byte left at once: THR is empty again.
-            self.thre_pending = True
+            self.thre_pending = True        # ...and the byte left at once: empty again
             self._update_irq()
         elif offset == IER:
             if dlab:
                 self.divisor = (self.divisor & 0xFF) | (value << 8)
                 return
             enabling_thri = value & IER_THRI and not self.ier & IER_THRI
+            if value & IER_RDI and self.on_input_enabled:
+                self.on_input_enabled()
+                self.on_input_enabled = None
             self.ier = value & IER_MASK
             if enabling_thri:
                 # THR is already empty: enabling its interrupt raises it at once.
@@ -123,22 +162,30 @@ class Serial:
             self._update_irq()
         elif offset == FCR:
             self.fcr = value
-            if value & 0x02:
-                self.input.clear()
+            if value & FCR_CLEAR_RCVR:
+                for _ in range(min(len(self.input), self._fifo_depth())):
+                    self.input.popleft()
                 self._update_irq()
         elif offset == LCR:
             self.lcr = value
         elif offset == MCR:
             self.mcr = value & MCR_MASK
+            self._update_irq()
         elif offset == SCR:
             self.scr = value
         # LSR and MSR are read-only.
 
     # -- internals ---------------------------------------------------------
 
+    def _fifo_depth(self):
+        return FIFO_SIZE if self.fcr & FCR_ENABLE_FIFO else 1
+
     def _interrupt_id(self):
         if self.ier & IER_RDI and self.input:
-            return IIR_RDI
+            if not self.fcr & FCR_ENABLE_FIFO:
+                return IIR_RDI
+            trigger = RX_TRIGGER[self.fcr >> FCR_TRIGGER_SHIFT]
+            return IIR_RDI if len(self.input) >= trigger else IIR_RX_TIMEOUT
         if self.ier & IER_THRI and self.thre_pending:
             return IIR_THRI
         return IIR_NO_INT
@@ -152,7 +199,8 @@ class Serial:
         return MSR_DCD | MSR_DSR | MSR_CTS
 
     def _update_irq(self):
-        level = self._interrupt_id() != IIR_NO_INT
+        level = (self._interrupt_id() != IIR_NO_INT
+                 and self.mcr & (MCR_OUT2 | MCR_LOOP) == MCR_OUT2)
         if level != self._irq_level:
             self._irq_level = level
             if self.irq:
