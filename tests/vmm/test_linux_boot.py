@@ -50,7 +50,7 @@ def _check_boot(out):
 def test_qemu_boots_the_images_to_the_shell(initramfs):
     proc = subprocess.run([QEMU, "-accel", "tcg", "-m", "128", "-kernel", str(BZIMAGE),
                            "-initrd", initramfs, "-append", f"console=ttyS0 {COMMAND}",
-                           "-nographic", "-no-reboot"], capture_output=True, timeout=120)
+                           "-nographic", "-no-reboot"], capture_output=True, timeout=600)
     _check_boot(proc.stdout.decode("latin-1"))
 
 
