@@ -189,6 +189,17 @@ def kvm_vcpu_has_events(vcpu) -> bool:
     return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
 
 
+def kvm_vcpus_all_idle(kvm) -> bool:
+    """Is every vCPU halted or waiting for INIT/SIPI?  Only then may the virtual clock jump
+    to the next deadline: while one runs, its instructions make the time, and a jump would
+    fire its timers early (a waiting AP would turn the BSP's PIT into an interrupt storm)."""
+    for v in kvm.vcpus:
+        cpu = getattr(v.arch, "cpu", None)
+        if cpu is not None and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE and not cpu.halted:
+            return False
+    return True
+
+
 def kvm_vcpu_block(vcpu) -> int:
     """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
     lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
@@ -202,7 +213,7 @@ def kvm_vcpu_block(vcpu) -> int:
             return 1
         if kvm_vcpu_exit_request(vcpu):
             return 1
-        if not kvm_clock_idle(vcpu.kvm):
+        if not kvm_vcpus_all_idle(vcpu.kvm) or not kvm_clock_idle(vcpu.kvm):
             wait.wait(KVM_HALT_POLL_S)
             wait.clear()
 
