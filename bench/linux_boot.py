@@ -72,6 +72,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--no-qemu", action="store_true")
     p.add_argument("--no-kvmpy", action="store_true")
+    p.add_argument("--timeout", type=float, default=TIMEOUT, help="wall seconds for kvmpy's boot")
     args = p.parse_args(argv)
     with tempfile.NamedTemporaryFile(suffix=".cpio.gz") as f:
         f.write(build_initramfs())
@@ -81,7 +82,7 @@ def main(argv=None):
 
 def _measure(args, initramfs):
     if not args.no_kvmpy:
-        seen, out = boot_kvmpy(initramfs)
+        seen, out = boot_kvmpy(initramfs, timeout=args.timeout)
         print(f"kvmpy soft ({platform.python_implementation()} {platform.python_version()}):")
         for marker, (seconds, cpu, insns) in seen.items():
             print(f"  {marker!r:44} {seconds:7.1f} s ({cpu:6.1f} s CPU)  {insns / 1e6:7.1f} M insns  "

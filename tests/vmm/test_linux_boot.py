@@ -55,9 +55,33 @@ def test_qemu_boots_the_images_to_the_shell(initramfs):
 
 
 @pytest.mark.slow
-def test_linux_boots_to_the_shell_on_kvmpy(initramfs):
-    status, out, err = kvmpy_run("-kernel", str(BZIMAGE), "-initrd", initramfs,
-                                 "-append", f"console=ttyS0 {COMMAND}", timeout=1200)
+@pytest.mark.parametrize("vendor", ["vmx", "svm"])
+@pytest.mark.parametrize("mmu", ["tdp", "shadow"])
+def test_linux_boots_to_the_shell_on_kvmpy(initramfs, vendor, mmu):
+    status, out, err = kvmpy_run("--vendor", vendor, "--mmu", mmu, "-kernel", str(BZIMAGE),
+                                 "-initrd", initramfs, "-append", f"console=ttyS0 {COMMAND}",
+                                 timeout=2400)
+    _check_boot(out)
+    assert status == 0, err
+
+
+@pytest.mark.slow
+def test_linux_sees_two_cpus_on_kvmpy(initramfs):
+    """-smp 2: the AP is started by INIT/SIPI and /proc/cpuinfo lists both processors."""
+    command = 'kvmpy_cmd="echo cpus=$(grep -c ^processor /proc/cpuinfo); echo kvmpy-$((6*7))"'
+    status, out, err = kvmpy_run("-smp", "2", "-kernel", str(BZIMAGE), "-initrd", initramfs,
+                                 "-append", f"console=ttyS0 {command}", timeout=2400)
+    _check_boot(out)
+    assert "smp: Brought up 1 node, 2 CPUs" in out
+    assert "\ncpus=2\r" in out
+    assert status == 0, err
+
+
+@pytest.mark.slow
+@pytest.mark.host
+def test_linux_boots_to_the_shell_on_the_host(initramfs):
+    status, out, err = kvmpy_run("--accel", "host", "-kernel", str(BZIMAGE), "-initrd", initramfs,
+                                 "-append", f"console=ttyS0 {COMMAND}", timeout=2400)
     _check_boot(out)
     assert status == 0, err
 
