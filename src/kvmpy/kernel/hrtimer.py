@@ -190,12 +190,10 @@ def kvm_clock_run_expired(kvm) -> int:
 
 
 def kvm_clock_idle(kvm) -> bool:
-    """A halted vCPU's wait (kvm_vcpu_block): if no vCPU runs guest code (each is halted,
-    waiting for INIT, or out of KVM_RUN), let time pass to the next deadline and fire what
-    is due.  False when another vCPU runs -- its instructions move virtual time, and
-    skipping ahead would flood it with timer interrupts -- or no timer is armed (only an
-    interrupt from outside, or a signal, can end the halt)."""
-    if any(v.in_vcpu_run for v in kvm.vcpus) or not kvm.clock.idle_advance():
+    """Every vCPU of the VM is halted (kvm_vcpu_block's wait): let time pass to the next
+    deadline and fire what is due.  False when no timer is armed (only an interrupt from
+    outside, or a signal, can end the halt)."""
+    if not kvm.clock.idle_advance():
         return False
     kvm_clock_run_expired(kvm)
     return True

@@ -166,7 +166,6 @@ class KvmVcpu:
         self.guest_entries = 0          # VM entries so far (a kicker waits for the next exit)
         self.requests: set = set()      # KVM_REQ_* pending (set from any thread)
         self.wait = threading.Event()   # a blocked (halted) vCPU waits on it; kvm_vcpu_kick sets it
-        self.in_vcpu_run = False        # in vcpu_run and not blocked: its guest time goes on (hrtimer.py)
         self.srcu_idx = None
         self.srcu_thread = None         # the thread in the vCPU's SRCU read section
 

@@ -183,3 +183,21 @@ def edit_cpu_features(cpuid, edits):
         if not on and entry is not None:
             setattr(entry, reg, value & ~(1 << bit))
     return cpuid
+
+
+#: the CPUID leaves that hold a processor's own APIC ID: (leaf, register, shift)
+APIC_ID_FIELDS = ((0x1, "ebx", 24), (0xB, "edx", 0), (0x1F, "edx", 0))
+
+
+def set_apic_id(cpuid, apic_id):
+    """``cpuid`` with ``apic_id`` as the processor's initial APIC ID (leaf 1 EBX[31:24]) and
+    x2APIC ID (EDX of every subleaf of leaves 0xB and 0x1F), as QEMU fills them per vCPU:
+    KVM_GET_SUPPORTED_CPUID leaves them 0, and Linux checks each CPU's against its LAPIC's
+    ID ("[Firmware Bug]: CPU1: APIC id mismatch")."""
+    for e in cpuid.entries[:cpuid.nent]:
+        for leaf, reg, shift in APIC_ID_FIELDS:
+            if e.function == leaf:
+                width = 8 if shift else 32
+                mask = ((1 << width) - 1) << shift
+                setattr(e, reg, getattr(e, reg) & ~mask | (apic_id << shift) & mask)
+    return cpuid

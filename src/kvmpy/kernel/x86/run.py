@@ -100,14 +100,6 @@ def dm_request_for_irq_injection(vcpu) -> bool:
 def vcpu_run(vcpu) -> int:
     """Enter the guest until an exit needs user space; between two entries, a signal or
     ``immediate_exit`` ends KVM_RUN with -EINTR (xfer_to_guest_mode_handle_work)."""
-    vcpu.in_vcpu_run = True
-    try:
-        return _vcpu_run(vcpu)
-    finally:
-        vcpu.in_vcpu_run = False
-
-
-def _vcpu_run(vcpu) -> int:
     arch = vcpu.arch
     while True:
         kvm_clock_run_expired(vcpu.kvm)
@@ -197,31 +189,34 @@ def kvm_vcpu_has_events(vcpu) -> bool:
     return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
 
 
+def kvm_vcpus_all_idle(kvm) -> bool:
+    """Is every vCPU halted or waiting for INIT/SIPI?  Only then may the virtual clock jump
+    to the next deadline: while one runs, its instructions make the time, and a jump would
+    fire its timers early (a waiting AP would turn the BSP's PIT into an interrupt storm)."""
+    for v in kvm.vcpus:
+        cpu = getattr(v.arch, "cpu", None)
+        if cpu is not None and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE and not cpu.halted:
+            return False
+    return True
+
+
 def kvm_vcpu_block(vcpu) -> int:
     """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
     lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
     or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
     interrupt wakes it through kvm_vcpu_kick."""
     wait = vcpu.wait
-    running, vcpu.in_vcpu_run = vcpu.in_vcpu_run, False
     with kvm_vcpu_srcu_dropped(vcpu):
-        try:
-            return _kvm_vcpu_block(vcpu, wait)
-        finally:
-            vcpu.in_vcpu_run = running
-
-
-def _kvm_vcpu_block(vcpu, wait) -> int:
-    while True:
-        if kvm_vcpu_has_events(vcpu):
-            if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
-                vcpu.arch.cpu.halted = False
-            return 1
-        if kvm_vcpu_exit_request(vcpu):
-            return 1
-        if not kvm_clock_idle(vcpu.kvm):
-            wait.wait(KVM_HALT_POLL_S)
-            wait.clear()
+        while True:
+            if kvm_vcpu_has_events(vcpu):
+                if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+                    vcpu.arch.cpu.halted = False
+                return 1
+            if kvm_vcpu_exit_request(vcpu):
+                return 1
+            if not kvm_vcpus_all_idle(vcpu.kvm) or not kvm_clock_idle(vcpu.kvm):
+                wait.wait(KVM_HALT_POLL_S)
+                wait.clear()
 
 
 def kvm_vcpu_interrupted(vcpu) -> bool:
