@@ -24,7 +24,7 @@ from . import memory as hm
 from kvmpy.hw import features, models, paging
 from kvmpy.hw.system import sysops as system
 from kvmpy.hw.translate.decoder import DecodeError, decode
-from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
+from .events import HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
 from kvmpy.hw.system.segments import SegmentUnit
 from .state import CPUState
 from kvmpy.hw.x86defs import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, DR6_BS, DR7_LEN_SHIFT, DR7_RW_SHIFT, EFER_LMA,
@@ -111,6 +111,12 @@ class Processor(CPUState, SegmentUnit):
         self.pause_exiting = None
         self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
+        # NMI-window exiting (VMX): exit at the first instruction boundary without NMI
+        # blocking (the IRET that ends an NMI handler lifts it) or STI / MOV SS shadow
+        self.nmi_window_exiting = False
+        # a virtual NMI held pending (SVM's vNMI, V_NMI_PENDING): the processor itself delivers
+        # it at that boundary, with no exit
+        self.vnmi_pending = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode
         # the host's interrupt line (external-interrupt exiting): asked every HOST_TICK
@@ -545,8 +551,8 @@ class Processor(CPUState, SegmentUnit):
             if ev is not None:
                 self.deliver(ev[1], ev[0], ev[2], injected=True)
             while True:
-                if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
-                    raise Intercept("interrupt_window")
+                if not self.interrupt_shadow and self.windows():
+                    self._open_windows()
                 if self.icount >= limit or self.host_interrupt():
                     raise Intercept("preemption")
                 self._run_blocks(min(limit, self.icount + HOST_TICK))
@@ -561,6 +567,8 @@ class Processor(CPUState, SegmentUnit):
             try:
                 if self.flags & (TF | RF) or self.step_next:
                     self._step()
+                    if self.windows() and not self.interrupt_shadow:
+                        self._open_windows()
                 else:
                     b = self.lookup_block()
                     if self.code_bps and self._breakpoint_in(b):
@@ -596,7 +604,7 @@ class Processor(CPUState, SegmentUnit):
         checked them.
         """
         ic = self.icount
-        window = self.intr_window_exiting      # a VM-execution control: fixed during the run
+        window = self.windows()                 # VM-execution controls: fixed during the run
         ns, end = self.ns, self.entry_limit
         near = end - codegen.LOOP_LIMIT         # from here on a self-loop must stop at the budget
         try:
@@ -607,7 +615,8 @@ class Processor(CPUState, SegmentUnit):
                 ic += b.fn()
                 if window:
                     self.icount = ic
-                    self._window_check()
+                    if self._window_check():
+                        return                  # an NMI was delivered: look the handler up
                 if self.interrupt_shadow:
                     self.interrupt_shadow = 0
                 if ic >= limit:
@@ -628,17 +637,37 @@ class Processor(CPUState, SegmentUnit):
         finally:
             self.icount = ic
 
-    def _window_check(self):
-        """Interrupt-window exiting: exit once IF=1 and no STI/MOV SS shadow is in force.
+    def windows(self) -> bool:
+        """Is an event window being watched for: interrupt-window or NMI-window exiting, or
+        a virtual NMI pending?"""
+        return self.intr_window_exiting or self.nmi_window_exiting or self.vnmi_pending
+
+    def _window_check(self) -> bool:
+        """After a block, with a window watched: once no STI/MOV SS shadow is in force, an
+        NMI window opens when NMIs are not blocked (an IRET has ended the NMI handler), an
+        interrupt window when IF=1.  True: a virtual NMI was delivered.
 
         A block that ended with STI or MOV SS leaves the shadow set: exactly one more
-        instruction runs (translated on its own) before the window can open.
+        instruction runs (translated on its own) before a window can open.
         """
-        if self.interrupt_shadow and self.flags & IF:
+        if self.interrupt_shadow and (self.flags & IF or not self.nmi_masked):
             self._run_one()
             self.interrupt_shadow = 0
-        if self.flags & IF and not self.interrupt_shadow:
+        return not self.interrupt_shadow and self._open_windows()
+
+    def _open_windows(self) -> bool:
+        """At an instruction boundary without shadow: the NMI window first (an NMI goes
+        before an interrupt), then the interrupt window.  True: a virtual NMI was delivered."""
+        if not self.nmi_masked:
+            if self.nmi_window_exiting:
+                raise Intercept("nmi_window")
+            if self.vnmi_pending:
+                self.vnmi_pending = False       # taken by the delivery (re-injected from the
+                self.deliver(2, NMI)            # exit information if the delivery exits)
+                return True
+        if self.intr_window_exiting and self.flags & IF:
             raise Intercept("interrupt_window")
+        return False
 
     def _run_one(self):
         """Translate and run the instruction at RIP on its own.  The translation is kept,

@@ -499,6 +499,7 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     vcpu.arch.interrupt = None
     vcpu.arch.nmi_queued = vcpu.arch.nmi_pending = 0
     vcpu.arch.nmi_injected = False
+    cpu.vnmi_pending = cpu.nmi_window_exiting = False
     if vcpu.arch.apic is not None:
         vcpu.arch.apic.reset(init_event)
         cpu.cr8 = vcpu.arch.apic.get_cr8()
@@ -1025,8 +1026,16 @@ def process_nmi(vcpu) -> None:
     """
     a = vcpu.arch
     limit = 1 if a.cpu.nmi_masked or _nmi_in_injection(vcpu) else 2
+    if a.cpu.vnmi_pending:
+        limit -= 1                      # already pending in the processor (vNMI)
     a.nmi_pending = min(a.nmi_pending + a.nmi_queued, limit)
     a.nmi_queued = 0
+
+
+def kvm_get_nr_pending_nmis(vcpu) -> int:
+    """NMIs waiting for delivery: KVM's ``nmi_pending`` and the one the processor may hold
+    (SVM's vNMI)."""
+    return vcpu.arch.nmi_pending + (1 if vcpu.arch.cpu.vnmi_pending else 0)
 
 
 def kvm_nmi_allowed(vcpu) -> bool:
@@ -1103,7 +1112,7 @@ def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
     ev.interrupt.shadow = _SHADOW_TO_KVM.get(cpu.interrupt_shadow, 0)
     process_nmi(vcpu)
     ev.nmi.injected = _nmi_in_injection(vcpu)
-    ev.nmi.pending = a.nmi_pending          # a count (at most 2), as the host reports it
+    ev.nmi.pending = kvm_get_nr_pending_nmis(vcpu)     # a count (at most 2), as the host reports it
     ev.nmi.masked = bool(cpu.nmi_masked)
     ev.sipi_vector = 0                      # never valid when reported to user space (KVM)
     ev.flags = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
@@ -1140,6 +1149,7 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     a.nmi_injected = bool(ev.nmi.injected)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_NMI_PENDING:
         a.nmi_pending = 0
+        cpu.vnmi_pending = False            # the count restored is all there is
         a.nmi_queued = ev.nmi.pending
     cpu.nmi_masked = bool(ev.nmi.masked)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and a.apic is not None:
