@@ -17,6 +17,7 @@ from kvmpy.hw.translate import codegen
 from kvmpy.hw.translate import decoder
 from kvmpy.hw.state import CPUState
 from tests.oracle import asm, diff
+from tests.oracle.cases import CPU
 from tests.oracle.diff import Case
 from tests.oracle.flagspec import ARITH, undefined_flags
 from tests.oracle.native import AF, CF, DATA_ADDR, DF, OF, PF, SF, ZF, run_native
@@ -124,6 +125,20 @@ def _bits_cases():
     return cases
 
 
+def _tsc_aux_cases():
+    """RDTSCP and RDPID: what the silicon's answer shares with kvmpy's whatever the TSC and
+    TSC_AUX hold (the host keeps its CPU number there): RDTSCP zero-extends EAX, EDX and ECX
+    (R8-R10 = their upper halves) and leaves the flags; RDPID reads the TSC_AUX RDTSCP read."""
+    ones = (1 << 64) - 1
+    zero = "mov eax, 0; mov edx, 0; mov ecx, 0"
+    cases = [Case("rdtscp; mov r8, rax; shr r8, 32; mov r9, rdx; shr r9, 32; mov r10, rcx; shr r10, 32; "
+                  + zero, {"rax": ones, "rdx": ones, "rcx": ones}, flags) for flags in (0, CF | ZF | SF)]
+    if "rdpid" in CPU:
+        cases.append(Case("rdtscp; mov r11, rcx; rdpid rax; sub rax, r11; mov r11d, 0; mov edx, 0; mov ecx, 0",
+                          {"rax": ones, "r11": ones}))
+    return cases
+
+
 def _atomic_cases():
     cases = []
     noise = 0xFEDC_BA98_7654_3210
@@ -158,7 +173,8 @@ def _ud_cases():
     return cases
 
 
-GROUPS = {"rep": _rep_cases, "shift": _shift_cases, "bits": _bits_cases, "atomic": _atomic_cases}
+GROUPS = {"rep": _rep_cases, "shift": _shift_cases, "bits": _bits_cases, "atomic": _atomic_cases,
+          "tsc-aux": _tsc_aux_cases}
 FAULTING = {"rep-fault": _rep_fault_cases, "ud-gp": _ud_cases}
 
 

@@ -111,6 +111,8 @@ class Processor(CPUState, SegmentUnit):
         self.pause_exiting = None
         self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
+        # "enable RDTSCP" (VMX): RDTSCP and RDPID are #UD without it
+        self.rdtscp_enabled = True
         # NMI-window exiting (VMX): exit at the first instruction boundary without NMI
         # blocking (the IRET that ends an NMI handler lifts it) or STI / MOV SS shadow
         self.nmi_window_exiting = False

@@ -75,6 +75,7 @@ def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
     and KVM's exit request as its host interrupt line."""
     cpu = vcpu.arch.cpu = Processor(exit_format, cpuid.kvm_cpu_model(vendor))
     cpu.intercept_task_switch = True
+    cpu.rdtscp_enabled = False          # until KVM_SET_CPUID2 gives the guest RDTSCP or RDPID
     cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
     cpu.pause_exiting = lambda: kvm_run_token_contended(vcpu)     # PLE: only worth it then
     vcpu.arch.insn_limit = params.insn_limit

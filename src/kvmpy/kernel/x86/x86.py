@@ -418,7 +418,6 @@ class KvmVcpuArch:
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
         self.microcode_version = 0
-        self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
         self.insn_limit = None              # processor icount at which to signal (params.insn_limit)
         self.loaded = False
@@ -487,7 +486,6 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
         cpu.apic_base = 0xFEE00000 | 0x800 | (0x100 if kvm_vcpu_is_bsp(vcpu) else 0)
         cpu.msrs[MSR_IA32_CR_PAT] = PAT_DEFAULT
         vcpu.arch.ia32_misc_enable_msr = MSR_IA32_MISC_ENABLE_FAST_STRING
-        vcpu.arch.tsc_aux = 0
         if vcpu.arch.mtrr_state is not None:
             vcpu.arch.mtrr_state.__init__()
     entry = kcpuid.kvm_find_cpuid_entry(vcpu, 1)
@@ -821,7 +819,7 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         if data >> 32:
             return 1
-        vcpu.arch.tsc_aux = data
+        cpu.msrs[index] = data              # the processor's: RDTSCP and RDPID read it
     elif index == MSR_IA32_APICBASE:
         if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
@@ -869,7 +867,7 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
             return 1, 0
-        return 0, vcpu.arch.tsc_aux
+        return 0, cpu.msrs.get(index, 0)
     if index == MSR_IA32_APICBASE:
         return 0, cpu.apic_base
     if index == MSR_MTRRcap:
