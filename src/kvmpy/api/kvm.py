@@ -204,6 +204,12 @@ class Vcpu(_Fd):
     def get_regs(self):
         return self._get(uapi.KVM_GET_REGS, uapi.kvm_regs)
 
+    def get_mp_state(self):
+        return self._get(uapi.KVM_GET_MP_STATE, uapi.kvm_mp_state).mp_state
+
+    def set_mp_state(self, state):
+        self._ioctl(uapi.KVM_SET_MP_STATE, uapi.kvm_mp_state(mp_state=state))
+
     def set_regs(self, regs):
         self._ioctl(uapi.KVM_SET_REGS, regs)
 

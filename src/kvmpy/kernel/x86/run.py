@@ -192,9 +192,10 @@ def kvm_vcpu_has_events(vcpu) -> bool:
 
 def kvm_vcpu_block(vcpu) -> int:
     """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
-    lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
-    or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
-    interrupt wakes it through kvm_vcpu_kick."""
+    lets its clock reach the next timer, whose callback may raise the interrupt; while
+    another vCPU runs, its instructions move the clock and its run loop fires the timers).
+    A signal or immediate_exit ends the wait (vcpu_run then returns -EINTR); another
+    thread's interrupt wakes it through kvm_vcpu_kick."""
     wait = vcpu.wait
     while True:
         if kvm_vcpu_has_events(vcpu):
@@ -203,9 +204,20 @@ def kvm_vcpu_block(vcpu) -> int:
             return 1
         if kvm_vcpu_exit_request(vcpu):
             return 1
-        if not kvm_clock_idle(vcpu.kvm):
+        if not (kvm_vm_idle(vcpu.kvm) and kvm_clock_idle(vcpu.kvm)):
             wait.wait(KVM_HALT_POLL_S)
             wait.clear()
+
+
+def kvm_vm_idle(kvm) -> bool:
+    """Is the whole machine idle: every vCPU halted or waiting for INIT/SIPI?  Only then may
+    virtual time skip ahead; a vCPU that runs (or is about to) makes the time itself, and one
+    halted vCPU jumping the clock would run the others' timeouts out at once."""
+    for v in list(kvm.vcpus):
+        cpu = v.arch.cpu if v.arch is not None else None
+        if cpu is not None and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE and not cpu.halted:
+            return False
+    return True
 
 
 def kvm_vcpu_interrupted(vcpu) -> bool:
