@@ -242,3 +242,26 @@ def _run_until_intr(vcpu):
         vcpu.run()
     except InterruptedError:
         pass
+
+
+AFTER_STI = guestvm.real16(" cli\n sti\n nop\n hlt\n")
+STI_INSNS = 6                           # the prologue's four, CLI, STI
+
+
+def test_an_entry_ending_right_after_sti_keeps_the_shadow(soft_mmu):
+    """A timer whose deadline falls right after STI ends the entry there (STI ends its
+    block): the exit keeps the STI shadow for the NOP, as the VMCS's interruptibility state
+    does, so that no NMI or interrupt goes in before it.  The next entry runs the NOP in the
+    shadow, which then ends."""
+    m = guestvm.Machine(syscalls, guestvm.assemble(AFTER_STI), mode="real")
+    try:
+        kvm = fs.fdget(m.vm_fd).private_data
+        HrTimer(kvm.clock, lambda t: setattr(m.run, "immediate_exit", 1)).start(kvm.clock.now_ns() + STI_INSNS)
+        assert m.kvm_run()["errno"] == "EINTR"
+        events = m.get(uapi.KVM_GET_VCPU_EVENTS, uapi.kvm_vcpu_events)
+        assert (m.regs("rip")["rip"], events.interrupt.shadow) == (hex(guestvm.LOAD + 11), uapi.KVM_X86_SHADOW_INT_STI)
+        m.run.immediate_exit = 0
+        assert m.kvm_run()["reason"] == "HLT"
+        assert m.get(uapi.KVM_GET_VCPU_EVENTS, uapi.kvm_vcpu_events).interrupt.shadow == 0
+    finally:
+        m.close()

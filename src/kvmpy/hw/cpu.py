@@ -567,8 +567,11 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                if self.flags & (TF | RF) or self.step_next:
-                    self._step()
+                if self.flags & (TF | RF) or self.step_next or self.interrupt_shadow:
+                    if self.interrupt_shadow and not self.flags & (TF | RF) and not self.step_next:
+                        self._run_single()      # the instruction in the STI / MOV SS shadow
+                    else:
+                        self._step()
                     if self.windows() and not self.interrupt_shadow:
                         self._open_windows()
                 else:
@@ -615,12 +618,13 @@ class Processor(CPUState, SegmentUnit):
                     ns["_loop_limit"] = end - ic
                 self.icount = ic        # current for what a block asks (RDTSC reads the clock)
                 ic += b.fn()
+                if self.interrupt_shadow:
+                    return                      # the block ended with STI / MOV SS: the next
+                                                # instruction runs alone (_run_blocks), shadowed
                 if window:
                     self.icount = ic
-                    if self._window_check():
+                    if self._open_windows():
                         return                  # an NMI was delivered: look the handler up
-                if self.interrupt_shadow:
-                    self.interrupt_shadow = 0
                 if ic >= limit:
                     return
                 if b.link_gen == self.chain_gen:
@@ -644,22 +648,11 @@ class Processor(CPUState, SegmentUnit):
         a virtual NMI pending?"""
         return self.intr_window_exiting or self.nmi_window_exiting or self.vnmi_pending
 
-    def _window_check(self) -> bool:
-        """After a block, with a window watched: once no STI/MOV SS shadow is in force, an
-        NMI window opens when NMIs are not blocked (an IRET has ended the NMI handler), an
-        interrupt window when IF=1.  True: a virtual NMI was delivered.
-
-        A block that ended with STI or MOV SS leaves the shadow set: exactly one more
-        instruction runs (translated on its own) before a window can open.
-        """
-        if self.interrupt_shadow and (self.flags & IF or not self.nmi_masked):
-            self._run_one()
-            self.interrupt_shadow = 0
-        return not self.interrupt_shadow and self._open_windows()
-
     def _open_windows(self) -> bool:
-        """At an instruction boundary without shadow: the NMI window first (an NMI goes
-        before an interrupt), then the interrupt window.  True: a virtual NMI was delivered."""
+        """At an instruction boundary without STI/MOV SS shadow, with a window watched: the
+        NMI window first (an NMI goes before an interrupt), open when NMIs are not blocked
+        (an IRET has ended the NMI handler), then the interrupt window, open when IF=1.
+        True: a virtual NMI was delivered."""
         if not self.nmi_masked:
             if self.nmi_window_exiting:
                 raise Intercept("nmi_window")
@@ -690,6 +683,20 @@ class Processor(CPUState, SegmentUnit):
                                                             single=True)
         self.icount += b.fn()
 
+    def _run_single(self):
+        """Run the instruction at RIP on its own, ending the STI / MOV SS shadow it runs in:
+        once it has run, the shadow is only what it set itself (a MOV SS, or STI with IF=0).
+        A VM exit before it completes keeps the shadow, as the VMCS's interruptibility
+        state does: it runs again, still shadowed, after the exit (an exception it raises
+        is delivered, which ends the shadow)."""
+        shadow, self.interrupt_shadow = self.interrupt_shadow, 0
+        try:
+            self._run_one()
+        except Intercept:
+            if not self.interrupt_shadow:
+                self.interrupt_shadow = shadow
+            raise
+
     def _step(self):
         """One instruction on its own, with the debug exceptions it may raise (SDM 18.3.1): an
         instruction breakpoint at its address is a fault before it runs (suppressed by
@@ -714,11 +721,9 @@ class Processor(CPUState, SegmentUnit):
         self.step_next = False
         self.stepping = True
         try:
-            self._run_one()
+            self._run_single()
         finally:
             self.stepping = False
-        if self.interrupt_shadow:
-            self.interrupt_shadow = 0
         if self.events_delivered == events:
             self.flags &= ~RF
             dr6 = self.data_hits | (DR6_BS if flags & TF else 0)
@@ -806,6 +811,7 @@ class Processor(CPUState, SegmentUnit):
             raise
         finally:
             self.delivering.pop()
+        self.interrupt_shadow = 0           # the handler's first instruction is not shadowed
         self.refresh()
 
     def software_interrupt(self, vector, next_ip, kind):
