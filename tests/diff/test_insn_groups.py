@@ -17,6 +17,7 @@ from kvmpy.hw.translate import codegen
 from kvmpy.hw.translate import decoder
 from kvmpy.hw.state import CPUState
 from tests.oracle import asm, diff
+from tests.oracle.cases import CPU
 from tests.oracle.diff import Case
 from tests.oracle.flagspec import ARITH, undefined_flags
 from tests.oracle.native import AF, CF, DATA_ADDR, DF, OF, PF, SF, ZF, run_native
@@ -124,6 +125,20 @@ def _bits_cases():
     return cases
 
 
+def _tsc_aux_cases():
+    """RDTSCP and RDPID: what the silicon's answer shares with kvmpy's whatever the TSC and
+    TSC_AUX hold (the host keeps its CPU number there): RDTSCP zero-extends EAX, EDX and ECX
+    (R8-R10 = their upper halves) and leaves the flags; RDPID reads the TSC_AUX RDTSCP read."""
+    ones = (1 << 64) - 1
+    zero = "mov eax, 0; mov edx, 0; mov ecx, 0"
+    cases = [Case("rdtscp; mov r8, rax; shr r8, 32; mov r9, rdx; shr r9, 32; mov r10, rcx; shr r10, 32; "
+                  + zero, {"rax": ones, "rdx": ones, "rcx": ones}, flags) for flags in (0, CF | ZF | SF)]
+    if "rdpid" in CPU:
+        cases.append(Case("rdtscp; mov r11, rcx; rdpid rax; sub rax, r11; mov r11d, 0; mov edx, 0; mov ecx, 0",
+                          {"rax": ones, "r11": ones}))
+    return cases
+
+
 def _atomic_cases():
     cases = []
     noise = 0xFEDC_BA98_7654_3210
@@ -150,7 +165,7 @@ def _atomic_cases():
 
 
 def _ud_cases():
-    texts = [".byte 0x27", ".byte 0x2f", ".byte 0x37", ".byte 0x3f", ".byte 0xd4, 10", ".byte 0xd5, 10",
+    texts = [".byte 0x27", ".byte 0x2f", ".byte 0x37", ".byte 0x3f", ".byte 0xd4, 10", ".byte 0xd5, 10", ".byte 0xd6",
              ".byte 0x0f, 0xb8, 0xc0", ".byte 0x0f, 0xba, 0xc0, 5", ".byte 0x0f, 0xc7, 0xc8",
              ".byte 0x0f, 0xc7, 0x03"]
     cases = [Case(t, {"rbx": DATA_ADDR}) for t in texts]
@@ -158,7 +173,8 @@ def _ud_cases():
     return cases
 
 
-GROUPS = {"rep": _rep_cases, "shift": _shift_cases, "bits": _bits_cases, "atomic": _atomic_cases}
+GROUPS = {"rep": _rep_cases, "shift": _shift_cases, "bits": _bits_cases, "atomic": _atomic_cases,
+          "tsc-aux": _tsc_aux_cases}
 FAULTING = {"rep-fault": _rep_fault_cases, "ud-gp": _ud_cases}
 
 
@@ -208,7 +224,8 @@ def _run_legacy(code: bytes, regs: dict, rflags: int) -> CPUState:
     def fault(vector, error_code=None):
         raise Fault(vector)
 
-    ns = {"cpu": cpu, "R": cpu.regs, "setfl": setfl, "raise_fault": fault, "raise_ud": lambda: fault(6)}
+    ns = {"cpu": cpu, "R": cpu.regs, "setfl": setfl, "raise_fault": fault, "raise_ud": lambda: fault(6),
+          "cf_of": lambda: cpu.get_rflags() & CF}
     mode = codegen.Mode(4, 4, False, 0, True, False)
     blk = codegen.translate(lambda ip: decoder.decode(lambda i: code[ip + i], 4, ip), 0, 0, mode, ns,
                             max_insns=len(code))
@@ -238,12 +255,22 @@ def test_bcd_adjustments_in_32bit_mode(code, ax, flags, want_ax, want_flags, def
     assert cpu.get_rflags() & defined == want_flags
 
 
+@pytest.mark.parametrize("cf, want_al", [(0, 0x00), (CF, 0xFF)])
+def test_salc_in_32bit_mode(cf, want_al):
+    """SALC sets AL from CF and leaves the other bytes and every flag alone (in 64-bit mode
+    it is #UD: the silicon case in ud-gp)."""
+    flags = cf | ZF | AF
+    cpu = _run_legacy(b"\xd6", {"eax": 0x12345678}, flags)
+    assert cpu.regs[0] == 0x12345600 | want_al
+    assert cpu.get_rflags() & (CF | PF | AF | ZF | SF | OF) == flags
+
+
 def test_aam_zero_divides():
     assert _run_legacy(b"\xd4\x00", {"eax": 5}, 0).fault == 0
 
 
 MY_OPCODES = ([0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3, 0x86, 0x87, 0x98, 0x99, 0x9E, 0x9F, 0xD7, 0xF5, 0xF8,
-               0xF9, 0xFC, 0xFD, 0x27, 0x2F, 0x37, 0x3F, 0xD4, 0xD5] + list(range(0x90, 0x98))
+               0xF9, 0xFC, 0xFD, 0x27, 0x2F, 0x37, 0x3F, 0xD4, 0xD5, 0xD6] + list(range(0x90, 0x98))
               + list(range(0xA4, 0xA8)) + list(range(0xAA, 0xB0)))
 MY_0F = ([0xA3, 0xA4, 0xA5, 0xAB, 0xAC, 0xAD, 0xB3, 0xBB, 0xBA, 0xBC, 0xBD, 0xB8, 0xC0, 0xC1, 0xB0, 0xB1,
           0xC7] + list(range(0xC8, 0xD0)) + list(range(0x40, 0x50)) + list(range(0x90, 0xA0)))

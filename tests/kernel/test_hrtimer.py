@@ -2,15 +2,19 @@
 the skip-ahead of an idle machine, the host time base, and, through KVM_RUN, a timer that
 fires at its exact instruction while the guest never exits."""
 
+import threading
 import time
 
 import pytest
 
 from kvmpy import syscalls
+from kvmpy.api import GuestMemory, Kvm
 from kvmpy.kernel import fs, hrtimer
 from kvmpy.kernel.hrtimer import HrTimer, KvmClock, kvm_clock_idle, kvm_clock_run_expired
 from kvmpy.kernel.x86 import params
+from kvmpy.uapi import kvm as uapi
 from tests.support import guestvm
+from tests.support.smpguest import RAM
 
 
 class FakeCpu:
@@ -164,5 +168,100 @@ def test_host_clock_mode_is_a_module_parameter(monkeypatch):
         t0 = time.monotonic()
         rec = m.kvm_run()
         assert rec["errno"] == "EINTR" and 0.015 <= time.monotonic() - t0 < 5
+    finally:
+        m.close()
+
+
+SPIN = 100_000
+TWO_VCPUS = guestvm.real16(f"""
+ cmp $0, %si
+ jne 2f
+1: cmpb $0, 0x6000                      /* vCPU 0: wait until vCPU 1 is about to halt */
+ je 1b
+ rdtsc
+ mov %eax, %edi
+ mov ${SPIN}, %ecx
+3: dec %ecx
+ jnz 3b
+ rdtsc
+ sub %edi, %eax
+ mov %eax, 0x6004                       /* the TSC ticks of the 2 * SPIN instructions */
+ out %al, $0x80
+2: cli                                  /* vCPU 1: halt for good */
+ movb $1, 0x6000
+ hlt
+""")
+
+
+def test_one_halted_vcpu_does_not_skip_time_while_another_runs(soft_kvm):
+    """With a periodic timer armed (the PIT, every 84 us) and vCPU 1 halted, virtual time
+    is vCPU 0's instructions: the halted vCPU does not jump the clock to each deadline
+    (which made a guest that times out on the TSC see its timeouts run out at once)."""
+    kvm = Kvm("soft")
+    vm = kvm.create_vm()
+    mem = GuestMemory(RAM)
+    vcpus = []
+    try:
+        vm.set_user_memory_region(0, 0, RAM, mem.host_addr)
+        mem.write(guestvm.LOAD, guestvm.assemble(TWO_VCPUS))
+        vm.create_irqchip()
+        vm.create_pit2()
+        pit = vm.get_pit2()
+        pit.channels[0].mode, pit.channels[0].count = 2, 100
+        vm.set_pit2(pit)
+        cpuid = kvm.get_supported_cpuid()
+        vcpus += [vm.create_vcpu(i) for i in range(2)]
+        for i, vcpu in enumerate(vcpus):
+            vcpu.set_cpuid2(cpuid)
+            vcpu.set_mp_state(uapi.KVM_MP_STATE_RUNNABLE)
+            sregs = vcpu.get_sregs()
+            sregs.cs.base, sregs.cs.selector = 0, 0
+            vcpu.set_sregs(sregs)
+            regs = vcpu.get_regs()
+            regs.rip, regs.rflags, regs.rsi = guestvm.LOAD, 2, i
+            vcpu.set_regs(regs)
+        halted = threading.Thread(target=lambda: _run_until_intr(vcpus[1]))
+        halted.start()
+        try:
+            exit_ = vcpus[0].run()
+        finally:
+            vcpus[1].immediate_exit = True
+            halted.join(10)
+        assert type(exit_).__name__ == "Io"
+        ticks = int.from_bytes(mem.read(0x6004, 4), "little")
+        ns = ticks * 1_000_000 // vcpus[0].get_tsc_khz()
+        assert 2 * SPIN <= ns < 3 * SPIN * hrtimer.NS_PER_INSN
+    finally:
+        for obj in (*vcpus, vm, kvm):
+            obj.close()
+        mem.close()
+
+
+def _run_until_intr(vcpu):
+    try:
+        vcpu.run()
+    except InterruptedError:
+        pass
+
+
+AFTER_STI = guestvm.real16(" cli\n sti\n nop\n hlt\n")
+STI_INSNS = 6                           # the prologue's four, CLI, STI
+
+
+def test_an_entry_ending_right_after_sti_keeps_the_shadow(soft_mmu):
+    """A timer whose deadline falls right after STI ends the entry there (STI ends its
+    block): the exit keeps the STI shadow for the NOP, as the VMCS's interruptibility state
+    does, so that no NMI or interrupt goes in before it.  The next entry runs the NOP in the
+    shadow, which then ends."""
+    m = guestvm.Machine(syscalls, guestvm.assemble(AFTER_STI), mode="real")
+    try:
+        kvm = fs.fdget(m.vm_fd).private_data
+        HrTimer(kvm.clock, lambda t: setattr(m.run, "immediate_exit", 1)).start(kvm.clock.now_ns() + STI_INSNS)
+        assert m.kvm_run()["errno"] == "EINTR"
+        events = m.get(uapi.KVM_GET_VCPU_EVENTS, uapi.kvm_vcpu_events)
+        assert (m.regs("rip")["rip"], events.interrupt.shadow) == (hex(guestvm.LOAD + 11), uapi.KVM_X86_SHADOW_INT_STI)
+        m.run.immediate_exit = 0
+        assert m.kvm_run()["reason"] == "HLT"
+        assert m.get(uapi.KVM_GET_VCPU_EVENTS, uapi.kvm_vcpu_events).interrupt.shadow == 0
     finally:
         m.close()

@@ -17,7 +17,8 @@ from tests.support.statsfd import read_stats, values
 
 
 # ------------------------------------------------------------------ statistics
-VCPU_NAMES = {"exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_window_exits", "signal_exits",
+VCPU_NAMES = {"exits", "io_exits", "mmio_exits", "halt_exits", "irq_exits", "irq_window_exits", "nmi_window_exits",
+              "signal_exits",
               "request_irq_exits", "pf_taken", "pf_fixed", "pf_emulate", "pf_guest", "tlb_flush", "invlpg",
               "insn_emulation", "insn_emulation_fail", "hypercalls", "irq_injections", "nmi_injections",
               "directed_yield_attempted", "directed_yield_successful"}

@@ -109,6 +109,19 @@ def test_pc_testdev_ports_and_memory(machine):
     assert machine.pc_testdev.irq_levels[4]
 
 
+def test_pc_testdev_wide_irq_write_sets_a_line_per_byte(machine):
+    """kvm-unit-tests' realmode raises IRQ 11 with an OUTL to 0x200b: as in QEMU, whose byte-
+    wide region gets it split, the low byte drives line 11 and the others lines 12-14."""
+    pio, dev = machine.pio, machine.pc_testdev
+    pio.write(0x2000 + 12, 1, 1)
+    pio.write(0x2000 + 11, 4, 0x00000001)
+    assert dev.irq_levels[11:15] == [True, False, False, False]
+    pio.write(0x2000 + 22, 4, 0x0101)                   # past the last line: dropped
+    assert dev.irq_levels[22:24] == [True, True]
+    pio.write(0x2000 + 11, 2, 0x0100)
+    assert dev.irq_levels[11:13] == [False, True]
+
+
 def test_reset_register_keeps_only_the_system_reset_bit(machine):
     machine.pio.write(0xCF9, 1, 0x02)
     assert machine.pio.read(0xCF9, 1) == 0x02 and machine._stop is None

@@ -124,6 +124,23 @@ class Vm(_Fd):
     def create_pit2(self, flags=0):
         self._ioctl(uapi.KVM_CREATE_PIT2, uapi.kvm_pit_config(flags=flags))
 
+    def get_irqchip(self, chip_id):
+        """KVM_GET_IRQCHIP: the state of chip ``chip_id`` (KVM_IRQCHIP_PIC_MASTER...)."""
+        chip = uapi.kvm_irqchip(chip_id=chip_id)
+        self._ioctl(uapi.KVM_GET_IRQCHIP, chip)
+        return chip
+
+    def set_irqchip(self, chip):
+        self._ioctl(uapi.KVM_SET_IRQCHIP, chip)
+
+    def get_pit2(self):
+        state = uapi.kvm_pit_state2()
+        self._ioctl(uapi.KVM_GET_PIT2, state)
+        return state
+
+    def set_pit2(self, state):
+        self._ioctl(uapi.KVM_SET_PIT2, state)
+
     def set_irq_line(self, irq, level):
         self._ioctl(uapi.KVM_IRQ_LINE, uapi.kvm_irq_level(irq=irq, level=int(level)))
 
@@ -186,6 +203,12 @@ class Vcpu(_Fd):
 
     def get_regs(self):
         return self._get(uapi.KVM_GET_REGS, uapi.kvm_regs)
+
+    def get_mp_state(self):
+        return self._get(uapi.KVM_GET_MP_STATE, uapi.kvm_mp_state).mp_state
+
+    def set_mp_state(self, state):
+        self._ioctl(uapi.KVM_SET_MP_STATE, uapi.kvm_mp_state(mp_state=state))
 
     def set_regs(self, regs):
         self._ioctl(uapi.KVM_SET_REGS, regs)

@@ -22,6 +22,7 @@
  * and that fw_cfg's etc/e820 file (found through the file directory) has the mmap's
  * entries.  Then isa-debug-exit: 0 if every check passed, else "FAIL: <what>" and 1.
  */
+        .include "multiboot.inc"
         .set COM1,          0x3f8
         .set DEBUG_EXIT,    0xf4
         .set FW_CFG_SEL,    0x510
@@ -35,7 +36,6 @@
         .set LOAD,          0x100000
         .set BUF_SIZE,      0x1000
         .set BSS_SIZE,      0x2000      /* the buffer, then the stack */
-        .set MB_MAGIC,      0x1badb002
         .set MB_FLAGS,      0x00010002  /* memory information; the a.out kludge */
         .set BOOT_MAGIC,    0x2badb002
         .set MBI_FLAGS,     0           /* offsets in the multiboot information */
@@ -58,18 +58,7 @@
 
         .text
         .code32
-        .globl  _start
-_start:                                 /* run as a flat image in real mode, it stops */
-        cli
-        hlt
-        .align  4
-mb_header:
-        .long   MB_MAGIC, MB_FLAGS, -(MB_MAGIC + MB_FLAGS)
-        .long   LOAD + (mb_header - _start)             /* header_addr */
-        .long   LOAD                                    /* load_addr */
-        .long   0                                       /* load_end_addr: the whole file */
-        .long   LOAD + (image_end - _start) + BSS_SIZE  /* bss_end_addr */
-        .long   LOAD + (entry - _start)                 /* entry_addr */
+        MULTIBOOT_START MB_FLAGS, LOAD, LOAD + (image_end - _start) + BSS_SIZE, LOAD + (entry - _start)
 
 entry:                                  /* no stack yet: the spec gives none */
         mov     $LOAD, %ebp

@@ -24,7 +24,7 @@ from . import memory as hm
 from kvmpy.hw import features, models, paging
 from kvmpy.hw.system import sysops as system
 from kvmpy.hw.translate.decoder import DecodeError, decode
-from .events import HAS_ERROR_CODE, HW_EXC, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
+from .events import HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
 from kvmpy.hw.system.segments import SegmentUnit
 from .state import CPUState
 from kvmpy.hw.x86defs import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, DR6_BS, DR7_LEN_SHIFT, DR7_RW_SHIFT, EFER_LMA,
@@ -111,6 +111,14 @@ class Processor(CPUState, SegmentUnit):
         self.pause_exiting = None
         self.intercept_dr = False       # MOV-DR exiting (VMX) / DR read and write intercepts (SVM)
         self.intr_window_exiting = False
+        # "enable RDTSCP" (VMX): RDTSCP and RDPID are #UD without it
+        self.rdtscp_enabled = True
+        # NMI-window exiting (VMX): exit at the first instruction boundary without NMI
+        # blocking (the IRET that ends an NMI handler lifts it) or STI / MOV SS shadow
+        self.nmi_window_exiting = False
+        # a virtual NMI held pending (SVM's vNMI, V_NMI_PENDING): the processor itself delivers
+        # it at that boundary, with no exit
+        self.vnmi_pending = False
         self.pending_event = None       # (type, vector, error_code) injected on entry
         self.exit_request = False       # set from another thread (request_exit): leave guest mode
         # the host's interrupt line (external-interrupt exiting): asked every HOST_TICK
@@ -509,10 +517,23 @@ class Processor(CPUState, SegmentUnit):
         return self._translate_block(rip, csb, lin, phys)
 
     def _raw_at(self, b):
+        """The bytes now at ``b``'s code, page by page (what ``fetch_byte`` would read, one
+        slice per page instead of a translation per byte: every entry looks again at the
+        first blocks it runs)."""
+        parts = []
         try:
-            return bytes(self.fetch_byte(lin + i) for lin, size in b.spans for i in range(size))
+            for start, size in b.spans:
+                a, end = start, start + size
+                while a < end:
+                    stop = min(end, (a | 0xFFF) + 1)
+                    v = self.tlb_r.get(a >> 12)
+                    if v is None or (a >> 12) not in self.tlb_x:
+                        v = hm.page(self.translate(a, paging.PFERR_FETCH)[0])
+                    parts.append(v[a & 0xFFF:(stop - 1 & 0xFFF) + 1])
+                    a = stop
         except (Fault, Intercept):
             return None
+        return b"".join(parts)
 
     def _translate_block(self, rip, csb, lin, phys):
         if self.host_interrupt():       # translating is the costliest work an entry does
@@ -574,8 +595,8 @@ class Processor(CPUState, SegmentUnit):
             if ev is not None:
                 self.deliver(ev[1], ev[0], ev[2], injected=True)
             while True:
-                if self.intr_window_exiting and self.flags & IF and not self.interrupt_shadow:
-                    raise Intercept("interrupt_window")
+                if not self.interrupt_shadow and self.windows():
+                    self._open_windows()
                 if self.icount >= limit or self.host_interrupt():
                     raise Intercept("preemption")
                 self._run_blocks(min(limit, self.icount + HOST_TICK))
@@ -588,11 +609,13 @@ class Processor(CPUState, SegmentUnit):
         deliveries = 0
         while self.icount < limit and deliveries < DELIVERY_TICK:
             try:
-                if self.flags & (TF | RF) or self.step_next:
-                    self._step()
-                elif self.interrupt_shadow and self.intr_window_exiting:
-                    self._step()                # the shadowed instruction, then the window
-                    self._window_check()
+                if self.flags & (TF | RF) or self.step_next or self.interrupt_shadow:
+                    if self.interrupt_shadow and not self.flags & (TF | RF) and not self.step_next:
+                        self._run_single()      # the instruction in the STI / MOV SS shadow
+                    else:
+                        self._step()
+                    if self.windows() and not self.interrupt_shadow:
+                        self._open_windows()
                 else:
                     b = self.lookup_block()
                     if self.code_bps and self._breakpoint_in(b):
@@ -628,7 +651,7 @@ class Processor(CPUState, SegmentUnit):
         checked them.
         """
         ic = self.icount
-        window = self.intr_window_exiting      # a VM-execution control: fixed during the run
+        window = self.windows()                 # VM-execution controls: fixed during the run
         ns, end = self.ns, self.entry_limit
         near = end - codegen.LOOP_LIMIT         # from here on a self-loop must stop at the budget
         try:
@@ -637,11 +660,13 @@ class Processor(CPUState, SegmentUnit):
                     ns["_loop_limit"] = end - ic
                 self.icount = ic        # current for what a block asks (RDTSC reads the clock)
                 ic += b.fn()
-                if self.interrupt_shadow and not b.sets_shadow:
-                    self.interrupt_shadow = 0   # it covered the block's first instruction
+                if self.interrupt_shadow:
+                    return                      # the block ended with STI / MOV SS: the next
+                                                # instruction runs alone (_run_blocks), shadowed
                 if window:
                     self.icount = ic
-                    self._window_check()
+                    if self._open_windows():
+                        return                  # an NMI was delivered: look the handler up
                 if ic >= limit:
                     return
                 if b.link_gen == self.chain_gen:
@@ -660,27 +685,26 @@ class Processor(CPUState, SegmentUnit):
         finally:
             self.icount = ic
 
-    def _window_check(self):
-        """Interrupt-window exiting: exit once IF=1 and no STI/MOV SS shadow is in force.
+    def windows(self) -> bool:
+        """Is an event window being watched for: interrupt-window or NMI-window exiting, or
+        a virtual NMI pending?"""
+        return self.intr_window_exiting or self.nmi_window_exiting or self.vnmi_pending
 
-        A block that ended with STI or MOV SS leaves the shadow set: exactly one more
-        instruction runs (translated on its own) before the window can open.
-        """
-        if self.interrupt_shadow and self.flags & IF:
-            self._run_shadowed()
-        if self.flags & IF and not self.interrupt_shadow:
+    def _open_windows(self) -> bool:
+        """At an instruction boundary without STI/MOV SS shadow, with a window watched: the
+        NMI window first (an NMI goes before an interrupt), open when NMIs are not blocked
+        (an IRET has ended the NMI handler), then the interrupt window, open when IF=1.
+        True: a virtual NMI was delivered."""
+        if not self.nmi_masked:
+            if self.nmi_window_exiting:
+                raise Intercept("nmi_window")
+            if self.vnmi_pending:
+                self.vnmi_pending = False       # taken by the delivery (re-injected from the
+                self.deliver(2, NMI)            # exit information if the delivery exits)
+                return True
+        if self.intr_window_exiting and self.flags & IF:
             raise Intercept("interrupt_window")
-
-    def _run_shadowed(self):
-        """Run the instruction the STI/MOV SS shadow covers: the shadow ends with it, unless
-        it sets one of its own.  If it does not complete (a fault, an exit that runs it
-        again) the shadow is still in force for it."""
-        shadow, self.interrupt_shadow = self.interrupt_shadow, 0
-        try:
-            self._run_one()
-        except BaseException:
-            self.interrupt_shadow = shadow
-            raise
+        return False
 
     def _run_one(self):
         """Translate and run the instruction at RIP on its own.  The translation is kept,
@@ -700,6 +724,20 @@ class Processor(CPUState, SegmentUnit):
             b = self.single_blocks[key] = codegen.translate(lambda r: ins, rip, csb, mode, self.ns, max_insns=1,
                                                             single=True)
         self.icount += b.fn()
+
+    def _run_single(self):
+        """Run the instruction at RIP on its own, ending the STI / MOV SS shadow it runs in:
+        once it has run, the shadow is only what it set itself (a MOV SS, or STI with IF=0).
+        A VM exit before it completes keeps the shadow, as the VMCS's interruptibility
+        state does: it runs again, still shadowed, after the exit (an exception it raises
+        is delivered, which ends the shadow)."""
+        shadow, self.interrupt_shadow = self.interrupt_shadow, 0
+        try:
+            self._run_one()
+        except Intercept:
+            if not self.interrupt_shadow:
+                self.interrupt_shadow = shadow
+            raise
 
     def _step(self):
         """One instruction on its own, with the debug exceptions it may raise (SDM 18.3.1): an
@@ -725,7 +763,7 @@ class Processor(CPUState, SegmentUnit):
         self.step_next = False
         self.stepping = True
         try:
-            self._run_shadowed()
+            self._run_single()
         finally:
             self.stepping = False
         if self.events_delivered == events:
@@ -815,6 +853,7 @@ class Processor(CPUState, SegmentUnit):
             raise
         finally:
             self.delivering.pop()
+        self.interrupt_shadow = 0           # the handler's first instruction is not shadowed
         self.refresh()
 
     def software_interrupt(self, vector, next_ip, kind):

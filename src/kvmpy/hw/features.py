@@ -54,6 +54,8 @@ IMPLEMENTED: frozenset[str] = frozenset({
     # the in-kernel LAPIC's x2APIC mode and TSC-deadline timer (kernel/x86/lapic.py), which KVM
     # advertises whatever the host has
     "x2apic", "tsc_deadline_timer",
+    # RDTSCP and RDPID, reading IA32_TSC_AUX (kvmpy.hw.insn.system / atomic)
+    "rdtscp", "rdpid",
 })
 
 

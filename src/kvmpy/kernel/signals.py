@@ -39,7 +39,12 @@ import ctypes
 import signal
 import threading
 
-_libc = ctypes.CDLL(None, use_errno=True)
+# PyDLL: the calls keep the GIL.  They never block, and a CDLL call gives the GIL up: a
+# vCPU thread asking for its signals after every exit then waited for the other vCPU
+# threads' turn with the GIL (the switch interval, 5 ms) each time -- 300 us per call on
+# average with two vCPUs, most of the time of an SMP guest that exits often.  (PyPy's ctypes
+# has no PyDLL: CDLL there.)
+_libc = getattr(ctypes, "PyDLL", ctypes.CDLL)(None, use_errno=True)
 _HAVE_MASKS = hasattr(_libc, "pthread_sigmask") and hasattr(_libc, "sigpending")
 
 

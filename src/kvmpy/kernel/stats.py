@@ -37,7 +37,7 @@ VM_STATS = (
 )
 VCPU_STATS = (
     "pf_taken", "pf_fixed", "pf_emulate", "pf_guest", "tlb_flush", "invlpg", "exits", "io_exits",
-    "mmio_exits", "signal_exits", "irq_window_exits", "halt_exits", "request_irq_exits",
+    "mmio_exits", "signal_exits", "irq_window_exits", "nmi_window_exits", "halt_exits", "request_irq_exits",
     "irq_exits", "insn_emulation", "insn_emulation_fail", "hypercalls", "irq_injections",
     "nmi_injections", "directed_yield_attempted", "directed_yield_successful",
 )

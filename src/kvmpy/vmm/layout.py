@@ -7,7 +7,9 @@ Linux zero page, a multiboot memory map, fw_cfg's ``etc/e820``) says the same th
 0 .. 0x9fc00           RAM (conventional memory)
 0x9fc00 .. 0xa0000     reserved (the extended BIOS data area, as on a PC)
 0xe0000 .. 0x100000    reserved (the BIOS area, where ACPI's RSDP is looked for): the
-                       ACPI tables from 0xe0000, the RSDP at 0xf0000 (:mod:`kvmpy.vmm.acpi`)
+                       ACPI tables from 0xe0000, the RSDP at 0xf0000 (:mod:`kvmpy.vmm.acpi`),
+                       the real-mode interrupt handlers at 0xff000 (F000:F000) that the
+                       IVT leads to (:mod:`kvmpy.vmm.legacy_bios`)
 0x100000 .. RAM end    RAM
 =====================  ========================================================
 
@@ -31,6 +33,7 @@ ACPI_RSDP = 0xF0000
 #: where a loader puts the kernel command line (a bzImage's, a PVH kernel's)
 CMDLINE_ADDR = 0x20000
 VIRTIO_MMIO_BASE = 0xD0001000
+BIOS_STUBS = 0xFF000
 PCI_MMIO_WINDOW = 0xE0000000
 PCI_IO_WINDOW = 0xC000
 

@@ -23,6 +23,9 @@ kvmpy test device      MMIO 0xd0000000-0xd0000fff: reads give 0x12345678, writes
                        recorded (the demo guest checks an MMIO round trip with it)
 ACPI tables            in the BIOS area (:mod:`kvmpy.vmm.acpi`): RSDP, RSDT/XSDT, FADT,
                        FACS, DSDT, MADT (one LAPIC per vCPU, the IOAPIC)
+BIOS interrupt state   for a multiboot kernel or a bzImage: the 8259s at vectors 0x08/0x70
+                       with the timer unmasked, the PIT ticking at 18.2 Hz, an IVT of EOI
+                       and IRET handlers (:mod:`kvmpy.vmm.legacy_bios`)
 ACPI PM registers      PIIX4's PM base 0xb000, as the FADT says: PM1a event block
                        0xb000-0xb003, PM1a control 0xb004-0xb005 (S5 powers off: ends the
                        run), the PM timer 0xb008-0xb00b
@@ -64,7 +67,7 @@ from kvmpy.vmm.cpu_setup import edit_cpu_features, set_apic_id, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
 from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
-from kvmpy.vmm import acpi, layout
+from kvmpy.vmm import acpi, layout, legacy_bios
 from kvmpy.vmm.devices import pc_testdev, pci, pm1
 from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
@@ -82,6 +85,8 @@ from kvmpy.vmm.vcpu import PauseGate, VcpuThread, install_kick_handler
 MIB = 1 << 20
 MMIO_HOLE = 0xD0000000  # RAM must end below the test device
 TEST_DEVICE_SIZE = 0x1000
+#: the images QEMU boots through its BIOS, whose interrupt set-up they find (legacy_bios)
+FIRMWARE_BOOTED = ("multiboot", "bzimage")
 TSS_ADDR = 0xFFFBD000  # three pages below the BIOS area, where QEMU puts it too
 RFLAGS_IF = 1 << 9
 #: the PIT's lost-tick policies (QEMU's kvm-pit.lost_tick_policy)
@@ -185,6 +190,8 @@ class Machine:
             self.irqchip = irqchip
             if irqchip:
                 self._create_irqchip(pit is not False, pit_policy)
+                if self.image.kind in FIRMWARE_BOOTED:
+                    legacy_bios.install(self.memory, self.vm, pit is not False)
             cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
             for i in range(smp):
                 self.vcpus.append(self.vm.create_vcpu(i))

@@ -13,6 +13,7 @@ even on failure, as a locked read-modify-write does.
 
 from .. import flags as F
 from kvmpy.hw.translate.codegen import M, emitter
+from kvmpy.hw.msr_index import MSR_TSC_AUX
 from kvmpy.hw.translate.decoder import MAP0F
 from .bits import setfl
 
@@ -84,9 +85,20 @@ def _cmpxchg(g, ins):
     g.set_flags(F.K_SUB, size, r, d, None, acc)
 
 
+def _rdpid(g, ins):
+    """RDPID: the register gets IA32_TSC_AUX (zero-extended to 64 bits in 64-bit mode, where
+    the operand is always 64-bit); unlike RDTSCP, any privilege level and no TSC read."""
+    g.emit("if not cpu.rdtscp_enabled: raise_ud()")
+    g.set_reg(ins.rm, 8 if g.mode.code == 8 else 4, "(cpu.msrs.get(%#x, 0) & 0xffffffff)" % MSR_TSC_AUX)
+
+
 @emitter(MAP0F | 0xC7)
 def _group9(g, ins):
-    """0F C7 /1: CMPXCHG8B, or CMPXCHG16B with REX.W (#GP(0) unless 16-byte aligned)."""
+    """0F C7 /1: CMPXCHG8B, or CMPXCHG16B with REX.W (#GP(0) unless 16-byte aligned);
+    F3 0F C7 /7 with a register operand: RDPID."""
+    if ins.reg & 7 == 7 and not ins.is_mem and ins.rep == 0xF3:
+        _rdpid(g, ins)
+        return
     if ins.reg & 7 != 1 or not ins.is_mem:
         g.ud()
         return

@@ -1,5 +1,5 @@
 """Bit and flag instructions: BT/BTS/BTR/BTC, BSF/BSR/TZCNT/LZCNT, POPCNT, BSWAP,
-CMOVcc, SETcc, CBW/CWD families, SAHF/LAHF, CMC/CLC/STC/CLD/STD, XLAT and the
+CMOVcc, SETcc, CBW/CWD families, SAHF/LAHF, CMC/CLC/STC/CLD/STD, XLAT, SALC and the
 BCD adjustments (DAA DAS AAA AAS AAM AAD).
 
 Instructions that write only some arithmetic flags (BT: CF; BSF: ZF; SAHF: five
@@ -201,6 +201,13 @@ def _xlat(g, ins):
     off = "((R[3] + (R[0] & 0xff)) & %#x)" % M[ins.adsize]
     v = g.load(g.seg_addr(ins.seg if ins.seg >= 0 else 3, off), 1)
     g.set_reg(0, 1, v)
+
+
+@emitter(0xD6)
+@legacy_only
+def _salc(g, ins):
+    """SALC (undocumented, on Intel and AMD alike): AL = 0xFF if CF else 0; flags unchanged."""
+    g.set_reg(0, 1, "(0xff if %s else 0)" % g.carry())
 
 
 # --- BCD adjustments (legacy and compatibility modes only) -------------------------------------

@@ -133,6 +133,7 @@ def _group7(g, ins):
             elif _priv(g):
                 g.emit("sys('swapgs')")
         elif key == (7, 1):
+            g.emit("if not cpu.rdtscp_enabled: raise_ud()")
             g.emit("sys('rdtsc', True, n + %d)" % g.idx)
         elif r == 4:
             g.set_reg(ins.rm, ins.opsize, "(cpu.cr0 & %#x)" % M[ins.opsize])

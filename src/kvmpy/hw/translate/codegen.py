@@ -530,7 +530,7 @@ class Block:
 
     __slots__ = ("fn", "insns", "line_insn", "rip", "cs_base", "lin", "phys", "mode_key", "pages", "raw",
                  "epoch", "source", "succ", "link_gen", "flag_state", "spans", "xpages",
-                 "reg_locals", "barriers", "last_ip", "code_ranges", "starts", "sets_shadow")
+                 "reg_locals", "barriers", "last_ip", "code_ranges", "starts")
 
     def __init__(self):
         self.epoch = -1
@@ -546,16 +546,6 @@ MAX_BLOCK_LINES = 80
 FOLLOWED = frozenset((0xEB, 0xE9, 0xE8))   # direct JMP/CALL: a block goes on at their target
 LOOP_LIMIT = 20000
 BODY_FIRST_LINE = 4          # "def", "n = 0", "while True:" precede the body
-
-
-_STI, _MOV_SREG, _POP_SS, _SS = 0xFB, 0x8E, 0x17, 2
-
-
-def _sets_shadow(ins) -> bool:
-    """Does ``ins`` decide the STI/MOV SS interrupt shadow of the instruction after it?  A
-    block that ends with one leaves the shadow it set for the next block's first
-    instruction (these instructions end their blocks)."""
-    return ins.opc in (_STI, _POP_SS) or (ins.opc == _MOV_SREG and ins.reg & 7 == _SS)
 
 
 _ASSIGN = re.compile(r"^(\s*)([a-z]+\d+) = ([^;]*)$")
@@ -753,7 +743,6 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     b.lin = lin
     b.spans = _spans(insns, cs_base)
     b.last_ip = max(i.start + len(i.raw) for i in insns) - 1    # checked against the CS limit
-    b.sets_shadow = _sets_shadow(insns[-1])
     b.mode_key = mode.key
     b.source = src
     return b

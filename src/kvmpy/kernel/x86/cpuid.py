@@ -191,6 +191,9 @@ def kvm_vcpu_after_set_cpuid(vcpu) -> None:
     vcpu.arch.maxphyaddr = guest_maxphyaddr(vcpu)
     vcpu.arch.gbpages = guest_cpuid_has(vcpu, "pdpe1gb")
     vcpu.arch.cr4_guest_rsvd_bits = cr4_reserved_bits(lambda name: guest_cpuid_has(vcpu, name))
+    # VMX's "enable RDTSCP" follows either feature, as vmx_secondary_exec_control sets it (on
+    # SVM, KVM's RDTSCP intercept gives the guest the same #UD)
+    vcpu.arch.cpu.rdtscp_enabled = guest_cpuid_has(vcpu, "rdtscp") or guest_cpuid_has(vcpu, "rdpid")
     for hook in after_set_cpuid_hooks:
         hook(vcpu)
 

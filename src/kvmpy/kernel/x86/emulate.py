@@ -75,6 +75,7 @@ class EmulateCtxt:
         self.pio_out = None
         self.pio_in: list[int] = []
         self.blocks: dict = {}
+        self.decoded: dict = {}         # (rip, CS base, mode) -> (instruction, its translation)
         self.rep_string = None          # (RCX at the start, address mask) for a REP string insn
         self.mmio_touched = False
 
@@ -192,17 +193,33 @@ class EmulateCtxt:
         mode = cpu.mode
         mask = 0xFFFFFFFFFFFFFFFF if mode.code == 8 else 0xFFFFFFFF
         rip = cpu.rip
-        ins = decode(lambda i: self.fetch_byte((csb + rip + i) & mask), mode.code, rip)
+        at = (rip, csb, mode.key)
+        known = self.decoded.get(at)
+        if known is not None and self._fetch_bytes(csb + rip, len(known[0].raw), mask) == known[0].raw:
+            ins, b = known              # the same bytes as last time here: no decode
+        else:
+            ins = decode(lambda i: self.fetch_byte((csb + rip + i) & mask), mode.code, rip)
+            key = (ins.raw, rip, csb, mode.key)
+            b = self.blocks.get(key)
+            if b is None:
+                b = codegen.translate(lambda r: ins, rip, csb, mode, self.ns, emulating=True, max_insns=1)
+                self.blocks[key] = b
+            self.decoded[at] = (ins, b)
         self._adsize = ins.adsize
         am = {2: 0xFFFF, 4: 0xFFFFFFFF, 8: 0xFFFFFFFFFFFFFFFF}[ins.adsize]
         self.rep_string = (cpu.regs[RCX] & am, am) if ins.rep and ins.opc in _MEM_STRING_OPCODES else None
         self.mmio_touched = False
-        key = (ins.raw, rip, csb, mode.key)
-        b = self.blocks.get(key)
-        if b is None:
-            b = codegen.translate(lambda r: ins, rip, csb, mode, self.ns, emulating=True, max_insns=1)
-            self.blocks[key] = b
         return b
+
+    def _fetch_bytes(self, lin, n, mask):
+        """``n`` instruction bytes from ``lin``, as ``fetch_byte`` reads them: one slice of
+        the page when they do not cross one (an MMIO instruction is emulated again and again
+        at the same place; checking its bytes is all it then costs)."""
+        if (lin & 0xFFF) + n <= 0x1000 and lin + n <= mask:
+            self.fetch_byte(lin)
+            off = lin & 0xFFF
+            return bytes(hm.page(self.fetch_page[1])[off:off + n])
+        return bytes(self.fetch_byte((lin + i) & mask) for i in range(n))
 
 
 def vcpu_mmio_read(vcpu, gpa: int, size: int, data: bytearray) -> bool:

@@ -184,7 +184,8 @@ def kvm_vcpu_has_events(vcpu) -> bool:
         return True                     # INIT, SIPI, or an expired LAPIC timer to deliver
     if a.cpu.mp_state != uapi.KVM_MP_STATE_RUNNABLE:
         return False                    # waiting for INIT/SIPI: interrupts do not wake it
-    if a.exception is not None or a.nmi_queued or a.nmi_pending or a.nmi_injected or a.interrupt is not None:
+    if (a.exception is not None or a.nmi_queued or x86.kvm_get_nr_pending_nmis(vcpu) or a.nmi_injected
+            or a.interrupt is not None):
         return True
     return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
 
@@ -193,7 +194,7 @@ def kvm_vcpus_all_idle(kvm) -> bool:
     """Is every vCPU halted or waiting for INIT/SIPI?  Only then may the virtual clock jump
     to the next deadline: while one runs, its instructions make the time, and a jump would
     fire its timers early (a waiting AP would turn the BSP's PIT into an interrupt storm)."""
-    for v in kvm.vcpus:
+    for v in list(kvm.vcpus):           # a vCPU may be added meanwhile
         cpu = getattr(v.arch, "cpu", None)
         if cpu is not None and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE and not cpu.halted:
             return False
@@ -202,9 +203,10 @@ def kvm_vcpus_all_idle(kvm) -> bool:
 
 def kvm_vcpu_block(vcpu) -> int:
     """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
-    lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
-    or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
-    interrupt wakes it through kvm_vcpu_kick."""
+    lets its clock reach the next timer, whose callback may raise the interrupt; while
+    another vCPU runs, its instructions move the clock and its run loop fires the timers).
+    A signal or immediate_exit ends the wait (vcpu_run then returns -EINTR); another
+    thread's interrupt wakes it through kvm_vcpu_kick."""
     wait = vcpu.wait
     with kvm_vcpu_srcu_dropped(vcpu):
         while True:
@@ -293,10 +295,11 @@ def inject_pending_event(vcpu) -> bool:
 
     An NMI that user space restored as injected (KVM_SET_VCPU_EVENTS) is re-injected before
     new events. A new NMI waits while NMIs are blocked -- by the processor's NMI blocking,
-    set on delivery and cleared by IRET, or by the STI/MOV SS shadow. KVM would then ask
-    for an NMI-window exit; kvmpy's processor has none, so the NMI goes in at the first
-    entry after the block lifts (the next exit of any kind, at worst the preemption exit
-    that ends an entry's instruction budget).
+    set on delivery and cleared by IRET, or by the STI/MOV SS shadow; the vendor's
+    ``enable_nmi_window`` then has it go in as soon as the block lifts, right after the
+    handler's IRET as on hardware: VMX's NMI-window exiting ends the entry there, SVM's
+    vNMI has the processor take the NMI there itself.  KVM_GUESTDBG_BLOCKIRQ takes an NMI
+    handed to the processor back.
     """
     arch = vcpu.arch
     cpu = arch.cpu
@@ -307,11 +310,16 @@ def inject_pending_event(vcpu) -> bool:
             cpu.cr2 = cr2
         cpu.pending_event = (HW_EXC, vector, error_code)
         event("kvm_inj_exception", vector=vector, error_code=error_code)
+        if arch.nmi_pending:
+            x86.kvm_x86_ops().enable_nmi_window(vcpu)
         return False
     x86.process_nmi(vcpu)
     reinject_nmi = arch.nmi_injected
     # KVM_GUESTDBG_BLOCKIRQ: no new NMI or interrupt goes in (what was injected goes on)
     blocked = vcpu.guest_debug & uapi.KVM_GUESTDBG_BLOCKIRQ
+    if blocked and cpu.vnmi_pending:
+        cpu.vnmi_pending = False
+        arch.nmi_pending += 1
     if reinject_nmi or (arch.interrupt is None and arch.nmi_pending and not blocked and x86.kvm_nmi_allowed(vcpu)):
         if not reinject_nmi:
             arch.nmi_pending -= 1
@@ -319,7 +327,11 @@ def inject_pending_event(vcpu) -> bool:
         arch.nmi_injected = False       # from here on the processor carries it (pending_event)
         cpu.pending_event = (NMI, uapi.NMI_VECTOR, None)
         cpu.halted = False
+        if arch.nmi_pending:            # the next waits for this one's IRET
+            x86.kvm_x86_ops().enable_nmi_window(vcpu)
         return False
+    if arch.nmi_pending and not blocked:
+        x86.kvm_x86_ops().enable_nmi_window(vcpu)
     if arch.interrupt is None and not blocked and irq.kvm_cpu_has_interrupt(vcpu):
         if not cpu.flags & IF or cpu.interrupt_shadow:
             return True                 # the window exit comes back here when IF=1

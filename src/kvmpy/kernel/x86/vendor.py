@@ -46,7 +46,8 @@ class KvmX86Ops:
                  hardware_disable=kvm_x86_op_nop, vm_init=kvm_x86_op_nop, vm_destroy=kvm_x86_op_nop,
                  vcpu_precreate=kvm_x86_op_nop, vcpu_free=kvm_x86_op_nop,
                  vcpu_reset=kvm_vcpu_reset_processor, vcpu_load=kvm_x86_op_nop, vcpu_put=kvm_x86_op_nop,
-                 get_msr=x86.kvm_get_msr_common, set_msr=x86.kvm_set_msr_common):
+                 get_msr=x86.kvm_get_msr_common, set_msr=x86.kvm_set_msr_common,
+                 enable_nmi_window=kvm_x86_op_nop):
         self.name = name                        # "vmx" or "svm": the CPUID vendor and model
         self.hardware_setup = hardware_setup    # module load: probe the processor
         self.hardware_enable = hardware_enable  # first VM created: VMXON / EFER.SVME
@@ -65,6 +66,7 @@ class KvmX86Ops:
         self.check_emulate_instruction = check_emulate_instruction  # may the last exit's insn be emulated?
         self.get_msr = get_msr                  # vendor MSRs, then kvm_get_msr_common
         self.set_msr = set_msr
+        self.enable_nmi_window = enable_nmi_window  # a pending NMI is blocked: have it go in when unblocked
 
 
 def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
@@ -73,6 +75,7 @@ def kvm_create_processor(vcpu, exit_format, vendor: str) -> None:
     and KVM's exit request as its host interrupt line."""
     cpu = vcpu.arch.cpu = Processor(exit_format, cpuid.kvm_cpu_model(vendor))
     cpu.intercept_task_switch = True
+    cpu.rdtscp_enabled = False          # until KVM_SET_CPUID2 gives the guest RDTSCP or RDPID
     cpu.host_interrupt = lambda: run.kvm_vcpu_exit_request(vcpu)
     cpu.pause_exiting = lambda: kvm_run_token_contended(vcpu)     # PLE: only worth it then
     vcpu.arch.insn_limit = params.insn_limit

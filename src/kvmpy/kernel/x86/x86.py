@@ -418,7 +418,6 @@ class KvmVcpuArch:
         self.ia32_misc_enable_msr = 0
         self.msr_platform_info = MSR_PLATFORM_INFO_CPUID_FAULT
         self.microcode_version = 0
-        self.tsc_aux = 0
         self.has_run = False                # set by the run path at the first VM entry
         self.insn_limit = None              # processor icount at which to signal (params.insn_limit)
         self.loaded = False
@@ -487,7 +486,6 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
         cpu.apic_base = 0xFEE00000 | 0x800 | (0x100 if kvm_vcpu_is_bsp(vcpu) else 0)
         cpu.msrs[MSR_IA32_CR_PAT] = PAT_DEFAULT
         vcpu.arch.ia32_misc_enable_msr = MSR_IA32_MISC_ENABLE_FAST_STRING
-        vcpu.arch.tsc_aux = 0
         if vcpu.arch.mtrr_state is not None:
             vcpu.arch.mtrr_state.__init__()
     entry = kcpuid.kvm_find_cpuid_entry(vcpu, 1)
@@ -499,6 +497,7 @@ def kvm_vcpu_reset(vcpu, init_event: bool) -> None:
     vcpu.arch.interrupt = None
     vcpu.arch.nmi_queued = vcpu.arch.nmi_pending = 0
     vcpu.arch.nmi_injected = False
+    cpu.vnmi_pending = cpu.nmi_window_exiting = False
     if vcpu.arch.apic is not None:
         vcpu.arch.apic.reset(init_event)
         cpu.cr8 = vcpu.arch.apic.get_cr8()
@@ -820,7 +819,7 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         if data >> 32:
             return 1
-        vcpu.arch.tsc_aux = data
+        cpu.msrs[index] = data              # the processor's: RDTSCP and RDPID read it
     elif index == MSR_IA32_APICBASE:
         if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
@@ -869,7 +868,7 @@ def kvm_get_msr_common(vcpu, index: int, host_initiated: bool = False) -> tuple[
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
             return 1, 0
-        return 0, vcpu.arch.tsc_aux
+        return 0, cpu.msrs.get(index, 0)
     if index == MSR_IA32_APICBASE:
         return 0, cpu.apic_base
     if index == MSR_MTRRcap:
@@ -1026,8 +1025,16 @@ def process_nmi(vcpu) -> None:
     """
     a = vcpu.arch
     limit = 1 if a.cpu.nmi_masked or _nmi_in_injection(vcpu) else 2
+    if a.cpu.vnmi_pending:
+        limit -= 1                      # already pending in the processor (vNMI)
     a.nmi_pending = min(a.nmi_pending + a.nmi_queued, limit)
     a.nmi_queued = 0
+
+
+def kvm_get_nr_pending_nmis(vcpu) -> int:
+    """NMIs waiting for delivery: KVM's ``nmi_pending`` and the one the processor may hold
+    (SVM's vNMI)."""
+    return vcpu.arch.nmi_pending + (1 if vcpu.arch.cpu.vnmi_pending else 0)
 
 
 def kvm_nmi_allowed(vcpu) -> bool:
@@ -1104,7 +1111,7 @@ def kvm_vcpu_ioctl_x86_get_vcpu_events(vcpu) -> uapi.kvm_vcpu_events:
     ev.interrupt.shadow = _SHADOW_TO_KVM.get(cpu.interrupt_shadow, 0)
     process_nmi(vcpu)
     ev.nmi.injected = _nmi_in_injection(vcpu)
-    ev.nmi.pending = a.nmi_pending          # a count (at most 2), as the host reports it
+    ev.nmi.pending = kvm_get_nr_pending_nmis(vcpu)     # a count (at most 2), as the host reports it
     ev.nmi.masked = bool(cpu.nmi_masked)
     ev.sipi_vector = 0                      # never valid when reported to user space (KVM)
     ev.flags = (uapi.KVM_VCPUEVENT_VALID_NMI_PENDING | uapi.KVM_VCPUEVENT_VALID_SHADOW
@@ -1141,6 +1148,7 @@ def kvm_vcpu_ioctl_x86_set_vcpu_events(vcpu, ev: uapi.kvm_vcpu_events) -> None:
     a.nmi_injected = bool(ev.nmi.injected)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_NMI_PENDING:
         a.nmi_pending = 0
+        cpu.vnmi_pending = False            # the count restored is all there is
         a.nmi_queued = ev.nmi.pending
     cpu.nmi_masked = bool(ev.nmi.masked)
     if ev.flags & uapi.KVM_VCPUEVENT_VALID_SIPI_VECTOR and a.apic is not None:

@@ -10,7 +10,8 @@ port 0xe4              "flush page": a dword write of a guest-physical address m
                        hypervisor drop its mappings of that page (``flush_page(gpa)``), so
                        the guest's next access to it faults into KVM again (eventinj)
 ports 0x2000-0x2017    one byte-wide port per ISA interrupt line: writing v sets line N's
-                       level to v != 0 (``set_irq(line, level)``)
+                       level to v != 0 (``set_irq(line, level)``); a word or dword write
+                       sets a line per byte, as QEMU splits it
 MMIO 0xff000000        64 KiB of device memory that reads back what was written
 =====================  ===============================================================
 
@@ -57,11 +58,14 @@ class PcTestdev:
             self.last_flushed = page
             if self.flush_page:
                 self.flush_page(page)
-        elif offset in range(IRQ, IRQ + IRQ_LINES) and size == 1:
-            line, level = offset - IRQ, bool(value)
-            self.irq_levels[line] = level
-            if self.set_irq:
-                self.set_irq(line, level)
+        elif offset in range(IRQ, IRQ + IRQ_LINES):
+            # byte-wide ports: a wider write is a byte to each of the lines it covers (QEMU
+            # splits it so), the lowest byte to the line at its address
+            for line in range(offset - IRQ, min(offset - IRQ + size, IRQ_LINES)):
+                level = bool(value >> 8 * (line - offset + IRQ) & 0xFF)
+                self.irq_levels[line] = level
+                if self.set_irq:
+                    self.set_irq(line, level)
 
 
 class PcTestdevMemory:

@@ -186,11 +186,25 @@ def svm_vcpu_create(vcpu) -> None:
 def svm_vcpu_run(vcpu):
     """VMRUN: run the processor until it reports a #VMEXIT, then take back the event whose
     delivery the exit interrupted (svm_complete_interrupts)."""
-    injected = vcpu.arch.cpu.pending_event          # the entry's EVENTINJ
+    cpu = vcpu.arch.cpu
+    injected = cpu.pending_event                    # the entry's EVENTINJ
+    vnmi = cpu.vnmi_pending
     x = vendor.kvm_run_processor(vcpu)
-    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=vcpu.arch.cpu.rip)
+    event("kvm_exit", vcpu=vcpu.vcpu_id, reason=x.exit_code, rip=cpu.rip)
+    if vnmi and not cpu.vnmi_pending:
+        vcpu.stat["nmi_injections"] += 1            # the processor took the virtual NMI
     svm_complete_interrupts(vcpu, x, injected)
     return x
+
+
+def svm_enable_nmi_window(vcpu) -> None:
+    """A pending NMI is blocked: with vNMI, hand it to the processor (V_NMI_PENDING), which
+    delivers it itself as soon as NMIs are unblocked (the IRET of the handler running), with
+    no exit; it holds one at a time.  It counts as injected when the processor takes it."""
+    arch = vcpu.arch
+    if not arch.cpu.vnmi_pending:
+        arch.cpu.vnmi_pending = True
+        arch.nmi_pending -= 1
 
 
 def svm_event_kind(int_info: int) -> int:
@@ -247,7 +261,8 @@ def svm_get_exit_info(vcpu) -> tuple:
 
 svm_x86_ops = vendor.KvmX86Ops("svm", vcpu_create=svm_vcpu_create, vcpu_run=svm_vcpu_run,
                                handle_exit=svm_handle_exit, get_exit_info=svm_get_exit_info,
-                               check_emulate_instruction=svm_check_emulate_instruction)
+                               check_emulate_instruction=svm_check_emulate_instruction,
+                               enable_nmi_window=svm_enable_nmi_window)
 
 
 @traced

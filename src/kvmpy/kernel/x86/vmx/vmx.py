@@ -91,10 +91,24 @@ def handle_pause(vcpu, x) -> int:
     return run.kvm_skip_emulated_instruction(vcpu, x.instruction_len)
 
 
+def handle_nmi_window(vcpu, x) -> int:
+    """NMI-window exiting: NMIs are unblocked (the handler's IRET); the entry that follows
+    injects the pending NMI."""
+    vcpu.arch.cpu.nmi_window_exiting = False
+    vcpu.stat["nmi_window_exits"] += 1
+    return 1
+
+
+def vmx_enable_nmi_window(vcpu) -> None:
+    """A pending NMI is blocked: exit as soon as it can go in."""
+    vcpu.arch.cpu.nmi_window_exiting = True
+
+
 kvm_vmx_exit_handlers = {
     hwvmx.EXIT_REASON_EXCEPTION_NMI: handle_exception_nmi,
     hwvmx.EXIT_REASON_TRIPLE_FAULT: lambda v, x: run.kvm_handle_triple_fault(v),
     hwvmx.EXIT_REASON_INTERRUPT_WINDOW: lambda v, x: run.handle_interrupt_window(v),
+    hwvmx.EXIT_REASON_NMI_WINDOW: handle_nmi_window,
     hwvmx.EXIT_REASON_TASK_SWITCH: handle_task_switch,
     hwvmx.EXIT_REASON_CPUID: lambda v, x: run.kvm_emulate_cpuid(v, x.instruction_len),
     hwvmx.EXIT_REASON_HLT: lambda v, x: run.kvm_emulate_halt(v, x.instruction_len),
@@ -166,7 +180,8 @@ def vmx_get_exit_info(vcpu) -> tuple:
 
 vmx_x86_ops = vendor.KvmX86Ops("vmx", vcpu_create=vmx_vcpu_create, vcpu_run=vmx_vcpu_run,
                                handle_exit=vmx_handle_exit, get_exit_info=vmx_get_exit_info,
-                               check_emulate_instruction=vmx_check_emulate_instruction)
+                               check_emulate_instruction=vmx_check_emulate_instruction,
+                               enable_nmi_window=vmx_enable_nmi_window)
 
 
 @traced
