@@ -123,6 +123,7 @@ class Processor(CPUState, SegmentUnit):
         self.host_tsc = None
         # --- internal ---
         self.icount = 0
+        self.entry_checked = None        # (state, answer) of the last entry's static checks (entry.py)
         self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
@@ -474,16 +475,33 @@ class Processor(CPUState, SegmentUnit):
                 and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
             if b.epoch == self.epoch:
                 return b
-            if self._raw_at(b) == b.raw:
+            if self._code_unchanged(b):
                 b.epoch = self.epoch
                 return b
         return self._translate_block(rip, csb, lin, phys)
 
-    def _raw_at(self, b):
+    def _code_unchanged(self, b):
+        """Does memory still hold the bytes ``b`` was translated from?  Compared a page's
+        slice at a time (a call per byte made this re-check, which every entry needs for
+        each block it runs, one of the costliest parts of a boot); a fetch that faults
+        counts as changed, so the block is translated again and the fault happens there."""
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        raw, off = b.raw, 0
         try:
-            return bytes(self.fetch_byte(lin + i) for lin, size in b.spans for i in range(size))
+            for start, size in b.spans:
+                while size:
+                    a = start & mask
+                    lo = a & 0xFFF
+                    n = min(size, 0x1000 - lo)
+                    v = self.tlb_r.get(a >> 12)
+                    if v is None or (a >> 12) not in self.tlb_x:
+                        v = hm.page(self.translate(a, paging.PFERR_FETCH)[0])
+                    if v[lo:lo + n] != raw[off:off + n]:
+                        return False
+                    off, start, size = off + n, start + n, size - n
         except (Fault, Intercept):
-            return None
+            return False
+        return True
 
     def _translate_block(self, rip, csb, lin, phys):
         if self.host_interrupt():       # translating is the costliest work an entry does
