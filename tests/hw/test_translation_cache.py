@@ -112,3 +112,36 @@ def test_block_spanning_two_pages_sees_the_second_page_remapped():
     x = cpu.run(1000)
     assert x.reason == EXIT_REASON_HLT
     assert cpu.regs[2] == 3
+
+
+@pytest.mark.parametrize("remap", [False, True], ids=["same-frame", "remapped"])
+def test_block_spanning_two_pages_after_a_tlb_flush(monkeypatch, remap):
+    """A CR3 write empties the TLB: the block at 0x5ffb, which runs into page 0x6000, is
+    kept while page 0x6000 still maps the same frame (translated once), and runs the new
+    code when the PTE changed before the flush."""
+    from kvmpy.hw.translate import codegen
+    translated = []
+    real = codegen.translate
+    monkeypatch.setattr(codegen, "translate", lambda decode_at, rip, *a, **k:
+                        translated.append(rip) or real(decode_at, rip, *a, **k))
+    mem = mmap.mmap(-1, 0x10000)
+    driver = asm.assemble("""
+        mov ebx, 0x5ffb
+        call rbx
+        %s
+        mov rax, cr3
+        mov cr3, rax
+        call rbx
+        hlt
+    """ % ("mov dword ptr [0x4030], 0x7003" if remap else "nop"))
+    mem[0x5000:0x5000 + len(driver)] = driver
+    mem[0x5ffb:0x6000] = asm.assemble("mov eax, 1")
+    mem[0x6000:0x6003] = asm.assemble("add edx, eax\nret")
+    mem[0x7000:0x7005] = asm.assemble("add edx, eax\nadd edx, eax\nret")
+    cpu = _paged_cpu(mem)
+    cpu.regs[4] = 0x9000
+    cpu.rip = 0x5000
+    x = cpu.run(1000)
+    assert x.reason == EXIT_REASON_HLT
+    assert cpu.regs[2] == (3 if remap else 2)
+    assert translated.count(0x5ffb) == (2 if remap else 1)

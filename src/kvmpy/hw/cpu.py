@@ -472,13 +472,30 @@ class Processor(CPUState, SegmentUnit):
         b = self.code.get(rip)
         if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
                 and b.last_ip <= self.fetch_limit
-                and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
+                and (not b.xpages or self._xpages_unchanged(b))):
             if b.epoch == self.epoch:
                 return b
             if self._code_unchanged(b):
                 b.epoch = self.epoch
                 return b
         return self._translate_block(rip, csb, lin, phys)
+
+    def _xpages_unchanged(self, b):
+        """Are the block's pages beyond its first still mapped to the frames its code came
+        from?  A page missing from the fetch TLB (any flush empties it: a CR3 write) is
+        walked again, not taken as changed: retranslating every block that crosses a page
+        after each flush was half of a Linux boot's translations.  A walk that faults
+        counts as changed; the translation then meets the fault where the guest does."""
+        for lpn, gpa in b.xpages:
+            now = self.tlb_x.get(lpn)
+            if now is None:
+                try:
+                    now = self.translate(lpn << 12, paging.PFERR_FETCH)[1]
+                except (Fault, Intercept):
+                    return False
+            if now != gpa:
+                return False
+        return True
 
     def _code_unchanged(self, b):
         """Does memory still hold the bytes ``b`` was translated from?  Compared a page's
