@@ -145,3 +145,23 @@ def test_block_spanning_two_pages_after_a_tlb_flush(monkeypatch, remap):
     assert x.reason == EXIT_REASON_HLT
     assert cpu.regs[2] == (3 if remap else 2)
     assert translated.count(0x5ffb) == (2 if remap else 1)
+
+
+def test_processors_share_compiled_code_not_state():
+    """Two processors translating the same bytes at the same address re-use one compiled
+    code object (``codegen`` keeps them by source), each bound to its own namespace: each
+    computes from its own registers and memory."""
+    cpus = []
+    for rax in (5, 40):
+        mem = mmap.mmap(-1, 0x10000)
+        code = asm.assemble("add eax, dword ptr [0x8000]\nmov dword ptr [0x8004], eax\nhlt")
+        mem[0x5000:0x5000 + len(code)] = code
+        mem[0x8000:0x8004] = (rax * 2).to_bytes(4, "little")
+        cpu = _paged_cpu(mem)
+        cpu.regs[0], cpu.rip = rax, 0x5000
+        assert cpu.run(100).reason == EXIT_REASON_HLT
+        assert cpu.regs[0] == rax * 3
+        assert int.from_bytes(mem[0x8004:0x8008], "little") == rax * 3
+        cpus.append(cpu)
+    a, b = (c.code[0x5000].fn for c in cpus)
+    assert a.__code__ is b.__code__ and a.__globals__ is not b.__globals__
