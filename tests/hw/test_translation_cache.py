@@ -90,18 +90,18 @@ def _paged_cpu(mem):
     return cpu
 
 
-def test_block_spanning_two_pages_sees_the_second_page_remapped():
-    """The block at 0x5ffb runs into page 0x6000; the guest then points that page at
-    another frame (PTE + INVLPG) and calls the block again, in the same VM entry."""
+def _run_two_page_block(between):
+    """Call the block at 0x5ffb (``mov eax, 1`` running into ``add edx, eax; ret`` at page
+    0x6000) twice, with the guest code ``between`` in between; frame 0x7000 holds a variant
+    adding twice.  Returns EDX after HLT: 2 if both calls ran the first frame's code."""
     mem = mmap.mmap(-1, 0x10000)
     driver = asm.assemble("""
         mov ebx, 0x5ffb
         call rbx
-        mov dword ptr [0x4030], 0x7003
-        invlpg [0x6000]
+        %s
         call rbx
         hlt
-    """)
+    """ % between)
     mem[0x5000:0x5000 + len(driver)] = driver
     mem[0x5ffb:0x6000] = asm.assemble("mov eax, 1")
     mem[0x6000:0x6003] = asm.assemble("add edx, eax\nret")
@@ -111,7 +111,13 @@ def test_block_spanning_two_pages_sees_the_second_page_remapped():
     cpu.rip = 0x5000
     x = cpu.run(1000)
     assert x.reason == EXIT_REASON_HLT
-    assert cpu.regs[2] == 3
+    return cpu.regs[2]
+
+
+def test_block_spanning_two_pages_sees_the_second_page_remapped():
+    """The block at 0x5ffb runs into page 0x6000; the guest then points that page at
+    another frame (PTE + INVLPG) and calls the block again, in the same VM entry."""
+    assert _run_two_page_block("mov dword ptr [0x4030], 0x7003\ninvlpg [0x6000]") == 3
 
 
 @pytest.mark.parametrize("remap", [False, True], ids=["same-frame", "remapped"])
@@ -124,26 +130,8 @@ def test_block_spanning_two_pages_after_a_tlb_flush(monkeypatch, remap):
     real = codegen.translate
     monkeypatch.setattr(codegen, "translate", lambda decode_at, rip, *a, **k:
                         translated.append(rip) or real(decode_at, rip, *a, **k))
-    mem = mmap.mmap(-1, 0x10000)
-    driver = asm.assemble("""
-        mov ebx, 0x5ffb
-        call rbx
-        %s
-        mov rax, cr3
-        mov cr3, rax
-        call rbx
-        hlt
-    """ % ("mov dword ptr [0x4030], 0x7003" if remap else "nop"))
-    mem[0x5000:0x5000 + len(driver)] = driver
-    mem[0x5ffb:0x6000] = asm.assemble("mov eax, 1")
-    mem[0x6000:0x6003] = asm.assemble("add edx, eax\nret")
-    mem[0x7000:0x7005] = asm.assemble("add edx, eax\nadd edx, eax\nret")
-    cpu = _paged_cpu(mem)
-    cpu.regs[4] = 0x9000
-    cpu.rip = 0x5000
-    x = cpu.run(1000)
-    assert x.reason == EXIT_REASON_HLT
-    assert cpu.regs[2] == (3 if remap else 2)
+    edit = "mov dword ptr [0x4030], 0x7003\n" if remap else ""
+    assert _run_two_page_block(edit + "mov rax, cr3\nmov cr3, rax") == (3 if remap else 2)
     assert translated.count(0x5ffb) == (2 if remap else 1)
 
 
