@@ -8,23 +8,15 @@ checked against a fresh run, and refreshed with
 
     KVMPY_RECORD=1 pytest tests/guests/test_tasks.py -k qemu
 
-QEMU runs the flat image without SeaBIOS: a 64 KiB "BIOS" whose reset vector jumps to
-0:0x7c00, and the image placed there by QEMU's generic loader device, so the guest starts
-as under kvmpy (real mode, empty IVT).  The unit tests below check error codes on the
-processor alone, the TASK_SWITCH exits of both vendors and their decoding by the kernel, and
-a switch to a task with its own CR3 through KVM (TDP and shadow paging).
+QEMU runs the flat image as tests/support/qemuflat.py says.  The unit tests below check
+error codes on the processor alone, the TASK_SWITCH exits of both vendors and their decoding
+by the kernel, and a switch to a task with its own CR3 through KVM (TDP and shadow paging).
 """
-
-import json
-import os
-import pathlib
-import shutil
-import subprocess
-import tempfile
 
 import pytest
 
 from tests.support import rawvmm
+from tests.support.qemuflat import check_qemu_run, qemu_missing, recorded_run
 from kvmpy.guests import load_image
 from kvmpy.hw import memory as hm
 from kvmpy.hw.cpu import Processor
@@ -33,10 +25,6 @@ from kvmpy.hw.state import Segment
 from kvmpy.hw.x86defs import CR0_PE, CS, EFER_LMA, EFER_LME, SS
 from kvmpy.hw.virt.vmx import VmxExitFormat
 
-RECORDED = pathlib.Path(__file__).resolve().parents[1] / "data" / "tasks.qemu.json"
-RECORD = os.environ.get("KVMPY_RECORD") == "1"
-QEMU = "qemu-system-x86_64"
-RESET_JUMP = bytes([0xEA, 0x00, 0x7C, 0x00, 0x00])      # jmp far 0000:7c00 at F000:FFF0
 
 STEPS = ("call gate, same privilege", "call gate ring 3 -> 0, 2 parameters, #GP(gate)",
          "task gate CALL, IRET via back link", "JMP to TSS and back",
@@ -46,35 +34,14 @@ STEPS = ("call gate, same privilege", "call gate ring 3 -> 0, 2 parameters, #GP(
 CONSOLE = "".join(f"tasks: {s}\r\n" for s in STEPS)
 
 
-def run_qemu(image):
-    """Run ``image`` under QEMU TCG; return {"console", "exit_value"}."""
-    with tempfile.TemporaryDirectory() as tmp:
-        bios, guest = pathlib.Path(tmp, "bios.bin"), pathlib.Path(tmp, "guest.bin")
-        bios.write_bytes(bytes(0xFFF0) + RESET_JUMP + bytes(11))
-        guest.write_bytes(image)
-        argv = [QEMU, "-machine", "pc", "-accel", "tcg", "-m", "16", "-display", "none", "-nographic",
-                "-serial", "stdio", "-monitor", "none", "-net", "none",
-                "-device", "isa-debug-exit,iobase=0xf4,iosize=0x04", "-bios", str(bios),
-                "-device", f"loader,file={guest},addr=0x7c00,force-raw=on"]
-        proc = subprocess.run(argv, capture_output=True, timeout=60)
-    status = proc.returncode
-    return {"console": proc.stdout.decode("latin-1"), "exit_value": status >> 1 if status & 1 else None}
-
-
-@pytest.mark.skipif(shutil.which(QEMU) is None, reason="QEMU is not installed")
+@pytest.mark.skipif(qemu_missing(), reason="QEMU is not installed")
 def test_qemu_run():
-    result = run_qemu(load_image("tasks"))
-
-    assert result == {"console": CONSOLE, "exit_value": 0}
-    if RECORD:
-        RECORDED.write_text(json.dumps(result, indent=1) + "\n")
-    else:
-        assert result == json.loads(RECORDED.read_text())
+    check_qemu_run("tasks", CONSOLE)
 
 
 def test_soft_matches_qemu(soft_mmu):
     from kvmpy import syscalls
-    reference = json.loads(RECORDED.read_text())
+    reference = recorded_run("tasks")
 
     result = rawvmm.run_guest(load_image("tasks"), syscalls)
 

@@ -543,6 +543,8 @@ def explain(op, soft: str, host: str):
     * KVM_SET_TSC_KHZ: which frequencies a vCPU may have depends on the host's TSC scaling;
       kvmpy scales in software (KVM_CAP_TSC_CONTROL), a host without scaling accepts any
       frequency above its own (it catches up) and refuses those below.
+    * KVM_GET_TSC_KHZ after such a frequency: the value is the ioctl's return value, and
+      one of 2^31 kHz or more is negative, an errno to the caller.
     * A run whose HLT is single-stepped (a random KVM_SET_GUEST_DEBUG before it): Linux's
       kvm_emulate_halt, which VMX and SVM call for the HLT exit, turns the step's
       KVM_EXIT_DEBUG into KVM_EXIT_HLT when the VM has no in-kernel irqchip (kvmpy does
@@ -557,6 +559,10 @@ def explain(op, soft: str, host: str):
         return "host ioctl %#x unknown to kvmpy.uapi" % cmd
     if cmd == K.KVM_SET_TSC_KHZ and {soft, host} <= {"ok", "EINVAL"}:
         return "TSC scaling differs"
+    if cmd == K.KVM_GET_TSC_KHZ and soft == "ok":
+        # the ioctl's return value is the frequency: one of 2^31 kHz or more, which only the
+        # host accepted (above), comes back negative, as an errno (0xffffffea: EINVAL)
+        return "a TSC frequency only the host took reads back as an errno"
     if cmd in TABLES and {soft, host} <= {"ok", "E2BIG", "EFAULT"}:
         return "table lengths differ (%s)" % TABLES[cmd]
     return None

@@ -4,7 +4,15 @@
 import subprocess
 import sys
 
+import pytest
+
 from kvmpy.vmm.cli import main
+
+#: ``kvmpy run`` options for kvmpy under each vendor module and MMU mode (a process loads
+#: one vendor: each run is a process of its own), and for the host's /dev/kvm
+RUN_BACKENDS = [pytest.param(("--vendor", vendor, "--mmu", mmu), id=f"{vendor}-{mmu}")
+                for vendor in ("vmx", "svm") for mmu in ("tdp", "shadow")]
+RUN_BACKENDS.append(pytest.param(("--accel", "host"), id="host", marks=pytest.mark.host))
 
 
 def run_main(capsys, *argv):

@@ -214,7 +214,7 @@ def test_cli_neither_bzimage_nor_multiboot(capsys, tmp_path):
         status, out, err = run_main(capsys, "run", "-kernel", str(junk), option, "x")
         assert status == 2 and out == "" and err.count("\n") == 1
         assert err.startswith(f"kvmpy: error: {option}: {junk} is neither a Linux bzImage "
-                              f"nor a multiboot kernel")
+                              f"nor a PVH or multiboot kernel")
     status, out, err = run_main(capsys, "run", "-kernel", str(junk), "--format", "multiboot")
     assert (status, out) == (2, "")
     assert err == (f"kvmpy: error: could not load kernel '{junk}': no multiboot header in the "

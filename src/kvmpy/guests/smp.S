@@ -11,7 +11,8 @@
  *        for each AP's answer (vector 0x60 + APIC ID) and adds to the counter itself.
  *   AP   protected mode, its own stack, LAPIC on, checks in with LOCK INC, waits (STI; HLT)
  *        for the BSP's IPI, adds ADDS to the counter with LOCK INC, answers, and halts with
- *        interrupts off.
+ *        interrupts off.  An AP whose CPUID initial APIC ID (leaf 1 EBX[31:24], the VMM's to
+ *        fill) is not its LAPIC's ID adds one more, so that the total is off.
  * The BSP prints "smp: <cpus> cpus, <ipis> ipis, counter <n>" and exits through
  * isa-debug-exit with 0 when the counter is cpus * ADDS and every IPI arrived, else 1.
  */
@@ -179,7 +180,16 @@ ap32:
         shl     $12, %eax
         mov     $AP_STACKS, %esp
         sub     %eax, %esp
-        lidt    idt_desc
+        push    %ebx
+        mov     $1, %eax
+        cpuid
+        shr     $24, %ebx
+        mov     %ebx, %eax
+        pop     %ebx
+        cmp     %ebx, %eax
+        je      5f
+        lock incl V_COUNTER             /* CPUID's APIC ID is not the LAPIC's */
+5:      lidt    idt_desc
         movl    $0x1ff, L_SVR
         lock incl V_ALIVE
 1:      cli                             /* wait for the BSP's IPI */

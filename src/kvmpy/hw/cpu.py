@@ -331,15 +331,18 @@ class Processor(CPUState, SegmentUnit):
         self._note_write(gpa >> 12, gpa & 0xFFF, size)
         hm.write(host, size, value)
 
-    def translate(self, lin, access):
+    def translate(self, lin, access, implicit=False):
         """Linear -> (host page address, guest-physical page) for one access.
 
-        Fills the software TLB; raises Fault(14)/Intercept on failure.
+        Fills the software TLB; raises Fault(14)/Intercept on failure.  ``implicit``: an
+        implicit supervisor-mode access (SDM 4.6), made as at CPL 0 whatever the CPL; at
+        CPL 3 its translation stays out of the TLB, which then holds only what user code
+        may reach.
         """
         # canonical: bits 63..47 equal, i.e. lin + 2**47 (cut to 64 bits) is below 2**48
         if self.mode.code == 8 and (lin + (1 << 47)) >> 48 & 0xFFFF:
             raise Fault(13, 0)          # non-canonical address (#SS for stack accesses is not told apart)
-        user = self.mode.cpl == 3
+        user = self.mode.cpl == 3 and not implicit
         if user:
             access |= paging.PFERR_USER
         lpn = lin >> 12
@@ -367,6 +370,8 @@ class Processor(CPUState, SegmentUnit):
                                 present=host is not None)
             if gfn in self.ept_ro:
                 writable = False
+        if implicit and self.mode.cpl == 3:
+            return host, gpa
         view = hm.page(host)
         if not uok:
             self.tlb_supervisor = True
@@ -400,6 +405,30 @@ class Processor(CPUState, SegmentUnit):
             first = self.write_slow(a, lo, v)
             return self.write_slow(a + lo, size - lo, v >> (8 * lo)) or first
         host, gpa = self.translate(a, paging.PFERR_WRITE)
+        hm.write(host + (a & 0xFFF), size, v)
+        return self._note_write(gpa >> 12, a & 0xFFF, size)
+
+    def read_sys(self, a, size):
+        """An implicit supervisor-mode read (SDM 4.6): of the GDT, LDT, IDT or TSS, which
+        the processor reads with supervisor rights even at CPL 3 (an interrupt taken in
+        user mode, an IRET or a segment load there)."""
+        if self.mode.cpl != 3:
+            return self.read_slow(a, size)
+        if (a & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (a & 0xFFF)
+            return self.read_sys(a, lo) | (self.read_sys(a + lo, size - lo) << (8 * lo))
+        return hm.read(self.translate(a, 0, True)[0] + (a & 0xFFF), size)
+
+    def write_sys(self, a, size, v):
+        """An implicit supervisor-mode write (a descriptor's accessed or busy bit, a TSS
+        field); see :meth:`read_sys`."""
+        if self.mode.cpl != 3:
+            return self.write_slow(a, size, v)
+        if (a & 0xFFF) + size > 0x1000:
+            lo = 0x1000 - (a & 0xFFF)
+            first = self.write_sys(a, lo, v)
+            return self.write_sys(a + lo, size - lo, v >> (8 * lo)) or first
+        host, gpa = self.translate(a, paging.PFERR_WRITE, True)
         hm.write(host + (a & 0xFFF), size, v)
         return self._note_write(gpa >> 12, a & 0xFFF, size)
 

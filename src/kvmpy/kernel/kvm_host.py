@@ -12,6 +12,7 @@ hooks without an import cycle.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import math
 import mmap as _mmap
 import os
@@ -279,6 +280,22 @@ def kvm_guest_mode_run(vcpu: KvmVcpu, vcpu_run):
     finally:
         vcpu.mode = OUTSIDE_GUEST_MODE
         kvm_vcpu_srcu_read_lock(vcpu)
+
+
+@contextlib.contextmanager
+def kvm_vcpu_srcu_dropped(vcpu: KvmVcpu):
+    """Out of the vCPU's SRCU read section for a wait (a halt, the run token), as x86's
+    vcpu_block drops kvm->srcu around kvm_vcpu_halt: a memslot update must not wait for a
+    vCPU that waits for an event -- the event may come from the very thread that updates
+    (QEMU's SeaBIOS changes slots while its APs wait for INIT)."""
+    held = vcpu.srcu_idx is not None
+    if held:
+        kvm_vcpu_srcu_read_unlock(vcpu)
+    try:
+        yield
+    finally:
+        if held:
+            kvm_vcpu_srcu_read_lock(vcpu)
 
 
 def kvm_vcpu_srcu_read_lock(vcpu: KvmVcpu) -> None:

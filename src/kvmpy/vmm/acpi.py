@@ -89,9 +89,11 @@ MADT_LOCAL_APIC, MADT_IO_APIC, MADT_INT_OVERRIDE, MADT_LOCAL_APIC_NMI = 0, 1, 2,
 MADT_ENABLED = 1 << 0
 MPS_INTI_LEVEL_ACTIVE_HIGH = 0x0D           # polarity 01 (high), trigger 11 (level)
 ALL_PROCESSORS = 0xFF
+#: the ISA IRQs that are level-triggered, active high (QEMU's pc: its PCI lines and the SCI)
+LEVEL_IRQS = (5, 9, 10, 11)
 #: ISA IRQs whose GSI or polarity differs from the ISA default, as QEMU's pc reports them
 INTERRUPT_OVERRIDES = ((0, 2, 0),) + tuple((irq, irq, MPS_INTI_LEVEL_ACTIVE_HIGH)
-                                           for irq in (5, 9, 10, 11))
+                                           for irq in LEVEL_IRQS)
 NMI_LINT = 1
 
 # AML (ACPI 20.2): Name(_S5, Package(4) {S5, S5, 0, 0})

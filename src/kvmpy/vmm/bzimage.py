@@ -19,8 +19,8 @@ Every problem with the file is a :class:`~kvmpy.vmm.loader.LoadError` naming it.
 
 import struct
 
-from kvmpy.vmm.layout import e820_map
-from kvmpy.vmm.loader import LoadError, LoadedImage, _open, _place, _read
+from kvmpy.vmm.layout import CMDLINE_ADDR, e820_map
+from kvmpy.vmm.loader import LoadError, LoadedImage, _open, _place, _read, place_initrd
 
 SETUP_HEADER_OFFSET = 0x1F1
 BOOT_FLAG = 0xAA55
@@ -38,8 +38,6 @@ INITRD_ADDR_MAX_DEFAULT = 0x37FFFFFF     # before protocol 2.03
 
 BOOT_PARAMS_ADDR = 0x7000        # the zero page (Firecracker's address)
 BOOT_PARAMS_SIZE = 0x1000
-CMDLINE_ADDR = 0x20000
-PAGE = 0x1000
 
 # offsets in struct boot_params (arch/x86/include/uapi/asm/bootparam.h)
 BP_E820_ENTRIES = 0x1E8
@@ -100,19 +98,6 @@ def _checked_header(path, data, entry_bits):
     return version, kernel_offset
 
 
-def _place_initrd(memory, path, initrd_path, version, header, kernel_end):
-    """Highest page-aligned spot below ``initrd_addr_max`` and the end of RAM."""
-    initrd = _read(initrd_path, memory.size)
-    addr_max = _get(header, "initrd_addr_max") if version >= 0x0203 else INITRD_ADDR_MAX_DEFAULT
-    top = min(addr_max + 1, memory.base + memory.size)
-    addr = (top - len(initrd)) & ~(PAGE - 1)
-    if addr < kernel_end:
-        raise LoadError(f"{initrd_path}: the initrd ({len(initrd)} bytes) does not fit in guest "
-                        f"memory above the kernel of {path}")
-    _place(memory, initrd_path, addr, initrd)
-    return addr, len(initrd)
-
-
 def load_bzimage(memory, path, cmdline="", initrd=None, entry_bits=64):
     """Load the bzImage at ``path`` with ``cmdline`` and the ``initrd`` file (or None);
     return the :class:`LoadedImage` (kind "bzimage", with ``boot_params`` set)."""
@@ -138,7 +123,8 @@ def load_bzimage(memory, path, cmdline="", initrd=None, entry_bits=64):
     _put(zero_page, "vid_mode", VID_MODE_NORMAL)
     _put(zero_page, "cmd_line_ptr", CMDLINE_ADDR)
     if initrd is not None:
-        addr, size = _place_initrd(memory, path, initrd, version, data, kernel_end)
+        addr_max = _get(data, "initrd_addr_max") if version >= 0x0203 else INITRD_ADDR_MAX_DEFAULT
+        addr, size = place_initrd(memory, path, initrd, kernel_end, addr_max + 1)
         _put(zero_page, "ramdisk_image", addr)
         _put(zero_page, "ramdisk_size", size)
     e820 = e820_map(memory.base + memory.size)[:E820_MAX_ENTRIES_ZEROPAGE]

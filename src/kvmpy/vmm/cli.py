@@ -1,10 +1,11 @@
 """``kvmpy``: run a guest on kvmpy's soft KVM or on the host's /dev/kvm.
 
     kvmpy run [IMAGE] [--accel soft|host] [--mmu tdp|shadow] [--vendor vmx|svm] [--cpu MODEL]
-              [-m MIB] [--format auto|flat|elf|bzimage|multiboot] [--trace] [--max-insns N]
+              [-m MIB] [--format auto|flat|elf|bzimage|pvh|multiboot] [--trace] [--max-insns N]
               [--timeout S] [--stats]
     kvmpy run -kernel FILE [QEMU options: -initrd -append -smp -m -cpu -machine -device
-              -global -serial -rtc -display -nodefaults --no-reboot -enable-kvm]
+              -drive -global -serial -rtc -display -nodefaults --no-reboot -enable-kvm]
+              [--disk FILE]
     kvmpy unit-tests BUILD_DIR [-j N] [-g GROUP] [--qemu PATH] [TEST...]
     kvmpy version
 
@@ -172,6 +173,11 @@ def _add_qemu_options(run):
     qemu.add_argument("--global", "-global", dest="globals", action="append", default=[],
                       type=_qemu_type(qemu_options.global_property), metavar="DRIVER.PROP=V",
                       help="kvm-pit.lost_tick_policy=discard|delay")
+    qemu.add_argument("--drive", "-drive", action="append", default=[],
+                      type=_qemu_type(qemu_options.drive),
+                      metavar="file=FILE,if=virtio|none[,id=ID][,format=raw][,readonly=on]",
+                      help="a virtio-blk disk on a raw image (virtio-mmio); with if=none, the "
+                           "image of -device virtio-blk-device,drive=ID")
     qemu.add_argument("--serial", "-serial", choices=SERIAL_BACKENDS,
                       help="COM1 to stdout (stdio, the default) or nowhere (none, null)")
     qemu.add_argument("--rtc", "-rtc", type=_qemu_type(qemu_options.rtc),
@@ -216,10 +222,14 @@ def build_parser():
     run.add_argument("-m", "--memory", type=memory_mib, metavar="MIB",
                      help=f"guest RAM in MiB, or with a suffix K, M, G (default {DEFAULT_MIB}; "
                           f"{QEMU_DEFAULT_MIB}, QEMU's default, with -kernel)")
-    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "multiboot"),
+    run.add_argument("--format", choices=("auto", "flat", "elf", "bzimage", "pvh", "multiboot"),
                      default="auto",
                      help="image format (default: a bzImage by its boot protocol header, a "
-                          "multiboot kernel by its multiboot header, ELF by its magic, else flat)")
+                          "PVH kernel by its Xen ELF note, a multiboot kernel by its "
+                          "multiboot header, ELF by its magic, else flat)")
+    run.add_argument("--disk", action="append", default=[], metavar="FILE",
+                     help="a virtio-blk disk (virtio-mmio) on the raw image FILE; the same "
+                          "as -drive file=FILE,if=virtio,format=raw")
     run.add_argument("--trace", action="store_true",
                      help="print the soft kernel's call chains to stderr")
     run.add_argument("--max-insns", type=positive_int, metavar="N",
@@ -346,6 +356,9 @@ def _machine_options(args):
         pit_policy = value
     return dict(smp=args.smp.cpus if args.smp else 1, initrd=args.initrd, cmdline=args.append,
                 cpu_features=args.cpu.features if args.cpu else None, devices=args.device,
+                disks=[(d.file, d.readonly) for d in args.drive if d.interface == "virtio"]
+                + [(f, False) for f in args.disk],
+                drives={d.id: (d.file, d.readonly) for d in args.drive if d.id},
                 pit=pit, pit_policy=pit_policy, irqchip=irqchip, serial_sink=_serial_sink(args),
                 rtc=args.rtc)
 
@@ -439,6 +452,7 @@ def _exit_status(result, demo):
 def cmd_run(args):
     # local: `kvmpy version` and bad options answer before the machine loads
     from kvmpy.vmm.cpu_setup import FeatureUnsupported
+    from kvmpy.vmm.devices.virtio.blk import DiskError
     from kvmpy.vmm.machine import Machine, Unsupported
 
     if any(driver in DEVICE_HELP for driver, _ in args.device):
@@ -483,6 +497,8 @@ def cmd_run(args):
             raise UsageError(f"-cpu {args.cpu.text}: {e}") from None
         except (Unsupported, qemu_options.OptionError) as e:
             raise UsageError(str(e)) from None
+        except DiskError as e:
+            raise UsageError(f"could not open disk image {e}") from None
         except OSError as e:
             print(f"kvmpy: cannot create the VM ({args.accel}): {e}", file=sys.stderr)
             return 1

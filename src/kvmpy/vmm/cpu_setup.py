@@ -10,7 +10,12 @@
 * a bzImage starts as the Linux boot protocol says (boot.rst): at its 64-bit entry in long
   mode with the low 1 GiB identity-mapped, or at its 32-bit entry in flat protected mode,
   the code segment at __BOOT_CS (0x10) and data at __BOOT_DS (0x18), RSI/ESI pointing at
-  the zero page.
+  the zero page;
+* a PVH kernel starts as Xen's direct boot ABI says (docs/misc/pvh.pandoc): 32-bit
+  protected mode, paging off, CR0 only PE (and the fixed ET), CR4 clear, CS a flat 4 GiB
+  execute/read segment, DS/ES/SS flat read/write, TR an active 32-bit TSS (base 0, limit
+  0x67), IF and TF clear, EBX = ``hvm_start_info``.  The ABI leaves the selectors and GDT
+  open; these are the ELF entry's GDT (code 0x08, data 0x10) with the TSS at 0x18.
 
 The CPUID the vCPU gets is KVM's supported table, with the features ``-cpu`` turns off
 cleared (:func:`edit_cpu_features`).
@@ -28,6 +33,8 @@ GDT_ENTRIES = (
     0x00CF92000000FFFF,  # 0x10: data, base 0, limit 4 GiB, 32-bit, read/write
 )
 CODE_SELECTOR, DATA_SELECTOR = 0x08, 0x10
+#: a PVH entry's TR: a busy 32-bit TSS, base 0, limit 0x67 (descriptor and segment type)
+PVH_TSS_DESCRIPTOR, PVH_TSS_SELECTOR, PVH_TSS_LIMIT, TSS32_BUSY = 0x00008B0000000067, 0x18, 0x67, 0xB
 #: the Linux boot protocol's GDT: __BOOT_CS = 0x10, __BOOT_DS = 0x18 (code is 64-bit or 32-bit)
 LINUX_CODE64, LINUX_CODE32, LINUX_DATA = 0x00AF9A000000FFFF, 0x00CF9A000000FFFF, 0x00CF92000000FFFF
 LINUX_CS, LINUX_DS = 0x10, 0x18
@@ -35,7 +42,7 @@ LINUX_CS, LINUX_DS = 0x10, 0x18
 PML4_ADDR, PDPT_ADDR, PD_ADDR = 0x9000, 0xA000, 0xB000
 PTE_PRESENT_RW, PDE_LARGE = 0x3, 0x80
 PAGE_2M = 1 << 21
-CR0_PE, CR0_PG = 1 << 0, 1 << 31
+CR0_PE, CR0_ET, CR0_PG = 1 << 0, 1 << 4, 1 << 31
 CR4_PAE = 1 << 5
 EFER_LME, EFER_LMA = 1 << 8, 1 << 10
 RFLAGS_RESERVED = 1 << 1
@@ -68,13 +75,14 @@ def _flat_segment(seg, selector, type_):
     seg.unusable = 0
 
 
-def setup_protected_mode(vcpu, memory, image):
-    """Flat 32-bit protected mode at ``image.entry``, GDT at :data:`GDT_ADDR`."""
-    gdt_size = 8 * len(GDT_ENTRIES)
+def setup_protected_mode(vcpu, memory, image, gdt=GDT_ENTRIES):
+    """Flat 32-bit protected mode at ``image.entry``, ``gdt`` at :data:`GDT_ADDR` (its
+    first three entries: null, code, data)."""
+    gdt_size = 8 * len(gdt)
     for start, size in image.segments:
         if start < GDT_ADDR + gdt_size and GDT_ADDR < start + size:
             raise LoadError(f"the image overlaps the VMM's GDT at {GDT_ADDR:#x}")
-    for i, descriptor in enumerate(GDT_ENTRIES):
+    for i, descriptor in enumerate(gdt):
         memory.write_int(GDT_ADDR + 8 * i, 8, descriptor)
     sregs = vcpu.get_sregs()
     sregs.gdt.base = GDT_ADDR
@@ -95,6 +103,20 @@ def setup_multiboot(vcpu, memory, image):
     setup_protected_mode(vcpu, memory, image)
     regs = vcpu.get_regs()
     regs.rax, regs.rbx = BOOT_MAGIC, image.boot_params
+    vcpu.set_regs(regs)
+
+
+def setup_pvh(vcpu, memory, image):
+    """A PVH kernel's entry (see the module docstring)."""
+    setup_protected_mode(vcpu, memory, image, GDT_ENTRIES + (PVH_TSS_DESCRIPTOR,))
+    sregs = vcpu.get_sregs()
+    sregs.cr0, sregs.cr4, sregs.efer = CR0_PE | CR0_ET, 0, 0
+    tr = sregs.tr
+    tr.base, tr.limit, tr.selector, tr.type = 0, PVH_TSS_LIMIT, PVH_TSS_SELECTOR, TSS32_BUSY
+    tr.present, tr.dpl, tr.db, tr.s, tr.l, tr.g, tr.avl, tr.unusable = 1, 0, 0, 0, 0, 0, 0, 0
+    vcpu.set_sregs(sregs)
+    regs = vcpu.get_regs()
+    regs.rbx = image.boot_params
     vcpu.set_regs(regs)
 
 
@@ -136,6 +158,8 @@ def setup_boot_state(vcpu, memory, image):
         setup_linux_boot(vcpu, memory, image)
     elif image.kind == "multiboot":
         setup_multiboot(vcpu, memory, image)
+    elif image.kind == "pvh":
+        setup_pvh(vcpu, memory, image)
     else:
         setup_protected_mode(vcpu, memory, image)
 
@@ -158,4 +182,22 @@ def edit_cpu_features(cpuid, edits):
                                      f"(KVM_GET_SUPPORTED_CPUID)")
         if not on and entry is not None:
             setattr(entry, reg, value & ~(1 << bit))
+    return cpuid
+
+
+#: the CPUID leaves that hold a processor's own APIC ID: (leaf, register, shift)
+APIC_ID_FIELDS = ((0x1, "ebx", 24), (0xB, "edx", 0), (0x1F, "edx", 0))
+
+
+def set_apic_id(cpuid, apic_id):
+    """``cpuid`` with ``apic_id`` as the processor's initial APIC ID (leaf 1 EBX[31:24]) and
+    x2APIC ID (EDX of every subleaf of leaves 0xB and 0x1F), as QEMU fills them per vCPU:
+    KVM_GET_SUPPORTED_CPUID leaves them 0, and Linux checks each CPU's against its LAPIC's
+    ID ("[Firmware Bug]: CPU1: APIC id mismatch")."""
+    for e in cpuid.entries[:cpuid.nent]:
+        for leaf, reg, shift in APIC_ID_FIELDS:
+            if e.function == leaf:
+                width = 8 if shift else 32
+                mask = ((1 << width) - 1) << shift
+                setattr(e, reg, getattr(e, reg) & ~mask | (apic_id << shift) & mask)
     return cpuid

@@ -14,6 +14,8 @@ Linux zero page, a multiboot memory map, fw_cfg's ``etc/e820``) says the same th
 Beyond RAM, the firmware's resources (not in the e820 map, as on a PC):
 
 =====================  ========================================================
+0xd0000000 ..          the kvmpy test device (one page)
+0xd0001000 ..          the virtio-mmio devices, one 4 KiB window each
 0xe0000000 ..          the PCI memory window, where BARs are assigned
 ports 0xc000 ..        the PCI I/O window
 =====================  ========================================================
@@ -26,6 +28,9 @@ BIOS_AREA = 0xE0000
 HIGH_RAM_START = 0x100000
 ACPI_TABLES = 0xE0000
 ACPI_RSDP = 0xF0000
+#: where a loader puts the kernel command line (a bzImage's, a PVH kernel's)
+CMDLINE_ADDR = 0x20000
+VIRTIO_MMIO_BASE = 0xD0001000
 PCI_MMIO_WINDOW = 0xE0000000
 PCI_IO_WINDOW = 0xC000
 

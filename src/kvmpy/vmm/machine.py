@@ -33,6 +33,13 @@ PCI                    configuration mechanism #1 at 0xcf8/0xcfc; 00:00.0 the i4
                        0xe0000000 (memory) and port 0xc000 (I/O)
 pc-testdev             ``-device pc-testdev``: ports 0xe0, 0xe4, 0xe8, 0x2000-0x2017, MMIO
                        0xff000000-0xff00ffff (:mod:`kvmpy.vmm.devices.pc_testdev`)
+virtio-mmio            from 0xd0001000, 4 KiB each, on the level-triggered ISA IRQs 5, 10,
+                       11 (the MADT's, but the SCI's 9): the disks (``-drive``, ``--disk``,
+                       ``-device virtio-blk-device,drive=ID``), then ``-device
+                       virtio-rng-device``, then ``-device virtio-console-device`` (its
+                       output to ``console_sink``: stdout) (:mod:`kvmpy.vmm.devices.virtio`);
+                       a bzImage's or PVH kernel's command line gets
+                       ``virtio_mmio.device=4K@<base>:<irq>`` for each
 =====================  ============================================================
 
 What the machine cannot do (several vCPUs without the in-kernel irqchip, an initrd or a
@@ -52,8 +59,8 @@ from dataclasses import dataclass
 from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
-from kvmpy.vmm import bzimage, loader, multiboot
-from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
+from kvmpy.vmm import bzimage, loader, multiboot, pvh
+from kvmpy.vmm.cpu_setup import edit_cpu_features, set_apic_id, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
 from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
@@ -63,6 +70,10 @@ from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
 from kvmpy.vmm.device_timer import DeviceTimer
+from kvmpy.vmm.devices.virtio import mmio as virtio_mmio
+from kvmpy.vmm.devices.virtio.blk import VirtioBlk
+from kvmpy.vmm.devices.virtio.console import VirtioConsole
+from kvmpy.vmm.devices.virtio.rng import VirtioRng
 from kvmpy.vmm.ioeventfds import Ioeventfds
 from kvmpy.vmm.qemu_options import RtcOption, port_number
 from kvmpy.vmm import vcpu as vcpu_mod
@@ -78,10 +89,13 @@ PIT_POLICIES = ("delay", "discard")
 MAX_CPUS = 64
 #: the QEMU -device drivers this machine has, and the properties each takes
 DEVICE_PROPERTIES = {"isa-debug-exit": ("iobase", "iosize"), "pc-testdev": (),
-                     "pci-testdev": ()}
+                     "pci-testdev": (), "virtio-blk-device": ("drive",), "virtio-rng-device": (),
+                     "virtio-console-device": ()}
 DEVICE_DRIVERS = tuple(DEVICE_PROPERTIES)
 #: the first PCI slot of -device pci-testdev (00:01.x is the PIIX south bridge on QEMU's pc)
 FIRST_PCI_DEVICE_SLOT = 2
+#: the virtio-mmio devices' lines: level-triggered in the MADT, and not the SCI's
+VIRTIO_IRQS = tuple(irq for irq in acpi.LEVEL_IRQS if irq != acpi.SCI_IRQ)
 
 
 class Unsupported(ValueError):
@@ -117,18 +131,22 @@ class Machine:
     def __init__(self, image, *, accel="soft", memory_mib=16, fmt="auto", params=None,
                  serial_sink=stdout_sink, rtc=None, max_insns=None, smp=1, initrd=None,
                  cmdline=None, cpu_features=None, devices=(), pit=None, pit_policy=None,
-                 irqchip=None):
+                 irqchip=None, disks=(), drives=None, console_sink=stdout_sink):
         """``smp``, ``initrd``, ``cmdline``, ``devices`` (QEMU ``-device`` driver and
         properties), ``pit`` (None: the machine's default, on with the irqchip),
         ``pit_policy`` (QEMU's ``kvm-pit.lost_tick_policy``) and ``irqchip``
         (``-machine kernel-irqchip``) are what QEMU's command line asks for; those the
         machine lacks raise :class:`Unsupported` before anything is built.  ``irqchip``
         None: on for what QEMU boots with it (a kernel with a boot protocol -- bzImage,
-        multiboot --, several CPUs, an explicit PIT), off for a bare flat or ELF image,
-        whose HLT with interrupts off then ends the run instead of waiting for ever.
+        PVH, multiboot --, several CPUs, an explicit PIT, virtio devices, whose interrupts
+        it carries), off for a bare flat or ELF image, whose HLT with interrupts off then
+        ends the run instead of waiting for ever.
         ``rtc`` (:class:`~kvmpy.vmm.qemu_options.RtcOption`, QEMU's ``-rtc``): where the
         CMOS clock starts and what advances it; None: the host's UTC date and wall clock.
-        ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets."""
+        ``cpu_features`` ({kvmpy feature name: on}) edit the supported CPUID the vCPU gets.
+        ``disks`` [(raw image file, read-only)] become virtio-blk devices, and so do the
+        ``drives`` ({id: (file, read-only)}) a ``-device virtio-blk-device,drive=ID`` names;
+        ``console_sink`` takes a virtio-console's output (COM1's goes to ``serial_sink``)."""
         if memory_mib < 1 or memory_mib * MIB > MMIO_HOLE:
             raise ValueError(f"memory size must be 1..{MMIO_HOLE // MIB} MiB")
         self.device_counts = collections.Counter(driver for driver, _ in devices)
@@ -150,7 +168,10 @@ class Machine:
         self._kick_signals = False          # KICK_SIGNAL's handler is installed (main thread)
         self.pause_gate = PauseGate()
         self.rtc_timer = None
+        self.virtio_devices = []            # the devices behind the virtio-mmio transports
         try:
+            self._create_virtio_devices(list(disks) + self._device_drives(devices, drives or {}),
+                                        console_sink)
             self.image = self._load(image, fmt, cmdline, initrd)
             acpi.install(self.memory, smp)
             self.kvm = Kvm(accel, params)
@@ -159,14 +180,15 @@ class Machine:
                 self.vm.set_tss_address(TSS_ADDR)
             self.vm.set_user_memory_region(0, 0, self.memory.size, self.memory.host_addr)
             if irqchip is None:
-                irqchip = self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+                irqchip = (self.image.kind not in ("flat", "elf") or smp > 1 or bool(pit)
+                           or bool(self.virtio_devices))
             self.irqchip = irqchip
             if irqchip:
                 self._create_irqchip(pit is not False, pit_policy)
             cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
             for i in range(smp):
                 self.vcpus.append(self.vm.create_vcpu(i))
-                self.vcpus[-1].set_cpuid2(cpuid)
+                self.vcpus[-1].set_cpuid2(set_apic_id(cpuid, i))     # APIC ID = vCPU index
             self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, rtc or RtcOption())
@@ -198,19 +220,61 @@ class Machine:
             if pit_policy == "discard":
                 self.vm._ioctl(uapi.KVM_REINJECT_CONTROL, uapi.kvm_reinject_control(pit_reinject=0))
 
+    @staticmethod
+    def _device_drives(devices, drives):
+        """[(file, read-only)] of each ``-device virtio-blk-device,drive=ID``, in order."""
+        found = []
+        for driver, props in devices:
+            if driver != "virtio-blk-device":
+                continue
+            if props.get("drive") not in drives:
+                raise Unsupported(f"-device virtio-blk-device,drive={props.get('drive', '')}: "
+                                  f"no -drive with that id")
+            found.append(drives[props["drive"]])
+        return found
+
+    def _create_virtio_devices(self, disks, console_sink):
+        """The virtio devices (a disk's file opened), before the kernel's command line
+        announces them."""
+        count = (len(disks) + self.device_counts["virtio-rng-device"]
+                 + self.device_counts["virtio-console-device"])
+        if count > len(VIRTIO_IRQS):
+            raise Unsupported(f"{count} virtio devices: at most {len(VIRTIO_IRQS)} (one per "
+                              f"level-triggered ISA line: IRQs {', '.join(map(str, VIRTIO_IRQS))})")
+        for path, readonly in disks:
+            self.virtio_devices.append(VirtioBlk(path, readonly))
+        for _ in range(self.device_counts["virtio-rng-device"]):
+            self.virtio_devices.append(VirtioRng())
+        for _ in range(self.device_counts["virtio-console-device"]):
+            self.virtio_devices.append(VirtioConsole(console_sink))
+
+    def _virtio_windows(self):
+        """[(MMIO base, IRQ)] of each virtio device, in order."""
+        return [(layout.VIRTIO_MMIO_BASE + i * virtio_mmio.WINDOW_SIZE, VIRTIO_IRQS[i])
+                for i in range(len(self.virtio_devices))]
+
+    def _announced(self, cmdline):
+        """``cmdline`` with a ``virtio_mmio.device=`` parameter per virtio device."""
+        return " ".join([cmdline or ""] + [virtio_mmio.kernel_parameter(base, irq)
+                                           for base, irq in self._virtio_windows()]).strip()
+
     def _load(self, image, fmt, cmdline, initrd):
-        """A bzImage goes through the Linux boot protocol and a multiboot kernel through
-        the multiboot loader, each with the command line and initrd; other images through
+        """A bzImage goes through the Linux boot protocol, an ELF with the Xen PVH note
+        through the PVH loader (before multiboot, as QEMU tries them) and a multiboot
+        kernel through the multiboot loader, each with the command line and initrd; other
+        images through
         :func:`loader.load`, which has nowhere to put either."""
         if fmt == "bzimage" or fmt == "auto" and bzimage.is_bzimage_file(image):
-            return bzimage.load_bzimage(self.memory, image, cmdline or "", initrd)
+            return bzimage.load_bzimage(self.memory, image, self._announced(cmdline), initrd)
+        if fmt == "pvh" or fmt == "auto" and pvh.is_pvh_file(image):
+            return pvh.load_pvh(self.memory, image, self._announced(cmdline), initrd)
         if fmt == "multiboot" or fmt == "auto" and multiboot.is_multiboot_file(image):
             return multiboot.load_multiboot(self.memory, image, cmdline or "", initrd)
         loaded = loader.load(self.memory, image, fmt)     # a file it cannot load: LoadError first
         for option, given in (("-initrd", initrd), ("-append", cmdline)):
             if given is not None:
                 raise Unsupported(f"{option}: {image} is neither a Linux bzImage nor a "
-                                  f"multiboot kernel, the images that take it")
+                                  f"PVH or multiboot kernel, the images that take it")
         return loaded
 
     @staticmethod
@@ -260,6 +324,10 @@ class Machine:
         self.test_device = ConstantDevice()
         self.mmio.register(testdev.TEST_DEVICE_ADDR, TEST_DEVICE_SIZE, self.test_device)
         self._create_pc_platform()
+        self.virtio = []
+        for device, (base, irq) in zip(self.virtio_devices, self._virtio_windows()):
+            self.virtio.append(virtio_mmio.VirtioMmio(device, self.memory, irq, self._set_isa_irq))
+            self.mmio.register(base, virtio_mmio.WINDOW_SIZE, self.virtio[-1])
 
     def _create_rtc(self, rtc):
         """The CMOS RTC, its time as ``-rtc`` says, its IRQ 8 (and the timer that raises it)
@@ -342,6 +410,8 @@ class Machine:
             self.rtc_timer.close()
         if getattr(self, "ioeventfds", None) is not None:
             self.ioeventfds.close()
+        for device in self.virtio_devices:
+            device.close()
         for obj in (*self.vcpus, self.vm, self.kvm):
             if obj is not None:
                 obj.close()
@@ -411,9 +481,9 @@ class Machine:
                         continue
                     try:
                         exit_ = self.vcpu.run()
+                        exits += 1          # the guest's exits (a kick's EINTR is not one)
                     except InterruptedError:
                         exit_ = VcpuExit.Intr()
-                    exits += 1
                     self._locked_dispatch(exit_)
             finally:
                 self._stop_aps()

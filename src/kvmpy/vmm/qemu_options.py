@@ -159,6 +159,57 @@ def device(text):
     return driver, values
 
 
+@dataclass
+class DriveOption:
+    """``-drive``'s disk: the raw image file, read-only or not; ``id`` names it for a
+    ``-device virtio-blk-device,drive=ID`` when ``interface`` is "none"."""
+
+    file: str
+    readonly: bool = False
+    interface: str = "virtio"
+    id: str = ""
+
+
+#: the -drive properties kvmpy takes (its disks are virtio-blk on raw images)
+DRIVE_PROPS = "file=, if=virtio|none, id=, format=raw, readonly=on|off"
+
+
+def drive(text):
+    """``-drive file=FILE,if=virtio[,format=raw][,readonly=on|off]``: a virtio disk, or
+    with ``if=none,id=ID`` the image a ``-device virtio-blk-device,drive=ID`` uses (QEMU's
+    microvm spelling).  QEMU's default interface (IDE) and image formats other than raw
+    are refused by name."""
+    option, given = DriveOption(""), {}
+    for name, value in split_props(text):
+        if name is None:
+            raise OptionError(f"-drive {text}: {value!r}: expected prop=value")
+        given[name] = value
+    for name, value in given.items():
+        if name == "file":
+            option.file = value
+        elif name == "id":
+            option.id = value
+        elif name == "if":
+            if value not in ("virtio", "none"):
+                raise OptionError(f"-drive {text}: if={value}: kvmpy's disks are virtio "
+                                  f"(if=virtio, or if=none for -device virtio-blk-device)")
+            option.interface = value
+        elif name == "format" and value != "raw":
+            raise OptionError(f"-drive {text}: format={value}: only raw images are supported")
+        elif name == "readonly":
+            option.readonly = on_off(value, "readonly")
+        elif name != "format":
+            raise OptionError(f"-drive {text}: {name}={value}: not supported ({DRIVE_PROPS} are)")
+    if not option.file:
+        raise OptionError(f"-drive {text}: no file=")
+    if "if" not in given:
+        raise OptionError(f"-drive {text}: give if=virtio (QEMU's default interface is IDE, "
+                          f"which kvmpy does not have)")
+    if option.interface == "none" and not option.id:
+        raise OptionError(f"-drive {text}: if=none needs an id= for -device virtio-blk-device")
+    return option
+
+
 def machine(text):
     """``-machine [TYPE][,prop=value...]``: {prop: value}, the type as "type"."""
     values = {}

@@ -65,14 +65,14 @@ class SegmentUnit:
         if idx + (15 if wide else 7) > table_limit:
             raise Fault(vector, err)
         addr = table_base + idx
-        d = self.read_slow(addr, 8)
+        d = self.read_sys(addr, 8)
         if wide:
-            d |= self.read_slow(addr + 8, 8) << 64
+            d |= self.read_sys(addr + 8, 8) << 64
         return d, addr
 
     def _set_accessed(self, addr, d):
         if not d & (1 << 40):
-            self.write_slow(addr + 5, 1, ((d >> 40) & 0xFF) | 1)
+            self.write_sys(addr + 5, 1, ((d >> 40) & 0xFF) | 1)
 
     def stack_descriptor(self, sel, cpl, vector=13, ext=0):
         """Checks for a selector about to become SS at privilege ``cpl`` (MOV SS, stack switches).
@@ -173,7 +173,7 @@ class SegmentUnit:
         """A field of the current TSS (inner stack pointers); #TS(TR) beyond its limit."""
         if offset + size - 1 > self.tr.limit:
             raise Fault(10, (self.tr.selector & ~3) + ext)
-        return self.read_slow(self.tr.base + offset, size)
+        return self.read_sys(self.tr.base + offset, size)
 
     def _inner_stack(self, new_cpl, ext=0):
         """SS:ESP for ``new_cpl`` from a 32-bit TSS, checked: ((descriptor, addr, raw), esp)."""
@@ -473,7 +473,7 @@ class SegmentUnit:
         if not self.cr0 & CR0_PE:
             if vector * 4 + 3 > self.idt_limit:
                 raise Fault(13, idt_err)
-            ent = self.read_slow(self.idt_base + vector * 4, 4)
+            ent = self.read_sys(self.idt_base + vector * 4, 4)
             fl = self.get_rflags()
             self._push([fl & 0xFFFF, self.seg[CS].selector, ret_ip & 0xFFFF], 2)
             self.set_rflags(fl & ~(IF | TF | AC | RF))
@@ -486,7 +486,7 @@ class SegmentUnit:
         gsize = 16 if long_mode else 8
         if vector * gsize + gsize - 1 > self.idt_limit:
             raise Fault(13, idt_err)
-        gate = self.read_slow(self.idt_base + vector * gsize, 8)
+        gate = self.read_sys(self.idt_base + vector * gsize, 8)
         gtype = (gate >> 40) & 0xF
         gdpl = (gate >> 45) & 3
         if gtype not in ((0xE, 0xF) if long_mode else (5, 6, 7, 0xE, 0xF)):
@@ -501,7 +501,7 @@ class SegmentUnit:
             return
         offset = (gate & 0xFFFF) | ((gate >> 32) & 0xFFFF0000)
         if long_mode:
-            offset |= self.read_slow(self.idt_base + vector * 16 + 8, 4) << 32
+            offset |= self.read_sys(self.idt_base + vector * 16 + 8, 4) << 32
         if sel & ~3 == 0:
             raise Fault(13, ext)
         d, _ = self.read_descriptor(sel, error_code=(sel & ~3) + ext)

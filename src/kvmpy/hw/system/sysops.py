@@ -212,7 +212,7 @@ def ltr(cpu, sel):
         raise Fault(11, sel & ~3)
     if wide:
         seg.base |= (d >> 64 & 0xFFFFFFFF) << 32
-    cpu.write_slow(addr + 5, 1, ((d >> 40) & 0xFF) | 2)       # mark busy
+    cpu.write_sys(addr + 5, 1, ((d >> 40) & 0xFF) | 2)       # mark busy
     seg.type |= 2
     cpu.tr = seg
 

@@ -72,10 +72,10 @@ def task_switch(cpu, sel, source, next_ip, error_code=None, ext=0, deliver_fault
         _clear_busy(cpu, old_tr.selector)
     new_flags = image["eflags"]
     if source in (CALL, INT):
-        cpu.write_slow(new.base + BACK_LINK, 2, old_tr.selector)
+        cpu.write_sys(new.base + BACK_LINK, 2, old_tr.selector)
         new_flags |= NT
     if source != IRET:
-        cpu.write_slow(new_addr + 5, 1, ((d >> 40) & 0xFF) | 2)
+        cpu.write_sys(new_addr + 5, 1, ((d >> 40) & 0xFF) | 2)
     new.type = TSS_BUSY
     cpu.tr = new
     cpu.cr0 |= CR0_TS
@@ -100,28 +100,28 @@ def exit_insn_len(cpu, info):
 def _read_tss(cpu, base):
     """The dynamic fields of a 32-bit TSS, read before anything changes."""
     return {
-        "cr3": cpu.read_slow(base + CR3, 4),
-        "eip": cpu.read_slow(base + EIP, 4),
-        "eflags": cpu.read_slow(base + EFLAGS, 4),
-        "gprs": [cpu.read_slow(base + GPRS + 4 * i, 4) for i in range(8)],
-        "sregs": [cpu.read_slow(base + SREGS + 4 * i, 2) for i in range(6)],
-        "ldt": cpu.read_slow(base + LDT, 2),
+        "cr3": cpu.read_sys(base + CR3, 4),
+        "eip": cpu.read_sys(base + EIP, 4),
+        "eflags": cpu.read_sys(base + EFLAGS, 4),
+        "gprs": [cpu.read_sys(base + GPRS + 4 * i, 4) for i in range(8)],
+        "sregs": [cpu.read_sys(base + SREGS + 4 * i, 2) for i in range(6)],
+        "ldt": cpu.read_sys(base + LDT, 2),
     }
 
 
 def _save_tss(cpu, base, eip, eflags):
     """Store the outgoing task's dynamic state (EIP, EFLAGS, GPRs, selectors)."""
-    cpu.write_slow(base + EIP, 4, eip & 0xFFFFFFFF)
-    cpu.write_slow(base + EFLAGS, 4, eflags & 0xFFFFFFFF)
+    cpu.write_sys(base + EIP, 4, eip & 0xFFFFFFFF)
+    cpu.write_sys(base + EFLAGS, 4, eflags & 0xFFFFFFFF)
     for i in range(8):
-        cpu.write_slow(base + GPRS + 4 * i, 4, cpu.regs[i] & 0xFFFFFFFF)
+        cpu.write_sys(base + GPRS + 4 * i, 4, cpu.regs[i] & 0xFFFFFFFF)
     for i, sreg in enumerate(SREG_ORDER):
-        cpu.write_slow(base + SREGS + 4 * i, 2, cpu.seg[sreg].selector)
+        cpu.write_sys(base + SREGS + 4 * i, 2, cpu.seg[sreg].selector)
 
 
 def _clear_busy(cpu, sel):
     d, addr = cpu.read_descriptor(sel)
-    cpu.write_slow(addr + 5, 1, (d >> 40) & 0xFD)
+    cpu.write_sys(addr + 5, 1, (d >> 40) & 0xFD)
 
 
 def _load_task_state(cpu, image, eflags):

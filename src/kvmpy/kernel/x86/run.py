@@ -24,7 +24,7 @@ from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
 from ..run_token import (CONTENDED_SLICE, kvm_run_token_acquire, kvm_run_token_contended, kvm_run_token_release,
                          kvm_run_token_should_yield)
-from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request
+from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request, kvm_vcpu_srcu_dropped
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
 from kvmpy.kernel.x86.mmu import mmu
@@ -189,22 +189,34 @@ def kvm_vcpu_has_events(vcpu) -> bool:
     return bool(a.cpu.flags & IF) and irq.kvm_cpu_has_interrupt(vcpu)
 
 
+def kvm_vcpus_all_idle(kvm) -> bool:
+    """Is every vCPU halted or waiting for INIT/SIPI?  Only then may the virtual clock jump
+    to the next deadline: while one runs, its instructions make the time, and a jump would
+    fire its timers early (a waiting AP would turn the BSP's PIT into an interrupt storm)."""
+    for v in kvm.vcpus:
+        cpu = getattr(v.arch, "cpu", None)
+        if cpu is not None and cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE and not cpu.halted:
+            return False
+    return True
+
+
 def kvm_vcpu_block(vcpu) -> int:
     """Wait until the halted vCPU has an event; meanwhile time goes on (a halted machine
     lets its clock reach the next timer, whose callback may raise the interrupt).  A signal
     or immediate_exit ends the wait (vcpu_run then returns -EINTR); another thread's
     interrupt wakes it through kvm_vcpu_kick."""
     wait = vcpu.wait
-    while True:
-        if kvm_vcpu_has_events(vcpu):
-            if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
-                vcpu.arch.cpu.halted = False
-            return 1
-        if kvm_vcpu_exit_request(vcpu):
-            return 1
-        if not kvm_clock_idle(vcpu.kvm):
-            wait.wait(KVM_HALT_POLL_S)
-            wait.clear()
+    with kvm_vcpu_srcu_dropped(vcpu):
+        while True:
+            if kvm_vcpu_has_events(vcpu):
+                if vcpu.arch.cpu.mp_state == uapi.KVM_MP_STATE_RUNNABLE:
+                    vcpu.arch.cpu.halted = False
+                return 1
+            if kvm_vcpu_exit_request(vcpu):
+                return 1
+            if not kvm_vcpus_all_idle(vcpu.kvm) or not kvm_clock_idle(vcpu.kvm):
+                wait.wait(KVM_HALT_POLL_S)
+                wait.clear()
 
 
 def kvm_vcpu_interrupted(vcpu) -> bool:
@@ -217,7 +229,12 @@ def vcpu_enter_guest(vcpu) -> int:
     """One entry and the handling of its exit, holding the VM's run token (run_token.py):
     one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
     the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
-    if not kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu)):
+    if kvm_run_token_contended(vcpu) or vcpu.kvm.run_token.holder is not None:
+        with kvm_vcpu_srcu_dropped(vcpu):          # a wait: memslot updates go on meanwhile
+            acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
+    else:
+        acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
+    if not acquired:
         return 1
     try:
         return _enter_guest(vcpu)

@@ -844,9 +844,10 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
             return 1
         vcpu.arch.msr_platform_info = data
     elif index == MSR_IA32_UCODE_REV:
-        if not host_initiated:
-            return 1
-        vcpu.arch.microcode_version = data
+        # a guest's write is ignored, not #GP (Linux's microcode loader writes 0 before
+        # reading the revision back); only user space sets the revision
+        if host_initiated:
+            vcpu.arch.microcode_version = data
     else:
         return 1
     return 0

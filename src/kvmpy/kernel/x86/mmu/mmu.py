@@ -255,7 +255,7 @@ def gpa_to_host(kvm, gpa: int, write: bool):
 
 
 def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables=None,
-                       system: bool = False) -> int:
+                       system: bool = False, user_from_cpl: bool = True) -> int:
     """KVM's software walk of the guest page tables (raises Fault(14) like the guest would see).
 
     ``track_tables``: a set to which the gfns of the guest's page tables read are added,
@@ -263,12 +263,14 @@ def kvm_mmu_gva_to_gpa(vcpu, gva: int, access: int, track_tables=None,
     ``system``: an access of KVM's own (kvm_mmu_gva_to_gpa_system, e.g. KVM_TRANSLATE): a
     supervisor access whatever the guest's CPL, and without paging the address is the
     guest-physical address as given (nonpaging_gva_to_gpa), not truncated to 32 bits.
+    ``user_from_cpl`` False: ``access`` already says whether it is a user access (a #PF's
+    error code: an implicit supervisor access at CPL 3 has U/S clear).
     """
     cpu = vcpu.arch.cpu
     if not cpu.cr0 & CR0_PG:
         gpa = gva & 0xFFFFFFFF if not cpu.efer & EFER_LMA and not system else gva
         return gpa, paging.Translation(gpa & ~0xFFF, True, True, False, 0x1000, False)
-    if cpu.mode.cpl == 3 and not system:
+    if cpu.mode.cpl == 3 and not system and user_from_cpl:
         access |= paging.PFERR_USER
     kvm = vcpu.kvm
 
@@ -308,13 +310,15 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     """Shadow paging's #PF handler (paging_tmpl.h's FNAME(page_fault)).
 
     A fault the guest's own tables cause is the guest's: raised as ``Fault(14)`` for the
-    caller to inject (the MMU sits below the code that queues exceptions)."""
+    caller to inject (the MMU sits below the code that queues exceptions).  The error
+    code's U/S bit, not the CPL, says whether the access is a user one: the processor's
+    implicit supervisor accesses (descriptor tables, the TSS) at CPL 3 have it clear."""
     cpu = vcpu.arch.cpu
     event("kvm_page_fault", vcpu=vcpu.vcpu_id, address=gva, error_code=error_code)
-    access = error_code & (paging.PFERR_WRITE | paging.PFERR_FETCH)
+    access = error_code & (paging.PFERR_WRITE | paging.PFERR_FETCH | paging.PFERR_USER)
     tables = set()
     try:
-        gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=tables)
+        gpa, t = kvm_mmu_gva_to_gpa(vcpu, gva, access, track_tables=tables, user_from_cpl=False)
     except Fault as f:
         vcpu.stat["pf_guest"] += 1
         raise Fault(uapi.PF_VECTOR, f.error_code, cr2=gva) from None    # the guest's #PF: the caller injects it
@@ -322,7 +326,7 @@ def paging_page_fault(vcpu, gva: int, error_code: int) -> int:
     slot = gfn_to_memslot(vcpu.kvm, gfn)
     if slot is None:
         return RET_PF_EMULATE
-    user = cpu.mode.cpl == 3
+    user = bool(error_code & paging.PFERR_USER)
     writable = t.writable or (not user and not cpu.cr0 & CR0_WP)
     if slot.flags & uapi.KVM_MEM_READONLY:
         writable = False
