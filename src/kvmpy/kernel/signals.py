@@ -99,9 +99,9 @@ def _divert_handlers(vcpu) -> None:
             diverted[signum] = handler
 
 
-_CANDIDATES: dict = {}      # interrupting mask -> the catchable signals in it
-_last_handlers: tuple = ()  # (signals, their handlers) as _divert_handlers read them last
-_last_diverted: list = []   # (signal, handler) of the callable ones among them
+_CANDIDATES = {}            # interrupting mask -> the catchable signals in it
+_last_handlers = ()         # (signals, their handlers) as _divert_handlers read them last
+_last_diverted = []         # (signal, handler) of the callable ones among them
 
 
 def _candidates(mask: int) -> tuple:
