@@ -90,18 +90,18 @@ def _paged_cpu(mem):
     return cpu
 
 
-def test_block_spanning_two_pages_sees_the_second_page_remapped():
-    """The block at 0x5ffb runs into page 0x6000; the guest then points that page at
-    another frame (PTE + INVLPG) and calls the block again, in the same VM entry."""
+def _run_two_page_block(between):
+    """Call the block at 0x5ffb (``mov eax, 1`` running into ``add edx, eax; ret`` at page
+    0x6000) twice, with the guest code ``between`` in between; frame 0x7000 holds a variant
+    adding twice.  Returns EDX after HLT: 2 if both calls ran the first frame's code."""
     mem = mmap.mmap(-1, 0x10000)
     driver = asm.assemble("""
         mov ebx, 0x5ffb
         call rbx
-        mov dword ptr [0x4030], 0x7003
-        invlpg [0x6000]
+        %s
         call rbx
         hlt
-    """)
+    """ % between)
     mem[0x5000:0x5000 + len(driver)] = driver
     mem[0x5ffb:0x6000] = asm.assemble("mov eax, 1")
     mem[0x6000:0x6003] = asm.assemble("add edx, eax\nret")
@@ -111,4 +111,45 @@ def test_block_spanning_two_pages_sees_the_second_page_remapped():
     cpu.rip = 0x5000
     x = cpu.run(1000)
     assert x.reason == EXIT_REASON_HLT
-    assert cpu.regs[2] == 3
+    return cpu.regs[2]
+
+
+def test_block_spanning_two_pages_sees_the_second_page_remapped():
+    """The block at 0x5ffb runs into page 0x6000; the guest then points that page at
+    another frame (PTE + INVLPG) and calls the block again, in the same VM entry."""
+    assert _run_two_page_block("mov dword ptr [0x4030], 0x7003\ninvlpg [0x6000]") == 3
+
+
+@pytest.mark.parametrize("remap", [False, True], ids=["same-frame", "remapped"])
+def test_block_spanning_two_pages_after_a_tlb_flush(monkeypatch, remap):
+    """A CR3 write empties the TLB: the block at 0x5ffb, which runs into page 0x6000, is
+    kept while page 0x6000 still maps the same frame (translated once), and runs the new
+    code when the PTE changed before the flush."""
+    from kvmpy.hw.translate import codegen
+    translated = []
+    real = codegen.translate
+    monkeypatch.setattr(codegen, "translate", lambda decode_at, rip, *a, **k:
+                        translated.append(rip) or real(decode_at, rip, *a, **k))
+    edit = "mov dword ptr [0x4030], 0x7003\n" if remap else ""
+    assert _run_two_page_block(edit + "mov rax, cr3\nmov cr3, rax") == (3 if remap else 2)
+    assert translated.count(0x5ffb) == (2 if remap else 1)
+
+
+def test_processors_share_compiled_code_not_state():
+    """Two processors translating the same bytes at the same address re-use one compiled
+    code object (``codegen`` keeps them by source), each bound to its own namespace: each
+    computes from its own registers and memory."""
+    cpus = []
+    for rax in (5, 40):
+        mem = mmap.mmap(-1, 0x10000)
+        code = asm.assemble("add eax, dword ptr [0x8000]\nmov dword ptr [0x8004], eax\nhlt")
+        mem[0x5000:0x5000 + len(code)] = code
+        mem[0x8000:0x8004] = (rax * 2).to_bytes(4, "little")
+        cpu = _paged_cpu(mem)
+        cpu.regs[0], cpu.rip = rax, 0x5000
+        assert cpu.run(100).reason == EXIT_REASON_HLT
+        assert cpu.regs[0] == rax * 3
+        assert int.from_bytes(mem[0x8004:0x8008], "little") == rax * 3
+        cpus.append(cpu)
+    a, b = (c.code[0x5000].fn for c in cpus)
+    assert a.__code__ is b.__code__ and a.__globals__ is not b.__globals__

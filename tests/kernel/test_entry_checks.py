@@ -242,3 +242,24 @@ def test_svm_vendor_end_to_end():
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"long mode": "HLT", "CS.L and CS.D in IA-32e mode": SVM_FAIL,
                                        "TR unusable in protected mode": "HLT"}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda cpu: setattr(cpu.seg[2], "dpl", 3),            # SS, in place: real mode wants DPL 0
+    lambda cpu: setattr(cpu.tr, "present", 0),
+    lambda cpu: setattr(cpu, "cr4", cpu.cr4 | 1 << 30),     # a reserved CR4 bit
+    lambda cpu: setattr(cpu, "idt_base", 1 << 60),
+], ids=["ss-dpl", "tr-present", "cr4", "idt-base"])
+def test_checks_follow_state_changed_after_a_good_entry(edit):
+    """The static checks' answer is kept between entries only while what they read is
+    unchanged: a segment edited in place, TR, CR4 or IDTR fail the next entry, and the
+    state put back enters again."""
+    cpu = Processor(VmxExitFormat())
+    cpu.reset()
+    entry.check_guest_state(cpu)
+    saved = (cpu.seg[2].copy(), cpu.tr.copy(), cpu.cr4, cpu.idt_base)
+    edit(cpu)
+    with pytest.raises(Intercept):
+        entry.check_guest_state(cpu)
+    cpu.seg[2], cpu.tr, cpu.cr4, cpu.idt_base = saved
+    entry.check_guest_state(cpu)

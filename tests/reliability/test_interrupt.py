@@ -8,6 +8,7 @@ instructions, a few milliseconds), not at the end of its instruction budget.
 """
 
 import errno
+import os
 import signal
 import threading
 import time
@@ -108,4 +109,28 @@ def test_blocked_signal_does_not_interrupt(soft_kvm):
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, prev)
         signal.signal(signal.SIGUSR2, old)
+        m.close()
+
+
+def test_handler_changed_between_runs_on_the_main_thread(soft_kvm, soft_mmu):
+    """A signal sent to the process while the main thread is in KVM_RUN ends it with EINTR
+    and runs the handler installed at that KVM_RUN, also when the handler changed since the
+    previous KVM_RUN (the diverted handlers are re-read on each entry, not assumed)."""
+    m = Machine(syscalls, LOOP)
+    seen = []
+    old = signal.getsignal(signal.SIGUSR1)
+    try:
+        for name in ("first", "second"):
+            handler = lambda *a, name=name: seen.append(name)       # noqa: E731
+            signal.signal(signal.SIGUSR1, handler)
+            t = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGUSR1))
+            t.start()
+            code, reason, _ = _run_until_interrupted(m)
+            t.join()
+            assert (code, reason) == (errno.EINTR, uapi.KVM_EXIT_INTR)
+            assert seen[-1:] == [name]
+            assert signal.getsignal(signal.SIGUSR1) is handler      # put back as it was
+        assert seen == ["first", "second"]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
         m.close()

@@ -131,6 +131,7 @@ class Processor(CPUState, SegmentUnit):
         self.host_tsc = None
         # --- internal ---
         self.icount = 0
+        self.entry_checked = None        # (state, answer) of the last entry's static checks (entry.py)
         self.entry_limit = 0             # icount at which the current VM entry ends (run)
         self.sbase = [0] * 6
         self.chain_csb = 0
@@ -508,32 +509,53 @@ class Processor(CPUState, SegmentUnit):
         b = self.code.get(rip)
         if (b is not None and b.cs_base == csb and b.mode_key is self.mode.key and b.phys == phys
                 and b.last_ip <= self.fetch_limit
-                and (not b.xpages or all(self.tlb_x.get(lpn) == gpa for lpn, gpa in b.xpages))):
+                and (not b.xpages or self._xpages_unchanged(b))):
             if b.epoch == self.epoch:
                 return b
-            if self._raw_at(b) == b.raw:
+            if self._code_unchanged(b):
                 b.epoch = self.epoch
                 return b
         return self._translate_block(rip, csb, lin, phys)
 
-    def _raw_at(self, b):
-        """The bytes now at ``b``'s code, page by page (what ``fetch_byte`` would read, one
-        slice per page instead of a translation per byte: every entry looks again at the
-        first blocks it runs)."""
-        parts = []
+    def _xpages_unchanged(self, b):
+        """Are the block's pages beyond its first still mapped to the frames its code came
+        from?  A page missing from the fetch TLB (any flush empties it: a CR3 write) is
+        walked again, not taken as changed: retranslating every block that crosses a page
+        after each flush was half of a Linux boot's translations.  A walk that faults
+        counts as changed; the translation then meets the fault where the guest does."""
+        for lpn, gpa in b.xpages:
+            now = self.tlb_x.get(lpn)
+            if now is None:
+                try:
+                    now = self.translate(lpn << 12, paging.PFERR_FETCH)[1]
+                except (Fault, Intercept):
+                    return False
+            if now != gpa:
+                return False
+        return True
+
+    def _code_unchanged(self, b):
+        """Does memory still hold the bytes ``b`` was translated from?  Compared a page's
+        slice at a time (a call per byte made this re-check, which every entry needs for
+        each block it runs, one of the costliest parts of a boot); a fetch that faults
+        counts as changed, so the block is translated again and the fault happens there."""
+        mask = 0xFFFFFFFFFFFFFFFF if self.mode.code == 8 else 0xFFFFFFFF
+        raw, off = b.raw, 0
         try:
             for start, size in b.spans:
-                a, end = start, start + size
-                while a < end:
-                    stop = min(end, (a | 0xFFF) + 1)
+                while size:
+                    a = start & mask
+                    lo = a & 0xFFF
+                    n = min(size, 0x1000 - lo)
                     v = self.tlb_r.get(a >> 12)
                     if v is None or (a >> 12) not in self.tlb_x:
                         v = hm.page(self.translate(a, paging.PFERR_FETCH)[0])
-                    parts.append(v[a & 0xFFF:(stop - 1 & 0xFFF) + 1])
-                    a = stop
+                    if v[lo:lo + n] != raw[off:off + n]:
+                        return False
+                    off, start, size = off + n, start + n, size - n
         except (Fault, Intercept):
-            return None
-        return b"".join(parts)
+            return False
+        return True
 
     def _translate_block(self, rip, csb, lin, phys):
         if self.host_interrupt():       # translating is the costliest work an entry does

@@ -31,6 +31,7 @@ Conventions of the generated code (its namespace is built by the processor):
 
 from __future__ import annotations
 
+import collections
 import re
 
 from kvmpy.hw import flags as F
@@ -60,7 +61,9 @@ _NEUTRAL_CALLS = frozenset(("TR.get", "TW.get", "U16", "U32", "U64", "P8", "P16"
 # Calls that only read the lazy flags (no side effects, cannot raise): they may move with
 # the deferred flag store as long as none is pending, and may be dropped when unused.
 _OBSERVING_CALLS = frozenset(("cf_of",))
-_CALL = re.compile(r"([A-Za-z_][\w.]*)\s*\(")
+# a name starts after no word character: without the look-behind the search also tried
+# every suffix of every name and hex constant, which made it most of the translator's time
+_CALL = re.compile(r"(?<!\w)([A-Za-z_][\w.]*)\s*\(")
 _SIMPLE = re.compile(r"^(?:[A-Za-z_]\w*|-?(?:0x[0-9a-fA-F]+|\d+))$")
 BODY_IND = 2                 # indentation level of the block body
 
@@ -565,29 +568,39 @@ def _drop_dead_temps(lines: list, flag_state: list, line_insn: list) -> None:
     stores may need at a fault (``flag_state`` of an instruction that can raise, i.e.
     one that calls anything) are kept.
     """
-    can_raise = {line_insn[i] for i, line in enumerate(lines) if _impure(line)}
+    can_raise = {line_insn[i] for i, line in enumerate(lines) if "(" in line and _impure(line)}
     keep = {t for idx, st in enumerate(flag_state) if st and idx in can_raise
             for v in st[1:] if isinstance(v, str) for t in _TEMP.findall(v)}
-    while True:
-        uses: dict = {}
-        for line in lines:
-            m = _ASSIGN.match(line)
-            body = m.group(3) if m else line
-            for t in _TEMP.findall(body):
-                uses[t] = uses.get(t, 0) + 1
-        changed = False
-        for i, line in enumerate(lines):
-            m = _ASSIGN.match(line)
-            if m and m.group(2) not in uses and m.group(2) not in keep and not _impure(m.group(3)):
-                lines[i] = m.group(1) + "pass"
-                changed = True
-        if not changed:
-            return
+    # uses of each temporary: every occurrence in the block but the left side of its assignments;
+    # a temporary whose uses drop to none has its side-effect-free assignments blanked, which
+    # takes uses from the temporaries they read (a worklist, not a rescan of the block per round)
+    uses = collections.Counter(_TEMP.findall("\n".join(lines)))
+    assigned: dict = {}                  # temporary -> indices of the lines assigning it
+    for i, line in enumerate(lines):
+        m = _ASSIGN.match(line)
+        if m:
+            uses[m.group(2)] -= 1
+            assigned.setdefault(m.group(2), []).append(i)
+    work = [t for t in assigned if not uses[t]]
+    while work:
+        t = work.pop()
+        if t in keep:
+            continue
+        for i in assigned[t]:
+            m = _ASSIGN.match(lines[i])
+            if m is None or _impure(m.group(3)):
+                continue                 # already blanked, or it may fault
+            lines[i] = m.group(1) + "pass"
+            for u in _TEMP.findall(m.group(3)):
+                uses[u] -= 1
+                if not uses[u] and u in assigned:
+                    work.append(u)
 
 
 _REG = re.compile(r"\bR\[(\d+)\]")
 _REG_OTHER = re.compile(r"\bR\b(?!\[\d+\])|\bregs\b|\bfor\b|\blambda\b")
-_REG_WRITE = re.compile(r"\bR\[(\d+)\]\s*(?:[-+*/&|^%]|<<|>>|//)?=(?!=)")
+_REG_WRITE = re.compile(r"\bR\[(\d+)\][^\S\n]*(?:[-+*/&|^%]|<<|>>|//)?=(?!=)")
+_WHILE_AFTER_FIRST = re.compile(r"\n\s*while ")
 _COMPOUND = re.compile(r"^\s*(?:if|elif|else|while|for|try|except|finally|with)\b")
 _EXIT = re.compile(r"\breturn\b")
 
@@ -615,34 +628,47 @@ def _cache_registers(lines: list) -> tuple:
     comprehensions, or a barrier that is a compound statement, are left as they are.
     Returns (head, reg_locals, barriers) with ``head`` the text of the loads, or None.
     """
-    regs, written, barriers = set(), set(), set()
-    for i, line in enumerate(lines):
-        if _REG_OTHER.search(line) or (i and line.lstrip().startswith("while ")):
-            return None
-        regs.update(int(r) for r in _REG.findall(line))
-        written.update(int(r) for r in _REG_WRITE.findall(line))
-        if _is_barrier(line):
-            if _COMPOUND.match(line):
-                return None
-            barriers.add(i)
+    text = "\n".join(lines)           # one regex pass over the block, not one per line
+    if _REG_OTHER.search(text) or _WHILE_AFTER_FIRST.search(text):
+        return None
+    regs = sorted({int(r) for r in _REG.findall(text)})
     if not regs:
         return None
-    regs, written = sorted(regs), sorted(written)
+    written = sorted({int(r) for r in _REG_WRITE.findall(text)})
+    suspects = {name for name in _CALL.findall(text) if name not in _REG_NEUTRAL_CALLS}
+    barriers = set()
+    if suspects or "cpu.regs" in text:
+        suspects.add("cpu.regs")
+        for i, line in enumerate(lines):
+            if any(name in line for name in suspects) and _is_barrier(line):
+                if _COMPOUND.match(line):
+                    return None
+                barriers.add(i)
     load = "; ".join("Rg%d = R[%d]" % (r, r) for r in regs)
     store = "".join("R[%d] = Rg%d; " % (r, r) for r in written)
-    for i, line in enumerate(lines):
+    renamed = _REG.sub(_local_name, text).split("\n")
+    for i, line in enumerate(renamed):
         if i in barriers:
+            line = lines[i]
             body = line.lstrip()
-            lines[i] = line[:len(line) - len(body)] + store + body + "; " + load
-        else:
-            line = _REG.sub(r"Rg\1", line)
-            if store and _EXIT.search(line):
-                line = _EXIT.sub(lambda m: store + m.group(0), line, count=1)
-            lines[i] = line
+            renamed[i] = line[:len(line) - len(body)] + store + body + "; " + load
+        elif store and "return" in line:
+            renamed[i] = _EXIT.sub(lambda m: store + m.group(0), line, count=1)
+    lines[:] = renamed
     return load, tuple((r, "Rg%d" % r) for r in written), frozenset(barriers)
 
 
+def _local_name(m) -> str:
+    return "Rg" + m.group(1)
+
+
 MAX_BLOCK_PAGES = 2
+#: compiled block sources kept for re-use: code that is translated again unchanged (the same
+#: kernel code after a write next to it, a program run again at the same addresses) skips
+#: compile(), the largest single cost of translation; the code object is exec'd afresh in
+#: each processor's namespace, so one cache serves every processor
+MAX_CODE_CACHE = 8192
+_CODE: dict = {}
 
 
 def _page_ok(pages: set, lin: int) -> bool:
@@ -729,7 +755,11 @@ def translate(decode_at, rip: int, cs_base: int, mode: Mode, namespace: dict, em
     cached = None if emulating else _cache_registers(g.lines)
     head = "; " + cached[0] if cached else ""
     src = "def _blk(_b=None):\n    n = smc = 0%s\n    while True:\n%s\n" % (head, "\n".join(g.lines))
-    code = compile(src, "<block %#x>" % lin, "exec")
+    code = _CODE.get(src)
+    if code is None:
+        if len(_CODE) >= MAX_CODE_CACHE:
+            _CODE.clear()
+        code = _CODE[src] = compile(src, "<block %#x>" % lin, "exec", dont_inherit=True)
     exec(code, namespace)
     b = Block()
     b.fn = namespace.pop("_blk")

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 from kvmpy.hw.x86defs import CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_DE, CR4_FSGSBASE, CR4_MCE, CR4_OSFXSR, CR4_OSXMMEXCPT, CR4_OSXSAVE, CR4_PAE, CR4_PCE, CR4_PCIDE, CR4_PGE, CR4_PSE, CR4_PVI, CR4_SMAP, CR4_SMEP, CR4_TSD, CR4_UMIP, CR4_VME, CS, DS, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE, ES, FS, GS, IF, SEG_NAMES, SS, VM, canonical
 
+from operator import attrgetter
+
 from kvmpy.hw.events import EXT_INTR, Intercept
+from kvmpy.hw.state import Segment
 
 # CR4 bits this processor implements (IA32_VMX_CR4_FIXED1 less VMXE; on AMD, the bits that
 # are not MBZ).  Any other bit set makes the entry fail.
@@ -36,10 +39,33 @@ _CS_TYPES = frozenset((3, 9, 11, 13, 15))
 
 
 def check_guest_state(cpu) -> None:
-    """Raise ``Intercept("invalid_state", reason=...)`` if the silicon would refuse this entry."""
-    reason = _CHECKS[cpu.exit_format.vendor](cpu)
+    """Raise ``Intercept("invalid_state", reason=...)`` if the silicon would refuse this entry.
+
+    The checks of control registers, segments and descriptor-table registers are most of
+    the cost of an entry's checks and read state that seldom changes between entries: their
+    answer is kept with the values they read (``_static_key``) and re-used while those are
+    unchanged.  RIP, RFLAGS, the injected event and the interrupt shadow are checked each time."""
+    vendor = cpu.exit_format.vendor
+    key = _static_key(cpu, vendor)
+    cached = cpu.entry_checked
+    if cached is not None and cached[0] == key:
+        reason = cached[1]
+    else:
+        reason = _STATIC_CHECKS[vendor](cpu)
+        cpu.entry_checked = (key, reason)
+    if reason is None:
+        reason = _DYNAMIC_CHECKS[vendor](cpu)
     if reason is not None:
         raise Intercept("invalid_state", reason=reason)
+
+
+_SEGMENT_FIELDS = attrgetter(*Segment.__slots__)
+
+
+def _static_key(cpu, vendor):
+    """Everything the static checks read (the CPU model is fixed for a processor)."""
+    return (vendor, cpu.cr0, cpu.cr4, cpu.efer, cpu.flags & VM, cpu.gdt_base, cpu.idt_base,
+            _SEGMENT_FIELDS(cpu.tr), _SEGMENT_FIELDS(cpu.ldtr), *map(_SEGMENT_FIELDS, cpu.seg))
 
 
 # ------------------------------------------------------------------ checks both vendors make
@@ -69,7 +95,7 @@ def _long_mode_errors(cpu, lma):
     return None
 
 
-def _svm_errors(cpu):
+def _svm_static_errors(cpu):
     """VMRUN's checks on the save area (APM 15.5.1): control registers and long mode only.
 
     VMRUN derives long mode from EFER.LME and CR0.PG; it does not compare EFER.LMA."""
@@ -78,13 +104,18 @@ def _svm_errors(cpu):
 
 
 # ------------------------------------------------------------------ VMX's guest-state area
-def _vmx_errors(cpu):
-    """SDM 27.3.1.1 to 27.3.1.5 with unrestricted guest, in the SDM's order."""
+def _vmx_static_errors(cpu):
+    """SDM 27.3.1.1 to 27.3.1.3 with unrestricted guest, in the SDM's order: control
+    registers, long mode, segments and descriptor tables (the state ``_static_key`` reads)."""
     lma = bool(cpu.efer & EFER_LMA)
     if lma != bool(cpu.efer & EFER_LME and cpu.cr0 & CR0_PG):
         return "EFER.LMA != (EFER.LME and CR0.PG)"      # the "IA-32e mode guest" entry control
-    return (_control_register_errors(cpu) or _long_mode_errors(cpu, lma) or _segment_errors(cpu, lma) or
-            _rip_rflags_errors(cpu, lma) or _interruptibility_errors(cpu))
+    return _control_register_errors(cpu) or _long_mode_errors(cpu, lma) or _segment_errors(cpu, lma)
+
+
+def _vmx_dynamic_errors(cpu):
+    """SDM 27.3.1.4 and 27.3.1.5, after the static checks passed."""
+    return _rip_rflags_errors(cpu, bool(cpu.efer & EFER_LMA)) or _interruptibility_errors(cpu)
 
 
 def _usable(seg) -> bool:
@@ -204,4 +235,10 @@ def _interruptibility_errors(cpu):
     return None
 
 
-_CHECKS = {"vmx": _vmx_errors, "svm": _svm_errors}
+_STATIC_CHECKS = {"vmx": _vmx_static_errors, "svm": _svm_static_errors}
+def _svm_dynamic_errors(cpu):
+    """VMRUN checks neither RIP nor RFLAGS (APM 15.5.1)."""
+    return None
+
+
+_DYNAMIC_CHECKS = {"vmx": _vmx_dynamic_errors, "svm": _svm_dynamic_errors}
