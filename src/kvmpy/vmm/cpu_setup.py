@@ -159,3 +159,24 @@ def edit_cpu_features(cpuid, edits):
         if not on and entry is not None:
             setattr(entry, reg, value & ~(1 << bit))
     return cpuid
+
+
+#: the leaves whose EDX is the x2APIC ID (extended topology, v1 and v2)
+TOPOLOGY_LEAVES = (0xB, 0x1F)
+AMD_EXT_APIC_ID_LEAF = 0x8000001E       # EAX: the extended APIC ID
+
+
+def cpuid_for_vcpu(cpuid, apic_id):
+    """A copy of ``cpuid`` for the vCPU with APIC ID ``apic_id``: the IDs CPUID reports are
+    the VMM's to fill, as QEMU does (KVM passes them through): leaf 1 EBX[31:24] the
+    initial APIC ID, EDX of every extended-topology subleaf the x2APIC ID, and AMD's
+    leaf 0x8000001E EAX the extended APIC ID."""
+    copy = type(cpuid).from_buffer_copy(cpuid)
+    for e in copy.entries[:copy.nent]:
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | (apic_id & 0xFF) << 24
+        elif e.function in TOPOLOGY_LEAVES:
+            e.edx = apic_id
+        elif e.function == AMD_EXT_APIC_ID_LEAF:
+            e.eax = apic_id
+    return copy

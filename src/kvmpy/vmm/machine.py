@@ -55,7 +55,7 @@ from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
 from kvmpy.vmm import bzimage, loader, multiboot
-from kvmpy.vmm.cpu_setup import edit_cpu_features, setup_boot_state
+from kvmpy.vmm.cpu_setup import cpuid_for_vcpu, edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
 from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
@@ -166,7 +166,7 @@ class Machine:
             cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
             for i in range(smp):
                 self.vcpus.append(self.vm.create_vcpu(i))
-                self.vcpus[-1].set_cpuid2(cpuid)
+                self.vcpus[-1].set_cpuid2(cpuid_for_vcpu(cpuid, i))
             self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, clock)
