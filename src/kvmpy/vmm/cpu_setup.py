@@ -185,19 +185,22 @@ def edit_cpu_features(cpuid, edits):
     return cpuid
 
 
-#: the CPUID leaves that hold a processor's own APIC ID: (leaf, register, shift)
-APIC_ID_FIELDS = ((0x1, "ebx", 24), (0xB, "edx", 0), (0x1F, "edx", 0))
+#: the leaves whose EDX is the x2APIC ID (extended topology, v1 and v2)
+TOPOLOGY_LEAVES = (0xB, 0x1F)
+AMD_EXT_APIC_ID_LEAF = 0x8000001E       # EAX: the extended APIC ID
 
 
-def set_apic_id(cpuid, apic_id):
-    """``cpuid`` with ``apic_id`` as the processor's initial APIC ID (leaf 1 EBX[31:24]) and
-    x2APIC ID (EDX of every subleaf of leaves 0xB and 0x1F), as QEMU fills them per vCPU:
-    KVM_GET_SUPPORTED_CPUID leaves them 0, and Linux checks each CPU's against its LAPIC's
-    ID ("[Firmware Bug]: CPU1: APIC id mismatch")."""
-    for e in cpuid.entries[:cpuid.nent]:
-        for leaf, reg, shift in APIC_ID_FIELDS:
-            if e.function == leaf:
-                width = 8 if shift else 32
-                mask = ((1 << width) - 1) << shift
-                setattr(e, reg, getattr(e, reg) & ~mask | (apic_id << shift) & mask)
-    return cpuid
+def cpuid_for_vcpu(cpuid, apic_id):
+    """A copy of ``cpuid`` for the vCPU with APIC ID ``apic_id``: the IDs CPUID reports are
+    the VMM's to fill, as QEMU does (KVM passes them through): leaf 1 EBX[31:24] the
+    initial APIC ID, EDX of every extended-topology subleaf the x2APIC ID, and AMD's
+    leaf 0x8000001E EAX the extended APIC ID."""
+    copy = type(cpuid).from_buffer_copy(cpuid)
+    for e in copy.entries[:copy.nent]:
+        if e.function == 1:
+            e.ebx = (e.ebx & 0x00FFFFFF) | (apic_id & 0xFF) << 24
+        elif e.function in TOPOLOGY_LEAVES:
+            e.edx = apic_id
+        elif e.function == AMD_EXT_APIC_ID_LEAF:
+            e.eax = apic_id
+    return copy

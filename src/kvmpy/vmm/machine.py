@@ -63,7 +63,7 @@ from kvmpy.api import GuestMemory, Kvm, VcpuExit
 from kvmpy.api.exits import IoDirection
 from kvmpy.uapi import kvm as uapi
 from kvmpy.vmm import bzimage, loader, multiboot, pvh
-from kvmpy.vmm.cpu_setup import edit_cpu_features, set_apic_id, setup_boot_state
+from kvmpy.vmm.cpu_setup import cpuid_for_vcpu, edit_cpu_features, setup_boot_state
 from kvmpy.vmm.devices import Cmos, ConstantDevice, DebugExit, FwCfg, I8042, MmioBus, PioBus
 from kvmpy.vmm.devices import Serial, cmos, debug_exit, fw_cfg, i8042, serial, testdev
 from kvmpy.vmm.devices.serial import stdout_sink
@@ -195,7 +195,7 @@ class Machine:
             cpuid = edit_cpu_features(self.kvm.get_supported_cpuid(), cpu_features or {})
             for i in range(smp):
                 self.vcpus.append(self.vm.create_vcpu(i))
-                self.vcpus[-1].set_cpuid2(set_apic_id(cpuid, i))     # APIC ID = vCPU index
+                self.vcpus[-1].set_cpuid2(cpuid_for_vcpu(cpuid, i))     # APIC ID = vCPU index
             self.vcpu = self.vcpus[0]
             setup_boot_state(self.vcpu, self.memory, self.image)
             self._create_devices(serial_sink, rtc or RtcOption())
