@@ -57,7 +57,7 @@ def boot_kvmpy(initramfs, cmdline=CMDLINE, timeout=TIMEOUT):
 
 def _now(t0, machine):
     return (time.perf_counter() - t0[0][0], time.process_time() - t0[0][1],
-            runners._guest_icount(machine))
+            sum(v.guest_instructions() for v in machine.vcpus))
 
 
 def boot_qemu(initramfs, cmdline=CMDLINE):

@@ -123,3 +123,24 @@ def test_a_command_typed_into_the_shell_on_kvmpy(initramfs):
         proc.stdin.close()
         proc.stdout.close()
         proc.stderr.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("mkfs.ext2") is None or shutil.which("debugfs") is None,
+                    reason="needs e2fsprogs (mkfs.ext2, debugfs)")
+def test_a_file_written_on_a_virtio_disk_is_on_the_image(initramfs, tmp_path):
+    """--disk: Linux finds the virtio-mmio block device the VMM announces on the command
+    line, mounts its ext2 file system, writes a file and unmounts it; the file is then in
+    the image, as e2fsprogs' debugfs reads it on the host."""
+    disk = tmp_path / "disk.img"
+    with open(disk, "wb") as f:
+        f.truncate(8 << 20)
+    subprocess.run(["mkfs.ext2", "-q", "-F", str(disk)], check=True)
+    command = ('kvmpy_cmd="mkdir /mnt && mount -t ext2 /dev/vda /mnt && '
+               'echo kvmpy-disk-$((6*7)) > /mnt/f && umount /mnt && echo kvmpy-42"')
+    status, out, err = kvmpy_run("--disk", str(disk), "-kernel", str(BZIMAGE), "-initrd", initramfs,
+                                 "-append", f"console=ttyS0 {command}", timeout=2400)
+    _check_boot(out)
+    assert status == 0, err
+    got = subprocess.run(["debugfs", "-R", "cat /f", str(disk)], capture_output=True, text=True)
+    assert got.stdout == "kvmpy-disk-42\n"
