@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(busybox_missing(), reason="no static busybox (bu
 
 QEMU = "qemu-system-x86_64"
 COMMAND = 'kvmpy_cmd="echo kvmpy-$((6*7))"'
-ANSWER = "\nkvmpy-42\r\n"
+ANSWER = "\nkvmpy-42\n"          # on a line of its own (line ends without CRs)
 POWER_OFF = "reboot: Power down"
 
 
@@ -42,7 +42,8 @@ def initramfs(tmp_path_factory):
 
 def _check_boot(out):
     assert INIT_MARKER in out, out[-3000:]
-    assert ANSWER in out.replace("\r\r\n", "\r\n"), out[-3000:]
+    # the console's CR LF, or the LF a text-mode pipe makes of it
+    assert ANSWER in out.replace("\r", ""), out[-3000:]
     assert out.index(INIT_MARKER) < out.index("kvmpy-42") < out.index(POWER_OFF)
 
 
