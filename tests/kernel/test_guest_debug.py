@@ -242,8 +242,8 @@ def guest_breakpoint(make):
     """The guest's own: DR0 on an instruction (MOV DR), then TF over a CPUID (which KVM
     carries out: kvm_skip_emulated_instruction's single-step trap); each #DB reaches the
     guest's handler with DR6 telling why."""
-    body = (f" mov $0x7c20, %eax\n mov %eax, %dr0\n mov $1, %eax\n mov %eax, %dr7\n"
-            f" jmp 1f\n.org 0x20\n1: nop\n hlt\n")
+    body = (" mov $0x7c20, %eax\n mov %eax, %dr0\n mov $1, %eax\n mov %eax, %dr7\n"
+            " jmp 1f\n.org 0x20\n1: nop\n hlt\n")
     m = real_mode(make, body)
     stop, _ = debug_exit(m)
     d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)

@@ -205,6 +205,8 @@ class Vcpu(_Fd):
         return self._get(uapi.KVM_GET_REGS, uapi.kvm_regs)
 
     def get_mp_state(self):
+        """KVM_GET_MP_STATE: KVM_MP_STATE_RUNNABLE, _HALTED, _UNINITIALIZED (an AP before
+        INIT and SIPI)..."""
         return self._get(uapi.KVM_GET_MP_STATE, uapi.kvm_mp_state).mp_state
 
     def set_mp_state(self, state):
@@ -226,11 +228,6 @@ class Vcpu(_Fd):
         """Instructions retired in guest mode so far, or None where the backend cannot count
         them (the host's KVM)."""
         return self.backend.guest_instructions(self.fd)
-
-    def get_mp_state(self):
-        """KVM_GET_MP_STATE: KVM_MP_STATE_RUNNABLE, _HALTED, _UNINITIALIZED (an AP before
-        INIT and SIPI)..."""
-        return self._get(uapi.KVM_GET_MP_STATE, uapi.kvm_mp_state).mp_state
 
     def set_fpu(self, fpu):
         self._ioctl(uapi.KVM_SET_FPU, fpu)
