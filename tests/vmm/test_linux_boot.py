@@ -74,7 +74,7 @@ def test_linux_sees_two_cpus_on_kvmpy(initramfs):
                                  "-append", f"console=ttyS0 {command}", timeout=2400)
     _check_boot(out)
     assert "smp: Brought up 1 node, 2 CPUs" in out
-    assert "\ncpus=2\r" in out
+    assert "\ncpus=2\n" in out.replace("\r", "")
     assert status == 0, err
 
 
