@@ -47,12 +47,18 @@ def _mine(token, vcpu) -> bool:
     return token.holder is None and token.waiting[0] is vcpu
 
 
+def kvm_run_token_busy(token) -> bool:
+    """Must a vCPU that wants the token now wait for it (held, or others queued first)?
+    Under ``token.cond`` an answer; without it, a hint."""
+    return token.holder is not None or bool(token.waiting)
+
+
 def kvm_run_token_acquire(vcpu, interrupted) -> bool:
     """Wait for the token (in arrival order), then hold it for a slice.  False, without the
     token, when ``interrupted()`` (immediate_exit, a pending signal) turns true first."""
     token = vcpu.kvm.run_token
     with token.cond:
-        if token.holder is not None or token.waiting:
+        if kvm_run_token_busy(token):
             token.waiting.append(vcpu)
             try:
                 while not _mine(token, vcpu):

@@ -22,8 +22,8 @@ from .. import signals
 from ..fs import kernel_error
 from ..hrtimer import kvm_clock_idle, kvm_clock_run_expired
 from ..iodev import KVM_PIO_BUS, kvm_io_bus_read, kvm_io_bus_write
-from ..run_token import (CONTENDED_SLICE, kvm_run_token_acquire, kvm_run_token_contended, kvm_run_token_release,
-                         kvm_run_token_should_yield)
+from ..run_token import (CONTENDED_SLICE, kvm_run_token_acquire, kvm_run_token_busy, kvm_run_token_contended,
+                         kvm_run_token_release, kvm_run_token_should_yield)
 from ..kvm_host import gfn_to_memslot, kvm_check_request, kvm_guest_mode_run, kvm_make_request, kvm_vcpu_srcu_dropped
 from ..trace import event, traced
 from kvmpy.kernel.x86 import cpuid, irq, irq_comm, lapic, params, x86
@@ -231,10 +231,9 @@ def vcpu_enter_guest(vcpu) -> int:
     """One entry and the handling of its exit, holding the VM's run token (run_token.py):
     one vCPU at a time executes guest code or emulates an instruction of it.  Waiting for
     the token ends early for a signal or immediate_exit (vcpu_run then returns -EINTR)."""
-    if kvm_run_token_contended(vcpu) or vcpu.kvm.run_token.holder is not None:
-        with kvm_vcpu_srcu_dropped(vcpu):          # a wait: memslot updates go on meanwhile
-            acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
-    else:
+    # a wait for the token is out of the SRCU read section: memslot updates go on meanwhile
+    waits = kvm_run_token_busy(vcpu.kvm.run_token)
+    with kvm_vcpu_srcu_dropped(vcpu) if waits else contextlib.nullcontext():
         acquired = kvm_run_token_acquire(vcpu, lambda: kvm_vcpu_interrupted(vcpu))
     if not acquired:
         return 1
