@@ -42,7 +42,12 @@ import sys
 from kvmpy.kernel.hrtimer import CLOCK_MODES
 from kvmpy.vmm import qemu_options
 from kvmpy.vmm.arg_types import positive_int
+from kvmpy.vmm.console import Console, Escapes
+from kvmpy.vmm.devices.serial import stdout_sink
 from kvmpy.vmm.loader import LoadError
+from kvmpy.vmm.monitor import Monitor
+from kvmpy.vmm.run_stats import RunStats
+from kvmpy.vmm.terminal import raw_mode, stop_on_signals
 
 DEMO = "demo"
 #: --cpu models that mean "what this KVM offers", so fit --accel host too
@@ -279,7 +284,7 @@ def cmd_exec(args):
 
 
 def cmd_build_preload(args):
-    from kvmpy.preload import build
+    from kvmpy.preload import build     # local: only exec and build-preload need it
     try:
         print(build.build())
     except build.BuildError as e:
@@ -372,7 +377,6 @@ def _qemu_value_or_usage(parse, text, what):
 
 def _serial_sink(args):
     """COM1's output: stdout, unless -serial none/null, or -nodefaults without -serial."""
-    from kvmpy.vmm.devices.serial import stdout_sink
     backend = args.serial or ("none" if args.nodefaults else "stdio")
     return stdout_sink if backend == "stdio" else _discard
 
@@ -386,7 +390,6 @@ def _console(args, machine):
         fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):     # no stdin, or one with no descriptor
         return contextlib.nullcontext()
-    from kvmpy.vmm.console import Console
     if not os.isatty(fd):
         return Console(fd, machine.serial_input)
     return _terminal_console(fd, machine)
@@ -394,11 +397,8 @@ def _console(args, machine):
 
 @contextlib.contextmanager
 def _terminal_console(fd, machine):
-    from kvmpy.vmm.console import Console, Escapes
-    from kvmpy.vmm.devices.serial import stdout_sink
+    # local: RunResult's module is the machine's, which `kvmpy --help` does not load
     from kvmpy.vmm.machine import RunResult
-    from kvmpy.vmm.monitor import Monitor
-    from kvmpy.vmm.terminal import raw_mode, stop_on_signals
 
     def quit_():
         machine.request_stop(RunResult("quit", "terminated (C-a x or the monitor's quit)"))
@@ -453,10 +453,9 @@ def cmd_run(args):
     # local: `kvmpy version` and bad options answer before the machine loads
     from kvmpy.vmm.cpu_setup import FeatureUnsupported
     from kvmpy.vmm.devices.virtio.blk import DiskError
-    from kvmpy.vmm.machine import Machine, Unsupported
+    from kvmpy.vmm.machine import DEVICE_DRIVERS, Machine, Unsupported
 
     if any(driver in DEVICE_HELP for driver, _ in args.device):
-        from kvmpy.vmm.machine import DEVICE_DRIVERS
         for driver in DEVICE_DRIVERS:        # QEMU's format, which scripts grep
             print(f'name "{driver}"')
         return 0
@@ -467,7 +466,6 @@ def cmd_run(args):
     options = _machine_options(args)
     stats = None
     if args.stats:
-        from kvmpy.vmm.run_stats import RunStats
         stats = RunStats()
         options["serial_sink"] = stats.wrap_sink(options["serial_sink"])
     if demo:
@@ -528,6 +526,7 @@ def main(argv=None):
         if args.command == "run":
             return cmd_run(args)
         if args.command == "unit-tests":
+            # local: the runner's modules load only for unit-tests
             from kvmpy.vmm.unit_tests import RunnerError
             from kvmpy.vmm.unit_tests.cli import cmd_unit_tests
             try:

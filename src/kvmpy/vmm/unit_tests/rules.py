@@ -6,6 +6,7 @@ PASS/FAIL/SKIP are the suite's.
 
 import os
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from typing import Optional
@@ -143,7 +144,6 @@ def failure_hint(stdout, stderr):
 
 
 def _signame(signum):
-    import signal
     try:
         return signal.Signals(signum).name
     except ValueError:
