@@ -44,6 +44,7 @@ def add_parser(sub):
 
 def cmd_unit_tests(args):
     """Run the tree's tests; exit status 0 if none failed, 1 if one did, 2 for errors."""
+    # local: `kvmpy`'s parser imports this module for add_parser; the runner loads only here
     from kvmpy.vmm.unit_tests import RunnerError, runner, table
     if not os.path.isfile(os.path.join(args.build_dir, "x86", "unittests.cfg")):
         raise RunnerError(f"{args.build_dir}: no x86/unittests.cfg (a kvm-unit-tests tree "
@@ -75,6 +76,7 @@ def cmd_unit_tests(args):
 
 
 def _kvmpy_version():
+    # local: only a recorded table needs the package metadata
     from importlib.metadata import PackageNotFoundError, version
     try:
         return f"kvmpy {version('kvmpy')}"
