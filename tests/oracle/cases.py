@@ -13,6 +13,7 @@ from tests.oracle.flagspec import ARITH, undefined_flags
 from tests.oracle.native import CF, DATA_ADDR, DF, OF, PF, SF, ZF, AF
 from tests.oracle.operands import (MEM_BASE, PTR, SIZES, data, edges, in_reg, mask, pattern,
                                    reg, sign, to_signed)
+from tests.support.hostinfo import cpu_flags
 
 FAMILIES = {}
 MEM_OFF = 0x810  # data offset of the memory operand [rbx + 0x10] with rbx = MEM_BASE
@@ -27,18 +28,7 @@ def family(name):
     return add
 
 
-def _cpu_flags() -> set:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
-
-
-CPU = _cpu_flags()
+CPU = cpu_flags()
 
 
 def _pairs(size):

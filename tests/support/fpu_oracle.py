@@ -1,6 +1,6 @@
 """Batches of floating-point snippets run on the silicon and on kvmpy, compared byte for byte.
 
-Shared by tests/diff/test_sse_diff.py, test_x87_diff.py and test_sse42_xsave.py: each snippet stores the state it
+Shared by tests/diff/test_sse_diff.py, test_x87_diff.py, test_movbe_sse42.py and test_xsave.py: each snippet stores the state it
 wants compared (XMM registers, x87 stack, MXCSR, status words, flags) into the data page, so
 comparing the data page, the general registers, the flags and the exception compares the
 floating-point results.  The snippets are assembled in one GNU as run.
