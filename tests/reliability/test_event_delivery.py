@@ -50,6 +50,8 @@ CASES = {
     # its emulator has INT in real mode (the frame goes out as MMIO writes), not in long mode
     "int3-stack-in-hole-real": ("real", "b800a08ed0bc0001cc", {}, "hlt", guests.HANDLER + 1),
     "int-stack-in-hole-long": ("long", "48c7c400010a00cd40", {}, "internal-error/1", 0x7007),
+    # IRETQ popping its frame from the hole: the emulator's em_iret is real mode only too
+    "iretq-stack-in-hole-long": ("long", "48c7c400010a0048cf", {}, "internal-error/1", 0x7007),
     # a far return popping from the hole (emulated), to a null CS: #GP, whose frame cannot be
     # pushed there either
     "retf-stack-in-hole-prot32": ("prot32", "bc00010a00cb", {}, "shutdown", 0x7005),
@@ -88,6 +90,27 @@ def test_delivery_on_the_host(name):
     expected = CASES[name][3]
     assert outcome in (expected, SILICON_ANSWER.get(expected, expected))
     assert rip == CASES[name][4] or CASES[name][4] is None
+
+
+IRETD_STACK_IN_HOLE = "48c7c400010a00cf"    # mov rsp, 0xa0100; iretd (guest_fuzz seed 9 guest 19)
+
+
+def test_iretd_stack_in_hole(soft_kvm, soft_mmu):
+    """IRETD in 64-bit mode with its frame in the hole is emulated and, as em_iret has only
+    real mode, fails: KVM on VMX and SVM exits with an emulation failure (CPL 0)."""
+    assert guests.run_fixed(syscalls, "long", bytes.fromhex(IRETD_STACK_IN_HOLE), bound=BOUND)[:2] == \
+        ("internal-error/%d" % uapi.KVM_INTERNAL_ERROR_EMULATION, 0x7007)
+
+
+@pytest.mark.host
+def test_iretd_stack_in_hole_on_the_host():
+    """The host agrees, except kvm_pvm, which shuts such a guest down (its IRETQ fails as
+    KVM's does: ``iretq-stack-in-hole-long``); kvmpy follows KVM on silicon."""
+    expected = {"internal-error/%d" % uapi.KVM_INTERNAL_ERROR_EMULATION}
+    if rawvmm.host_kvm_module() == "kvm_pvm":
+        expected.add("shutdown")
+    outcome, rip, _ = guests.run_fixed(rawvmm.HOST, "long", bytes.fromhex(IRETD_STACK_IN_HOLE), bound=BOUND)
+    assert (outcome in expected, rip) == (True, 0x7007)
 
 
 # ------------------------------------------------------------------ the processor's side
