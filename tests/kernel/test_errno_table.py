@@ -120,6 +120,11 @@ def _u32(v):
     return ctypes.c_int32(v).value
 
 
+def _cap(e, cap):
+    """KVM_CHECK_EXTENSION on /dev/kvm: the host's own limit, so a case holds on any kernel."""
+    return e.ioctl(e.kvm, K.KVM_CHECK_EXTENSION, cap)
+
+
 def _dirty_log(e, slot):
     return e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, K.kvm_dirty_log(slot=slot))
 
@@ -202,7 +207,9 @@ CASES = [
      lambda e: e.ioctl(e.kvm, K.KVM_GET_MSR_INDEX_LIST, K.with_entries(K.kvm_msr_list, 1)(nmsrs=1)), "E2BIG"),
     # vCPU creation
     ("vCPU id duplicate", lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_CREATE_VCPU, 0)), "EEXIST"),
-    ("vCPU id 4096", lambda e: e.ioctl(e.vm, K.KVM_CREATE_VCPU, 4096), "EINVAL"),
+    # the limits below come from the kernel's configuration (KVM_MAX_VCPU_IDS is 4 x
+    # CONFIG_KVM_MAX_NR_VCPUS, 4096 or 16384 with MAXSMP): each case asks for the limit itself
+    ("vCPU id MAX_VCPU_ID", lambda e: e.ioctl(e.vm, K.KVM_CREATE_VCPU, _cap(e, K.KVM_CAP_MAX_VCPU_ID)), "EINVAL"),
     ("vCPU id -1", lambda e: e.ioctl(e.vm, K.KVM_CREATE_VCPU, -1), "EINVAL"),
     ("SET_IDENTITY_MAP_ADDR after vCPU",
      lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_SET_IDENTITY_MAP_ADDR, ctypes.c_uint64(0xFEFFC000))), "EINVAL"),
@@ -212,8 +219,10 @@ CASES = [
     # VM ioctls with a scalar argument
     ("SET_TSS_ADDR 0xffffd000", lambda e: e.ioctl(e.vm, K.KVM_SET_TSS_ADDR, _u32(0xFFFFD000)), 0),
     ("SET_TSS_ADDR 0xffffd001", lambda e: e.ioctl(e.vm, K.KVM_SET_TSS_ADDR, _u32(0xFFFFD001)), "EINVAL"),
-    ("SET_BOOT_CPU_ID 4096", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 4096), 0),
-    ("SET_BOOT_CPU_ID 4097", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 4097), "EINVAL"),
+    # KVM checks arg > KVM_MAX_VCPU_IDS here, not >=: the limit itself is accepted
+    ("SET_BOOT_CPU_ID MAX_VCPU_ID", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, _cap(e, K.KVM_CAP_MAX_VCPU_ID)), 0),
+    ("SET_BOOT_CPU_ID MAX_VCPU_ID+1",
+     lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, _cap(e, K.KVM_CAP_MAX_VCPU_ID) + 1), "EINVAL"),
     ("SET_BOOT_CPU_ID -1", lambda e: e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, -1), "EINVAL"),
     ("SET_BOOT_CPU_ID after vCPU", lambda e: (e.vcpu, e.ioctl(e.vm, K.KVM_SET_BOOT_CPU_ID, 9999)), "EBUSY"),
     # memslots
@@ -224,8 +233,8 @@ CASES = [
     ("memslot overlap", lambda e: (e.region(), e.region(slot=1, gpa=0x8000)), "EEXIST"),
     ("memslot bad flag 8", lambda e: e.region(flags=8), "EINVAL"),
     ("memslot guest_memfd flag", lambda e: e.region(flags=K.KVM_MEM_GUEST_MEMFD), "EINVAL"),
-    ("memslot id 32764", lambda e: e.region(slot=32764), "EINVAL"),
-    ("memslot id 32763", lambda e: e.region(slot=32763), 0),
+    ("memslot id NR_MEMSLOTS", lambda e: e.region(slot=_cap(e, K.KVM_CAP_NR_MEMSLOTS)), "EINVAL"),
+    ("memslot id NR_MEMSLOTS-1", lambda e: e.region(slot=_cap(e, K.KVM_CAP_NR_MEMSLOTS) - 1), 0),
     ("memslot address space 1", lambda e: e.region(slot=(1 << 16) | 2), "EINVAL"),
     ("memslot kernel address", lambda e: e.region(ua=0xFFFF800000000000, size=PAGE), "EINVAL"),
     ("memslot non-canonical", lambda e: e.region(ua=0x0000900000000000, size=PAGE), "EINVAL"),
@@ -240,8 +249,8 @@ CASES = [
     ("memslot gpa wraps", lambda e: e.region(gpa=0xFFFFFFFFFFFFF000, size=2 * PAGE), "EINVAL"),
     ("memslot too many pages", lambda e: e.region(size=1 << 50), "EINVAL"),
     ("dirty log without logging", _set_dirty_then_get_log, "ENOENT"),
-    ("dirty log slot 32763 absent", lambda e: _dirty_log(e, 32763), "ENOENT"),
-    ("dirty log slot 32764", lambda e: _dirty_log(e, 32764), "EINVAL"),
+    ("dirty log slot NR_MEMSLOTS-1 absent", lambda e: _dirty_log(e, _cap(e, K.KVM_CAP_NR_MEMSLOTS) - 1), "ENOENT"),
+    ("dirty log slot NR_MEMSLOTS", lambda e: _dirty_log(e, _cap(e, K.KVM_CAP_NR_MEMSLOTS)), "EINVAL"),
     ("dirty log slot 0xffff", lambda e: _dirty_log(e, 0xFFFF), "EINVAL"),
     ("dirty log address space 1", lambda e: _dirty_log(e, 1 << 16), "EINVAL"),
     ("dirty log null pointer", lambda e: e.ioctl(e.vm, K.KVM_GET_DIRTY_LOG, 0), "EFAULT"),
