@@ -817,9 +817,11 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
             return 1
-        if data >> 32:
+        # Intel reserves bits 63:32; AMD's CPUs ignore them: KVM checks them for an Intel
+        # (compatible) guest and clears them for any other, whichever the host's vendor
+        if data >> 32 and kcpuid.guest_cpuid_is_intel_compatible(vcpu):
             return 1
-        cpu.msrs[index] = data              # the processor's: RDTSCP and RDPID read it
+        cpu.msrs[index] = data & 0xFFFFFFFF  # the processor's: RDTSCP and RDPID read it
     elif index == MSR_IA32_APICBASE:
         if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
