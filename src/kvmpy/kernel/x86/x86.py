@@ -717,13 +717,11 @@ def kvm_arch_vcpu_ioctl_set_fpu(vcpu, f: uapi.kvm_fpu) -> None:
 def max_host_virt_addr_bits() -> int:
     """57 when KVM supports LA57 (kvm_cpu_cap_has), else 48: what MSR addresses are
     checked against since Linux 6.13, whatever the guest's own paging mode."""
-    return 57 if features.implemented("la57") else 48
+    return features.linear_address_bits()
 
 
 def is_noncanonical_msr_address(la: int, vcpu) -> bool:
-    bits = max_host_virt_addr_bits()
-    top = (la & ((1 << 64) - 1)) >> (bits - 1)
-    return top not in (0, (1 << (65 - bits)) - 1)
+    return not hd.canonical(la, max_host_virt_addr_bits())
 
 
 def kvm_get_cr8(vcpu) -> int:
