@@ -19,7 +19,7 @@ from kvmpy.hw.virt import svm as hwsvm
 from kvmpy.hw.cpu import Processor
 from kvmpy.hw.events import Intercept
 from kvmpy.kernel.x86.svm import svm
-from tests.support import rawvmm
+from tests.support import rawvmm, records
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DATA_DIR = REPO / "tests" / "data"
@@ -31,7 +31,7 @@ MMU_MODES = {"npt": True, "shadow": False}
 GUEST_CHILD = """
 import json, sys
 sys.path.insert(0, sys.argv[1])
-from tests.support import rawvmm
+from tests.support import rawvmm, records
 from kvmpy import syscalls
 from kvmpy.guests import load_image
 from kvmpy.kernel import trace
@@ -79,7 +79,7 @@ def svm_runs():
 @pytest.mark.parametrize("guest", GUESTS)
 def test_guest_on_svm_matches_host(svm_runs, guest, mmu):
     result = svm_runs[guest, mmu]
-    reference = json.loads((DATA_DIR / f"{guest}.host.json").read_text())
+    reference = records.read(DATA_DIR / f"{guest}.host.json")[0]
     assert result["vendor"] == "svm"
     assert reference["exit_value"] == 0
     rawvmm.assert_same_run(result, reference)

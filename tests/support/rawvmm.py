@@ -69,6 +69,32 @@ def host_kvm_module():
     return None
 
 
+def kvm_pvm_quirks(quirks):
+    """``quirks`` ({name: why}) where the host's /dev/kvm is kvm_pvm's, else {}: the skips or
+    expected failures that come from kvm_pvm running every guest instruction in KVM's
+    emulator, which kvm_intel and kvm_amd do not."""
+    return dict(quirks) if host_kvm_module() == "kvm_pvm" else {}
+
+
+def _supported_cpuid_of(sc, kvm_fd):
+    cpuid = uapi.with_entries(uapi.kvm_cpuid2, CPUID_MAX_ENTRIES)()
+    cpuid.nent = CPUID_MAX_ENTRIES
+    sc.ioctl(kvm_fd, uapi.KVM_GET_SUPPORTED_CPUID, cpuid)
+    return cpuid
+
+
+def supported_feature(sc, function, index, register, bit):
+    """Whether ``sc``'s KVM_GET_SUPPORTED_CPUID sets ``register``[bit] of leaf function.index:
+    the features a host's answer depends on are read from the host, not assumed."""
+    kvm_fd = sc.open("/dev/kvm")
+    try:
+        cpuid = _supported_cpuid_of(sc, kvm_fd)
+    finally:
+        sc.close(kvm_fd)
+    return any(e.function == function and e.index == index and getattr(e, register) >> bit & 1
+               for e in cpuid.entries[:cpuid.nent])
+
+
 def _address_of(buffer):
     return ctypes.addressof(ctypes.c_char.from_buffer(buffer))
 
@@ -149,10 +175,7 @@ def _setup(vm, image):
     run_size = sc.ioctl(kvm_fd, uapi.KVM_GET_VCPU_MMAP_SIZE, 0)
     run_buf = vm.map(vcpu_fd, run_size)
 
-    cpuid = uapi.with_entries(uapi.kvm_cpuid2, CPUID_MAX_ENTRIES)()
-    cpuid.nent = CPUID_MAX_ENTRIES
-    sc.ioctl(kvm_fd, uapi.KVM_GET_SUPPORTED_CPUID, cpuid)
-    sc.ioctl(vcpu_fd, uapi.KVM_SET_CPUID2, cpuid)
+    sc.ioctl(vcpu_fd, uapi.KVM_SET_CPUID2, _supported_cpuid_of(sc, kvm_fd))
 
     sregs = uapi.kvm_sregs()
     sc.ioctl(vcpu_fd, uapi.KVM_GET_SREGS, sregs)

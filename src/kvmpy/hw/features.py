@@ -68,6 +68,13 @@ def implemented(name: str) -> bool:
     return name in IMPLEMENTED
 
 
+def linear_address_bits() -> int:
+    """The width a processor with LA57 checks loaded bases against whatever CR4.LA57 says
+    (descriptor-table bases of LGDT/LIDT, FS/GS and the SYSCALL MSRs: Intel's 5-level paging
+    paper; KVM since 6.13, max_host_virt_addr_bits): 57 with the feature, else 48."""
+    return 57 if implemented("la57") else 48
+
+
 def feature_mask(leaf: int, subleaf: int, reg: str, names=IMPLEMENTED) -> int:
     """The bits of register ``reg`` of CPUID ``leaf.subleaf`` set for the features ``names``."""
     mask = 0

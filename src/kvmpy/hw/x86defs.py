@@ -33,7 +33,8 @@ DR7_FIXED_1 = 0x400
 DR7_RW_SHIFT, DR7_LEN_SHIFT = 16, 18  # + 4 * n: breakpoint n's R/W (00 execute, 01 write, 11 read/write) and LEN
 
 
-def canonical(addr) -> bool:
-    """A 64-bit linear address is canonical when bits 63..47 are all equal (48-bit VAs)."""
-    top = addr >> 47
-    return top == 0 or top == (1 << 17) - 1
+def canonical(addr, bits: int = 48) -> bool:
+    """A 64-bit linear address is canonical when bits 63..bits-1 are all equal (48-bit VAs
+    unless ``bits`` says 57)."""
+    top = (addr & ((1 << 64) - 1)) >> (bits - 1)
+    return top == 0 or top == (1 << (65 - bits)) - 1

@@ -5,6 +5,7 @@ intercepts (MOV CR3 and INVLPG under shadow paging, CR0/CR4 writes under
 shadow paging, XSETBV, LMSW) they raise the VM exit instead.
 """
 
+from kvmpy.hw import features
 from kvmpy.hw.fpu import fxsave
 from kvmpy.hw.fpu import xsave
 from kvmpy.hw.events import Fault, Intercept
@@ -127,8 +128,9 @@ def write_dr(cpu, dr, value, reg, insn_len):
 def load_dtable(cpu, idt, base, limit, long64=False):
     """LGDT / LIDT.  In 64-bit mode a non-canonical base is #GP(0) (AMD's APM says so for
     LGDT/LIDT, and KVM's emulator checks it in em_lgdt_lidt): it never reaches GDTR/IDTR,
-    where the next VM entry's canonical checks would refuse it."""
-    if long64 and not canonical(base):
+    where the next VM entry's canonical checks would refuse it.  Canonical at the width of
+    the processor's linear addresses, not of the current paging mode."""
+    if long64 and not canonical(base, features.linear_address_bits()):
         raise Fault(13, 0)
     if idt:
         cpu.idt_base, cpu.idt_limit = base, limit

@@ -19,6 +19,7 @@ from kvmpy.hw.x86defs import CR0_CD, CR0_NW, CR0_PE, CR0_PG, CR4_DE, CR4_FSGSBAS
 
 from operator import attrgetter
 
+from kvmpy.hw import features
 from kvmpy.hw.events import EXT_INTR, Intercept
 from kvmpy.hw.state import Segment
 
@@ -36,6 +37,12 @@ STI_BLOCKING = 1                                # CPUState.interrupt_shadow valu
 # Access-rights type fields SDM 27.3.1.2 allows for CS with unrestricted guest: accessed
 # code (9, 11, 13, 15) or read/write accessed data (3, real-mode style).
 _CS_TYPES = frozenset((3, 9, 11, 13, 15))
+
+
+def _base_canonical(base) -> bool:
+    """The entry checks of segment and descriptor-table bases use the processor's linear-
+    address width (57 bits on one with 5-level paging), as LGDT and WRMSR do."""
+    return canonical(base, features.linear_address_bits())
 
 
 def check_guest_state(cpu) -> None:
@@ -186,10 +193,10 @@ def _system_segment_errors(cpu, lma):
         return "TR.S=1"
     if reason := _limit_granularity_error("TR", tr):
         return reason
-    if not canonical(tr.base):
+    if not _base_canonical(tr.base):
         return "TR base not canonical"
     for i in (FS, GS):
-        if not canonical(cpu.seg[i].base):
+        if not _base_canonical(cpu.seg[i].base):
             return SEG_NAMES[i].upper() + " base not canonical"
     if _usable(ldtr):
         if ldtr.selector & 4:
@@ -198,9 +205,9 @@ def _system_segment_errors(cpu, lma):
             return "LDTR type %d" % ldtr.type
         if reason := _limit_granularity_error("LDTR", ldtr):
             return reason
-        if not canonical(ldtr.base):
+        if not _base_canonical(ldtr.base):
             return "LDTR base not canonical"
-    if not canonical(cpu.gdt_base) or not canonical(cpu.idt_base):
+    if not _base_canonical(cpu.gdt_base) or not _base_canonical(cpu.idt_base):
         return "GDTR/IDTR base not canonical"
     return None
 

@@ -27,7 +27,7 @@ __all__ = [
     "KVM_MAX_CPUID_ENTRIES", "PHYS_ADDR_BITS", "CpuidEntry", "vendor_string", "kvm_cpu_model",
     "supported_cpuid", "kvm_dev_ioctl_get_supported_cpuid", "kvm_vcpu_ioctl_set_cpuid2",
     "kvm_vcpu_ioctl_get_cpuid2", "kvm_find_cpuid_entry", "guest_cpuid_has", "guest_maxphyaddr",
-    "kvm_cpuid", "guest_cpuid_is_amd",
+    "kvm_cpuid", "guest_cpuid_is_amd", "guest_cpuid_is_intel_compatible",
 ]
 
 KVM_MAX_CPUID_ENTRIES = 256
@@ -246,6 +246,17 @@ def guest_maxphyaddr(vcpu) -> int:
 def guest_cpuid_is_amd(vcpu) -> bool:
     e = kvm_find_cpuid_entry(vcpu, 0)
     return e is not None and (e.ebx, e.ecx, e.edx) == vendor_string(models.AMD)
+
+
+# the vendors whose CPUs follow Intel's rules where KVM distinguishes (is_intel_compatible)
+_INTEL_COMPATIBLE = (models.INTEL, "CentaurHauls", "  Shanghai  ")
+
+
+def guest_cpuid_is_intel_compatible(vcpu) -> bool:
+    """KVM applies Intel-only checks (TSC_AUX's reserved high half) only to a guest whose CPUID
+    vendor is Intel's or a compatible one; a vCPU without CPUID is none of them."""
+    e = kvm_find_cpuid_entry(vcpu, 0)
+    return e is not None and (e.ebx, e.ecx, e.edx) in [vendor_string(v) for v in _INTEL_COMPATIBLE]
 
 
 def _out_of_range_entry(vcpu, function: int, index: int):

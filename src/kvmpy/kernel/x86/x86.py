@@ -717,13 +717,11 @@ def kvm_arch_vcpu_ioctl_set_fpu(vcpu, f: uapi.kvm_fpu) -> None:
 def max_host_virt_addr_bits() -> int:
     """57 when KVM supports LA57 (kvm_cpu_cap_has), else 48: what MSR addresses are
     checked against since Linux 6.13, whatever the guest's own paging mode."""
-    return 57 if features.implemented("la57") else 48
+    return features.linear_address_bits()
 
 
 def is_noncanonical_msr_address(la: int, vcpu) -> bool:
-    bits = max_host_virt_addr_bits()
-    top = (la & ((1 << 64) - 1)) >> (bits - 1)
-    return top not in (0, (1 << (65 - bits)) - 1)
+    return not hd.canonical(la, max_host_virt_addr_bits())
 
 
 def kvm_get_cr8(vcpu) -> int:
@@ -817,9 +815,11 @@ def kvm_set_msr_common(vcpu, index: int, data: int, host_initiated: bool) -> int
         if not host_initiated and not (kcpuid.guest_cpuid_has(vcpu, "rdtscp") or
                                        kcpuid.guest_cpuid_has(vcpu, "rdpid")):
             return 1
-        if data >> 32:
+        # Intel reserves bits 63:32; AMD's CPUs ignore them: KVM checks them for an Intel
+        # (compatible) guest and clears them for any other, whichever the host's vendor
+        if data >> 32 and kcpuid.guest_cpuid_is_intel_compatible(vcpu):
             return 1
-        cpu.msrs[index] = data              # the processor's: RDTSCP and RDPID read it
+        cpu.msrs[index] = data & 0xFFFFFFFF  # the processor's: RDTSCP and RDPID read it
     elif index == MSR_IA32_APICBASE:
         if not valid_apic_base(vcpu, data) or not host_initiated and not _apic_mode_change_allowed(cpu.apic_base, data):
             return 1
