@@ -48,6 +48,17 @@ def _check_boot(out):
     assert out.index(INIT_MARKER) < out.index("kvmpy-42") < out.index(POWER_OFF)
 
 
+def _boot(initramfs, command, *options):
+    """The console of a kvmpy boot whose /init ran ``command`` (``kvmpy_cmd=``, then
+    ``echo kvmpy-42``) and powered off with status 0."""
+    status, out, err = kvmpy_run(*options, "-kernel", str(BZIMAGE), "-initrd", initramfs,
+                                 "-append", f'console=ttyS0 kvmpy_cmd="{command}"',
+                                 timeout=2400)
+    _check_boot(out)
+    assert status == 0, err
+    return out
+
+
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason="QEMU is not installed")
 def test_qemu_boots_the_images_to_the_shell(initramfs):
     proc = subprocess.run([QEMU, "-accel", "tcg", "-m", "128", "-kernel", str(BZIMAGE),
@@ -140,20 +151,13 @@ def test_a_file_written_on_a_virtio_disk_is_on_the_image(initramfs, tmp_path):
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
     subprocess.run(["mkfs.ext2", "-q", "-F", str(disk)], check=True)
-    command = ('kvmpy_cmd="mkdir /mnt && mount -t ext2 /dev/vda /mnt && '
-               'echo kvmpy-disk-$((6*7)) > /mnt/f && umount /mnt && echo kvmpy-42"')
-    status, out, err = kvmpy_run("--disk", str(disk), "-kernel", str(BZIMAGE), "-initrd", initramfs,
-                                 "-append", f"console=ttyS0 {command}", timeout=2400)
-    _check_boot(out)
-    assert status == 0, err
+    mount = "mkdir /mnt && mount -t ext2 /dev/vda /mnt"
+    _boot(initramfs, f"{mount} && echo kvmpy-disk-$((6*7)) > /mnt/f && umount /mnt && echo kvmpy-42",
+          "--disk", str(disk))
     got = subprocess.run(["debugfs", "-R", "cat /f", str(disk)], capture_output=True, text=True)
     assert got.stdout == "kvmpy-disk-42\n"
-    command = ('kvmpy_cmd="mkdir /mnt && mount -t ext2 /dev/vda /mnt && echo read $(cat /mnt/f) '
-               '&& umount /mnt && echo kvmpy-42"')
-    status, out, err = kvmpy_run("--disk", str(disk), "-kernel", str(BZIMAGE), "-initrd", initramfs,
-                                 "-append", f"console=ttyS0 {command}", timeout=2400)
-    _check_boot(out)
-    assert status == 0, err
+    out = _boot(initramfs, f"{mount} && echo read $(cat /mnt/f) && umount /mnt && echo kvmpy-42",
+                "--disk", str(disk))
     assert "\nread kvmpy-disk-42\n" in out.replace("\r", "")
 
 
@@ -162,15 +166,11 @@ def test_linux_finds_the_dsdt_legacy_devices(initramfs):
     """Linux's PnP layer reads the DSDT's devices (PNPACPI) with their resources, and the
     8250's PnP driver takes COM1 from it: its line names the PnP device ("00:0N: ttyS0"),
     not the legacy platform port list ("serial8250: ttyS0")."""
-    command = ('kvmpy_cmd="for d in /sys/bus/pnp/devices/*; do '
-               'echo pnp $(cat $d/id) $(cat $d/resources); done; echo kvmpy-$((6*7))"')
-    status, out, err = kvmpy_run("-kernel", str(BZIMAGE), "-initrd", initramfs,
-                                 "-append", f"console=ttyS0 {command}", timeout=2400)
-    _check_boot(out)
-    assert status == 0, err
+    out = _boot(initramfs, "for d in /sys/bus/pnp/devices/*; do "
+                           "echo pnp $(cat $d/id) $(cat $d/resources); done; echo kvmpy-$((6*7))")
     assert "pnp: PnP ACPI: found 3 devices" in out
     assert re.search(r"\n00:0\d: ttyS0 at I/O 0x3f8 \(irq = 4,", out), out[-3000:]
     lines = set(out.replace("\r", "").splitlines())
     assert {"pnp PNP0501 state = active io 0x3f8-0x3ff irq 4",
             "pnp PNP0b00 state = active io 0x70-0x71 irq 8",
-            "pnp PNP0303 state = active io 0x60 io 0x64 irq 1"} <= lines, out[-3000:]
+            "pnp PNP0303 state = active io 0x60-0x60 io 0x64-0x64 irq 1"} <= lines, out[-3000:]
