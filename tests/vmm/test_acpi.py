@@ -16,9 +16,11 @@ import pytest
 
 from kvmpy.guests import image_path
 from kvmpy.vmm import acpi, layout
+from kvmpy.vmm import aml as vmm_aml
 from kvmpy.vmm.devices.pm1 import Pm1
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_HZ, PmTimer
 from kvmpy.vmm.machine import Machine
+from tests.support import aml
 from tests.support.cli import run_main
 from tests.support.vendors import VENDORS_MMUS
 
@@ -195,6 +197,35 @@ def test_every_table_has_a_valid_checksum(ncpus):
             assert struct.unpack_from("<I", data, 4)[0] == len(data)
             assert sum(data) % 256 == 0, sig
     assert built[b"FACS"][0] % 64 == 0 and built[b"RSDP"][0] % 16 == 0
+
+
+def test_dsdt_declares_s5_and_the_legacy_devices():
+    """The DSDT's AML, read by a parser written from the grammar: the S5 package, and COM1,
+    the RTC and the keyboard controller with the IDs and resources a PC's firmware gives."""
+    _, dsdt = tables(1)[b"DSDT"]
+    names = aml.namespace(dsdt)
+    assert names["_S5_"] == [acpi.S5_SLEEP_TYPE, acpi.S5_SLEEP_TYPE, 0, 0]
+    devices = {path.split(".")[1]: (aml.eisa_id(names[path + "._HID"]),
+                                    aml.resources(names[path + "._CRS"]))
+               for path, value in names.items() if value == "Device"}
+    assert devices == {
+        "COM1": ("PNP0501", [("io", 0x3F8, 0x3F8, 1, 8), ("irq", [4])]),
+        "RTC_": ("PNP0B00", [("io", 0x70, 0x70, 1, 2), ("irq", [8])]),
+        "KBD_": ("PNP0303", [("io", 0x60, 0x60, 1, 1), ("io", 0x64, 0x64, 1, 1), ("irq", [1])]),
+    }
+    assert all(path.startswith("\\_SB_.") for path, v in names.items() if v == "Device")
+    assert names["\\_SB_.COM1._UID"] == 1
+
+
+def test_aml_package_lengths_past_one_byte():
+    """A PkgLength over 63 takes more bytes and counts them (ACPI 20.2.4)."""
+    assert vmm_aml.pkg_length(10) == bytes([11])
+    assert vmm_aml.pkg_length(62) == bytes([63])
+    assert vmm_aml.pkg_length(63) == bytes([0x40 | (65 & 0xF), 65 >> 4])
+    assert vmm_aml.pkg_length(4000) == bytes([0x40 | (4002 & 0xF), 4002 >> 4])
+    assert vmm_aml.pkg_length(5000) == bytes([0x80 | (5003 & 0xF), (5003 >> 4) & 0xFF, 5003 >> 12])
+    big = vmm_aml.buffer(bytes(300))
+    assert aml._data_object(big, 0) == (bytes(300), len(big))
 
 
 def test_tables_sit_in_memory_the_e820_map_reserves():

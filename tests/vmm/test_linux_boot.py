@@ -13,6 +13,7 @@ On kvmpy's soft processor a boot is minutes of wall time (slow tests).
 """
 
 import os
+import re
 import select
 import shutil
 import subprocess
@@ -45,6 +46,17 @@ def _check_boot(out):
     # the console's CR LF, or the LF a text-mode pipe makes of it
     assert ANSWER in out.replace("\r", ""), out[-3000:]
     assert out.index(INIT_MARKER) < out.index("kvmpy-42") < out.index(POWER_OFF)
+
+
+def _boot(initramfs, command, *options):
+    """The console of a kvmpy boot whose /init ran ``command`` (``kvmpy_cmd=``, then
+    ``echo kvmpy-42``) and powered off with status 0."""
+    status, out, err = kvmpy_run(*options, "-kernel", str(BZIMAGE), "-initrd", initramfs,
+                                 "-append", f'console=ttyS0 kvmpy_cmd="{command}"',
+                                 timeout=2400)
+    _check_boot(out)
+    assert status == 0, err
+    return out
 
 
 @pytest.mark.skipif(shutil.which(QEMU) is None, reason="QEMU is not installed")
@@ -98,12 +110,14 @@ def _read_until(proc, out, marker, deadline):
 
 
 @pytest.mark.slow
-def test_a_command_typed_into_the_shell_on_kvmpy(initramfs):
-    """No kvmpy_cmd: /init starts an interactive shell on ttyS0; a command typed on kvmpy
-    run's standard input reaches it through the 8250's receive interrupt, and its answer
-    comes back; ``poweroff -f`` typed next ends the run."""
+@pytest.mark.parametrize("console,device", [("ttyS0", ()), ("hvc0", ("-device", "virtio-console-device"))])
+def test_a_command_typed_into_the_shell_on_kvmpy(initramfs, console, device):
+    """No kvmpy_cmd: /init starts an interactive shell on the console; a command typed on
+    kvmpy run's standard input reaches it -- on ttyS0 through the 8250's receive interrupt,
+    on hvc0 through the virtio-console's receive queue -- and its answer comes back;
+    ``poweroff -f`` typed next ends the run."""
     proc = subprocess.Popen([sys.executable, "-m", "kvmpy.vmm.cli", "run", "-kernel", str(BZIMAGE),
-                             "-initrd", initramfs, "-append", "console=ttyS0"],
+                             "-initrd", initramfs, *device, "-append", f"console={console}"],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out = [""]
     try:
@@ -132,16 +146,31 @@ def test_a_command_typed_into_the_shell_on_kvmpy(initramfs):
 def test_a_file_written_on_a_virtio_disk_is_on_the_image(initramfs, tmp_path):
     """--disk: Linux finds the virtio-mmio block device the VMM announces on the command
     line, mounts its ext2 file system, writes a file and unmounts it; the file is then in
-    the image, as e2fsprogs' debugfs reads it on the host."""
+    the image, as e2fsprogs' debugfs reads it on the host, and the next boot reads it back."""
     disk = tmp_path / "disk.img"
     with open(disk, "wb") as f:
         f.truncate(8 << 20)
     subprocess.run(["mkfs.ext2", "-q", "-F", str(disk)], check=True)
-    command = ('kvmpy_cmd="mkdir /mnt && mount -t ext2 /dev/vda /mnt && '
-               'echo kvmpy-disk-$((6*7)) > /mnt/f && umount /mnt && echo kvmpy-42"')
-    status, out, err = kvmpy_run("--disk", str(disk), "-kernel", str(BZIMAGE), "-initrd", initramfs,
-                                 "-append", f"console=ttyS0 {command}", timeout=2400)
-    _check_boot(out)
-    assert status == 0, err
+    mount = "mkdir /mnt && mount -t ext2 /dev/vda /mnt"
+    _boot(initramfs, f"{mount} && echo kvmpy-disk-$((6*7)) > /mnt/f && umount /mnt && echo kvmpy-42",
+          "--disk", str(disk))
     got = subprocess.run(["debugfs", "-R", "cat /f", str(disk)], capture_output=True, text=True)
     assert got.stdout == "kvmpy-disk-42\n"
+    out = _boot(initramfs, f"{mount} && echo read $(cat /mnt/f) && umount /mnt && echo kvmpy-42",
+                "--disk", str(disk))
+    assert "\nread kvmpy-disk-42\n" in out.replace("\r", "")
+
+
+@pytest.mark.slow
+def test_linux_finds_the_dsdt_legacy_devices(initramfs):
+    """Linux's PnP layer reads the DSDT's devices (PNPACPI) with their resources, and the
+    8250's PnP driver takes COM1 from it: its line names the PnP device ("00:0N: ttyS0"),
+    not the legacy platform port list ("serial8250: ttyS0")."""
+    out = _boot(initramfs, "for d in /sys/bus/pnp/devices/*; do "
+                           "echo pnp $(cat $d/id) $(cat $d/resources); done; echo kvmpy-$((6*7))")
+    assert "pnp: PnP ACPI: found 3 devices" in out
+    assert re.search(r"\n00:0\d: ttyS0 at I/O 0x3f8 \(irq = 4,", out), out[-3000:]
+    lines = set(out.replace("\r", "").splitlines())
+    assert {"pnp PNP0501 state = active io 0x3f8-0x3ff irq 4",
+            "pnp PNP0b00 state = active io 0x70-0x71 irq 8",
+            "pnp PNP0303 state = active io 0x60-0x60 io 0x64-0x64 irq 1"} <= lines, out[-3000:]

@@ -335,6 +335,29 @@ def test_console_transmits_and_keeps_receive_buffers(memory, index, out):
     assert sink == out and used == ((0, 0) if out else None)
 
 
+def test_console_input_fills_receive_buffers_in_order(memory):
+    """Typed bytes wait for the driver's receive buffers; each buffer takes what fits and
+    comes back with its count and the interrupt, and the rest waits for the next one, which
+    input arriving later (the console's thread) fills at once."""
+    device = console.VirtioConsole(lambda data: None)
+    d = Driver(device, memory)
+    d.setup(index=console.RECEIVEQ)
+    device.enqueue_input(b"echo ")
+    d.dev.process(console.RECEIVEQ)                     # no buffer yet: nothing happens
+    assert d.reg(mmio.INTERRUPT_STATUS) == 0 and device.input == b"echo "
+    write = queue.VIRTQ_DESC_F_WRITE
+    assert d.submit([(0, DATA, 8, write, 0)], queue_index=console.RECEIVEQ) == (0, 5)
+    assert memory.read(DATA, 5) == b"echo " and d.levels == [True]
+    d.reg(mmio.INTERRUPT_ACK, mmio.INT_VRING)
+    assert d.submit([(1, DATA + 0x100, 4, write, 0)], head=1,
+                    queue_index=console.RECEIVEQ) is None   # a buffer waits for input
+    device.enqueue_input(b"kvmpy\n")
+    d.dev.process(console.RECEIVEQ)
+    assert struct.unpack("<II", memory.read(USED + 4 + 8, 8)) == (1, 4)
+    assert memory.read(DATA + 0x100, 4) == b"kvmp" and device.input == b"y\n"
+    assert d.levels == [True, False, True]
+
+
 def test_device_help_lists_the_virtio_devices(capsys):
     status, out, _ = run_main(capsys, "run", "-device", "help")
     assert status == 0 and 'name "virtio-rng-device"' in out and 'name "virtio-console-device"' in out

@@ -20,7 +20,10 @@ FADT       revision 3 (ACPI 2.0's 244 bytes): the FACS and DSDT (32- and 64-bit 
            CMOS century register, and the reset register (port 0xcf9, value 6) with
            RESET_REG_SUP
 FACS       64 bytes, 64-byte aligned (no checksum, by the spec)
-DSDT       an AML body with only ``\\_S5`` (sleep type 0: PM1a_CNT's soft power-off)
+DSDT       AML (:mod:`kvmpy.vmm.aml`): ``\\_S5`` (sleep type 0: PM1a_CNT's soft power-off)
+           and, in ``\\_SB``, the legacy devices the VMM emulates with their ``_HID`` and
+           ``_CRS``: COM1 (PNP0501, ports 0x3f8-0x3ff, IRQ 4), the CMOS RTC (PNP0B00,
+           0x70-0x71, IRQ 8) and the i8042's keyboard port (PNP0303, 0x60 and 0x64, IRQ 1)
 MADT       the LAPIC address, PCAT_COMPAT (the 8259s are there); one enabled Local APIC per
            vCPU (UID and APIC ID = vCPU index), the IOAPIC (ID 0, GSI base 0), the
            interrupt source overrides IRQ0 -> GSI 2 and (level, active high) IRQs 5, 9, 10,
@@ -32,7 +35,8 @@ from __future__ import annotations
 
 import struct
 
-from kvmpy.vmm import layout
+from kvmpy.vmm import aml, layout
+from kvmpy.vmm.devices import cmos, i8042, serial
 
 OEM_ID = b"KVMPY "              # six bytes
 OEM_TABLE_ID = b"KVMPYMCH"      # eight bytes
@@ -96,8 +100,16 @@ INTERRUPT_OVERRIDES = ((0, 2, 0),) + tuple((irq, irq, MPS_INTI_LEVEL_ACTIVE_HIGH
                                            for irq in LEVEL_IRQS)
 NMI_LINT = 1
 
-# AML (ACPI 20.2): Name(_S5, Package(4) {S5, S5, 0, 0})
-AML_NAME_OP, AML_PACKAGE_OP, AML_BYTE_PREFIX = 0x08, 0x12, 0x0A
+#: the DSDT's devices: (name, _HID, _UID, [(first port, count)], ISA IRQ). Linux's PnP
+#: layer (PNPACPI) turns each into a PnP device with these resources, and the drivers that
+#: claim the IDs use them rather than guess: 8250_pnp, rtc_cmos, the i8042's keyboard port.
+#: PNP0303 is the keyboard controller QEMU's pc announces too; kvmpy's i8042 answers the
+#: controller's commands but has no keys, so IRQ 1 never fires.
+LEGACY_DEVICES = (
+    ("COM1", "PNP0501", 1, ((serial.COM1_PORT, 8),), serial.COM1_IRQ),
+    ("RTC", "PNP0B00", 0, ((cmos.CMOS_PORT, 2),), cmos.RTC_IRQ),
+    ("KBD", "PNP0303", 0, ((i8042.DATA_PORT, 1), (i8042.COMMAND_PORT, 1)), i8042.KBD_IRQ),
+)
 
 
 def checksum(data: bytes) -> int:
@@ -161,13 +173,19 @@ def facs() -> bytes:
     return struct.pack("<4sIIIIIQB3xI24x", b"FACS", FACS_LENGTH, 0, 0, 0, 0, 0, FACS_VERSION, 0)
 
 
+def _legacy_device(seg, hid, uid, ports, irq) -> bytes:
+    resources = [aml.io_port(base, count) for base, count in ports] + [aml.irq_no_flags(irq)]
+    return aml.device(seg, aml.name("_HID", aml.eisa_id(hid)), aml.name("_UID", aml.integer(uid)),
+                      aml.name("_CRS", aml.resource_template(*resources)))
+
+
 def dsdt() -> bytes:
-    """A DSDT whose AML defines only the S5 sleep state."""
-    elements = bytes([AML_BYTE_PREFIX, S5_SLEEP_TYPE, AML_BYTE_PREFIX, S5_SLEEP_TYPE, 0, 0])
-    package = bytes([4]) + elements                       # NumElements, then the elements
-    aml = (bytes([AML_NAME_OP]) + b"_S5_" + bytes([AML_PACKAGE_OP, 1 + len(package)])
-           + package)                                     # a one-byte PkgLength counts itself
-    return _table(b"DSDT", 2, aml)
+    """The DSDT: the S5 sleep state (Name(_S5, Package() {S5, S5, 0, 0})), and the legacy
+    devices of :data:`LEGACY_DEVICES` in the system bus scope."""
+    s5 = aml.name("_S5", aml.package(aml.integer(S5_SLEEP_TYPE), aml.integer(S5_SLEEP_TYPE),
+                                     aml.integer(0), aml.integer(0)))
+    devices = aml.scope("\\_SB", *(_legacy_device(*d) for d in LEGACY_DEVICES))
+    return _table(b"DSDT", 2, s5 + devices)
 
 
 def madt(ncpus: int) -> bytes:

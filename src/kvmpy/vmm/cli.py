@@ -381,22 +381,41 @@ def _serial_sink(args):
     return stdout_sink if backend == "stdio" else _discard
 
 
+def _input_targets(args, machine):
+    """Who hears what is typed: COM1 when it is on stdio, and each virtio-console (its
+    output is on stdout too), so the guest's shell gets it on whichever of ttyS0 and hvc0
+    Linux's console= chose; a line the guest does not read keeps it unread."""
+    targets = []
+    if (args.serial or ("none" if args.nodefaults else "stdio")) == "stdio":
+        targets.append(machine.serial_input)
+    if machine.has_virtio_console:
+        targets.append(machine.console_input)
+    return targets
+
+
 def _console(args, machine):
-    """COM1's input from stdin while the guest runs, when COM1 is on stdio: a terminal in
-    raw mode, with the C-a keys and the monitor; anything else (a pipe, a file) unchanged."""
-    if (args.serial or ("none" if args.nodefaults else "stdio")) != "stdio":
+    """The console's input from stdin while the guest runs, when a device takes it: a
+    terminal in raw mode, with the C-a keys and the monitor; anything else (a pipe, a
+    file) unchanged."""
+    targets = _input_targets(args, machine)
+    if not targets:
         return contextlib.nullcontext()
     try:
         fd = sys.stdin.fileno()
     except (AttributeError, ValueError, OSError):     # no stdin, or one with no descriptor
         return contextlib.nullcontext()
+
+    def deliver(data):
+        for target in targets:
+            target(data)
+
     if not os.isatty(fd):
-        return Console(fd, machine.serial_input)
-    return _terminal_console(fd, machine)
+        return Console(fd, deliver)
+    return _terminal_console(fd, machine, deliver)
 
 
 @contextlib.contextmanager
-def _terminal_console(fd, machine):
+def _terminal_console(fd, machine, deliver):
     # local: RunResult's module is the machine's, which `kvmpy --help` does not load
     from kvmpy.vmm.machine import RunResult
 
@@ -407,7 +426,7 @@ def _terminal_console(fd, machine):
         machine.request_stop(RunResult("signal", f"terminating on signal {signum}"))
 
     monitor = Monitor(machine, stdout_sink, quit_)
-    escapes = Escapes(machine.serial_input, monitor, quit_, stdout_sink)
+    escapes = Escapes(deliver, monitor, quit_, stdout_sink)
     with stop_on_signals(on_signal), raw_mode(fd), Console(fd, escapes.feed):
         yield
 

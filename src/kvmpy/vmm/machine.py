@@ -40,7 +40,8 @@ virtio-mmio            from 0xd0001000, 4 KiB each, on the level-triggered ISA I
                        11 (the MADT's, but the SCI's 9): the disks (``-drive``, ``--disk``,
                        ``-device virtio-blk-device,drive=ID``), then ``-device
                        virtio-rng-device``, then ``-device virtio-console-device`` (its
-                       output to ``console_sink``: stdout) (:mod:`kvmpy.vmm.devices.virtio`);
+                       output to ``console_sink``: stdout, its input through
+                       :meth:`Machine.console_input`) (:mod:`kvmpy.vmm.devices.virtio`);
                        a bzImage's or PVH kernel's command line gets
                        ``virtio_mmio.device=4K@<base>:<irq>`` for each
 =====================  ============================================================
@@ -73,6 +74,7 @@ from kvmpy.vmm.devices.pci_testdev import PciTestdev
 from kvmpy.vmm.devices.pm_timer import PM_TIMER_LEN, PmTimer
 from kvmpy.vmm.devices.reset_control import RESET_CONTROL_PORT, ResetControl
 from kvmpy.vmm.device_timer import DeviceTimer
+from kvmpy.vmm.devices.virtio import console as virtio_console
 from kvmpy.vmm.devices.virtio import mmio as virtio_mmio
 from kvmpy.vmm.devices.virtio.blk import VirtioBlk
 from kvmpy.vmm.devices.virtio.console import VirtioConsole
@@ -398,6 +400,19 @@ class Machine:
         thread: the device lock keeps them apart from the vCPUs' accesses)."""
         with self._device_lock:
             self.serial.enqueue_input(data)
+
+    def console_input(self, data):
+        """Bytes from the console for each virtio-console (Linux's hvc0), from any thread:
+        they fill the receive buffers the driver has left, and the rest waits for more."""
+        with self._device_lock:
+            for transport in self.virtio:
+                if isinstance(transport.device, VirtioConsole):
+                    transport.device.enqueue_input(data)
+                    transport.process(virtio_console.RECEIVEQ)
+
+    @property
+    def has_virtio_console(self):
+        return any(isinstance(device, VirtioConsole) for device in self.virtio_devices)
 
     def _set_isa_irq(self, line, level):
         """An ISA interrupt line to the in-kernel irqchip. KVM answers ENXIO while the VM

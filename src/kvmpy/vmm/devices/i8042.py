@@ -13,6 +13,7 @@ import collections
 DATA_PORT = 0x60
 COMMAND_PORT = 0x64
 DATA, COMMAND = 0, 4  # offsets the device sees
+KBD_IRQ = 1           # the keyboard port's ISA IRQ on a PC (never raised: no keys)
 
 STATUS_OBF = 0x01     # output buffer full
 STATUS_SYSTEM = 0x04  # system flag: POST passed

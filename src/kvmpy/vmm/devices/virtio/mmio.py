@@ -57,7 +57,8 @@ class VirtioMmio:
     The device gives ``device_id``, ``features`` (without VIRTIO_F_VERSION_1, which the
     transport adds), ``queue_sizes`` (the QueueNumMax of each queue), ``config`` (its
     configuration space, bytes), ``notify(index, queue, memory)`` (process a queue;
-    True when it used buffers), ``reset()`` and ``close()`` (the machine's end).  ``set_irq(line, level)`` drives the line.
+    True when it used buffers), ``reset()`` and ``close()`` (the machine's end).
+    ``set_irq(line, level)`` drives the line.
     """
 
     def __init__(self, device, memory, irq, set_irq):
@@ -133,7 +134,7 @@ class VirtioMmio:
             setattr(queue, name, (old & 0xFFFFFFFF) | value << 32 if high
                     else (old & ~0xFFFFFFFF) | value)
         elif offset == QUEUE_NOTIFY:
-            self._notify(value)
+            self.process(value)
         elif offset == INTERRUPT_ACK:
             self.interrupt_status &= ~value
             self._update_line()
@@ -150,7 +151,10 @@ class VirtioMmio:
                 value &= ~FEATURES_OK   # refused: the driver reads the bit back clear
         self.status = value | (self.status & DEVICE_NEEDS_RESET)
 
-    def _notify(self, index):
+    def process(self, index):
+        """Let the device serve queue ``index``: on the driver's QueueNotify, or when the
+        device has something for it (a virtio-console's input); the interrupt follows if
+        buffers were used."""
         if not self.status & DRIVER_OK or self.status & DEVICE_NEEDS_RESET:
             return
         if index >= len(self.queues) or not self.queues[index].ready:
