@@ -13,7 +13,10 @@ differs from VMX and SVM hardware, where kvmpy's vendor modules follow the hardw
   bp_interception exit on hardware) nor checks data breakpoints (hardware traps after
   the access): those scenarios run on kvmpy only, against what vmx.c and svm.c report;
 * the emulator's PUSHF hides the TF single-stepping set (it reads kvm_get_rflags), and it
-  loses the trap of an OUT that went to user space; the stepped guest has neither.
+  loses the trap of an OUT that went to user space; the stepped guest has neither;
+* the emulator checks DR7.GD against the guest's own DR7 only, not user space's
+  (KVM_GUESTDBG_USE_HW_BP): ``general_detect_user`` runs on kvmpy only, against vmx.c's
+  handle_dr and svm.c's db_interception (the selftest debug_regs checks the same).
 """
 
 import ctypes
@@ -293,6 +296,43 @@ GUEST_DR_VIEW = dict(stop=_break("0x7c24", "0x46"), regs=dict(rbx="0x1234", rcx=
                      last=dict(reason="HLT", rip="0x7c26", rflags="0x46"), dr7=["0x404"])
 
 
+# ------------------------------------------------------------------ DR7.GD
+DR7_GD = 1 << 13
+GD_DR6 = "0xffff2ff0"       # DR6.BD
+
+
+@machine
+def general_detect_user(make):
+    """User space's DR7 with GD: the guest's MOV DR is a KVM_EXIT_DEBUG before it runs
+    (VMX: MOV-DR exiting first, handle_dr reports the #DB; SVM: the #DB first, an exception
+    intercept); with guest debugging off the MOV runs and the guest goes on to HLT."""
+    image = assemble(real16(" mov $0x1234, %eax\n mov %eax, %dr0\n hlt\n"))
+    m = make(image, mode="real")
+    set_guest_debug(m, ENABLE | HW_BP, {7: 0x400 | DR7_GD})
+    stop, dr7 = debug_exit(m)
+    set_guest_debug(m, 0)
+    last, _ = debug_exit(m)
+    d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)
+    return dict(stop=stop, dr7=[hex(dr7)], last=last, dr0=hex(d.db[0]))
+
+
+@machine
+def general_detect_guest(make):
+    """The guest's own DR7.GD: its next MOV DR is a #DB fault (DR6.BD, the MOV's IP pushed),
+    and the processor clears GD as it enters the handler."""
+    body = " mov $0x2400, %eax\n mov %eax, %dr7\n mov %dr0, %ebx\n hlt\n"
+    m = real_mode(make, body)
+    stop, _ = debug_exit(m)
+    d = m.get(K.KVM_GET_DEBUGREGS, K.kvm_debugregs)
+    return dict(stop=stop, dr6=hex(d.dr6), dr7=hex(d.dr7), ip=hex(int.from_bytes(m.ram[0x6FFA:0x6FFC], "little")))
+
+
+GENERAL_DETECT_USER = dict(stop=_break("0x7c0f", "0x46", dr6=GD_DR6), dr7=[hex(0x400 | DR7_GD)],
+                           last=dict(reason="HLT", rip="0x7c13", rflags="0x46"), dr0="0x1234")
+GENERAL_DETECT_GUEST = dict(stop=dict(reason="HLT", rip=hex(HANDLER + 1), rflags="0x46"), dr6=GD_DR6,
+                            dr7="0x400", ip="0x7c12")
+
+
 # ------------------------------------------------------------------ BLOCKIRQ
 @machine
 def block_irq(make):
@@ -345,13 +385,15 @@ CONTROL_FLAGS = dict(unknown=[0] * 5, fault="EFAULT", caps=[1, 1])
 SCENARIOS = {"single_step": single_step, "single_step_off": single_step_off, "hw_breakpoint": hw_breakpoint,
              "rf_resume": rf_resume, "block_irq": block_irq, "guest_dr_view": guest_dr_view,
              "data_breakpoint": data_breakpoint, "sw_breakpoint": sw_breakpoint,
-             "guest_breakpoint": guest_breakpoint, "inject": inject, "control_flags": control_flags}
+             "guest_breakpoint": guest_breakpoint, "inject": inject, "control_flags": control_flags,
+             "general_detect_user": general_detect_user, "general_detect_guest": general_detect_guest}
 EXPECTED = {"single_step": SINGLE_STEP, "single_step_off": SINGLE_STEP_OFF, "hw_breakpoint": HW_BREAKPOINT,
             "rf_resume": RF_RESUME, "block_irq": BLOCK_IRQ, "guest_dr_view": GUEST_DR_VIEW,
             "data_breakpoint": DATA_BREAKPOINT, "sw_breakpoint": SW_BREAKPOINT,
-            "guest_breakpoint": GUEST_BREAKPOINT, "inject": INJECT, "control_flags": CONTROL_FLAGS}
+            "guest_breakpoint": GUEST_BREAKPOINT, "inject": INJECT, "control_flags": CONTROL_FLAGS,
+            "general_detect_user": GENERAL_DETECT_USER, "general_detect_guest": GENERAL_DETECT_GUEST}
 # what the host's emulator does not do as VMX and SVM do (the docstring says why)
-NOT_ON_THE_HOST = ("data_breakpoint", "sw_breakpoint", "rf_resume")
+NOT_ON_THE_HOST = ("data_breakpoint", "sw_breakpoint", "rf_resume", "general_detect_user")
 
 
 def _host_dr7(result, expected):

@@ -27,7 +27,7 @@ from kvmpy.hw.translate.decoder import DecodeError, decode
 from .events import HAS_ERROR_CODE, HW_EXC, NMI, PRIV_SW_EXC, SW_EXC, SW_INT, Fault, Intercept, is_double_fault
 from kvmpy.hw.system.segments import SegmentUnit
 from .state import CPUState
-from kvmpy.hw.x86defs import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, DR6_BS, DR7_LEN_SHIFT, DR7_RW_SHIFT, EFER_LMA,
+from kvmpy.hw.x86defs import (AC, CF, CR0_PE, CR0_PG, CR4_PAE, DR6_BD, DR6_BS, DR7_GD, DR7_LEN_SHIFT, DR7_RW_SHIFT, EFER_LMA,
                               EFER_LME, IF, NT, RF, TF, VM, RFLAGS_WRITABLE, SS, CS)
 
 class FetchTLB(dict):
@@ -846,6 +846,8 @@ class Processor(CPUState, SegmentUnit):
                             next_ip=next_ip, dr6=dr6)
         if dr6:
             self.dr[6] |= dr6
+            if dr6 & DR6_BD:
+                self.dr[7] &= ~DR7_GD       # the processor clears GD entering the handler
         if kind == HW_EXC and self.delivering:
             prev_kind, prev = self.delivering[-1][:2]
             if prev_kind == HW_EXC and prev == 8:

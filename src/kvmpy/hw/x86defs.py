@@ -30,6 +30,7 @@ DR6_B0_B3, DR6_BD, DR6_BS = 0xF, 1 << 13, 1 << 14
 DR6_ACTIVE_LOW = 0xFFFF0FF0
 DR7_BP_EN_MASK = 0xFF               # L0 G0 ... L3 G3
 DR7_FIXED_1 = 0x400
+DR7_GD = 1 << 13                    # general detect: any MOV DR is a #DB fault (DR6.BD)
 DR7_RW_SHIFT, DR7_LEN_SHIFT = 16, 18  # + 4 * n: breakpoint n's R/W (00 execute, 01 write, 11 read/write) and LEN
 
 

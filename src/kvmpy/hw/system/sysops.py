@@ -10,7 +10,7 @@ from kvmpy.hw.fpu import fxsave
 from kvmpy.hw.fpu import xsave
 from kvmpy.hw.events import Fault, Intercept
 from kvmpy.hw.msr_index import MSR_CSTAR, MSR_IA32_SYSENTER_CS, MSR_IA32_SYSENTER_EIP, MSR_IA32_SYSENTER_ESP, MSR_KERNEL_GS_BASE, MSR_LSTAR, MSR_STAR, MSR_SYSCALL_MASK, MSR_TSC_AUX
-from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_DE, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
+from kvmpy.hw.x86defs import CR0_NW, CR0_CD, CR0_PE, CR0_PG, CR4_DE, DR6_BD, DR7_GD, CR4_OSXSAVE, CR4_PAE, CR4_PCIDE, CR4_TSD, CS, EFER_LMA, EFER_LME, EFER_SCE, IF, RF, SS, VM, FS, GS
 from kvmpy.hw.x86defs import canonical
 from kvmpy.hw.system.descriptors import parse_descriptor
 from kvmpy.hw.state import Segment
@@ -109,17 +109,27 @@ def _dr_index(cpu, dr):
     return dr
 
 
-def read_dr(cpu, dr, reg, insn_len):
-    """MOV from DRn (into general register ``reg``); an exit if the hypervisor intercepts
-    debug-register accesses (MOV-DR exiting: its debugger's breakpoints are in DR0-3/DR7)."""
+def _mov_dr(cpu, dr, write, reg, insn_len):
+    """What comes before a MOV to or from DRn is carried out: DR7.GD's #DB fault (SDM 18.2.4,
+    DR6.BD) and the hypervisor's intercept (MOV-DR exiting / the DR intercepts: its
+    debugger's breakpoints are in DR0-3/DR7), in the vendor's order."""
+    gd = cpu.dr[7] & DR7_GD and not (dr in (4, 5) and cpu.cr4 & CR4_DE)    # that #UD comes first
+    if gd and not cpu.exit_format.dr_exit_before_general_detect:
+        raise Fault(1, dr6=DR6_BD)
     if cpu.intercept_dr:
-        raise Intercept("dr", dr=dr, write=False, reg=reg, insn_len=insn_len)
+        raise Intercept("dr", dr=dr, write=write, reg=reg, insn_len=insn_len)
+    if gd:
+        raise Fault(1, dr6=DR6_BD)
+
+
+def read_dr(cpu, dr, reg, insn_len):
+    """MOV from DRn (into general register ``reg``)."""
+    _mov_dr(cpu, dr, False, reg, insn_len)
     return cpu.dr[_dr_index(cpu, dr)]
 
 
 def write_dr(cpu, dr, value, reg, insn_len):
-    if cpu.intercept_dr:
-        raise Intercept("dr", dr=dr, write=True, reg=reg, insn_len=insn_len)
+    _mov_dr(cpu, dr, True, reg, insn_len)
     dr = _dr_index(cpu, dr)
     cpu.dr[dr] = value
     cpu.debug_refresh()         # a breakpoint may have been enabled or moved

@@ -103,6 +103,9 @@ class SvmExitFormat:
     """Encodes the processor's intercepts as #VMEXITs."""
 
     vendor = "svm"          # which guest-state checks VMRUN makes (kvmpy.hw.virt.entry)
+    #: DR7.GD's #DB comes before the DR read/write intercepts (KVM's dr_interception has no
+    #: general-detect case: the #DB arrives as an exception intercept, DR6.BD in the VMCB)
+    dr_exit_before_general_detect = False
 
     def format(self, cpu, e):
         """The #VMEXIT for intercept ``e``; a kind SVM has no code for is SVM_EXIT_ERR

@@ -79,6 +79,8 @@ class VmxExitFormat:
     """Encodes the processor's intercepts as VMX exits."""
 
     vendor = "vmx"          # which guest-state checks VM entry makes (kvmpy.hw.virt.entry)
+    #: MOV-DR exiting takes precedence over DR7.GD's #DB (the hypervisor emulates the #DB)
+    dr_exit_before_general_detect = True
 
     def format(self, cpu, e):
         i = e.info

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from kvmpy.hw.virt import vmx as hwvmx
 from kvmpy.hw.events import PRIV_SW_EXC, SW_EXC, SW_INT
-from kvmpy.hw.x86defs import DR6_ACTIVE_LOW
+from kvmpy.hw.x86defs import CR4_DE, DR6_ACTIVE_LOW, DR6_BD, DR7_GD
 from kvmpy.uapi import kvm as uapi
 from kvmpy.kernel import kvm_main
 from kvmpy.kernel.trace import event, traced
@@ -61,8 +61,15 @@ def handle_cr(vcpu, x) -> int:
 
 
 def handle_dr(vcpu, x) -> int:
-    """MOV DR, intercepted while user space's breakpoints are in the debug registers."""
+    """MOV DR, intercepted while user space's breakpoints are in the debug registers
+    (KVM_GUESTDBG_USE_HW_BP: the only time kvmpy sets MOV-DR exiting).  The exit came
+    before the #DB of DR7.GD, so KVM reports that #DB: a KVM_EXIT_DEBUG with DR6.BD, at the
+    MOV."""
     q = x.qualification
+    cpu = vcpu.arch.cpu
+    dr7 = cpu.dr[7]
+    if dr7 & DR7_GD and not (q & 7 in (4, 5) and cpu.cr4 & CR4_DE):
+        return x86.kvm_prepare_debug_exit(vcpu, uapi.DB_VECTOR, dr6=DR6_BD | DR6_ACTIVE_LOW, dr7=dr7)
     return vendor.kvm_handle_dr_access(vcpu, q & 7, not q & hwvmx.DR_ACCESS_FROM, q >> 8 & 15, x.instruction_len)
 
 
