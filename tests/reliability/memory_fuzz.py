@@ -112,9 +112,25 @@ def _after_use(kind):
     return scenario
 
 
+def _all_slots_deleted():
+    """The guest runs from both slots; then the VMM deletes both and unmaps their memory
+    (the selftest set_memory_region_test's last step): the next run has no memory at all."""
+    def scenario(sc):
+        vm = mv.MemoryVm(sc, mv.guest([("w", 0x10, 0x55), ("out",), ("r", 0x10)]))
+
+        def between(i):
+            vm.delete_data_slot()
+            vm.set_slot(0, mv.CODE_GPA, vm.code_addr, 0)
+            vm.munmap_data()
+            vm.munmap_code()
+        return vm, run_to_end(vm, between)
+    return scenario
+
+
 SCENARIOS = {"%s_%s" % (k, a): _plain(k, a) for k in ("munmap", "ro", "none", "nevermapped", "code_munmap")
              for a in ("write", "read")}
 SCENARIOS.update({"used_then_%s" % k: _after_use(k) for k in ("munmap", "ro", "none")})
+SCENARIOS["all_deleted_then_munmap"] = _all_slots_deleted()
 
 
 def run_scenario(name, backend_name):

@@ -33,6 +33,9 @@ EXPECTED = {
     "used_then_munmap": ["IO 0x80", "MMIO w 0x20010", "MMIO r 0x20010", "IO 0xf4"],
     "used_then_ro": ["IO 0x80", "MMIO w 0x20010", "IO 0xf4"],
     "used_then_none": ["IO 0x80", "MMIO w 0x20010", "MMIO r 0x20010", "IO 0xf4"],
+    # no memslot left: an emulation failure without instruction bytes (the processor's TLB,
+    # which still pointed at the unmapped code, was flushed first: it was a segfault)
+    "all_deleted_then_munmap": ["IO 0x80", "INTERNAL_ERROR 1"],
 }
 
 

@@ -280,6 +280,10 @@ def kvm_guest_mode_run(vcpu: KvmVcpu, vcpu_run):
     finally:
         vcpu.mode = OUTSIDE_GUEST_MODE
         kvm_vcpu_srcu_read_lock(vcpu)
+        # a memslot update that waited for this exit returns now and its VMM may unmap the
+        # old memory: the exit's handling (the emulator) must not reach it through the TLB
+        if kvm_check_request(KVM_REQ_TLB_FLUSH, vcpu):
+            vcpu.arch.cpu.flush_tlb()
 
 
 @contextlib.contextmanager

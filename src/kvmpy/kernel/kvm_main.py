@@ -18,6 +18,7 @@ Everything architecture-specific is delegated to ``kvmpy.kernel.x86.x86`` under 
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import errno
 import os
@@ -291,16 +292,38 @@ kvm_vm_fops = fs.FileOperations("kvm_vm_fops", release=kvm_vm_release, unlocked_
 # --------------------------------------------------------------------------------------
 # Memslots
 # --------------------------------------------------------------------------------------
-def _replace_memslots(kvm: Kvm, slots: dict) -> None:
-    """kvm_swap_active_memslots: publish a new set of memslots, bump the generation (the MMU
-    drops its caches at the next entry) and wait until no vCPU can still be using the old
-    set (``synchronize_srcu_expedited(&kvm->srcu)``)."""
+def _replace_memslots(kvm: Kvm, slots: dict, old: KvmMemorySlot | None = None,
+                      new: KvmMemorySlot | None = None) -> None:
+    """kvm_swap_active_memslots: publish a new set of memslots (``old`` taken out, ``new``
+    put in), bump the generation (the MMU drops its caches at the next entry) and wait until
+    no vCPU can still be using the old set (``synchronize_srcu_expedited(&kvm->srcu)``).
+    The gfn-sorted table and the page count change by the one slot, so that a VMM adding
+    thousands of slots (KVM_CAP_NR_MEMSLOTS of them: the selftest set_memory_region_test)
+    pays for each no more than a copy.  Neither ``old`` nor ``new``: every slot goes (the
+    VM's end)."""
+    whole = old is None and new is None
+    table = [] if whole else list(kvm._slots_by_gfn)
+    if old is not None:
+        del table[bisect.bisect_left(table, (old.base_gfn, old.id))]
+    if new is not None:
+        bisect.insort(table, (new.base_gfn, new.id, new))     # base_gfns differ: slots never overlap
+    pages = 0 if whole else kvm.nr_memslot_pages - (old.npages if old else 0) + (new.npages if new else 0)
     with kvm.slots_lock:
         kvm.memslots = slots
-        kvm._slots_by_gfn = sorted(((s.base_gfn, s.id, s) for s in slots.values()), key=lambda t: t[0])
-        kvm.nr_memslot_pages = sum(s.npages for s in slots.values())
+        kvm._slots_by_gfn = table
+        kvm.nr_memslot_pages = pages
         kvm.memslots_generation += 1
     synchronize_srcu_expedited(kvm.srcu)
+
+
+def _overlaps(kvm: Kvm, slot_id: int, base_gfn: int, npages: int) -> bool:
+    """Does another slot hold a frame of base_gfn..+npages?  The slots are disjoint and sorted,
+    so only the last other one starting below the end can."""
+    table = kvm._slots_by_gfn
+    i = bisect.bisect_left(table, (base_gfn + npages,)) - 1
+    while i >= 0 and table[i][1] == slot_id:        # the slot being moved
+        i -= 1
+    return i >= 0 and table[i][2].end_gfn > base_gfn
 
 
 def _retire_memslot(kvm: Kvm, old: KvmMemorySlot) -> None:
@@ -343,7 +366,7 @@ def kvm_set_memory_region(kvm: Kvm, mem) -> int:
             if old is None:
                 raise kernel_error(errno.EINVAL)
             del slots[mem.slot]
-            _replace_memslots(kvm, slots)
+            _replace_memslots(kvm, slots, old, None)
             _retire_memslot(kvm, old)
             return 0
         base_gfn, npages = gpa >> PAGE_SHIFT, size >> PAGE_SHIFT
@@ -353,16 +376,14 @@ def kvm_set_memory_region(kvm: Kvm, mem) -> int:
             if base_gfn == old.base_gfn and mem.flags == old.flags:
                 return 0
         moved = old is None or base_gfn != old.base_gfn
-        if moved:
-            for s in kvm.memslots.values():
-                if s.id != mem.slot and s.as_id == as_id and base_gfn < s.end_gfn and s.base_gfn < base_gfn + npages:
-                    raise kernel_error(errno.EEXIST)
+        if moved and _overlaps(kvm, mem.slot, base_gfn, npages):      # one address space
+            raise kernel_error(errno.EEXIST)
         arch.kvm_arch_prepare_memory_region(kvm, base_gfn, npages, mem.flags)
         new = KvmMemorySlot(mem.slot, as_id, base_gfn, npages, hva, mem.flags)
         if old is not None and old.dirty_bitmap is not None and new.dirty_bitmap is not None:
             new.dirty_bitmap[:] = old.dirty_bitmap
         slots[mem.slot] = new
-        _replace_memslots(kvm, slots)
+        _replace_memslots(kvm, slots, old, new)
         if old is not None:         # moved, or flags changed: nothing may keep the old mappings
             _retire_memslot(kvm, old)
     return 0

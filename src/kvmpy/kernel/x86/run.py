@@ -247,6 +247,9 @@ def _enter_guest(vcpu) -> int:
     arch = vcpu.arch
     cpu = arch.cpu
     run = vcpu.run
+    # after a memslot change the processor's TLB may still point into memory the VMM has
+    # since unmapped: it goes before anything, the failure exit's instruction bytes included
+    mmu.kvm_mmu_check_generation(vcpu)
     if not vcpu.kvm.memslots:
         return kvm_prepare_emulation_failure_exit(vcpu)     # nothing to fetch from, as on VMX
     if kvm_check_request(x86.KVM_REQ_TRIPLE_FAULT, vcpu):
@@ -257,7 +260,6 @@ def _enter_guest(vcpu) -> int:
         run.exit_reason = uapi.KVM_EXIT_IOAPIC_EOI          # split irqchip: user space's IOAPIC
         run.eoi.vector, arch.pending_ioapic_eoi = arch.pending_ioapic_eoi, 0
         return 0
-    mmu.kvm_mmu_check_generation(vcpu)
     req_int_win = dm_request_for_irq_injection(vcpu) and arch.interrupt is None  # kvm_cpu_accept_dm_intr
     cpu.intr_window_exiting = inject_pending_event(vcpu) or req_int_win
     lapic.sync_lapic_to_cr8(vcpu)
