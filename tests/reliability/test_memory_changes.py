@@ -2,8 +2,8 @@
 
 Each scenario runs in a child process (``memory_fuzz --scenario``), so a segfault fails the
 test instead of killing pytest.  The outcomes on the host's /dev/kvm, where it exists, are the
-reference (kvm_pvm answers MMIO exits; KVM with EPT/NPT may answer EFAULT instead, which
-``memory_fuzz.same_as_host`` accepts).
+reference (kvm_pvm answers MMIO exits; KVM with EPT/NPT answers EFAULT instead and its run
+ends there, which ``memory_fuzz.same_as_host`` accepts).
 """
 
 import json
@@ -64,6 +64,17 @@ def test_memory_taken_away_ends_as_on_the_host(name):
     soft, host = _scenario(name, "soft"), _scenario(name, "host")
     assert mf.same_as_host(soft["outcomes"], host["outcomes"]), (soft, host)
     assert soft["canaries"] and host["canaries"]
+
+
+def test_an_efault_of_the_host_ends_its_run():
+    """The comparison a KVM with EPT/NPT gets: EFAULT where kvmpy exits, then nothing."""
+    soft = EXPECTED["used_then_munmap"]
+    assert mf.same_as_host(soft, soft)
+    assert mf.same_as_host(soft, ["IO 0x80", "EFAULT"])
+    assert mf.same_as_host(EXPECTED["code_munmap_read"], ["EFAULT"])
+    assert not mf.same_as_host(soft, ["EFAULT"])                  # the first exit differs
+    assert not mf.same_as_host(soft, ["IO 0x80", "MMIO w 0x20010"])
+    assert not mf.same_as_host(EXPECTED["ro_read"], ["EFAULT"])   # an IO exit is not an access
 
 
 def test_scenarios_cover_the_issue_reproducers():

@@ -33,7 +33,7 @@ CASES = {
     "pde-2m": (0x87, ) + MAPPED,
     "pde-2m-bit13": (0x2087, ) + RSVD_FETCH,
     "pde-2m-bit20": (0x100087, ) + RSVD_FETCH,
-    "pde-2m-bit51": (1 << 51 | 0x87, ) + RSVD_FETCH,          # above every model's MAXPHYADDR
+    "pde-2m-bit51": (1 << 51 | 0x87, ) + RSVD_FETCH,          # above every kvmpy model's MAXPHYADDR
     "pde-2m-nx-without-nxe": (1 << 63 | 0x87, ) + RSVD_FETCH,
     "pde-2m-bit52": (1 << 52 | 0x87, ) + MAPPED,             # bits 62:52 are ignored
     "pde-2m-bit8": (0x187, ) + MAPPED,                       # G in a leaf
@@ -52,9 +52,19 @@ def test_reserved_pde_bits_fault_as_on_the_host(soft_kvm, soft_mmu, name):
     assert run_case(syscalls, name) == CASES[name][1:]
 
 
+# the PDE bits that are address bits, reserved only above the guest's MAXPHYADDR
+ADDRESS_BIT = {"pde-2m-bit51": 51}
+
+
 @pytest.mark.host
 @pytest.mark.parametrize("name", CASES)
 def test_reserved_pde_bits_on_the_host(name):
+    """MAXPHYADDR is the host's (its supported CPUID 0x80000008, which the guest gets; with
+    EPT/NPT the processor's walk uses the host's own): where it is 52 (AMD Genoa, some
+    Intel servers) bit 51 is an address bit and the case tests nothing."""
+    maxphyaddr = rawvmm.supported_entry(rawvmm.HOST, 0x80000008).eax & 0xFF
+    if name in ADDRESS_BIT and ADDRESS_BIT[name] < maxphyaddr:
+        pytest.skip("bit %d is an address bit with the host's MAXPHYADDR %d" % (ADDRESS_BIT[name], maxphyaddr))
     assert run_case(rawvmm.HOST, name) == CASES[name][1:]
 
 

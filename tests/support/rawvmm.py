@@ -83,16 +83,22 @@ def _supported_cpuid_of(sc, kvm_fd):
     return cpuid
 
 
-def supported_feature(sc, function, index, register, bit):
-    """Whether ``sc``'s KVM_GET_SUPPORTED_CPUID sets ``register``[bit] of leaf function.index:
-    the features a host's answer depends on are read from the host, not assumed."""
+def supported_entry(sc, function, index=0):
+    """Leaf function.index of ``sc``'s KVM_GET_SUPPORTED_CPUID (a kvm_cpuid_entry2), or None:
+    what a host's answer depends on (its features, MAXPHYADDR) is read from the host, not
+    assumed."""
     kvm_fd = sc.open("/dev/kvm")
     try:
         cpuid = _supported_cpuid_of(sc, kvm_fd)
     finally:
         sc.close(kvm_fd)
-    return any(e.function == function and e.index == index and getattr(e, register) >> bit & 1
-               for e in cpuid.entries[:cpuid.nent])
+    return next((e for e in cpuid.entries[:cpuid.nent] if e.function == function and e.index == index), None)
+
+
+def supported_feature(sc, function, index, register, bit):
+    """Whether ``sc``'s KVM_GET_SUPPORTED_CPUID sets ``register``[bit] of leaf function.index."""
+    entry = supported_entry(sc, function, index)
+    return entry is not None and bool(getattr(entry, register) >> bit & 1)
 
 
 def _address_of(buffer):
