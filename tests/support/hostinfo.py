@@ -20,11 +20,6 @@ def _cpuinfo() -> dict:
     return info
 
 
-def cpu_flags() -> set:
-    """The host CPU's feature flags, as /proc/cpuinfo names them (empty where it cannot be read)."""
-    return set(_cpuinfo().get("flags", "").split())
-
-
 def describe() -> dict:
     """``kernel`` (uname -r), ``cpu`` (model name), vendor, family/model/stepping, microcode."""
     c = _cpuinfo()
